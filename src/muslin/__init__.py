@@ -1,0 +1,1 @@
+"""Muslin: container networking for Linux."""

@@ -1,0 +1,208 @@
+"""Plain frozen data: networks, address ranges, routes, endpoints.
+
+Pure: no I/O. `to_dict`/`from_dict` give the JSON form kept in the Store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+DRIVERS = ("bridge", "host", "none", "container", "macvlan", "ipvlan")
+
+
+@dataclass(frozen=True)
+class IPRange:
+    """One pool of addresses inside a subnet (host-local's range object)."""
+
+    subnet: IPNetwork
+    range_start: IPAddress | None = None
+    range_end: IPAddress | None = None
+    gateway: IPAddress | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"subnet": str(self.subnet)}
+        if self.range_start is not None:
+            out["rangeStart"] = str(self.range_start)
+        if self.range_end is not None:
+            out["rangeEnd"] = str(self.range_end)
+        if self.gateway is not None:
+            out["gateway"] = str(self.gateway)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, str]) -> IPRange:
+        def addr(k: str) -> IPAddress | None:
+            return ipaddress.ip_address(d[k]) if d.get(k) else None
+
+        return cls(ipaddress.ip_network(d["subnet"]), addr("rangeStart"), addr("rangeEnd"), addr("gateway"))
+
+
+RangeSet = tuple[IPRange, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: IPNetwork
+    gw: IPAddress | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {"dst": str(self.dst), **({"gw": str(self.gw)} if self.gw else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, str]) -> Route:
+        return cls(ipaddress.ip_network(d["dst"]), ipaddress.ip_address(d["gw"]) if d.get("gw") else None)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A Muslin network. `origin` says who made it: 'cli', 'docker' or 'cni' (a network
+    implied by a CNI config, removed with its last endpoint)."""
+
+    name: str
+    driver: str = "bridge"
+    bridge: str = ""
+    range_sets: tuple[RangeSet, ...] = ()
+    routes: tuple[Route, ...] = ()
+    mtu: int = 0  # 0 = follow the host (default route's link MTU, else 1500)
+    masquerade: bool = True
+    internal: bool = False
+    isolate: bool = True
+    hairpin: bool = False
+    is_gateway: bool = True
+    is_default_gateway: bool = True
+    parent: str = ""  # macvlan parent link
+    mode: str = "bridge"  # macvlan mode
+    origin: str = "cli"
+    options: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def subnets(self) -> list[IPNetwork]:
+        return [r.subnet for rs in self.range_sets for r in rs]
+
+    def gateways(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+        """The gateway of each subnet as an interface address (gw/prefix), one per subnet."""
+        seen: dict[IPNetwork, IPInterface] = {}
+        for rs in self.range_sets:
+            for r in rs:
+                if r.subnet not in seen:
+                    gw = r.gateway or next(r.subnet.hosts())
+                    seen[r.subnet] = ipaddress.ip_interface(f"{gw}/{r.subnet.prefixlen}")
+        return list(seen.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "range_sets":
+                v = [[r.to_dict() for r in rs] for rs in v]
+            elif f.name == "routes":
+                v = [r.to_dict() for r in v]
+            elif f.name in ("options", "labels"):
+                v = dict(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Network:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["range_sets"] = tuple(tuple(IPRange.from_dict(r) for r in rs) for rs in d.get("range_sets", ()))
+        kw["routes"] = tuple(Route.from_dict(r) for r in d.get("routes", ()))
+        kw["options"] = tuple(sorted(dict(d.get("options", {})).items()))
+        kw["labels"] = tuple(sorted(dict(d.get("labels", {})).items()))
+        return cls(**kw)
+
+    def evolve(self, **changes: Any) -> Network:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hostPort": self.host_port, "containerPort": self.container_port,
+                "protocol": self.protocol, "hostIP": self.host_ip}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PortMapping:
+        return cls(int(d["hostPort"]), int(d["containerPort"]), d.get("protocol", "tcp") or "tcp", d.get("hostIP", "") or "")
+
+
+@dataclass(frozen=True)
+class AttachRequest:
+    """What a front-end asks for when it connects a sandbox to a network.
+
+    endpoint_id: stable id of the attachment; CNI uses '<containerID>/<ifname>',
+    Docker its EndpointID. netns: a path (/run/netns/x, /proc/PID/ns/net) or ''
+    (Docker: the interface stays on the host until Docker moves it)."""
+
+    network: str
+    endpoint_id: str
+    container_id: str
+    ifname: str = "eth0"
+    netns: str = ""
+    ips: tuple[IPAddress, ...] = ()  # requested addresses
+    mac: str = ""
+    ports: tuple[PortMapping, ...] = ()
+    aliases: tuple[str, ...] = ()
+    host_ifname: str = ""  # '' = derived from the endpoint id
+    addresses: tuple[IPInterface, ...] = ()  # already allocated elsewhere (Docker IPAM)
+    mtu: int = 0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A sandbox's attachment to a network, as made."""
+
+    network: str
+    endpoint_id: str
+    container_id: str
+    ifname: str
+    netns: str
+    host_ifname: str
+    mac: str
+    addresses: tuple[IPInterface, ...]
+    gateways: tuple[IPAddress, ...] = ()
+    routes: tuple[Route, ...] = ()
+    mtu: int = 0
+    ports: tuple[PortMapping, ...] = ()
+    aliases: tuple[str, ...] = ()
+    ipam_owned: bool = True  # addresses allocated by Muslin's IPAM for this endpoint
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "network": self.network, "endpoint_id": self.endpoint_id,
+            "container_id": self.container_id, "ifname": self.ifname, "netns": self.netns,
+            "host_ifname": self.host_ifname, "mac": self.mac,
+            "addresses": [str(a) for a in self.addresses],
+            "gateways": [str(g) for g in self.gateways],
+            "routes": [r.to_dict() for r in self.routes], "mtu": self.mtu,
+            "ports": [p.to_dict() for p in self.ports], "aliases": list(self.aliases),
+            "ipam_owned": self.ipam_owned, "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Endpoint:
+        return cls(
+            network=d["network"], endpoint_id=d["endpoint_id"], container_id=d.get("container_id", ""),
+            ifname=d.get("ifname", ""), netns=d.get("netns", ""), host_ifname=d.get("host_ifname", ""),
+            mac=d.get("mac", ""),
+            addresses=tuple(ipaddress.ip_interface(a) for a in d.get("addresses", ())),
+            gateways=tuple(ipaddress.ip_address(g) for g in d.get("gateways", ())),
+            routes=tuple(Route.from_dict(r) for r in d.get("routes", ())), mtu=d.get("mtu", 0),
+            ports=tuple(PortMapping.from_dict(p) for p in d.get("ports", ())),
+            aliases=tuple(d.get("aliases", ())), ipam_owned=d.get("ipam_owned", True),
+            extra=tuple(sorted(d.get("extra", {}).items())),
+        )

@@ -1,0 +1,81 @@
+"""Throwaway network namespaces for tests: random names, always removed."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def suffix(n: int = 6) -> str:
+    return secrets.token_hex(n // 2)
+
+
+def sh(*cmd: str, check: bool = True, input: str | None = None, env: dict | None = None,
+       timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, text=True, capture_output=True, input=input,
+                          env=env, timeout=timeout)
+
+
+class Netns:
+    """A named network namespace (/run/netns/NAME) with loopback up."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = f"/run/netns/{name}"
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def run(self, *cmd: str, check: bool = True, input: str | None = None, env: dict | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", self.name, *cmd, check=check, input=input, env=env, timeout=timeout)
+
+    def popen(self, *cmd: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
+
+    def ping(self, addr: str, count: int = 1, size: int | None = None) -> bool:
+        args = ["ping", "-c", str(count), "-W", "2", "-i", "0.2"]
+        if size:
+            args += ["-s", str(size), "-M", "do"]
+        return self.run(*args, str(addr), check=False).returncode == 0
+
+    def links(self) -> list[str]:
+        out = sh("ip", "-n", self.name, "-o", "link", "show").stdout
+        return [line.split(": ")[1].split("@")[0] for line in out.splitlines()]
+
+    def delete(self) -> None:
+        # Kill anything still running inside, then remove the namespace.
+        pids = sh("ip", "netns", "pids", self.name, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+class NetnsFactory:
+    def __init__(self, prefix: str = "mt") -> None:
+        self.prefix = prefix
+        self.made: list[Netns] = []
+
+    def __call__(self, role: str = "ns") -> Netns:
+        ns = Netns(f"{self.prefix}-{role}-{suffix()}")
+        self.made.append(ns)
+        return ns
+
+    def cleanup(self) -> None:
+        for ns in reversed(self.made):
+            ns.delete()
+        self.made.clear()
+
+
+def tool(name: str) -> str:
+    """Path of a console script installed in the test venv."""
+    p = VENV_BIN / name
+    return str(p) if p.exists() else (shutil.which(name) or name)
