@@ -1,0 +1,247 @@
+"""Stateful IPAM over a Store: allocations keyed by subnet, written atomically.
+
+Keys (docs/architecture.md):
+  ipam/<subnet-key>/ip/<ip>   {"owner", "container_id", "ifname"}
+  ipam/<subnet-key>/last      the last address handed out in that subnet (round-robin)
+  ipam-owner/<owner>          [[subnet, ip], ...] — the owner index
+Every change writes the address records and the owner index in ONE txn guarded by
+Compare()s, and is retried on Conflict, so parallel allocators (processes, hosts) never
+hand out one address twice and a crash never leaves an address both free and in use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from muslin.ipam.ranges import describe_range_set, next_free, range_set_of, validate_range_sets
+from muslin.model.errors import Conflict, Invalid, Unavailable
+from muslin.model.types import IPAddress, IPInterface, IPNetwork, RangeSet
+from muslin.store.base import KV, Compare, Delete, Op, Put, Store
+
+RETRIES = 200
+IP_PREFIX = "ipam/"
+OWNER_PREFIX = "ipam-owner/"
+
+
+def subnet_key(subnet: IPNetwork) -> str:
+    return str(subnet).replace("/", "_")
+
+
+def ip_key(subnet: IPNetwork, ip: IPAddress) -> str:
+    return f"{IP_PREFIX}{subnet_key(subnet)}/ip/{ip}"
+
+
+def last_key(subnet: IPNetwork) -> str:
+    return f"{IP_PREFIX}{subnet_key(subnet)}/last"
+
+
+def owner_key(owner: str) -> str:
+    return OWNER_PREFIX + owner
+
+
+def _check_owner(owner: str) -> None:
+    if not owner or not isinstance(owner, str) or owner.startswith("/") or "//" in owner:
+        raise Invalid(f"IPAM owner {owner!r} is not a valid owner key (e.g. cni/<containerID>/<ifname>)")
+
+
+def _entries(kv: KV | None) -> list[tuple[IPNetwork, IPAddress]]:
+    if kv is None:
+        return []
+    return [(ipaddress.ip_network(s), ipaddress.ip_address(i)) for s, i in kv.value]
+
+
+def _index_value(entries: Iterable[tuple[IPNetwork, IPAddress]]) -> list[list[str]]:
+    return [[str(s), str(i)] for s, i in entries]
+
+
+class Ipam:
+    def __init__(self, store: Store, retries: int = RETRIES) -> None:
+        self.store = store
+        self.retries = retries
+
+    # --- retry loop --------------------------------------------------------------------
+    def _retry(self, what: str, attempt):  # type: ignore[no-untyped-def]
+        """Run attempt() until its txn commits; attempt returns (compares, ops, result)."""
+        delay = 0.001
+        for _ in range(self.retries):
+            compares, ops, result = attempt()
+            if not ops:
+                return result
+            try:
+                self.store.txn(compares, ops)
+                return result
+            except Conflict:
+                time.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 0.05)
+        raise Unavailable(f"IPAM: {what}: too much contention, gave up after {self.retries} attempts")
+
+    # --- reads -------------------------------------------------------------------------
+    def _used(self, subnet: IPNetwork) -> dict[IPAddress, KV]:
+        pre = f"{IP_PREFIX}{subnet_key(subnet)}/ip/"
+        return {ipaddress.ip_address(kv.key[len(pre):]): kv for kv in self.store.list(pre)}
+
+    def _last(self, rs: RangeSet) -> IPAddress | None:
+        """The set's last handed-out address: the most recently written `last` of its subnets."""
+        best: KV | None = None
+        for subnet in dict.fromkeys(r.subnet for r in rs):
+            kv = self.store.get(last_key(subnet))
+            if kv is not None and (best is None or kv.mod_revision > best.mod_revision):
+                best = kv
+        if best is None:
+            return None
+        try:
+            return ipaddress.ip_address(best.value)
+        except (TypeError, ValueError):
+            return None
+
+    def owners(self, subnet: IPNetwork) -> dict[IPAddress, str]:
+        return {ip: kv.value.get("owner", "") for ip, kv in self._used(subnet).items()}
+
+    def allocated(self, owner: str) -> list[tuple[IPNetwork, IPAddress]]:
+        return _entries(self.store.get(owner_key(owner)))
+
+    # --- allocate ----------------------------------------------------------------------
+    def allocate(self, range_sets: Sequence[RangeSet], owner: str, container_id: str = "", ifname: str = "",
+                 requested: Iterable[IPAddress] = ()) -> list[tuple[IPInterface, IPAddress | None]]:
+        """One address per range set, all in one txn (all-or-nothing).
+
+        Requested addresses go to the range set containing them (Invalid if none does or
+        two fall in one set). If the owner already holds an address in a set (a retried
+        ADD), that address is returned again instead of a second one."""
+        _check_owner(owner)
+        sets = validate_range_sets(range_sets)
+        if not sets:
+            return []
+        want: dict[int, IPAddress] = {}
+        for ip in requested:
+            i = range_set_of(sets, ip)
+            if i is None:
+                raise Invalid(f"requested address {ip} is outside the range "
+                              f"{'; '.join(describe_range_set(s) for s in sets)}")
+            if i in want and want[i] != ip:
+                raise Invalid(f"requested addresses {want[i]} and {ip} fall in the same range set "
+                              f"{describe_range_set(sets[i])}")
+            want[i] = ip
+        record = {"owner": owner, "container_id": container_id, "ifname": ifname}
+
+        def attempt() -> tuple[list[Compare], list[Op], list[tuple[IPInterface, IPAddress | None]]]:
+            okv = self.store.get(owner_key(owner))
+            held = _entries(okv)
+            compares = [Compare(owner_key(owner), okv.mod_revision if okv else 0)]
+            ops: list[Op] = []
+            result: list[tuple[IPInterface, IPAddress | None]] = []
+            new_entries = list(held)
+            for i, rs in enumerate(sets):
+                mine = [(s, ip) for s, ip in held if range_set_of([rs], ip) == 0]
+                if mine:
+                    s, ip = mine[0]
+                    if i in want and want[i] != ip:
+                        raise Conflict(f"{owner} already holds {ip} in {describe_range_set(rs)}, "
+                                       f"not the requested {want[i]}")
+                    r = next(r for r in rs if r.subnet == s)
+                    result.append((ipaddress.ip_interface(f"{ip}/{s.prefixlen}"), r.gateway))
+                    continue
+                used: set[IPAddress] = set()
+                for subnet in dict.fromkeys(r.subnet for r in rs):
+                    used.update(self._used(subnet))
+                ip, r = next_free(rs, used, self._last(rs), want.get(i))
+                compares.append(Compare(ip_key(r.subnet, ip), 0))
+                ops.append(Put(ip_key(r.subnet, ip), record))
+                ops.append(Put(last_key(r.subnet), str(ip)))
+                new_entries.append((r.subnet, ip))
+                result.append((ipaddress.ip_interface(f"{ip}/{r.subnet.prefixlen}"), r.gateway))
+            if ops:
+                ops.append(Put(owner_key(owner), _index_value(new_entries)))
+            return compares, ops, result
+
+        return self._retry(f"allocating for {owner}", attempt)
+
+    def reserve(self, subnet: IPNetwork, ip: IPAddress, owner: str, container_id: str = "",
+                ifname: str = "") -> None:
+        """Take exactly `ip` in `subnet` for owner (Docker --ip, gateways, aux addresses).
+        Idempotent for the same owner; Conflict if someone else holds it."""
+        _check_owner(owner)
+        if ip.version != subnet.version or ip not in subnet:
+            raise Invalid(f"{ip} is not inside subnet {subnet}")
+        record = {"owner": owner, "container_id": container_id, "ifname": ifname}
+
+        def attempt() -> tuple[list[Compare], list[Op], None]:
+            kv = self.store.get(ip_key(subnet, ip))
+            if kv is not None:
+                holder = kv.value.get("owner", "")
+                if holder == owner:
+                    return [], [], None
+                raise Conflict(f"{ip} in {subnet} is already in use by {holder}")
+            okv = self.store.get(owner_key(owner))
+            entries = _entries(okv) + [(subnet, ip)]
+            compares = [Compare(ip_key(subnet, ip), 0), Compare(owner_key(owner), okv.mod_revision if okv else 0)]
+            return compares, [Put(ip_key(subnet, ip), record), Put(owner_key(owner), _index_value(entries))], None
+
+        self._retry(f"reserving {ip} in {subnet}", attempt)
+
+    # --- release -----------------------------------------------------------------------
+    def release(self, owner: str) -> list[IPAddress]:
+        """Free every address of owner; idempotent. Returns the addresses freed."""
+        _check_owner(owner)
+
+        def attempt() -> tuple[list[Compare], list[Op], list[IPAddress]]:
+            okv = self.store.get(owner_key(owner))
+            if okv is None:
+                return [], [], []
+            compares = [Compare(owner_key(owner), okv.mod_revision)]
+            ops: list[Op] = [Delete(owner_key(owner))]
+            freed: list[IPAddress] = []
+            for s, ip in _entries(okv):
+                kv = self.store.get(ip_key(s, ip))
+                if kv is not None and kv.value.get("owner") == owner:
+                    compares.append(Compare(kv.key, kv.mod_revision))
+                    ops.append(Delete(kv.key))
+                    freed.append(ip)
+            return compares, ops, freed
+
+        return self._retry(f"releasing {owner}", attempt)
+
+    def release_ip(self, subnet: IPNetwork, ip: IPAddress) -> bool:
+        """Free one address whoever holds it; True if it was allocated."""
+
+        def attempt() -> tuple[list[Compare], list[Op], bool]:
+            kv = self.store.get(ip_key(subnet, ip))
+            if kv is None:
+                return [], [], False
+            compares = [Compare(kv.key, kv.mod_revision)]
+            ops: list[Op] = [Delete(kv.key)]
+            owner = kv.value.get("owner", "")
+            if owner:
+                okv = self.store.get(owner_key(owner))
+                if okv is not None:
+                    rest = [(s, i) for s, i in _entries(okv) if not (s == subnet and i == ip)]
+                    compares.append(Compare(okv.key, okv.mod_revision))
+                    ops.append(Put(okv.key, _index_value(rest)) if rest else Delete(okv.key))
+            return compares, ops, True
+
+        return self._retry(f"releasing {ip} in {subnet}", attempt)
+
+    def gc(self, subnets: Iterable[IPNetwork], keep_owners: Iterable[str], owner_prefix: str = "") -> list[str]:
+        """Release every owner holding an address in `subnets` that is not in keep_owners.
+        Only owners starting with owner_prefix are considered (e.g. 'cni/', so a CNI GC never
+        frees a Docker endpoint's address on a shared subnet). Returns the owners released."""
+        keep = set(keep_owners)
+        gone: set[str] = set()
+        for subnet in subnets:
+            for ip, owner in self.owners(subnet).items():
+                if owner.startswith(owner_prefix) and owner not in keep and owner not in gone:
+                    if owner:
+                        self.release(owner)
+                    else:
+                        self.release_ip(subnet, ip)
+                    gone.add(owner)
+        return sorted(gone)
+
+    # --- helpers for callers -----------------------------------------------------------
+    def record(self, subnet: IPNetwork, ip: IPAddress) -> dict[str, Any] | None:
+        kv = self.store.get(ip_key(subnet, ip))
+        return kv.value if kv else None
