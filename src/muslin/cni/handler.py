@@ -1,0 +1,433 @@
+"""The CNI dispatcher: (environment, stdin) in, (stdout text, exit code) out.
+
+`handle` is the main plugin `muslin-cni` (a drop-in for the reference `bridge`);
+`handle_ipam` is the IPAM plugin `muslin-ipam` (a drop-in for `host-local`, on Muslin's
+store). Verbs: ADD, DEL, CHECK, VERSION, GC, STATUS (spec 1.1). Errors are the CNI error
+JSON on stdout with exit code 1; nothing ever raises out of here and no traceback is
+printed. The work itself is done by `muslin.control.service.Muslin`; this module never
+changes the namespace of the process it runs in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from muslin.cni import result as R
+from muslin.cni.types import (
+    CURRENT_VERSION, E_CONFIG, E_INTERNAL, E_STATUS, E_TRY_AGAIN, MUSLIN_IPAM, SUPPORTED_VERSIONS, CniError,
+    CniRequest, error_code, parse_request,
+)
+from muslin.model.errors import Exhausted, MuslinError, NotFound
+from muslin.model.types import Endpoint, IPInterface, IPRange, Network, RangeSet
+
+DELEGATE_TIMEOUT = 120.0
+
+
+# --------------------------------------------------------------------------- the guard
+
+
+def _request_version(stdin: bytes) -> str:
+    try:
+        v = json.loads(stdin.decode("utf-8")).get("cniVersion")
+        return v if v in SUPPORTED_VERSIONS else CURRENT_VERSION
+    except Exception:  # noqa: BLE001
+        return CURRENT_VERSION
+
+
+def _guarded(fn: Callable[[], dict[str, Any] | None], stdin: bytes) -> tuple[str, int]:
+    try:
+        out = fn()
+        return (json.dumps(out) if out is not None else ""), 0
+    except MuslinError as e:
+        msg = " ".join(str(e.message).split()) or type(e).__name__
+        return json.dumps(R.error(error_code(e), msg, e.details, _request_version(stdin))), 1
+    except BaseException as e:  # noqa: BLE001 - last resort: one line, never a traceback
+        text = " ".join(str(e).split())[:300] or type(e).__name__
+        return json.dumps(R.error(E_INTERNAL, f"internal error: {text}", type(e).__name__,
+                                  _request_version(stdin))), 1
+
+
+def handle(env: dict[str, str], stdin: bytes) -> tuple[str, int]:
+    """muslin-cni: the main plugin."""
+    return _guarded(lambda: _main(env, stdin), stdin)
+
+
+def handle_ipam(env: dict[str, str], stdin: bytes) -> tuple[str, int]:
+    """muslin-ipam: host-local semantics on Muslin's store."""
+    return _guarded(lambda: _ipam_main(env, stdin), stdin)
+
+
+def version_answer(version: str) -> dict[str, Any]:
+    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def state_dir(req: CniRequest, env: dict[str, str]) -> str:
+    return req.data_dir or env.get("MUSLIN_STATE_DIR") or os.environ.get("MUSLIN_STATE_DIR") or "/var/lib/muslin"
+
+
+def _open(req: CniRequest, env: dict[str, str]):
+    from muslin.control.service import Muslin
+    from muslin.store import open_store
+
+    d = state_dir(req, env)
+    try:
+        store = open_store(d)
+    except MuslinError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CniError(E_TRY_AGAIN, f"cannot open Muslin's store in {d}: {e}") from None
+    return Muslin(store, d)
+
+
+def find_plugin(name: str, path: tuple[str, ...]) -> str:
+    if not name or "/" in name:
+        raise CniError(E_CONFIG, f"ipam.type {name!r} is not a plugin name")
+    for d in path:
+        p = Path(d) / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    raise CniError(E_CONFIG, f"IPAM plugin {name!r} not found in CNI_PATH {':'.join(path) or '(empty)'}")
+
+
+def delegate(req: CniRequest, env: dict[str, str], stdin: bytes, command: str) -> dict[str, Any] | None:
+    """Run the IPAM plugin `req.ipam_type` with the same env (verb `command`) and the full
+    stdin; its error becomes ours. Returns its parsed result (ADD) or None."""
+    exe = find_plugin(req.ipam_type, req.env.path)
+    penv = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "MUSLIN_"))}
+    penv.update(env)
+    penv["CNI_COMMAND"] = command
+    try:
+        p = subprocess.run([exe], input=stdin, env=penv, capture_output=True, timeout=DELEGATE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise CniError(E_TRY_AGAIN, f"IPAM plugin {req.ipam_type} {command} did not finish in "
+                                    f"{DELEGATE_TIMEOUT:.0f}s") from None
+    except OSError as e:
+        raise CniError(E_CONFIG, f"cannot run IPAM plugin {exe}: {e.strerror}") from None
+    if p.stderr:
+        sys.stderr.write(p.stderr.decode("utf-8", "replace"))
+    out = p.stdout.decode("utf-8", "replace").strip()
+    if p.returncode != 0:
+        try:
+            err = json.loads(out)
+            code, msg, details = int(err.get("code", E_INTERNAL)), str(err.get("msg", "")), str(err.get("details", ""))
+        except (ValueError, AttributeError, TypeError):
+            code, msg, details = E_INTERNAL, (out or p.stderr.decode("utf-8", "replace")).strip(), ""
+        msg = " ".join(msg.split()) or f"exit status {p.returncode}"
+        raise CniError(code, f"IPAM plugin {req.ipam_type} {command} failed: {msg}", details)
+    if command != "ADD":
+        return None
+    try:
+        return R.parse_result(json.loads(out))
+    except ValueError:
+        raise CniError(E_CONFIG, f"IPAM plugin {req.ipam_type} printed no valid result: {out[:200]!r}") from None
+
+
+def _nets_from_addresses(net: Network, res: dict[str, Any]) -> Network:
+    """With a foreign IPAM whose config Muslin cannot read, learn the subnets from its result."""
+    if net.range_sets:
+        return net
+    sets: list[RangeSet] = []
+    for ip in res.get("ips", []):
+        a = ipaddress.ip_interface(ip["address"])
+        gw = ipaddress.ip_address(ip["gateway"]) if ip.get("gateway") else None
+        if a.network.max_prefixlen - a.network.prefixlen < 2:
+            continue
+        if any(a.network == r.subnet for rs in sets for r in rs):
+            continue
+        sets.append((IPRange(a.network, gateway=gw),))
+    return net.evolve(range_sets=tuple(sets))
+
+
+def _link_mac(name: str) -> str:
+    from muslin.dataplane.links import Host
+
+    host = Host()
+    try:
+        info = host.link(name)
+        return info.mac if info else ""
+    finally:
+        host.close()
+
+
+def endpoint_result(net: Network, ep: Endpoint, dns: dict[str, Any]) -> dict[str, Any]:
+    """The canonical result of an attachment: [bridge, host veth, container iface]."""
+    ifaces: list[dict[str, Any]] = []
+    if net.driver == "bridge":
+        ifaces.append(R.interface(net.bridge, _link_mac(net.bridge)))
+        ifaces.append(R.interface(ep.host_ifname, _link_mac(ep.host_ifname), ep.mtu))
+    elif net.driver == "macvlan":
+        ifaces.append(R.interface(net.parent, _link_mac(net.parent)))
+    ifaces.append(R.interface(ep.ifname, ep.mac, ep.mtu, ep.netns))
+    idx = len(ifaces) - 1
+    ips = []
+    for a in ep.addresses:
+        gw = next((g for g in ep.gateways if g.version == a.version), None)
+        ips.append(R.ip_entry(a, gw, idx))
+    routes = [r.to_dict() for r in ep.routes]
+    return R.build(ifaces, ips, routes, dns)
+
+
+def _ensure_network(m, req: CniRequest, learned: dict[str, Any] | None) -> Network:
+    if req.join:
+        net = m.find_network(req.join)
+        if net is None:
+            raise CniError(E_CONFIG, f"network {req.join!r} (config key network) does not exist in Muslin")
+        return net
+    assert req.network is not None
+    net = req.network
+    if learned is not None:
+        net = _nets_from_addresses(net, learned)
+    return m.ensure_network(net)
+
+
+# --------------------------------------------------------------------------- muslin-cni
+
+
+def _main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
+    req = parse_request(env, stdin)
+    if req.command == "VERSION":
+        return version_answer(req.version)
+    m = _open(req, env)
+    try:
+        return {"ADD": _add, "DEL": _del, "CHECK": _check, "GC": _gc, "STATUS": _status}[req.command](
+            m, req, env, stdin)
+    finally:
+        m.close()
+
+
+def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any]:
+    from muslin.model.types import AttachRequest
+
+    prev = R.parse_result(req.prev_result) if req.prev_result else None
+    learned = delegate(req, env, stdin, "ADD") if req.delegates_ipam else None
+    try:
+        net = _ensure_network(m, req, learned)
+        addresses: tuple[IPInterface, ...] = ()
+        if learned is not None:
+            addresses = tuple(ipaddress.ip_interface(ip["address"]) for ip in learned.get("ips", []))
+        ep = m.attach(AttachRequest(
+            network=net.name, endpoint_id=req.endpoint_id, container_id=req.env.container_id,
+            ifname=req.env.ifname, netns=req.env.netns, ips=() if learned is not None else req.ips,
+            mac=req.mac, ports=req.ports, aliases=req.aliases, addresses=addresses, mtu=req.mtu,
+            owner=req.owner,
+        ))
+        dns = req.dns or (learned or {}).get("dns") or {}
+        res = endpoint_result(net, ep, dns)
+        if learned is not None and learned.get("routes") and not ep.routes:
+            res["routes"] = learned["routes"]
+    except BaseException:
+        if learned is not None:
+            try:
+                delegate(req, env, stdin, "DEL")
+            except MuslinError as e:
+                print(f"muslin-cni: IPAM DEL after a failed ADD: {e}", file=sys.stderr)
+        raise
+    return R.to_version(R.merge(prev, res), req.version)
+
+
+def _del(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
+    first: MuslinError | None = None
+    try:
+        m.detach(req.network_name, req.endpoint_id, owner=req.owner, netns=req.env.netns, ifname=req.env.ifname)
+    except MuslinError as e:
+        first = e
+    if req.delegates_ipam:
+        delegate(req, env, stdin, "DEL")
+    if first is not None:
+        raise first
+    return None
+
+
+def _check(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
+    try:
+        ep = m.check(req.network_name, req.endpoint_id)
+    except NotFound as e:
+        raise CniError(E_CONFIG, f"CHECK failed: {e.message}") from None
+    if req.prev_result:
+        prev = R.parse_result(req.prev_result)
+        want = set(R.container_addresses(prev, req.env.ifname))
+        have = set(ep.addresses)
+        if want - have:
+            raise CniError(E_CONFIG, f"CHECK failed: {req.env.ifname} lacks "
+                                     f"{', '.join(sorted(str(a) for a in want - have))} listed in prevResult")
+        for it in prev.get("interfaces", []):
+            if it.get("name") == req.env.ifname and it.get("sandbox") and it.get("mac") and ep.mac \
+                    and it["mac"].lower() != ep.mac.lower():
+                raise CniError(E_CONFIG, f"CHECK failed: {req.env.ifname} has MAC {ep.mac}, prevResult says "
+                                         f"{it['mac']}")
+    if req.delegates_ipam:
+        delegate(req, env, stdin, "CHECK")
+    return None
+
+
+def _gc(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
+    valid = {f"{cid}/{ifn}" for cid, ifn in (req.valid_attachments or ())}
+    name = req.network_name
+    keep = set(valid)
+    for ep in m.endpoints(name):  # only CNI attachments are ours to collect
+        owner = dict(ep.extra).get("owner", "")
+        if not owner.startswith("cni/"):
+            keep.add(ep.endpoint_id)
+    first: MuslinError | None = None
+    try:
+        if m.find_network(name) is not None:
+            m.gc(name, keep)
+    except MuslinError as e:
+        first = e
+    if req.delegates_ipam:
+        delegate(req, env, stdin, "GC")
+    else:
+        try:
+            _ipam_gc(m.ipam, req)
+        except MuslinError as e:
+            first = first or e
+    if first is not None:
+        raise first
+    return None
+
+
+def _status(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
+    if req.delegates_ipam:
+        try:
+            delegate(req, env, stdin, "STATUS")
+        except CniError as e:
+            raise CniError(E_STATUS, e.message, e.details) from None
+        return None
+    sets = req.range_sets
+    if req.join:
+        net = m.find_network(req.join)
+        if net is None:
+            raise CniError(E_STATUS, f"network {req.join!r} (config key network) does not exist in Muslin")
+        sets = net.range_sets
+    _pool_status(m.ipam, sets)
+    return None
+
+
+# --------------------------------------------------------------------------- IPAM pieces
+
+
+def _free_in(ipam, rs: RangeSet) -> int:
+    from muslin.ipam.ranges import normalize_range, range_contains
+
+    total = 0
+    for r in rs:
+        r = normalize_range(r)
+        assert r.range_start is not None and r.range_end is not None
+        size = int(r.range_end) - int(r.range_start) + 1
+        if r.gateway is not None and range_contains(r, r.gateway):
+            size -= 1
+        if r.subnet.version == 4:
+            size -= sum(1 for a in (r.subnet.network_address, r.subnet.broadcast_address) if range_contains(r, a))
+        used = sum(1 for ip in ipam.owners(r.subnet) if range_contains(r, ip) and ip != r.gateway)
+        total += max(0, size - used)
+        if total > 0:
+            return total
+    return total
+
+
+def _pool_status(ipam, sets: tuple[RangeSet, ...]) -> None:
+    from muslin.ipam.ranges import describe_range_set
+
+    try:
+        for rs in sets:
+            if _free_in(ipam, rs) <= 0:
+                raise CniError(E_STATUS, f"address pool exhausted: no free address in {describe_range_set(rs)}")
+    except CniError:
+        raise
+    except MuslinError as e:
+        raise CniError(E_STATUS, f"cannot serve ADD: {e.message}") from None
+
+
+def _ipam_gc(ipam, req: CniRequest) -> list[str]:
+    valid = {f"cni/{cid}/{ifn}" for cid, ifn in (req.valid_attachments or ())}
+    subnets = list(dict.fromkeys(r.subnet for rs in req.range_sets for r in rs))
+    keep = set(valid)
+    for s in subnets:  # other front-ends' allocations in the same subnet are not ours
+        for owner in ipam.owners(s).values():
+            if not owner.startswith("cni/"):
+                keep.add(owner)
+    return ipam.gc(subnets, keep) if subnets else []
+
+
+def _resolv_conf(path: str) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise CniError(E_CONFIG, f"ipam.resolvConf {path}: {e.strerror}") from None
+    dns: dict[str, Any] = {}
+    for line in text.splitlines():
+        f = line.split()
+        if not f or f[0].startswith(("#", ";")):
+            continue
+        if f[0] == "nameserver" and len(f) > 1:
+            dns.setdefault("nameservers", []).append(f[1])
+        elif f[0] == "domain" and len(f) > 1:
+            dns["domain"] = f[1]
+        elif f[0] == "search":
+            dns["search"] = f[1:]
+        elif f[0] == "options":
+            dns.setdefault("options", []).extend(f[1:])
+    return dns
+
+
+def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
+    req = parse_request(env, stdin, ipam_plugin=True)
+    if req.command == "VERSION":
+        return version_answer(req.version)
+    m = _open(req, env)
+    try:
+        ipam = m.ipam
+        cmd = req.command
+        if cmd == "ADD":
+            return _ipam_add(ipam, req)
+        if cmd == "DEL":
+            ipam.release(req.owner)
+            return None
+        if cmd == "CHECK":
+            subnets = {r.subnet for rs in req.range_sets for r in rs}
+            for s in subnets:
+                if req.owner in ipam.owners(s).values():
+                    return None
+            raise CniError(E_CONFIG, f"CHECK failed: no address is allocated to {req.env.container_id} "
+                                     f"{req.env.ifname} in {', '.join(str(s) for s in subnets)}")
+        if cmd == "GC":
+            _ipam_gc(ipam, req)
+            return None
+        _pool_status(ipam, req.range_sets)  # STATUS
+        return None
+    finally:
+        m.close()
+
+
+def _ipam_add(ipam, req: CniRequest) -> dict[str, Any]:
+    from muslin.ipam.ranges import describe_range_set
+
+    for rs in req.range_sets:
+        subnets = {r.subnet for r in rs}
+        for s in subnets:
+            if req.owner in ipam.owners(s).values():
+                raise CniError(E_CONFIG, f"container {req.env.container_id} {req.env.ifname} already has an "
+                                         f"address in {describe_range_set(rs)} (duplicate allocation)")
+    if len(req.range_sets) > 1 and req.version in ("0.1.0", "0.2.0"):
+        fams = [rs[0].subnet.version for rs in req.range_sets]
+        if len(fams) != len(set(fams)):
+            raise CniError(E_CONFIG, f"cniVersion {req.version} allows one address per family; use 0.3.0 or later")
+    try:
+        addrs = ipam.allocate(req.range_sets, req.owner, req.env.container_id, req.env.ifname, list(req.ips))
+    except Exhausted:
+        raise
+    ips = [R.ip_entry(a, gw) for a, gw in addrs]
+    routes = [r.to_dict() for r in req.ipam_routes]
+    dns = _resolv_conf(str(req.ipam.get("resolvConf") or ""))
+    return R.to_version(R.build([], ips, routes, dns), req.version)

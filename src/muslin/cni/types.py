@@ -1,0 +1,575 @@
+"""CNI request parsing: environment + stdin config -> a typed `CniRequest` (pure, no I/O).
+
+Every error is a `CniError` carrying the CNI error code and a one-line message that names
+the key (or environment variable) and the offending value:
+
+- 1 unsupported cniVersion; 2 unsupported field (a known key with a wrong type, an
+  unknown key, a reference-bridge feature Muslin does not implement); 4 bad or missing
+  environment variable; 6 undecodable JSON or version string; 7 invalid configuration.
+
+Config keys understood by `muslin-cni` (the reference `bridge` plugin's keys first):
+
+  bridge            bridge name (default "mus-<network name>" if that fits in 15 bytes,
+                    else "mus-" + the first 10 hex digits of sha1(name))
+  isGateway         give the bridge the gateway address (default false)
+  isDefaultGateway  also add a default route via the gateway; implies isGateway
+  ipMasq            masquerade traffic leaving the network (default false)
+  mtu               MTU of the veth pair (default: the host's)
+  hairpinMode       let a container reach itself through a port mapping on the bridge
+  promiscMode       put the bridge in promiscuous mode
+  forceAddress      accepted for compatibility (Muslin always owns its bridge's address)
+  ipam              {"type": "muslin-ipam" | <any IPAM plugin in CNI_PATH>, host-local keys}
+  dns               copied into the result
+
+Muslin's own keys:
+
+  driver    bridge | macvlan | host | none | container | ipvlan (default bridge)
+  network   name of an existing Muslin network to join (made by `muslin network create`
+            or by Docker); its settings are used and the CNI network name is only a label
+  isolate   drop traffic between this network and other Muslin networks (default true)
+  internal  no traffic to or from outside the network (default false)
+  master    macvlan parent link;  mode: macvlan mode (default bridge)
+  dataDir   Muslin's state directory (overrides MUSLIN_STATE_DIR; default /var/lib/muslin)
+
+Runtime-provided inputs: requested IPs from CNI_ARGS `IP=` (comma-separated allowed),
+`args.cni.ips` and `runtimeConfig.ips` (all are used, duplicates once); the MAC from
+CNI_ARGS `MAC=` < `args.cni.mac` < `runtimeConfig.mac`; `runtimeConfig.portMappings`;
+`runtimeConfig.aliases` (a list, or Podman's {network: [names]}).
+A network implied by a CNI config gets origin "cni" and is removed with its last endpoint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from muslin.model import names
+from muslin.model.errors import Invalid, MuslinError
+from muslin.model.types import DRIVERS, IPAddress, Network, PortMapping, RangeSet, Route
+
+SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+CURRENT_VERSION = "1.1.0"
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
+MUSLIN_IPAM = "muslin-ipam"
+
+_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+# CNI error codes
+E_VERSION, E_FIELD, E_UNKNOWN_CONTAINER, E_ENV, E_IO, E_DECODE, E_CONFIG = 1, 2, 3, 4, 5, 6, 7
+E_TRY_AGAIN, E_STATUS, E_STATUS_LIMITED, E_INTERNAL = 11, 50, 51, 999
+
+
+class CniError(Invalid):
+    """An error with an explicit CNI code (the taxonomy kind stays 'invalid')."""
+
+    def __init__(self, code: int, message: str, details: str = "") -> None:
+        super().__init__(message, details)
+        self.cni_code = code
+
+
+def error_code(e: BaseException) -> int:
+    """The CNI code of any error: its own for MuslinError, 999 otherwise."""
+    return int(getattr(e, "cni_code", E_INTERNAL)) if isinstance(e, MuslinError) else E_INTERNAL
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class CniEnv:
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: tuple[tuple[str, str], ...] = ()
+    path: tuple[str, ...] = ()
+
+    def arg(self, key: str) -> str | None:
+        for k, v in self.args:
+            if k == key:
+                return v
+        return None
+
+
+def validate_ifname(name: str) -> None:
+    if not name:
+        raise CniError(E_ENV, "CNI_IFNAME is empty: an interface name is required")
+    if len(name.encode()) > 15:
+        raise CniError(E_ENV, f"CNI_IFNAME {name!r} is longer than 15 bytes")
+    if name in (".", ".."):
+        raise CniError(E_ENV, f"CNI_IFNAME {name!r} is not a valid interface name")
+    if any(c in name for c in "/:") or any(c.isspace() for c in name):
+        raise CniError(E_ENV, f"CNI_IFNAME {name!r} must not contain '/', ':' or whitespace")
+
+
+def parse_cni_args(text: str) -> tuple[tuple[str, str], ...]:
+    """CNI_ARGS 'K1=V1;K2=V2' (libcni LoadArgs). Only IP, MAC and IgnoreUnknown are used;
+    other keys are an error unless IgnoreUnknown=1/true is present."""
+    if not text:
+        return ()
+    pairs: list[tuple[str, str]] = []
+    for item in text.split(";"):
+        if item == "":
+            continue
+        kv = item.split("=")
+        if len(kv) != 2 or not kv[0]:
+            raise CniError(E_ENV, f"CNI_ARGS item {item!r} is not of the form KEY=VALUE")
+        pairs.append((kv[0], kv[1]))
+    keys = dict(pairs)
+    ignore = keys.get("IgnoreUnknown", "").lower() in ("1", "true")
+    if not ignore:
+        unknown = [k for k, _ in pairs if k not in ("IP", "MAC", "IgnoreUnknown")]
+        if unknown:
+            raise CniError(E_ENV, f"CNI_ARGS has unknown key {unknown[0]!r} "
+                                  f"(add IgnoreUnknown=1 to ignore unknown keys)")
+    return tuple(pairs)
+
+
+def parse_env(env: dict[str, str]) -> CniEnv:
+    cmd = env.get("CNI_COMMAND", "")
+    if not cmd:
+        raise CniError(E_ENV, "CNI_COMMAND is not set")
+    if cmd not in COMMANDS:
+        raise CniError(E_ENV, f"CNI_COMMAND {cmd!r} is not one of {', '.join(COMMANDS)}")
+    path = tuple(p for p in env.get("CNI_PATH", "").split(":") if p)
+    if cmd in ("VERSION", "GC", "STATUS"):
+        return CniEnv(cmd, path=path)
+    cid = env.get("CNI_CONTAINERID", "")
+    if not cid:
+        raise CniError(E_ENV, "CNI_CONTAINERID is not set")
+    if not _ID_RE.match(cid):
+        raise CniError(E_ENV, f"CNI_CONTAINERID {cid!r} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    ifname = env.get("CNI_IFNAME", "")
+    validate_ifname(ifname)
+    netns = env.get("CNI_NETNS", "")
+    if cmd in ("ADD", "CHECK") and not netns:
+        raise CniError(E_ENV, f"CNI_NETNS is required for {cmd}")
+    return CniEnv(cmd, cid, netns, ifname, parse_cni_args(env.get("CNI_ARGS", "")), path)
+
+
+# --------------------------------------------------------------------------- config helpers
+
+
+def _fail(key: str, value: Any, want: str) -> CniError:
+    return CniError(E_FIELD, f"unsupported field {key}={json.dumps(value)}: must be {want}")
+
+
+def _get(d: dict[str, Any], key: str, typ: type | tuple[type, ...], want: str, default: Any, where: str = "") -> Any:
+    if key not in d or d[key] is None:
+        return default
+    v = d[key]
+    if isinstance(v, bool) and typ in (int, (int,)):
+        raise _fail(where + key, v, want)
+    if not isinstance(v, typ):
+        raise _fail(where + key, v, want)
+    return v
+
+
+def _bool(d: dict[str, Any], key: str, default: bool, where: str = "") -> bool:
+    return bool(_get(d, key, bool, "true or false", default, where))
+
+
+def _str(d: dict[str, Any], key: str, default: str = "", where: str = "") -> str:
+    return str(_get(d, key, str, "a string", default, where))
+
+
+def _int(d: dict[str, Any], key: str, default: int = 0, where: str = "") -> int:
+    return int(_get(d, key, int, "an integer", default, where))
+
+
+def _dict(d: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+    return dict(_get(d, key, dict, "an object", {}, where))
+
+
+def _list(d: dict[str, Any], key: str, where: str = "") -> list[Any]:
+    return list(_get(d, key, list, "a list", [], where))
+
+
+def parse_version(v: Any, key: str = "cniVersion") -> str:
+    """A supported version string; code 6 if it is not a version, 1 if unsupported."""
+    if v is None or v == "":
+        return "0.1.0"  # libcni: a config without cniVersion is 0.1.0
+    if not isinstance(v, str) or not _VERSION_RE.match(v):
+        raise CniError(E_DECODE, f"{key} {json.dumps(v)} is not a version string (like \"1.1.0\")")
+    if v not in SUPPORTED_VERSIONS:
+        raise CniError(E_VERSION, f"incompatible CNI version {v}: this plugin supports "
+                                  f"{', '.join(SUPPORTED_VERSIONS)}")
+    return v
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+def default_bridge_name(network: str) -> str:
+    """'mus-<name>' when it fits in 15 bytes, else 'mus-' + 10 hex digits of sha1(name)."""
+    return names.bridge_name(network)
+
+
+def _ip(key: str, value: Any) -> IPAddress:
+    if not isinstance(value, str):
+        raise _fail(key, value, "an IP address string")
+    try:
+        return ipaddress.ip_interface(value.strip()).ip
+    except ValueError:
+        raise CniError(E_CONFIG, f"{key} {value!r} is not an IP address") from None
+
+
+def _mac(key: str, value: Any, code: int = E_CONFIG) -> str:
+    if not isinstance(value, str):
+        raise _fail(key, value, "a MAC address string")
+    if not _MAC_RE.match(value):
+        raise CniError(code, f"{key} {value!r} is not a MAC address (like 02:42:0a:00:00:05)")
+    if int(value[:2], 16) & 1:
+        raise CniError(code, f"{key} {value} is a multicast MAC address")
+    return value.lower()
+
+
+# --------------------------------------------------------------------------- the request
+
+_RUNTIME_KEYS = {"cniVersion", "cniVersions", "name", "type", "capabilities", "runtimeConfig", "args",
+                 "prevResult", "disableCheck", "disableGC", "loadOnlyInlinedPlugins", "dns", "ipam"}
+_BRIDGE_KEYS = {"bridge", "isGateway", "isDefaultGateway", "ipMasq", "ipMasqBackend", "mtu", "hairpinMode",
+                "promiscMode", "forceAddress", "vlan", "vlanTrunk", "preserveDefaultVlan", "macspoofchk",
+                "enabledad", "disableContainerInterface", "portIsolation"}
+_MUSLIN_KEYS = {"driver", "network", "isolate", "internal", "master", "mode", "dataDir"}
+_IPAM_KEYS = {"type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dataDir",
+              "resolvConf"}
+_MACVLAN_MODES = ("bridge", "private", "vepa", "passthru", "source")
+
+
+@dataclass(frozen=True)
+class CniRequest:
+    env: CniEnv
+    version: str
+    name: str = ""
+    plugin_type: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    network: Network | None = None  # the network this config implies (None for VERSION)
+    join: str = ""  # `network` key: an existing Muslin network
+    ipam: dict[str, Any] = field(default_factory=dict)
+    ipam_type: str = MUSLIN_IPAM
+    range_sets: tuple[RangeSet, ...] = ()
+    ipam_routes: tuple[Route, ...] = ()
+    ips: tuple[IPAddress, ...] = ()
+    mac: str = ""
+    ports: tuple[PortMapping, ...] = ()
+    aliases: tuple[str, ...] = ()
+    dns: dict[str, Any] = field(default_factory=dict)
+    prev_result: dict[str, Any] | None = None
+    valid_attachments: tuple[tuple[str, str], ...] | None = None
+    data_dir: str = ""
+    mtu: int = 0
+
+    @property
+    def command(self) -> str:
+        return self.env.command
+
+    @property
+    def owner(self) -> str:
+        """The IPAM owner key of this attachment."""
+        return f"cni/{self.env.container_id}/{self.env.ifname}"
+
+    @property
+    def endpoint_id(self) -> str:
+        return f"{self.env.container_id}/{self.env.ifname}"
+
+    @property
+    def delegates_ipam(self) -> bool:
+        return self.ipam_type not in ("", MUSLIN_IPAM)
+
+    @property
+    def network_name(self) -> str:
+        """The Muslin network the attachment belongs to."""
+        return self.join or self.name
+
+
+def decode_config(stdin: bytes) -> dict[str, Any]:
+    try:
+        text = stdin.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CniError(E_DECODE, "config on stdin is not UTF-8 text") from None
+    if not text.strip():
+        raise CniError(E_DECODE, "config on stdin is empty: a JSON object is required")
+    try:
+        conf = json.loads(text)
+    except ValueError as e:
+        raise CniError(E_DECODE, f"config on stdin is not valid JSON: {e}") from None
+    if not isinstance(conf, dict):
+        raise CniError(E_DECODE, f"config on stdin must be a JSON object, got {type(conf).__name__}")
+    return conf
+
+
+def _args_cni(conf: dict[str, Any]) -> dict[str, Any]:
+    """`args.cni` (unknown content under `args` is ignored, as the conventions ask)."""
+    args = _dict(conf, "args")
+    return args["cni"] if isinstance(args.get("cni"), dict) else {}
+
+
+def _requested_ips(env: CniEnv, conf: dict[str, Any]) -> tuple[IPAddress, ...]:
+    out: list[IPAddress] = []
+    ip_arg = env.arg("IP")
+    if ip_arg:
+        for part in ip_arg.split(","):
+            if part.strip():
+                try:
+                    out.append(ipaddress.ip_interface(part.strip()).ip)
+                except ValueError:
+                    raise CniError(E_ENV, f"CNI_ARGS IP={part!r} is not an IP address") from None
+    cni_args = _args_cni(conf)
+    if isinstance(cni_args.get("ips"), list):
+        for i, v in enumerate(cni_args["ips"]):
+            out.append(_ip(f"args.cni.ips[{i}]", v))
+    rc = _dict(conf, "runtimeConfig")
+    for i, v in enumerate(_list(rc, "ips", "runtimeConfig.")):
+        out.append(_ip(f"runtimeConfig.ips[{i}]", v))
+    seen: list[IPAddress] = []
+    for ip in out:
+        if ip not in seen:
+            seen.append(ip)
+    return tuple(seen)
+
+
+def _requested_mac(env: CniEnv, conf: dict[str, Any]) -> str:
+    mac = ""
+    m = env.arg("MAC")
+    if m:
+        mac = _mac("CNI_ARGS MAC", m, E_ENV)
+    cni_args = _args_cni(conf)
+    if isinstance(cni_args.get("mac"), str) and cni_args["mac"]:
+        mac = _mac("args.cni.mac", cni_args["mac"])
+    rc = _dict(conf, "runtimeConfig")
+    if rc.get("mac"):
+        mac = _mac("runtimeConfig.mac", rc["mac"])
+    return mac
+
+
+def _ports(conf: dict[str, Any]) -> tuple[PortMapping, ...]:
+    rc = _dict(conf, "runtimeConfig")
+    out: list[PortMapping] = []
+    for i, p in enumerate(_list(rc, "portMappings", "runtimeConfig.")):
+        where = f"runtimeConfig.portMappings[{i}]"
+        if not isinstance(p, dict):
+            raise _fail(where, p, "an object")
+        hp = _int(p, "hostPort", 0, where + ".")
+        cp = _int(p, "containerPort", 0, where + ".")
+        proto = _str(p, "protocol", "tcp", where + ".").lower() or "tcp"
+        hip = _str(p, "hostIP", "", where + ".")
+        for k, v in (("hostPort", hp), ("containerPort", cp)):
+            if not 1 <= v <= 65535:
+                raise CniError(E_CONFIG, f"{where}.{k} {v} is not a port number (1-65535)")
+        if proto not in ("tcp", "udp", "sctp"):
+            raise CniError(E_CONFIG, f"{where}.protocol {proto!r} is not tcp, udp or sctp")
+        if hip:
+            _ip(where + ".hostIP", hip)
+        out.append(PortMapping(hp, cp, proto, hip))
+    return tuple(out)
+
+
+def _aliases(conf: dict[str, Any], name: str) -> tuple[str, ...]:
+    rc = _dict(conf, "runtimeConfig")
+    a = rc.get("aliases")
+    if a is None:
+        return ()
+    if isinstance(a, dict):  # Podman: {"<network>": ["name", ...]}
+        a = a.get(name) or []
+    if not isinstance(a, list) or not all(isinstance(x, str) for x in a):
+        raise _fail("runtimeConfig.aliases", rc.get("aliases"), "a list of names")
+    return tuple(a)
+
+
+def _valid_attachments(conf: dict[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in conf else "cni.dev/attachments"
+    if key not in conf:
+        return None
+    v = conf[key]
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise _fail(key, v, "a list of {containerID, ifname}")
+    out: list[tuple[str, str]] = []
+    for i, a in enumerate(v):
+        if not isinstance(a, dict):
+            raise _fail(f"{key}[{i}]", a, "an object {containerID, ifname}")
+        out.append((_str(a, "containerID", "", f"{key}[{i}]."), _str(a, "ifname", "", f"{key}[{i}].")))
+    return tuple(out)
+
+
+def _ipam_routes(ipam: dict[str, Any]) -> tuple[Route, ...]:
+    out: list[Route] = []
+    for i, r in enumerate(_list(ipam, "routes", "ipam.")):
+        where = f"ipam.routes[{i}]"
+        if not isinstance(r, dict):
+            raise _fail(where, r, "an object {dst, gw}")
+        dst = _str(r, "dst", "", where + ".")
+        try:
+            net = ipaddress.ip_network(dst, strict=False)
+        except ValueError:
+            raise CniError(E_CONFIG, f"{where}.dst {dst!r} is not a CIDR") from None
+        gw = _str(r, "gw", "", where + ".")
+        out.append(Route(net, _ip(where + ".gw", gw) if gw else None))
+    return tuple(out)
+
+
+def _range_sets(ipam: dict[str, Any], rc: dict[str, Any]) -> tuple[RangeSet, ...]:
+    from muslin.ipam.ranges import parse_ipam_ranges, parse_range_sets, validate_range_sets
+
+    try:
+        sets = parse_ipam_ranges(ipam)
+        extra = rc.get("ipRanges")
+        if extra:  # capability ipRanges: prepended to the configured ranges
+            sets = validate_range_sets(parse_range_sets(extra, "runtimeConfig.ipRanges") + tuple(sets))
+    except CniError:
+        raise
+    except Invalid as e:
+        raise CniError(E_CONFIG, e.message) from None
+    return tuple(sets)
+
+
+def _check_known(conf: dict[str, Any], allowed: set[str], where: str = "") -> None:
+    for k, v in conf.items():
+        if k in allowed or k.startswith("cni.dev/"):
+            continue
+        raise CniError(E_FIELD, f"unsupported field {where}{k}={json.dumps(v)}: not a key this plugin knows")
+
+
+def _unsupported_bridge_features(conf: dict[str, Any]) -> None:
+    for key, off in (("vlan", 0), ("vlanTrunk", []), ("macspoofchk", False),
+                     ("disableContainerInterface", False), ("portIsolation", False)):
+        v = conf.get(key)
+        if v is None or v == off:
+            continue
+        raise CniError(E_FIELD, f"unsupported field {key}={json.dumps(v)}: Muslin's bridge does not implement it")
+    for key in ("preserveDefaultVlan", "enabledad"):
+        _bool(conf, key, False)
+    backend = _str(conf, "ipMasqBackend")
+    if backend not in ("", "iptables", "nftables"):
+        raise CniError(E_CONFIG, f"ipMasqBackend {backend!r} is not iptables or nftables")
+
+
+def parse_request(env: dict[str, str], stdin: bytes, ipam_plugin: bool = False) -> CniRequest:
+    """Parse and validate a whole invocation. `ipam_plugin` = invoked as muslin-ipam."""
+    cenv = parse_env(env)
+    if cenv.command == "VERSION":
+        try:
+            conf = json.loads(stdin.decode("utf-8") or "{}")
+            v = conf.get("cniVersion") if isinstance(conf, dict) else None
+            version = v if isinstance(v, str) and v in SUPPORTED_VERSIONS else CURRENT_VERSION
+        except ValueError:
+            version = CURRENT_VERSION
+        return CniRequest(env=cenv, version=version)
+    conf = decode_config(stdin)
+    version = parse_version(conf.get("cniVersion"))
+    vt = version_tuple(version)
+    if cenv.command == "CHECK" and vt < (0, 4, 0):
+        raise CniError(E_VERSION, f"CHECK is not supported by cniVersion {version} (needs 0.4.0 or later)")
+    if cenv.command in ("GC", "STATUS") and vt < (1, 1, 0):
+        raise CniError(E_VERSION, f"{cenv.command} is not supported by cniVersion {version} (needs 1.1.0)")
+    name = _str(conf, "name")
+    if not name:
+        raise CniError(E_CONFIG, "name is missing: the network configuration needs a name")
+    if not _ID_RE.match(name):
+        raise CniError(E_CONFIG, f"name {name!r} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    ptype = _str(conf, "type")
+    for k in ("disableCheck", "disableGC", "loadOnlyInlinedPlugins"):
+        _bool(conf, k, False)
+    _get(conf, "cniVersions", list, "a list of version strings", [])
+    _dict(conf, "capabilities")
+    rc = _dict(conf, "runtimeConfig")
+    _dict(conf, "args")
+    prev = _get(conf, "prevResult", dict, "a result object", None)
+    ipam = _dict(conf, "ipam")
+    _check_known(ipam, _IPAM_KEYS | _extra_ipam_keys(ipam), "ipam.")
+    ipam_type = _str(ipam, "type", "", "ipam.")
+    if ipam_plugin:
+        ipam_type = MUSLIN_IPAM
+        allowed = _RUNTIME_KEYS | _BRIDGE_KEYS | _MUSLIN_KEYS | set(conf)  # the main plugin's keys are not ours
+    else:
+        allowed = _RUNTIME_KEYS | _BRIDGE_KEYS | _MUSLIN_KEYS
+        ipam_type = ipam_type or MUSLIN_IPAM
+    _check_known(conf, allowed)
+    dns = _dict(conf, "dns")
+    data_dir = _str(conf, "dataDir") or _str(ipam, "dataDir", "", "ipam.")
+    if ipam_plugin and data_dir == "/var/lib/cni/networks":
+        data_dir = ""  # host-local's default dir is not Muslin's state dir
+    req = dict(
+        env=cenv, version=version, name=name, plugin_type=ptype, config=conf, ipam=ipam, ipam_type=ipam_type,
+        dns=dns, prev_result=prev, data_dir=data_dir,
+        valid_attachments=_valid_attachments(conf) if cenv.command == "GC" else None,
+    )
+    if cenv.command in ("ADD", "CHECK", "DEL"):
+        req.update(ips=_requested_ips(cenv, conf), mac=_requested_mac(cenv, conf), ports=_ports(conf),
+                   aliases=_aliases(conf, name))
+    routes: tuple[Route, ...] = ()
+    sets: tuple[RangeSet, ...] = ()
+    if ipam_type in (MUSLIN_IPAM, "host-local"):  # same config format: Muslin knows the subnets
+        routes = _ipam_routes(ipam)
+        sets = _range_sets(ipam, rc)
+    if ipam_plugin:
+        if not sets:
+            raise CniError(E_CONFIG, "ipam.ranges is missing: muslin-ipam needs at least one range set "
+                                     "(or ipam.subnet)")
+        return CniRequest(**req, range_sets=sets, ipam_routes=routes)  # type: ignore[arg-type]
+    network, join, mtu = _network(conf, name, sets, routes)
+    return CniRequest(**req, range_sets=sets, ipam_routes=routes, network=network, join=join,  # type: ignore[arg-type]
+                      mtu=mtu)
+
+
+def _extra_ipam_keys(ipam: dict[str, Any]) -> set[str]:
+    # A foreign IPAM plugin (dhcp, static, whereabouts...) has its own keys: not ours to judge.
+    t = ipam.get("type")
+    return set(ipam) if isinstance(t, str) and t not in ("", MUSLIN_IPAM, "host-local") else set()
+
+
+def _network(conf: dict[str, Any], name: str, sets: tuple[RangeSet, ...],
+             routes: tuple[Route, ...]) -> tuple[Network, str, int]:
+    driver = _str(conf, "driver", "bridge")
+    if driver not in DRIVERS:
+        raise CniError(E_CONFIG, f"driver {driver!r} is not one of {', '.join(DRIVERS)}")
+    join = _str(conf, "network")
+    if join and not _ID_RE.match(join):
+        raise CniError(E_CONFIG, f"network {join!r} is not a valid network name")
+    bridge = _str(conf, "bridge")
+    if bridge:
+        try:
+            validate_ifname(bridge)
+        except CniError as e:
+            raise CniError(E_CONFIG, e.message.replace("CNI_IFNAME", "bridge")) from None
+    mtu = _int(conf, "mtu", 0)
+    if mtu and not 68 <= mtu <= 65535:
+        raise CniError(E_CONFIG, f"mtu {mtu} is out of range (68-65535)")
+    is_default_gw = _bool(conf, "isDefaultGateway", False)
+    is_gw = _bool(conf, "isGateway", False) or is_default_gw
+    hairpin = _bool(conf, "hairpinMode", False)
+    promisc = _bool(conf, "promiscMode", False)
+    if hairpin and promisc:
+        raise CniError(E_CONFIG, "hairpinMode and promiscMode cannot both be true")
+    force = _bool(conf, "forceAddress", False)
+    masq = _bool(conf, "ipMasq", False)
+    isolate = _bool(conf, "isolate", True)
+    internal = _bool(conf, "internal", False)
+    master = _str(conf, "master")
+    mode = _str(conf, "mode", "bridge")
+    if driver == "macvlan":
+        if not master:
+            raise CniError(E_CONFIG, "master is required for driver macvlan (the parent link)")
+        if mode not in _MACVLAN_MODES:
+            raise CniError(E_CONFIG, f"mode {mode!r} is not one of {', '.join(_MACVLAN_MODES)}")
+    _unsupported_bridge_features(conf)
+    options: dict[str, str] = {}
+    if promisc:
+        options["promisc"] = "true"
+    if force:
+        options["forceAddress"] = "true"
+    net = Network(
+        name=name, driver=driver, bridge=(bridge or default_bridge_name(name)) if driver == "bridge" else "",
+        range_sets=sets, routes=routes, mtu=mtu, masquerade=masq, internal=internal, isolate=isolate,
+        hairpin=hairpin, is_gateway=is_gw, is_default_gateway=is_default_gw, parent=master, mode=mode,
+        origin="cni", options=tuple(sorted(options.items())),
+    )
+    return net, join, mtu

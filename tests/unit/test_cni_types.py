@@ -1,0 +1,331 @@
+"""CNI request parsing: env, config keys, versions, error codes (pure, no root)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+
+import pytest
+
+from muslin.cni import types as T
+from muslin.cni.handler import handle, handle_ipam
+from muslin.cni.types import CniError, parse_request
+
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/run/netns/x",
+       "CNI_PATH": "/opt/cni/bin:/usr/lib/cni"}
+
+
+def conf(**kw) -> bytes:
+    base = {"cniVersion": "1.1.0", "name": "net1", "type": "muslin-cni",
+            "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": "10.88.0.0/24"}]]}}
+    base.update(kw)
+    return json.dumps(base).encode()
+
+
+def code_of(env: dict, stdin: bytes, ipam: bool = False) -> tuple[int, str]:
+    with pytest.raises(CniError) as ei:
+        parse_request(env, stdin, ipam_plugin=ipam)
+    return ei.value.cni_code, ei.value.message
+
+
+# ---------------------------------------------------------------- environment
+
+
+@pytest.mark.parametrize("var,value,needle", [
+    ("CNI_COMMAND", "", "CNI_COMMAND"),
+    ("CNI_COMMAND", "FOO", "CNI_COMMAND"),
+    ("CNI_CONTAINERID", "", "CNI_CONTAINERID"),
+    ("CNI_CONTAINERID", "-bad", "CNI_CONTAINERID"),
+    ("CNI_CONTAINERID", "a b", "CNI_CONTAINERID"),
+    ("CNI_IFNAME", "", "CNI_IFNAME"),
+    ("CNI_IFNAME", "x" * 16, "CNI_IFNAME"),
+    ("CNI_IFNAME", "..", "CNI_IFNAME"),
+    ("CNI_IFNAME", "a/b", "CNI_IFNAME"),
+    ("CNI_IFNAME", "a:b", "CNI_IFNAME"),
+    ("CNI_IFNAME", "a b", "CNI_IFNAME"),
+    ("CNI_NETNS", "", "CNI_NETNS"),
+    ("CNI_ARGS", "FOO=1", "FOO"),
+    ("CNI_ARGS", "IP", "CNI_ARGS"),
+    ("CNI_ARGS", "IP=notanip", "IP"),
+    ("CNI_ARGS", "MAC=zz", "MAC"),
+])
+def test_bad_env_is_code_4_naming_the_variable(var, value, needle):
+    code, msg = code_of({**ENV, var: value}, conf())
+    assert code == 4
+    assert needle in msg
+
+
+def test_ifname_15_bytes_ok_and_del_without_netns():
+    r = parse_request({**ENV, "CNI_IFNAME": "x" * 15}, conf())
+    assert r.env.ifname == "x" * 15
+    r = parse_request({**ENV, "CNI_COMMAND": "DEL", "CNI_NETNS": ""}, conf())
+    assert r.env.netns == "" and r.command == "DEL"
+
+
+def test_cni_args_ignore_unknown_and_requested():
+    env = {**ENV, "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.88.0.9,10.88.0.10/24;MAC=02:00:00:00:00:09"}
+    r = parse_request(env, conf())
+    assert r.ips == (ipaddress.ip_address("10.88.0.9"), ipaddress.ip_address("10.88.0.10"))
+    assert r.mac == "02:00:00:00:00:09"
+
+
+def test_ip_sources_union_and_mac_precedence():
+    env = {**ENV, "CNI_ARGS": "IP=10.88.0.9;MAC=02:00:00:00:00:01"}
+    r = parse_request(env, conf(args={"cni": {"ips": ["10.88.0.9", "10.88.0.11/24"], "mac": "02:00:00:00:00:02"},
+                                      "other": {"x": 1}},
+                                runtimeConfig={"ips": ["10.88.0.12"], "mac": "02:00:00:00:00:03"}))
+    assert [str(i) for i in r.ips] == ["10.88.0.9", "10.88.0.11", "10.88.0.12"]
+    assert r.mac == "02:00:00:00:00:03"
+    r = parse_request(env, conf(args={"cni": {"mac": "02:00:00:00:00:02"}}))
+    assert r.mac == "02:00:00:00:00:02"
+
+
+def test_port_mappings_and_aliases():
+    r = parse_request(ENV, conf(runtimeConfig={
+        "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+                         {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"}],
+        "aliases": {"net1": ["web", "www"], "other": ["x"]}}))
+    assert [(p.host_port, p.container_port, p.protocol, p.host_ip) for p in r.ports] == [
+        (8080, 80, "tcp", ""), (5353, 53, "udp", "127.0.0.1")]
+    assert r.aliases == ("web", "www")
+    r = parse_request(ENV, conf(runtimeConfig={"aliases": ["a"]}))
+    assert r.aliases == ("a",)
+    code, msg = code_of(ENV, conf(runtimeConfig={"portMappings": [{"hostPort": "80", "containerPort": 80}]}))
+    assert code == 2 and "hostPort" in msg
+    code, msg = code_of(ENV, conf(runtimeConfig={"portMappings": [{"hostPort": 0, "containerPort": 80}]}))
+    assert code == 7 and "hostPort" in msg
+
+
+# ---------------------------------------------------------------- decoding and versions
+
+
+@pytest.mark.parametrize("stdin", [b"{bad", b"", b"[1]", b"\xff\xfe"])
+def test_bad_json_is_code_6(stdin):
+    assert code_of(ENV, stdin)[0] == 6
+
+
+@pytest.mark.parametrize("v", ["1.1.x", "abc", 1])
+def test_bad_version_string_is_code_6(v):
+    assert code_of(ENV, conf(cniVersion=v))[0] == 6
+
+
+@pytest.mark.parametrize("v", ["0.5.0", "2.0.0", "1.0"])
+def test_unsupported_version_is_code_1(v):
+    assert code_of(ENV, conf(cniVersion=v))[0] == 1
+
+
+@pytest.mark.parametrize("v", T.SUPPORTED_VERSIONS)
+def test_every_supported_version_parses(v):
+    assert parse_request(ENV, conf(cniVersion=v)).version == v
+
+
+def test_verb_version_gates():
+    for v in ("0.1.0", "0.2.0", "0.3.1"):
+        assert code_of({**ENV, "CNI_COMMAND": "CHECK"}, conf(cniVersion=v))[0] == 1
+    for v in ("0.4.0", "1.0.0"):
+        assert code_of({"CNI_COMMAND": "GC"}, conf(cniVersion=v))[0] == 1
+        assert code_of({"CNI_COMMAND": "STATUS"}, conf(cniVersion=v))[0] == 1
+    assert parse_request({**ENV, "CNI_COMMAND": "CHECK"}, conf(cniVersion="0.4.0")).command == "CHECK"
+    r = parse_request({"CNI_COMMAND": "GC"}, conf(**{"cni.dev/valid-attachments": [
+        {"containerID": "a", "ifname": "eth0"}]}))
+    assert r.valid_attachments == (("a", "eth0"),)
+    r = parse_request({"CNI_COMMAND": "GC"}, conf(**{"cni.dev/attachments": [{"containerID": "b", "ifname": "e1"}]}))
+    assert r.valid_attachments == (("b", "e1"),)
+
+
+# ---------------------------------------------------------------- config keys
+
+
+@pytest.mark.parametrize("key,value", [
+    ("isGateway", "yes"), ("isDefaultGateway", 1), ("ipMasq", "true"), ("mtu", "1500"), ("mtu", True),
+    ("hairpinMode", None and 0 or "x"), ("promiscMode", 3), ("forceAddress", []), ("bridge", 5),
+    ("ipam", "muslin-ipam"), ("dns", []), ("isolate", "no"), ("internal", 0), ("driver", 1),
+    ("network", {}), ("dataDir", 7), ("master", False), ("runtimeConfig", []), ("args", "x"),
+    ("prevResult", "x"), ("frobnicate", True), ("vlan", 10), ("macspoofchk", True),
+])
+def test_wrong_typed_or_unknown_key_is_code_2_naming_it(key, value):
+    code, msg = code_of(ENV, conf(**{key: value}))
+    assert code == 2, msg
+    assert key in msg and json.dumps(value) in msg
+
+
+def test_unknown_ipam_key_named():
+    code, msg = code_of(ENV, conf(ipam={"type": "muslin-ipam", "subnet": "10.1.0.0/24", "bogus": 1}))
+    assert code == 2 and "ipam.bogus" in msg
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"driver": "weave"}, "driver"),
+    ({"name": "bad name"}, "name"),
+    ({"name": ""}, "name"),
+    ({"mtu": 20}, "mtu"),
+    ({"hairpinMode": True, "promiscMode": True}, "hairpinMode"),
+    ({"driver": "macvlan"}, "master"),
+    ({"driver": "macvlan", "master": "eth9", "mode": "weird"}, "mode"),
+    ({"ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": "10.1.0.0/31"}]]}}, "too small"),
+    ({"ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": "10.1.0.5/24"}]]}}, "host bits"),
+    ({"ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "10.1.0.0/25"}]]}},
+     "overlap"),
+    ({"ipam": {"type": "muslin-ipam", "routes": [{"dst": "nope"}], "subnet": "10.1.0.0/24"}}, "dst"),
+    ({"bridge": "a" * 16}, "bridge"),
+    ({"ipMasqBackend": "ebtables"}, "ipMasqBackend"),
+])
+def test_invalid_config_is_code_7(kw, needle):
+    code, msg = code_of(ENV, conf(**kw))
+    assert code == 7, msg
+    assert needle in msg
+
+
+def test_bridge_keys_map_to_network():
+    r = parse_request(ENV, conf(bridge="br9", isDefaultGateway=True, ipMasq=True, mtu=1400, hairpinMode=True,
+                                isolate=False, internal=True, dns={"nameservers": ["10.88.0.1"]}))
+    n = r.network
+    assert n is not None
+    assert (n.bridge, n.is_gateway, n.is_default_gateway, n.masquerade, n.mtu, n.hairpin, n.isolate,
+            n.internal, n.origin) == ("br9", True, True, True, 1400, True, False, True, "cni")
+    assert [str(s) for s in n.subnets] == ["10.88.0.0/24"]
+    assert r.dns == {"nameservers": ["10.88.0.1"]}
+
+
+def test_reference_defaults():
+    r = parse_request(ENV, conf())
+    n = r.network
+    assert n is not None
+    assert (n.driver, n.bridge, n.is_gateway, n.is_default_gateway, n.masquerade, n.isolate, n.internal) == (
+        "bridge", "mus-net1", False, False, False, True, False)
+    assert r.ipam_type == "muslin-ipam" and not r.delegates_ipam
+    assert r.owner == "cni/c1/eth0" and r.endpoint_id == "c1/eth0"
+
+
+def test_default_bridge_name_hash_when_long():
+    assert T.default_bridge_name("short") == "mus-short"
+    long = "a-very-long-network-name"
+    b = T.default_bridge_name(long)
+    import hashlib
+    assert b == "mus-" + hashlib.sha1(long.encode()).hexdigest()[:10] and len(b) == 14
+
+
+def test_muslin_keys():
+    r = parse_request(ENV, conf(driver="macvlan", master="eth1", mode="private", dataDir="/tmp/x"))
+    assert r.network is not None
+    assert (r.network.driver, r.network.parent, r.network.mode, r.network.bridge) == ("macvlan", "eth1", "private", "")
+    assert r.data_dir == "/tmp/x"
+    r = parse_request(ENV, conf(network="dockernet"))
+    assert r.join == "dockernet" and r.network_name == "dockernet"
+
+
+def test_delegated_ipam():
+    r = parse_request(ENV, conf(ipam={"type": "host-local", "subnet": "10.9.0.0/24", "dataDir": "/tmp/hl"}))
+    assert r.delegates_ipam and r.ipam_type == "host-local"
+    assert [str(s) for s in r.network.subnets] == ["10.9.0.0/24"]  # type: ignore[union-attr]
+    r = parse_request(ENV, conf(ipam={"type": "dhcp", "daemonSocketPath": "/run/x"}))
+    assert r.delegates_ipam and r.range_sets == ()
+
+
+def test_ipam_plugin_parse():
+    stdin = json.dumps({"cniVersion": "0.4.0", "name": "n", "type": "bridge", "bridge": "cni9", "whatever": 1,
+                        "ipam": {"type": "muslin-ipam", "subnet": "10.7.0.0/24", "dataDir": "/tmp/s",
+                                 "routes": [{"dst": "0.0.0.0/0"}]}}).encode()
+    r = parse_request(ENV, stdin, ipam_plugin=True)
+    assert r.data_dir == "/tmp/s" and len(r.range_sets) == 1 and r.network is None
+    assert [str(x.dst) for x in r.ipam_routes] == ["0.0.0.0/0"]
+    code, msg = code_of(ENV, json.dumps({"cniVersion": "0.4.0", "name": "n", "ipam": {"type": "muslin-ipam"}}).encode(),
+                        ipam=True)
+    assert code == 7 and "ranges" in msg
+
+
+def test_ip_runtime_ranges_prepended():
+    r = parse_request(ENV, conf(runtimeConfig={"ipRanges": [[{"subnet": "10.99.0.0/24"}]]}))
+    assert [str(rs[0].subnet) for rs in r.range_sets] == ["10.99.0.0/24", "10.88.0.0/24"]
+
+
+# ---------------------------------------------------------------- handler answers (no root needed)
+
+
+def test_handler_errors_are_json_with_exit_1():
+    out, rc = handle(ENV, b"{bad")
+    assert rc == 1
+    err = json.loads(out)
+    assert err["code"] == 6 and "\n" not in err["msg"]
+    out, rc = handle({**ENV, "CNI_COMMAND": "ADD"}, conf(isGateway="yes"))
+    assert rc == 1 and json.loads(out)["code"] == 2 and "isGateway" in json.loads(out)["msg"]
+    out, rc = handle_ipam(ENV, b"[]")
+    assert rc == 1 and json.loads(out)["code"] == 6
+
+
+@pytest.mark.parametrize("fn", [handle, handle_ipam])
+def test_version_verb(fn):
+    out, rc = fn({"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "0.4.0"}')
+    assert rc == 0
+    d = json.loads(out)
+    assert d["cniVersion"] == "0.4.0" and d["supportedVersions"] == list(T.SUPPORTED_VERSIONS)
+    out, rc = fn({"CNI_COMMAND": "VERSION"}, b"")
+    assert rc == 0 and json.loads(out)["cniVersion"] == "1.1.0"
+
+
+def test_unexpected_exception_is_code_999_one_line(monkeypatch):
+    import muslin.cni.handler as h
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom\nsecond line")
+
+    monkeypatch.setattr(h, "_open", boom)
+    out, rc = h.handle(ENV, conf())
+    d = json.loads(out)
+    assert rc == 1 and d["code"] == 999 and d["msg"] == "internal error: kaboom second line"
+    assert d["details"] == "RuntimeError"
+
+
+def test_entry_about_line_and_stdlib_only(tmp_path):
+    env = {"PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, "-c", "from muslin.cni.entry import main; main()"], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "1.1.0" in p.stderr and p.stdout == ""
+    code = ("import sys, muslin.cni.entry; "
+            "bad=[m for m in sys.modules if m.startswith('muslin.') and m not in ('muslin.cni', 'muslin.cni.entry')];"
+            "third=[m for m in ('pyroute2','click','rich','etcd3gw') if m in sys.modules]; print(bad, third)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.stdout.strip() == "[] []"
+
+
+def test_entry_version_in_process(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION", "MUSLIN_AGENT_SOCKET": str(tmp_path / "none.sock")}
+    p = subprocess.run([sys.executable, "-c", "from muslin.cni.entry import main; main()"], env=env,
+                       input='{"cniVersion":"1.0.0"}', capture_output=True, text=True)
+    assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "1.0.0"
+
+
+def test_entry_uses_agent_socket(tmp_path):
+    """The fast path: a socket that answers gets the request line; its answer is printed."""
+    import socket
+    import threading
+
+    from muslin.cni.server import serve_request
+
+    path = str(tmp_path / "agent.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    seen = []
+
+    def serve():
+        c, _ = srv.accept()
+        with c:
+            buf = b""
+            while not buf.endswith(b"\n"):
+                buf += c.recv(4096)
+            seen.append(json.loads(buf))
+            c.sendall(serve_request(buf))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION", "MUSLIN_AGENT_SOCKET": path, "OTHER": "x"}
+    p = subprocess.run([sys.executable, "-c", "from muslin.cni.entry import main_ipam; main_ipam()"], env=env,
+                       input='{"cniVersion":"0.3.1"}', capture_output=True, text=True, timeout=30)
+    t.join(5)
+    srv.close()
+    assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "0.3.1"
+    assert seen[0]["plugin"] == "ipam" and seen[0]["env"] == {"CNI_COMMAND": "VERSION", "MUSLIN_AGENT_SOCKET": path}
+    assert serve_request(b"garbage") .startswith(b'{"stdout": ')
