@@ -79,3 +79,72 @@ def tool(name: str) -> str:
     """Path of a console script installed in the test venv."""
     p = VENV_BIN / name
     return str(p) if p.exists() else (shutil.which(name) or name)
+
+
+ECHO_SERVER = r"""
+import socket, sys
+fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    c.sendall(("%s " % peer[0]).encode() + data)
+    c.close()
+"""
+
+ECHO_CLIENT = r"""
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+c.sendall(sys.argv[3].encode() + b"\n")
+out = b""
+while True:
+    chunk = c.recv(65536)
+    if not chunk:
+        break
+    out += chunk
+print(out.decode().strip())
+"""
+
+
+class EchoServer:
+    """A TCP echo server in a namespace; answers '<peer address> <line>'."""
+
+    def __init__(self, ns: Netns, addr: str = "0.0.0.0", port: int = 7007) -> None:
+        self.proc = ns.popen(sys.executable, "-c", ECHO_SERVER, addr, str(port),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if "ready" not in line:
+            self.stop()
+            raise RuntimeError(f"echo server did not start: {self.proc.stderr.read()}")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> "EchoServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def tcp_echo(ns: Netns, addr: str, port: int = 7007, payload: str = "hello") -> str | None:
+    """Send one line to an echo server from `ns`; '<peer seen by server> <payload>' or None."""
+    r = ns.run(sys.executable, "-c", ECHO_CLIENT, addr, str(port), payload, check=False, timeout=20)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def random_subnet24() -> str:
+    """A random 10.x.y.0/24 for a test (used only inside test namespaces)."""
+    import random
+
+    return f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24"

@@ -159,6 +159,7 @@ class AttachRequest:
     host_ifname: str = ""  # '' = derived from the endpoint id
     addresses: tuple[IPInterface, ...] = ()  # already allocated elsewhere (Docker IPAM)
     mtu: int = 0
+    owner: str = ""  # IPAM owner key; '' = 'ep/<network>/<endpoint_id>'
 
 
 @dataclass(frozen=True)
