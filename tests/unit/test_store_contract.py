@@ -23,15 +23,32 @@ from muslin.store.base import Compare, Delete, Put
 from muslin.store.memory import MemoryStore
 from muslin.store.sqlite import SqliteStore
 
+def _etcd_store(tmp: Path) -> Any:
+    """One real etcd for the whole run (free loopback ports, stopped by PID at exit);
+    each test gets a unique key prefix, so it sees an empty store."""
+    import atexit
+    import secrets
+    from etcdutil import EtcdServer
+    from muslin.store.etcd import EtcdStore
+    global _ETCD
+    if _ETCD is None:
+        _ETCD = EtcdServer().start()
+        atexit.register(_ETCD.destroy)
+    return EtcdStore([_ETCD.endpoint], prefix=f"contract-{secrets.token_hex(4)}/")
+
+
+_ETCD = None
+
 BACKENDS: dict[str, Callable[[Path], Any]] = {
     "memory": lambda tmp: MemoryStore(),
     "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
+    "etcd": _etcd_store,
 }
 
 LEASE_TTL = 1.0
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.client)])
 def store(request, tmp_path):
     s = BACKENDS[request.param](tmp_path)
     try:

@@ -71,13 +71,15 @@ def _kv(d: dict[str, Any]) -> KV:
 class EtcdStore:
     """Store on etcd 3.4. `endpoints`: ["host:port", "http://host:port", ...]."""
 
-    def __init__(self, endpoints: list[str] | str, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, endpoints: list[str] | str, timeout: float = CALL_TIMEOUT, prefix: str = "") -> None:
+        """`prefix` namespaces every key (several stores can share one etcd)."""
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
         if not endpoints:
             raise Invalid("etcd store: no endpoint given")
         self.endpoints = [_endpoint(e) for e in endpoints]
         self.timeout = timeout
+        self.prefix = prefix
         self._cur = 0
         self._closed = threading.Event()
         self._streams: set[http.client.HTTPConnection] = set()
@@ -128,30 +130,38 @@ class EtcdStore:
 
     # -- reads -------------------------------------------------------------------------
     def get(self, key: str) -> KV | None:
-        out = self._call("kv/range", {"key": _b64(key)})
+        out = self._call("kv/range", {"key": self._k(key)})
         kvs = out.get("kvs") or []
-        return _kv(kvs[0]) if kvs else None
+        return self._kv(kvs[0]) if kvs else None
 
     def list(self, prefix: str) -> list[KV]:
-        out = self._call("kv/range", {"key": _b64(prefix or "\0"), "range_end": _prefix_end(prefix),
-                                      "sort_order": "ASCEND", "sort_target": "KEY"})
-        return [_kv(d) for d in out.get("kvs") or []]
+        out = self._call("kv/range", {**self._range(prefix), "sort_order": "ASCEND", "sort_target": "KEY"})
+        return [self._kv(d) for d in out.get("kvs") or []]
 
     def revision(self) -> int:
         out = self._call("kv/range", {"key": _b64("\0"), "count_only": True})
         return int(out["header"]["revision"])
 
     # -- writes ------------------------------------------------------------------------
-    @staticmethod
-    def _put_op(key: str, value: Any, lease: int = 0) -> dict[str, Any]:
-        req: dict[str, Any] = {"key": _b64(key), "value": _b64(json.dumps(value, sort_keys=True))}
+    def _k(self, key: str) -> str:
+        return _b64(self.prefix + key)
+
+    def _range(self, prefix: str) -> dict[str, str]:
+        full = self.prefix + prefix
+        return {"key": _b64(full or "\0"), "range_end": _prefix_end(full)}
+
+    def _kv(self, d: dict[str, Any]) -> KV:
+        kv = _kv(d)
+        return KV(kv.key[len(self.prefix):], kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+
+    def _put_op(self, key: str, value: Any, lease: int = 0) -> dict[str, Any]:
+        req: dict[str, Any] = {"key": self._k(key), "value": _b64(json.dumps(value, sort_keys=True))}
         if lease:
             req["lease"] = str(lease)
         return {"request_put": req}
 
-    @staticmethod
-    def _cmp(key: str, mod_revision: int) -> dict[str, Any]:
-        return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
+    def _cmp(self, key: str, mod_revision: int) -> dict[str, Any]:
+        return {"key": self._k(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
 
     def _txn(self, compares: list[dict[str, Any]], success: list[dict[str, Any]], what: str) -> dict[str, Any]:
         out = self._call("kv/txn", {"compare": compares, "success": success})
@@ -167,7 +177,7 @@ class EtcdStore:
         return int(out["header"]["revision"])
 
     def delete(self, key: str, *, expect: int | None = None) -> bool:
-        req = {"request_delete_range": {"key": _b64(key)}}
+        req = {"request_delete_range": {"key": self._k(key)}}
         if expect is None:
             out = self._call("kv/deleterange", req["request_delete_range"])
             return int(out.get("deleted", 0)) > 0
@@ -176,7 +186,7 @@ class EtcdStore:
         return int(resp.get("deleted", 0)) > 0
 
     def delete_prefix(self, prefix: str) -> int:
-        out = self._call("kv/deleterange", {"key": _b64(prefix or "\0"), "range_end": _prefix_end(prefix)})
+        out = self._call("kv/deleterange", self._range(prefix))
         return int(out.get("deleted", 0))
 
     def txn(self, compares: list[Compare], ops: list[Op]) -> int:
@@ -185,10 +195,7 @@ class EtcdStore:
             if isinstance(op, Put):
                 success.append(self._put_op(op.key, op.value, op.lease))
             elif isinstance(op, Delete):
-                d: dict[str, Any] = {"key": _b64(op.key or "\0") if op.prefix else _b64(op.key)}
-                if op.prefix:
-                    d["range_end"] = _prefix_end(op.key)
-                success.append({"request_delete_range": d})
+                success.append({"request_delete_range": self._range(op.key) if op.prefix else {"key": self._k(op.key)}})
             else:
                 raise Invalid(f"txn: unknown operation {op!r}")
         out = self._txn([self._cmp(c.key, c.mod_revision) for c in compares], success, "txn")
@@ -234,8 +241,7 @@ class EtcdStore:
                 with self._lock:
                     self._streams.add(conn)
                 try:
-                    body = {"create_request": {"key": _b64(prefix or "\0"), "range_end": _prefix_end(prefix),
-                                               "start_revision": str(state["next"])}}
+                    body = {"create_request": {**self._range(prefix), "start_revision": str(state["next"])}}
                     conn.request("POST", "/v3/watch", body=json.dumps(body))
                     resp = conn.getresponse()
                     if resp.status != 200:
@@ -256,10 +262,11 @@ class EtcdStore:
                         for ev in msg.get("events") or []:
                             kv = ev["kv"]
                             rev = int(kv.get("mod_revision", 0))
+                            key = _unb64(kv["key"]).decode()[len(self.prefix):]
                             if ev.get("type") == "DELETE":
-                                e = Event("delete", _unb64(kv["key"]).decode(), None, rev)
+                                e = Event("delete", key, None, rev)
                             else:
-                                e = Event("put", _unb64(kv["key"]).decode(), _value(_unb64(kv.get("value", ""))), rev)
+                                e = Event("put", key, _value(_unb64(kv.get("value", ""))), rev)
                             state["next"] = rev + 1
                             q.put(("event", e))
                 except (OSError, ValueError, http.client.HTTPException):
