@@ -118,6 +118,11 @@ class Ipam:
             return []
         want: dict[int, IPAddress] = {}
         for ip in requested:
+            if isinstance(ip, str):
+                try:
+                    ip = ipaddress.ip_address(ip.strip())
+                except ValueError:
+                    raise Invalid(f"requested address {ip!r} is not an IP address") from None
             i = range_set_of(sets, ip)
             if i is None:
                 raise Invalid(f"requested address {ip} is outside the range "
