@@ -162,8 +162,7 @@ WORKER = textwrap.dedent("""
 
 
 def test_parallel_processes_never_share_an_address(tmp_path):
-    db = tmp_path / "par.db"
-    SqliteStore(db).close()
+    db = tmp_path / "par.db"  # not created beforehand: the workers also race to create it
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(db), f"p{k}", "20"],
                               stderr=subprocess.PIPE, text=True) for k in range(6)]
     for p in procs:
