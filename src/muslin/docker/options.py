@@ -1,0 +1,127 @@
+"""`docker network create -o KEY=VALUE` options and the Muslin Network they describe.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from muslin.docker.types import CreateNetworkRequest, IPAMData
+from muslin.model.errors import Invalid
+from muslin.model.types import IPRange, Network
+
+MTU_KEYS = ("mtu", "com.docker.network.driver.mtu")
+KNOWN = (*MTU_KEYS, "muslin.network", "muslin.mode", "muslin.parent", "muslin.isolate",
+         "muslin.bridge", "muslin.masquerade")
+MODES = ("bridge", "macvlan")
+_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_NETNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    network: str = ""  # join/create a Muslin network of this name
+    mode: str = "bridge"
+    parent: str = ""
+    isolate: bool = True
+    bridge: str = ""
+    masquerade: bool = True
+    mtu: int = 0
+    given: tuple[str, ...] = ()  # option keys the user set
+
+
+def _bool(key: str, v: str) -> bool:
+    s = v.strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise Invalid(f"option {key}={v!r} is not a boolean (true/false)")
+
+
+def parse_options(generic: dict[str, str]) -> NetworkOptions:
+    """Validate the generic option map; unknown keys are Invalid and named."""
+    unknown = sorted(k for k in generic if k not in KNOWN)
+    if unknown:
+        raise Invalid(f"unknown option {unknown[0]!r} for the muslin driver (known: {', '.join(KNOWN)})")
+    kw: dict[str, object] = {"given": tuple(sorted(generic))}
+    for key in MTU_KEYS:
+        if key in generic:
+            try:
+                mtu = int(generic[key])
+            except ValueError:
+                raise Invalid(f"option {key}={generic[key]!r} is not a number") from None
+            if not 68 <= mtu <= 65535:
+                raise Invalid(f"option {key}={mtu} is out of range 68-65535")
+            kw["mtu"] = mtu
+    if "muslin.network" in generic:
+        name = generic["muslin.network"]
+        if not _NETNAME.match(name):
+            raise Invalid(f"option muslin.network={name!r} is not a valid network name")
+        kw["network"] = name
+    if "muslin.mode" in generic:
+        mode = generic["muslin.mode"]
+        if mode not in MODES:
+            raise Invalid(f"option muslin.mode={mode!r} must be one of {', '.join(MODES)}")
+        kw["mode"] = mode
+    for key in ("muslin.parent", "muslin.bridge"):
+        if key in generic:
+            v = generic[key]
+            if not _IFNAME.match(v):
+                raise Invalid(f"option {key}={v!r} is not a valid interface name (1-15 chars)")
+            kw[key.split(".")[1]] = v
+    for key in ("muslin.isolate", "muslin.masquerade"):
+        if key in generic:
+            kw[key.split(".")[1]] = _bool(key, generic[key])
+    opts = NetworkOptions(**kw)  # type: ignore[arg-type]
+    if opts.mode == "macvlan" and not opts.parent:
+        raise Invalid("option muslin.mode=macvlan needs muslin.parent=<host interface>")
+    if opts.mode == "bridge" and opts.parent:
+        raise Invalid("option muslin.parent is only for muslin.mode=macvlan")
+    if opts.mode == "macvlan" and opts.bridge:
+        raise Invalid("option muslin.bridge is only for muslin.mode=bridge")
+    return opts
+
+
+def _ranges(data: tuple[IPAMData, ...]) -> tuple[IPRange, ...]:
+    out = []
+    for d in data:
+        net = d.network()
+        gw = d.gateway_ip()
+        if gw is not None and gw not in net:
+            raise Invalid(f"gateway {gw} is outside pool {net}")
+        out.append(IPRange(net, gateway=gw))
+    return tuple(out)
+
+
+def build_network(name: str, req: CreateNetworkRequest, opts: NetworkOptions) -> Network:
+    """The Muslin network a CreateNetwork asks for (one range set per address family)."""
+    v4 = _ranges(req.ipv4_data)
+    v6 = _ranges(req.ipv6_data)
+    for rs, fam in ((v4, 4), (v6, 6)):
+        if any(r.subnet.version != fam for r in rs):
+            raise Invalid(f"IPv{fam}Data holds a pool of the other address family")
+    if not v4 and not v6:
+        raise Invalid("the network has no IPv4 or IPv6 pool")
+    labels = (("docker.network_id", req.network_id),)
+    return Network(
+        name=name, driver=opts.mode, bridge=opts.bridge,
+        range_sets=tuple(rs for rs in (v4, v6) if rs),
+        mtu=opts.mtu, masquerade=opts.masquerade, internal=req.internal, isolate=opts.isolate,
+        parent=opts.parent, origin="docker",
+        options=tuple(sorted(req.generic.items())), labels=labels,
+    )
+
+
+def default_name(network_id: str) -> str:
+    return f"docker-{network_id[:12]}"
+
+
+def ip_in_pool(ip: str, pool: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip) in ipaddress.ip_network(pool, strict=False)
+    except ValueError:
+        return False
