@@ -11,13 +11,14 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import click
 
 from muslin.model.errors import Conflict, Unavailable
 
-RECORD = Path("/run/muslin/demo.json")
+RECORD = Path(os.environ.get("MUSLIN_DEMO_RECORD", "/run/muslin/demo.json"))
 SUBNET = "10.88.0.0/24"
 
 
@@ -28,9 +29,13 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
+def _exe() -> str:
+    exe = str(Path(sys.argv[0]).absolute().parent / "muslin")
+    return exe if os.path.exists(exe) else (shutil.which("muslin") or "muslin")
+
+
 def _muslin(host: str, state: str, *args: str) -> str:
-    exe = shutil.which("muslin") or "muslin"
-    return _run(exe, "--host-netns", host, "--state-dir", state, *args).stdout
+    return _run(_exe(), "--host-netns", host, "--state-dir", state, *args).stdout
 
 
 @click.group()
@@ -72,9 +77,9 @@ def demo_up() -> None:
         raise Unavailable(f"the demo sandboxes cannot reach each other: {r.stdout.strip().splitlines()[-1:]}")
     con.print("\n[bold]Try it yourself:[/]")
     con.print(f"  ip netns exec {b} ping -c 2 {addrs[a]}")
-    con.print(f"  muslin --host-netns {host} --state-dir {state} network inspect demo")
+    con.print(f"  {_exe()} --host-netns {host} --state-dir {state} network inspect demo", soft_wrap=True)
     con.print(f"  ip -n {host} link show master mus-demo")
-    con.print("[bold]Clean up:[/] muslin demo down")
+    con.print(f"[bold]Clean up:[/] {_exe()} demo down", soft_wrap=True)
 
 
 @demo.command("down")
