@@ -1,0 +1,264 @@
+"""muslind: the host agent.
+
+Runs several services in threads that share one stop event:
+- docker: Docker's remote NetworkDriver + IpamDriver on /run/docker/plugins/muslin.sock;
+- agent: the CNI fast path (one JSON line per request) on /run/muslin/muslind.sock;
+- reconcile: periodic orphan cleanup and Docker DOCKER-USER rules.
+More services (e.g. a cluster agent) plug in as another `Service`.
+SIGTERM/SIGINT stop everything and remove the sockets. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socketserver
+import sys
+import threading
+from typing import Any, Callable, Protocol
+
+from muslin.model.errors import MuslinError
+
+log = logging.getLogger("muslind")
+
+DEFAULT_DOCKER_SOCKET = "/run/docker/plugins/muslin.sock"
+DEFAULT_AGENT_SOCKET = "/run/muslin/muslind.sock"
+
+
+class Service(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Context:
+    """What services share: parsed args, the stop event, and a lazily built control layer."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stop = threading.Event()
+        self._muslin: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def muslin(self) -> Any:
+        with self._lock:
+            if self._muslin is None:
+                from muslin.control.service import Muslin
+                from muslin.store import open_store
+
+                store = open_store(self.args.store) if self.args.store else None
+                self._muslin = Muslin(store=store, state_dir=self.args.state_dir)
+            return self._muslin
+
+    def close(self) -> None:
+        if self._muslin is not None:
+            self._muslin.close()
+
+
+class DockerService:
+    name = "docker"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.docker import hostnet
+        from muslin.docker.driver import DockerDriver
+        from muslin.docker.ipam import DockerIpam
+        from muslin.docker.server import PluginServer, routes
+
+        m = ctx.muslin
+        self.ctx = ctx
+        self.rules = hostnet.DockerUserRules()
+        self.driver = DockerDriver(m, link_exists=hostnet.link_exists, port_free=hostnet.port_free,
+                                   on_networks_changed=self.sync_rules)
+        self.ipam = DockerIpam(m.store, m.ipam, m.list_networks, hostnet.host_routes)
+        self.server = PluginServer(ctx.args.docker_socket, routes(self.driver, self.ipam))
+        self.thread: threading.Thread | None = None
+
+    def sync_rules(self) -> None:
+        try:
+            self.rules.sync(self.driver.bridges())
+        except Exception as e:  # never fail a Docker call on this; the reconciler retries
+            log.warning("DOCKER-USER rules: %s", " ".join(str(e).split()))
+
+    def reconcile(self) -> None:
+        self.driver.cleanup_orphans()
+        self.sync_rules()
+
+    def start(self) -> None:
+        from muslin.docker.server import serve_in_thread
+
+        self.reconcile()
+        self.thread = serve_in_thread(self.server, "docker-plugin")
+        log.info("Docker network+IPAM plugin 'muslin' on %s", self.server.path)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.close()
+
+
+class _AgentHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        serve = self.server.serve_request  # type: ignore[attr-defined]
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            try:
+                out = serve(line)
+            except Exception as e:  # never a traceback to the client
+                log.exception("agent request failed")
+                out = (b'{"stdout": "{\\"cniVersion\\": \\"1.1.0\\", \\"code\\": 999, \\"msg\\": \\"'
+                       + " ".join(str(e).split()).replace('"', "'").replace("\\", "/").encode()[:300]
+                       + b'\\"}", "rc": 1}\n')
+            self.wfile.write(out)
+            self.wfile.flush()
+
+
+class _AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class AgentService:
+    """The CNI fast path: muslin-cni forwards one JSON line per request here."""
+
+    name = "agent"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.cni.server import serve_request
+        from muslin.docker.server import prepare_socket_path
+
+        self.path = ctx.args.agent_socket
+        prepare_socket_path(self.path)
+        self.server = _AgentServer(self.path, _AgentHandler)
+        self.server.serve_request = serve_request  # type: ignore[attr-defined]
+        os.chmod(self.path, 0o600)
+
+    def start(self) -> None:
+        from muslin.docker.server import serve_in_thread
+
+        serve_in_thread(self.server, "cni-agent")
+        log.info("CNI agent on %s", self.path)
+
+    def stop(self) -> None:
+        from muslin.docker.server import remove_socket
+
+        self.server.shutdown()
+        self.server.server_close()
+        remove_socket(self.path)
+
+
+class Reconciler:
+    """Calls each `task` every `interval` seconds until stop (errors logged, never fatal)."""
+
+    name = "reconcile"
+
+    def __init__(self, ctx: Context, tasks: list[Callable[[], None]], interval: float) -> None:
+        self.ctx, self.tasks, self.interval = ctx, tasks, interval
+        self.thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
+
+    def _run(self) -> None:
+        while not self.ctx.stop.wait(self.interval):
+            for task in self.tasks:
+                try:
+                    task()
+                except Exception as e:
+                    log.warning("reconcile: %s", " ".join(str(e).split()))
+
+    def start(self) -> None:
+        if self.interval > 0 and self.tasks:
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.ctx.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="muslind", description="Muslin host agent: Docker plugin and CNI agent")
+    p.add_argument("--docker-socket", default=os.environ.get("MUSLIN_DOCKER_SOCKET", DEFAULT_DOCKER_SOCKET),
+                   help="Docker plugin socket ('' disables the Docker plugin)")
+    p.add_argument("--agent-socket", default=os.environ.get("MUSLIN_AGENT_SOCKET", DEFAULT_AGENT_SOCKET),
+                   help="CNI agent socket ('' disables the agent)")
+    p.add_argument("--state-dir", default=os.environ.get("MUSLIN_STATE_DIR") or None,
+                   help="state directory (default $MUSLIN_STATE_DIR or /var/lib/muslin)")
+    p.add_argument("--store", default=os.environ.get("MUSLIN_STORE") or None,
+                   help="store URL (etcd://host:port, a .db path); default: the state directory")
+    p.add_argument("--reconcile-interval", type=float, default=10.0,
+                   help="seconds between orphan cleanups / firewall hook checks (0 = only at start)")
+    p.add_argument("--log-level", default=os.environ.get("MUSLIN_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    return p.parse_args(argv)
+
+
+def service_factories(ctx: Context) -> list[Callable[[], Any]]:
+    """Constructors of the services to run, in start order (each may open a socket)."""
+    factories: list[Callable[[], Any]] = []
+    tasks: list[Callable[[], None]] = []
+
+    def docker() -> DockerService:
+        svc = DockerService(ctx)
+        tasks.append(svc.reconcile)
+        return svc
+
+    def agent() -> Any:
+        try:
+            return AgentService(ctx)
+        except ImportError as e:
+            log.warning("CNI agent disabled: %s", e)
+            return None
+
+    if ctx.args.docker_socket:
+        factories.append(docker)
+    if ctx.args.agent_socket:
+        factories.append(agent)
+    factories.append(lambda: Reconciler(ctx, tasks, ctx.args.reconcile_interval))
+    return factories
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s muslind %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    if args.state_dir:
+        os.environ["MUSLIN_STATE_DIR"] = args.state_dir
+    ctx = Context(args)
+    started: list[Any] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: ctx.stop.set())
+    try:
+        for make in service_factories(ctx):
+            svc = make()
+            if svc is None:
+                continue
+            started.append(svc)  # stop() undoes the constructor's socket even if start fails
+            svc.start()
+        log.info("muslind ready (pid %d)", os.getpid())
+        while not ctx.stop.wait(1.0):
+            pass
+        log.info("stopping")
+        return 0
+    except MuslinError as e:
+        print(f"muslind: {e}", file=sys.stderr)
+        return e.exit_status
+    except Exception as e:
+        log.debug("startup failed", exc_info=True)
+        print(f"muslind: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    finally:
+        ctx.stop.set()
+        for svc in reversed(started):
+            try:
+                svc.stop()
+            except Exception as e:
+                log.warning("stopping %s: %s", getattr(svc, "name", svc), e)
+        ctx.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
