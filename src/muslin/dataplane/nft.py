@@ -23,10 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from muslin.firewall.compiler import (CHAINS, DIGEST, FAMILY, MAP_NAMES, RULE_COMMENT, SET_NAMES, SETS, MAPS,
-                                      SKELETON, TABLE, Ruleset, compile)
+from muslin.firewall.compiler import (CHAINS, DIGEST, FAMILY, MAPS, RULE_COMMENT, SET_NAMES, SETS, SKELETON,
+                                      TABLE, Ruleset, compile, sysctls_for)
 from muslin.firewall.render import render_delete, render_delta, render_full
-from muslin.firewall.compiler import sysctls_for
 from muslin.firewall.state import FirewallState
 from muslin.model.errors import Invalid, Unavailable, Unsupported
 
@@ -260,4 +259,4 @@ def sync(state: FirewallState, lock_dir: str | os.PathLike | None = None) -> str
         return done
 
 
-__all__ = ["apply", "delete_table", "observe", "parse", "sync", "MAP_NAMES"]
+__all__ = ["apply", "apply_sysctls", "delete_table", "locked", "observe", "parse", "sync"]

@@ -22,7 +22,6 @@ What the rules do (IPv4 and IPv6):
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
