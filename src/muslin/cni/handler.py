@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 from muslin.cni import result as R
 from muslin.cni.types import (
-    CURRENT_VERSION, E_CONFIG, E_INTERNAL, E_STATUS, E_TRY_AGAIN, MUSLIN_IPAM, SUPPORTED_VERSIONS, CniError,
+    CURRENT_VERSION, E_CONFIG, E_INTERNAL, E_STATUS, E_TRY_AGAIN, SUPPORTED_VERSIONS, CniError,
     CniRequest, error_code, parse_request,
 )
-from muslin.model.errors import Exhausted, MuslinError, NotFound
+from muslin.model.errors import MuslinError, NotFound
 from muslin.model.types import Endpoint, IPInterface, IPRange, Network, RangeSet
 
 DELEGATE_TIMEOUT = 120.0
@@ -348,14 +348,11 @@ def _pool_status(ipam, sets: tuple[RangeSet, ...]) -> None:
 
 
 def _ipam_gc(ipam, req: CniRequest) -> list[str]:
+    """Free CNI allocations in this config's subnets whose attachment is not valid any more
+    (other front-ends' allocations on a shared subnet are never touched)."""
     valid = {f"cni/{cid}/{ifn}" for cid, ifn in (req.valid_attachments or ())}
     subnets = list(dict.fromkeys(r.subnet for rs in req.range_sets for r in rs))
-    keep = set(valid)
-    for s in subnets:  # other front-ends' allocations in the same subnet are not ours
-        for owner in ipam.owners(s).values():
-            if not owner.startswith("cni/"):
-                keep.add(owner)
-    return ipam.gc(subnets, keep) if subnets else []
+    return ipam.gc(subnets, valid, owner_prefix="cni/") if subnets else []
 
 
 def _resolv_conf(path: str) -> dict[str, Any]:
@@ -396,9 +393,8 @@ def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
             return None
         if cmd == "CHECK":
             subnets = {r.subnet for rs in req.range_sets for r in rs}
-            for s in subnets:
-                if req.owner in ipam.owners(s).values():
-                    return None
+            if any(s in subnets for s, _ in ipam.allocated(req.owner)):
+                return None
             raise CniError(E_CONFIG, f"CHECK failed: no address is allocated to {req.env.container_id} "
                                      f"{req.env.ifname} in {', '.join(str(s) for s in subnets)}")
         if cmd == "GC":
@@ -413,20 +409,16 @@ def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
 def _ipam_add(ipam, req: CniRequest) -> dict[str, Any]:
     from muslin.ipam.ranges import describe_range_set
 
+    held = {s for s, _ in ipam.allocated(req.owner)}
     for rs in req.range_sets:
-        subnets = {r.subnet for r in rs}
-        for s in subnets:
-            if req.owner in ipam.owners(s).values():
-                raise CniError(E_CONFIG, f"container {req.env.container_id} {req.env.ifname} already has an "
-                                         f"address in {describe_range_set(rs)} (duplicate allocation)")
+        if held & {r.subnet for r in rs}:
+            raise CniError(E_CONFIG, f"container {req.env.container_id} {req.env.ifname} already has an "
+                                     f"address in {describe_range_set(rs)} (duplicate allocation)")
     if len(req.range_sets) > 1 and req.version in ("0.1.0", "0.2.0"):
         fams = [rs[0].subnet.version for rs in req.range_sets]
         if len(fams) != len(set(fams)):
             raise CniError(E_CONFIG, f"cniVersion {req.version} allows one address per family; use 0.3.0 or later")
-    try:
-        addrs = ipam.allocate(req.range_sets, req.owner, req.env.container_id, req.env.ifname, list(req.ips))
-    except Exhausted:
-        raise
+    addrs = ipam.allocate(req.range_sets, req.owner, req.env.container_id, req.env.ifname, list(req.ips))
     ips = [R.ip_entry(a, gw) for a, gw in addrs]
     routes = [r.to_dict() for r in req.ipam_routes]
     dns = _resolv_conf(str(req.ipam.get("resolvConf") or ""))
