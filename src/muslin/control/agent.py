@@ -1,0 +1,429 @@
+"""The multi-host agent: one cluster network on this host.
+
+It leases a subnet of the cluster CIDR (key cluster/<net>/hosts/<hostname> under a TTL
+lease, renewed), makes the local side (an ordinary Muslin bridge network on that subnet),
+watches the other hosts' records and reconciles the kernel: desired = backend(config,
+self, peers), observed from the kernel, apply only the difference. A periodic resync
+repairs drift. Stopping never tears anything down (traffic keeps flowing across
+restarts); leaving (SIGTERM with --leave, SIGUSR1, or `leave`) gives everything back.
+
+Entry: `python -m muslin.control.agent run|init|leave|attach|detach|hosts ...`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from muslin.backends.model import ClusterConfig, HostRecord, Local, check_name, diff, owned, vtep_mac
+from muslin.backends.registry import desired_state
+from muslin.backends.vxlan import vxlan_name
+from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound, Unavailable
+from muslin.store.base import Compare, Delete, Put, Store
+
+DEFAULT_RESYNC = 10.0
+
+
+def config_key(net: str) -> str:
+    return f"cluster/{net}/config"
+
+
+def hosts_prefix(net: str) -> str:
+    return f"cluster/{net}/hosts/"
+
+
+def subnet_key(net: str, subnet: str) -> str:
+    return f"cluster/{net}/subnets/{subnet.replace('/', '_')}"
+
+
+def read_config(store: Store, net: str) -> ClusterConfig:
+    kv = store.get(config_key(net))
+    if kv is None:
+        raise NotFound(f"cluster network {net!r} has no config at {config_key(net)} (run `agent init` first)")
+    return ClusterConfig.from_dict({**kv.value, "network": net})
+
+
+def init_config(store: Store, cfg: ClusterConfig) -> ClusterConfig:
+    """Store a cluster network's config; an identical one is fine, a different one conflicts."""
+    cfg.validate()
+    kv = store.get(config_key(cfg.network))
+    if kv is not None:
+        if ClusterConfig.from_dict({**kv.value, "network": cfg.network}) == cfg:
+            return cfg
+        raise Conflict(f"cluster network {cfg.network!r} already exists with another config")
+    store.put(config_key(cfg.network), cfg.to_dict(), expect=0)
+    return cfg
+
+
+def list_hosts(store: Store, net: str) -> dict[str, tuple[HostRecord, int]]:
+    """hostname -> (record, lease)."""
+    out = {}
+    for kv in store.list(hosts_prefix(net)):
+        try:
+            rec = HostRecord.from_dict(kv.value)
+        except (TypeError, AttributeError):
+            continue
+        out[kv.key[len(hosts_prefix(net)):]] = (rec, kv.lease)
+    return out
+
+
+class Agent:
+    def __init__(self, store: Store, network: str, hostname: str, state_dir: str | Path,
+                 underlay_dev: str = "", underlay_ip: str = "", resync: float = DEFAULT_RESYNC,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.network = check_name("network name", network)
+        self.hostname = check_name("hostname", hostname)
+        self.state_dir = Path(state_dir)
+        self.underlay_dev = underlay_dev
+        self.underlay_ip = underlay_ip
+        self.resync = resync
+        self._log = log or (lambda m: print(time.strftime("%H:%M:%S"), m, file=sys.stderr, flush=True))
+        self.cfg: ClusterConfig | None = None
+        self.local: Local | None = None
+        self.lease = 0
+        self.peers: dict[str, HostRecord] = {}
+        self.leave_on_stop = False
+        self.problems: tuple[str, ...] = ()
+        self.etcd_ok = True
+        self.reconciles = 0
+        self.last_changes = ""
+        self._overlay = None
+        self._bird = None
+
+    # -- small helpers -----------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        self._log(f"[{self.hostname}/{self.network}] {msg}")
+
+    @property
+    def memory_path(self) -> Path:
+        return self.state_dir / "cluster" / f"{self.network}.json"
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / "cluster" / f"{self.network}.status.json"
+
+    def _remembered(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.memory_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _remember(self, **kw: Any) -> None:
+        self.memory_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.memory_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**self._remembered(), **kw}))
+        tmp.replace(self.memory_path)
+
+    def overlay(self):
+        if self._overlay is None:
+            from muslin.dataplane.overlay import Overlay
+            self._overlay = Overlay()
+        return self._overlay
+
+    def _retry(self, what: str, fn: Callable[[], Any], stop: threading.Event) -> Any:
+        """Call fn until the store answers (backoff 0.5 s .. 5 s), logging each outage once."""
+        delay = 0.5
+        while True:
+            try:
+                out = fn()
+                if not self.etcd_ok:
+                    self.log("store reachable again")
+                self.etcd_ok = True
+                return out
+            except Unavailable as e:
+                if self.etcd_ok:
+                    self.log(f"{what}: {e}; retrying")
+                self.etcd_ok = False
+                self.write_status()
+                if stop.wait(delay):
+                    raise
+                delay = min(5.0, delay * 2)
+
+    # -- joining -------------------------------------------------------------------------
+    def join(self, stop: threading.Event) -> None:
+        self.cfg = self._retry("reading the cluster config", lambda: read_config(self.store, self.network), stop)
+        dev, ip, net, mtu = self.overlay().underlay(self.underlay_dev, self.underlay_ip)
+        self.underlay_dev = dev
+        self._retry("leasing a subnet", lambda: self.register(ip, net, mtu), stop)
+        self.setup_local()
+
+    def register(self, ip: str = "", net: str = "", mtu: int = 0) -> None:
+        """Lease a subnet (the one we had, if still ours or free) and publish our record."""
+        from muslin.ipam.ranges import carve
+
+        assert self.cfg is not None
+        cfg = self.cfg
+        if self.local is not None:
+            ip, net, mtu = self.local.record.underlay, self.local.record.underlay_net, self.local.underlay_mtu
+        mem = self._remembered()
+        for _ in range(10):
+            hosts = {kv.key: kv for kv in self.store.list(f"cluster/{self.network}/")}
+            mine = hosts.get(hosts_prefix(self.network) + self.hostname)
+            lease = 0
+            if mine is not None and mem.get("lease") and mine.lease == mem["lease"]:
+                try:
+                    self.store.refresh_lease(mine.lease)
+                    lease = mine.lease
+                except NotFound:
+                    lease = 0
+            if not lease:
+                lease = self.store.grant_lease(cfg.lease_ttl)
+            prefer_s = (mine.value.get("subnet") if mine else None) or mem.get("subnet")
+            taken = []
+            for k, kv in hosts.items():
+                if k.startswith(f"cluster/{self.network}/subnets/") and kv.value.get("hostname") != self.hostname:
+                    taken.append(ipaddress.ip_network(k.rsplit("/", 1)[1].replace("_", "/")))
+            prefer = ipaddress.ip_network(prefer_s) if prefer_s else None
+            try:
+                subnet = carve(cfg.network_cidr, cfg.host_prefix, taken, prefer=prefer)
+            except Exhausted:
+                self.store.revoke_lease(lease)
+                raise Exhausted(f"cluster network {self.network}: no free /{cfg.host_prefix} left in {cfg.cidr} "
+                                f"for host {self.hostname} ({len(taken)} hosts hold one)") from None
+            rec = HostRecord(self.hostname, str(subnet), ip, net, vtep_mac(self.network, self.hostname),
+                             str(subnet.network_address))
+            skey = subnet_key(self.network, str(subnet))
+            cur_s = hosts.get(skey)
+            compares = [Compare(hosts_prefix(self.network) + self.hostname, mine.mod_revision if mine else 0),
+                        Compare(skey, cur_s.mod_revision if cur_s else 0)]
+            ops: list = [Put(hosts_prefix(self.network) + self.hostname, rec.to_dict(), lease=lease),
+                         Put(skey, {"hostname": self.hostname}, lease=lease)]
+            if mine is not None and mine.value.get("subnet") and mine.value["subnet"] != str(subnet):
+                ops.append(Delete(subnet_key(self.network, mine.value["subnet"])))
+            try:
+                self.store.txn(compares, ops)
+            except Conflict:
+                if lease != (mine.lease if mine else 0):
+                    self.store.revoke_lease(lease)
+                continue
+            if self.lease and self.lease != lease:
+                try:
+                    self.store.revoke_lease(self.lease)
+                except MuslinError:
+                    pass
+            self.lease = lease
+            if self.local is None or self.local.record.subnet != rec.subnet:
+                self.log(f"leased {subnet} (underlay {ip}, lease {lease:x}, ttl {cfg.lease_ttl}s)")
+            self.local = Local(rec, self.underlay_dev, mtu)
+            self._remember(subnet=str(subnet), lease=lease)
+            return
+        raise Conflict(f"cluster network {self.network}: could not lease a subnet, too much contention")
+
+    def local_network(self):
+        from muslin.model.types import IPRange, Network
+        assert self.cfg is not None and self.local is not None
+        mtu = desired_state(self.cfg, self.local, []).network_mtu
+        subnet = ipaddress.ip_network(self.local.record.subnet)
+        return Network(name=self.network, driver="bridge", range_sets=((IPRange(subnet),),), mtu=mtu,
+                       masquerade=False, isolate=True, origin="cli", labels=(("muslin.cluster", self.network),))
+
+    def muslin(self):
+        from muslin.control.service import Muslin
+        return Muslin(state_dir=self.state_dir)
+
+    def setup_local(self) -> None:
+        """The local side: an ordinary Muslin bridge network on our subnet."""
+        want = self.local_network()
+        m = self.muslin()
+        try:
+            have = m.find_network(self.network)
+            if have is not None and (have.subnets != want.subnets or have.mtu != want.mtu):
+                self.log(f"local network {self.network} had {have.subnets} mtu {have.mtu}; recreating")
+                m.delete_network(self.network, force=True)
+                have = None
+            if have is None:
+                m.create_network(want)
+            else:
+                from muslin.drivers.base import get_driver
+                with m._host() as host:  # bridge gone by hand? make it again
+                    drv = get_driver(have.driver)
+                    if not drv.network_ready(host, have):
+                        drv.setup_network(host, have)
+        finally:
+            m.close()
+        from muslin.dataplane.links import write_sysctl
+        write_sysctl("net/ipv4/ip_forward", "1")
+
+    # -- reconciling ---------------------------------------------------------------------
+    def reconcile(self) -> None:
+        assert self.cfg is not None and self.local is not None
+        peers = [p for h, p in sorted(self.peers.items()) if h != self.hostname]
+        bird_log = str(self.state_dir / "cluster" / f"{self.network}.bird.log")
+        want = desired_state(self.cfg, self.local, peers, bird_log)
+        ov = self.overlay()
+        changes = diff(want, owned(ov.observe(vxlan_name(self.network)), self.cfg.network_cidr))
+        if not changes.empty:
+            ov.apply(changes)
+            self.last_changes = changes.summary()
+            self.log(f"reconciled {len(peers)} peers: {self.last_changes}")
+        if self.cfg.backend == "bgp":
+            if self._bird is None:
+                from muslin.control.agent_bird import Bird
+                self._bird = Bird(self.state_dir / "cluster", self.network, self.log)
+            self._bird.ensure(want.bird_config)
+        if want.problems != self.problems:
+            for p in want.problems:
+                self.log(p)
+        self.problems = want.problems
+        self.reconciles += 1
+        self.write_status()
+
+    def write_status(self) -> None:
+        st = {"hostname": self.hostname, "network": self.network, "pid": os.getpid(),
+              "backend": self.cfg.backend if self.cfg else "", "lease": self.lease,
+              "subnet": self.local.record.subnet if self.local else "",
+              "underlay": self.local.record.underlay if self.local else "",
+              "peers": {h: p.to_dict() for h, p in sorted(self.peers.items()) if h != self.hostname},
+              "problems": list(self.problems), "store_ok": self.etcd_ok, "reconciles": self.reconciles,
+              "last_changes": self.last_changes, "time": time.time()}
+        try:
+            self.status_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.status_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(st))
+            tmp.replace(self.status_path)
+        except OSError:
+            pass
+
+    def _load_peers(self) -> int:
+        rev = self.store.revision()
+        self.peers = {h: rec for h, (rec, _lease) in list_hosts(self.store, self.network).items()}
+        return rev + 1
+
+    def _apply_event(self, ev) -> None:
+        host = ev.key[len(hosts_prefix(self.network)):]
+        if ev.type == "delete":
+            self.peers.pop(host, None)
+        else:
+            try:
+                self.peers[host] = HostRecord.from_dict(ev.value)
+            except (TypeError, AttributeError):
+                self.log(f"ignoring a malformed record for host {host!r}")
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self.join(stop)
+        assert self.cfg is not None
+        next_rev = self._retry("listing hosts", self._load_peers, stop)
+        self.reconcile()
+        renew_every = max(0.5, self.cfg.lease_ttl / 3)
+        next_renew = time.monotonic() + renew_every
+        next_sync = time.monotonic() + self.resync
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                dirty = False
+                for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=0.3):
+                    self._apply_event(ev)
+                    next_rev = ev.revision + 1
+                    dirty = True
+                    if stop.is_set() or time.monotonic() >= min(next_renew, next_sync):
+                        break
+                now = time.monotonic()
+                if now >= next_renew:
+                    try:
+                        self.store.refresh_lease(self.lease)
+                    except NotFound:
+                        self.log("our lease expired; leasing again")
+                        self.register()
+                        dirty = True
+                    next_renew = now + renew_every
+                if now >= next_sync:
+                    next_rev = self._load_peers()
+                    mine = self.peers.get(self.hostname)
+                    if mine is None or mine != self.local.record:  # type: ignore[union-attr]
+                        self.log("our record is gone or changed; publishing it again")
+                        self.register()
+                        next_rev = self._load_peers()
+                    self.setup_local()
+                    dirty = True
+                    next_sync = now + self.resync
+                if dirty:
+                    self.reconcile()
+                if not self.etcd_ok:
+                    self.log("store reachable again")
+                    self.etcd_ok = True
+                    self.write_status()
+                delay = 0.5
+            except Unavailable as e:
+                if self.etcd_ok:
+                    self.log(f"store unavailable: {e}; keeping the kernel as it is and retrying")
+                    self.etcd_ok = False
+                    self.write_status()
+                if stop.wait(delay):
+                    break
+                delay = min(5.0, delay * 2)
+                if "compacted" in str(e):
+                    try:
+                        next_rev = self._load_peers()
+                    except Unavailable:
+                        pass
+        if self.leave_on_stop:
+            self.leave()
+        self.close()
+
+    # -- leaving -------------------------------------------------------------------------
+    def leave(self) -> None:
+        """Give the subnet back and remove what this network made on this host."""
+        self.log("leaving the cluster network")
+        mem = self._remembered()
+        lease = self.lease or mem.get("lease", 0)
+        try:
+            if lease:
+                self.store.revoke_lease(lease)
+            self.store.txn([], [Delete(hosts_prefix(self.network) + self.hostname)]
+                           + ([Delete(subnet_key(self.network, mem["subnet"]))] if mem.get("subnet") else []))
+        except Unavailable as e:
+            self.log(f"could not reach the store to give the subnet back ({e}); it expires with the lease")
+        teardown_local(self.state_dir, self.network, self.cfg.cidr if self.cfg else "")
+        if self._bird is not None:
+            self._bird = None
+
+    def close(self) -> None:
+        if self._overlay is not None:
+            self._overlay.close()
+            self._overlay = None
+
+
+def teardown_local(state_dir: Path, network: str, cidr: str = "") -> None:
+    """Remove this host's side of a cluster network: our routes, the VXLAN device,
+    BIRD, the local bridge network and the remembered subnet. Idempotent."""
+    from muslin.control.agent_bird import Bird
+    from muslin.control.service import Muslin
+    from muslin.dataplane.overlay import Overlay
+
+    Bird(state_dir / "cluster", network, lambda m: None).stop()
+    ov = Overlay()
+    try:
+        obs = ov.observe(vxlan_name(network))
+        if cidr:
+            obs = owned(obs, ipaddress.ip_network(cidr))
+        ov.delete_routes(r for r in obs.routes if cidr or r.dev == vxlan_name(network))
+        ov.delete_vxlan(vxlan_name(network))
+    finally:
+        ov.close()
+    m = Muslin(state_dir=state_dir)
+    try:
+        if m.find_network(network) is not None:
+            m.delete_network(network, force=True)
+    finally:
+        m.close()
+    for p in (state_dir / "cluster" / f"{network}.json", state_dir / "cluster" / f"{network}.status.json"):
+        p.unlink(missing_ok=True)
+
+
+def main() -> None:
+    from muslin.control.agent_cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

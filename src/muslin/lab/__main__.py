@@ -1,0 +1,3 @@
+from muslin.lab.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""`muslin lab`: virtual multi-host clusters in network namespaces (see lab/core.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from muslin.lab import core
+from muslin.model.errors import MuslinError
+
+
+def _guard(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except MuslinError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_status)
+        except Exception as e:  # noqa: BLE001 - one line, never a traceback
+            click.echo(f"error: {type(e).__name__}: {e}", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+@click.group()
+def lab() -> None:
+    """Virtual multi-host clusters made of network namespaces."""
+
+
+@lab.command()
+@click.argument("name")
+@click.option("--hosts", default=3, show_default=True)
+@click.option("--backend", default="vxlan", show_default=True, help="vxlan | host-gw | bgp")
+@click.option("--cidr", default="10.244.0.0/16", show_default=True)
+@click.option("--host-prefix", default=24, show_default=True)
+@click.option("--network", default="net0", show_default=True)
+@click.option("--vni", default=1, show_default=True)
+@click.option("--lease-ttl", default=10, show_default=True)
+@click.option("--resync", default=10.0, show_default=True)
+@click.option("--route-reflector", "rrs", multiple=True)
+@_guard
+def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, rrs) -> None:
+    """Make lab NAME: an underlay, etcd, N hosts each running an agent."""
+    from rich.console import Console
+    console = Console(stderr=True)
+    with console.status(f"lab {name}: starting") as status:
+        st = core.up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, tuple(rrs),
+                     progress=lambda m: status.update(f"lab {name}: {m}"))
+    for h in st.hosts:
+        s = core.host_status(st, h)
+        console.print(f"[green]✓[/] {h}  {s.get('underlay', '')}  subnet {s.get('subnet', '')}")
+    click.echo(f"lab {name} is up: {len(st.hosts)} hosts, backend {backend}, etcd {st.store_url}")
+
+
+@lab.command()
+@click.argument("name")
+@click.argument("host")
+@click.argument("sandbox")
+@_guard
+def sandbox(name, host, sandbox) -> None:
+    """Make a sandbox namespace on HOST attached to the cluster network; print its address."""
+    info = core.sandbox(name, host, sandbox)
+    click.echo(info["address"])
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("sandbox")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@_guard
+def exec_(name, sandbox, cmd) -> None:
+    """Run CMD inside SANDBOX: muslin lab exec NAME SANDBOX -- CMD ..."""
+    cmd = list(cmd)
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    argv = core.exec_argv(name, sandbox, cmd)
+    os.execvp(argv[0], argv)
+
+
+@lab.command()
+@click.argument("name")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@_guard
+def status(name, output) -> None:
+    """Hosts, leases, peers and health of lab NAME."""
+    s = core.status(name)
+    if output == "json":
+        click.echo(json.dumps(s, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"lab {name} ({s['backend']}, {s['cidr']}, etcd {'ok' if s['etcd']['healthy'] else 'DOWN'})")
+    for col in ("host", "underlay", "subnet", "agent", "peers", "health"):
+        t.add_column(col)
+    for h, d in s["hosts"].items():
+        t.add_row(h, d["underlay"], d["subnet"], f"{d['agent_pid']}" + ("" if d["agent_alive"] else " (dead)"),
+                  ",".join(d["peers"]), "[green]ok[/]" if d["healthy"] else "[red]degraded[/]")
+    Console().print(t)
+    for sb, d in s["sandboxes"].items():
+        click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
+
+
+@lab.command()
+@click.argument("name")
+@_guard
+def down(name) -> None:
+    """Remove every namespace, process and file of lab NAME (idempotent)."""
+    removed = core.down(name)
+    click.echo(f"lab {name} is down ({len(removed)} namespaces removed)")
+
+
+def main() -> None:
+    lab(prog_name="muslin lab")

@@ -1,0 +1,474 @@
+"""Virtual multi-host clusters out of network namespaces on one machine.
+
+A lab NAME is: an underlay namespace `mlab-NAME-ul` holding a bridge (10.250.0.254/24)
+and etcd on that address; N host namespaces `mlab-NAME-hI` (eth0 = 10.250.0.I/24 on the
+underlay bridge), each running one Muslin agent with its own state dir; sandbox
+namespaces `mlab-NAME-s-SANDBOX` attached to a host's side of the cluster network.
+Nothing is made in the root namespace. Every namespace, process and file is recorded in
+<lab dir>/NAME.json; `down` removes them all, also after a crash (by exact name pattern).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from muslin.backends.model import BACKENDS, ClusterConfig
+from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound, Unavailable
+
+UNDERLAY = ipaddress.IPv4Network("10.250.0.0/24")
+ETCD_IP = "10.250.0.254"
+ETCD_PORT = 2379
+LAB_NAME = re.compile(r"^[a-z0-9]{1,16}$")
+SANDBOX_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.]{0,31}$")
+MAX_HOSTS = 200
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get("MUSLIN_LAB_DIR") or "/run/muslin/lab")
+
+
+def ns_ul(name: str) -> str:
+    return f"mlab-{name}-ul"
+
+
+def ns_host(name: str, host: str) -> str:
+    return f"mlab-{name}-{host}"
+
+
+def ns_sandbox(name: str, sandbox: str) -> str:
+    return f"mlab-{name}-s-{sandbox}"
+
+
+def _ns_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^mlab-{re.escape(name)}-(ul|h\d+|s-[A-Za-z0-9_.]+)$")
+
+
+def check_lab_name(name: str) -> str:
+    if not LAB_NAME.match(name or ""):
+        raise Invalid(f"lab name {name!r} is not valid: use 1-16 lowercase letters or digits")
+    return name
+
+
+def _run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise Unavailable(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip().splitlines()[-1:] or ['failed']}")
+    return r
+
+
+def netns_list() -> list[str]:
+    out = _run("ip", "netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+@dataclass
+class LabState:
+    name: str
+    backend: str = "vxlan"
+    network: str = "net0"
+    cidr: str = "10.244.0.0/16"
+    host_prefix: int = 24
+    hosts: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)  # "etcd", "agent-h1", ...
+    sandboxes: dict[str, dict[str, str]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return lab_dir() / self.name
+
+    @property
+    def path(self) -> Path:
+        return lab_dir() / f"{self.name}.json"
+
+    @property
+    def store_url(self) -> str:
+        return f"etcd://{ETCD_IP}:{ETCD_PORT}"
+
+    def host_dir(self, host: str) -> Path:
+        return self.dir / host
+
+    def save(self) -> None:
+        lab_dir().mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=1))
+        tmp.replace(self.path)
+
+    @classmethod
+    def load(cls, name: str) -> LabState:
+        p = lab_dir() / f"{check_lab_name(name)}.json"
+        try:
+            return cls(**json.loads(p.read_text()))
+        except FileNotFoundError:
+            raise NotFound(f"lab {name!r} does not exist (no {p})") from None
+        except (ValueError, TypeError) as e:
+            raise Invalid(f"lab state file {p} is damaged: {e}") from None
+
+
+# -- processes -------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as dead
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def kill_pid(pid: int, sig: int = signal.SIGTERM, wait: float = 5.0) -> None:
+    """Signal one process by PID and wait for it to go (SIGKILL after `wait`)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        _reap(pid)
+        if not _alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        _reap(pid)
+        if not _alive(pid):
+            return
+        time.sleep(0.02)
+
+
+def _spawn(ns: str, cmd: list[str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    return p.pid
+
+
+def start_etcd(st: LabState) -> int:
+    c = f"http://{ETCD_IP}:{ETCD_PORT}"
+    p = f"http://{ETCD_IP}:2380"
+    pid = _spawn(ns_ul(st.name), ["etcd", "--name", "lab", "--data-dir", str(st.dir / "etcd"),
+                                  "--listen-client-urls", c, "--advertise-client-urls", c,
+                                  "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
+                                  "--initial-cluster", f"lab={p}"], st.dir / "etcd.log")
+    st.pids["etcd"] = pid
+    st.save()
+    return pid
+
+
+def _etcd_health(url: str) -> bool:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=1) as r:
+            return b"true" in r.read()
+    except OSError:
+        return False
+
+
+def wait_etcd(st: LabState, timeout: float = 20) -> None:
+    from muslin.dataplane.nsexec import run_in_netns
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if run_in_netns(f"/run/netns/{ns_ul(st.name)}", _etcd_health, f"http://{ETCD_IP}:{ETCD_PORT}"):
+            return
+        if not _alive(st.pids.get("etcd", 0)):
+            raise Unavailable(f"lab {st.name}: etcd exited, see {st.dir / 'etcd.log'}")
+        time.sleep(0.2)
+    raise Unavailable(f"lab {st.name}: etcd did not become healthy in {timeout:.0f} s")
+
+
+def agent_cmd(st: LabState, host: str) -> list[str]:
+    return [sys.executable, "-m", "muslin.control.agent", "run", "--store", st.store_url,
+            "--network", st.network, "--hostname", host, "--state-dir", str(st.host_dir(host)),
+            "--underlay-dev", "eth0", "--resync", str(st.settings.get("resync", 10.0))]
+
+
+def start_agent(st: LabState, host: str) -> int:
+    pid = _spawn(ns_host(st.name, host), agent_cmd(st, host), st.dir / f"{host}.log")
+    st.pids[f"agent-{host}"] = pid
+    st.save()
+    return pid
+
+
+def host_status(st: LabState, host: str) -> dict[str, Any]:
+    p = st.host_dir(host) / "cluster" / f"{st.network}.status.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _in_ul(st: LabState, fn: Callable[..., Any], *args: Any) -> Any:
+    from muslin.dataplane.nsexec import run_in_netns
+    return run_in_netns(f"/run/netns/{ns_ul(st.name)}", fn, *args)
+
+
+def _init_config(url: str, cfg: dict[str, Any]) -> None:
+    from muslin.control.agent import init_config
+    from muslin.store.etcd import EtcdStore
+    init_config(EtcdStore([url.removeprefix("etcd://")]), ClusterConfig.from_dict(cfg))
+
+
+def _hosts(url: str, network: str) -> dict[str, Any]:
+    from muslin.control.agent import list_hosts
+    from muslin.store.etcd import EtcdStore
+    s = EtcdStore([url.removeprefix("etcd://")], timeout=2)
+    return {h: {**rec.to_dict(), "lease": lease} for h, (rec, lease) in list_hosts(s, network).items()}
+
+
+def store_hosts(st: LabState) -> dict[str, Any]:
+    return _in_ul(st, _hosts, st.store_url, st.network)
+
+
+# -- up / down -----------------------------------------------------------------------------
+
+def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int) -> ClusterConfig:
+    check_lab_name(name)
+    if backend not in BACKENDS:
+        raise Invalid(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise Invalid(f"--hosts {hosts}: a lab has 1 to {MAX_HOSTS} hosts")
+    cfg = ClusterConfig("net0", cidr, host_prefix, backend).validate()
+    if cfg.capacity() < hosts:
+        raise Exhausted(f"cluster CIDR {cidr} holds only {cfg.capacity()} /{host_prefix} host subnets, "
+                        f"{hosts} hosts asked")
+    if (lab_dir() / f"{name}.json").exists() or ns_ul(name) in netns_list():
+        raise Conflict(f"lab {name!r} already exists (run `muslin lab down {name}` first)")
+    return cfg
+
+
+def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_prefix: int = 24,
+       network: str = "net0", vni: int = 1, lease_ttl: int = 10, resync: float = 10.0,
+       route_reflectors: tuple[str, ...] = (), progress: Callable[[str], None] | None = None,
+       timeout: float = 60) -> LabState:
+    """Make the lab and wait until every host holds a lease and sees every peer."""
+    say = progress or (lambda m: None)
+    cfg = validate_up(name, hosts, backend, cidr, host_prefix)
+    cfg = ClusterConfig(network, cidr, host_prefix, backend, vni=vni, lease_ttl=lease_ttl,
+                        route_reflectors=tuple(route_reflectors)).validate()
+    st = LabState(name, backend, network, cidr, host_prefix, settings={"resync": resync, "vni": vni,
+                                                                        "lease_ttl": lease_ttl})
+    shutil.rmtree(st.dir, ignore_errors=True)
+    st.dir.mkdir(parents=True)
+    st.save()
+    try:
+        say("underlay")
+        ul = ns_ul(name)
+        _run("ip", "netns", "add", ul)
+        st.namespaces.append(ul)
+        st.save()
+        _run("ip", "-n", ul, "link", "set", "lo", "up")
+        _run("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
+        _run("ip", "-n", ul, "addr", "add", f"{ETCD_IP}/{UNDERLAY.prefixlen}", "dev", "br0")
+        _run("ip", "-n", ul, "link", "set", "br0", "up")
+        say("etcd")
+        start_etcd(st)
+        wait_etcd(st)
+        _in_ul(st, _init_config, st.store_url, cfg.to_dict())
+        for i in range(1, hosts + 1):
+            h = f"h{i}"
+            say(f"host {h}")
+            ns = ns_host(name, h)
+            _run("ip", "netns", "add", ns)
+            st.namespaces.append(ns)
+            st.hosts.append(h)
+            st.save()
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+            _run("ip", "-n", ul, "link", "add", h, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _run("ip", "-n", ul, "link", "set", h, "master", "br0", "up")
+            _run("ip", "-n", ns, "addr", "add", f"{UNDERLAY.network_address + i}/{UNDERLAY.prefixlen}", "dev", "eth0")
+            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            start_agent(st, h)
+        say("waiting for leases")
+        wait_converged(st, timeout)
+        return st
+    except BaseException:
+        logs = _tail_logs(st)
+        down(name)
+        if logs:
+            raise Unavailable(f"lab {name} did not come up: {logs}") from None
+        raise
+
+
+def _tail_logs(st: LabState) -> str:
+    for h in st.hosts:
+        p = st.dir / f"{h}.log"
+        try:
+            lines = [ln for ln in p.read_text().splitlines() if "error" in ln.lower()]
+        except OSError:
+            continue
+        if lines:
+            return f"{h}: {lines[-1].strip()}"
+    return ""
+
+
+def wait_converged(st: LabState, timeout: float = 60, hosts: list[str] | None = None) -> None:
+    """Every (given) host's agent holds a lease and sees every other host."""
+    hosts = hosts or st.hosts
+    end = time.monotonic() + timeout
+    while True:
+        pending = []
+        for h in hosts:
+            s = host_status(st, h)
+            pid = st.pids.get(f"agent-{h}", 0)
+            if not _alive(pid):
+                _reap(pid)
+                raise Unavailable(f"lab {st.name}: the agent of {h} exited: {_last_line(st.dir / f'{h}.log')}")
+            if not s.get("subnet") or sorted(s.get("peers", {})) != sorted(x for x in hosts if x != h):
+                pending.append(h)
+        if not pending:
+            return
+        if time.monotonic() > end:
+            raise Unavailable(f"lab {st.name}: hosts {', '.join(pending)} did not converge in {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _last_line(p: Path) -> str:
+    try:
+        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+        return lines[-1] if lines else "no output"
+    except OSError:
+        return "no log"
+
+
+def down(name: str) -> list[str]:
+    """Remove every namespace, process and file of the lab. Idempotent."""
+    check_lab_name(name)
+    removed = []
+    try:
+        st: LabState | None = LabState.load(name)
+    except (NotFound, Invalid):
+        st = None
+    if st is not None:
+        for key, pid in st.pids.items():
+            if _alive(pid) and _cmd_of(pid) and ("muslin" in _cmd_of(pid) or "etcd" in _cmd_of(pid)):
+                kill_pid(pid, signal.SIGTERM, wait=3)
+            _reap(pid)
+    pat = _ns_pattern(name)
+    for ns in netns_list():
+        if not pat.match(ns):
+            continue
+        pids = _run("ip", "netns", "pids", ns, check=False).stdout.split()
+        for p in pids:
+            kill_pid(int(p), signal.SIGKILL, wait=2)
+        _run("ip", "netns", "del", ns, check=False)
+        removed.append(ns)
+    shutil.rmtree(lab_dir() / name, ignore_errors=True)
+    (lab_dir() / f"{name}.json").unlink(missing_ok=True)
+    return removed
+
+
+def _cmd_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# -- sandboxes -----------------------------------------------------------------------------
+
+def sandbox(name: str, host: str, sb: str) -> dict[str, str]:
+    st = LabState.load(name)
+    if host not in st.hosts:
+        raise NotFound(f"lab {name} has no host {host!r} (hosts: {', '.join(st.hosts)})")
+    if not SANDBOX_NAME.match(sb or ""):
+        raise Invalid(f"sandbox name {sb!r} is not valid: use up to 32 letters, digits, '_' or '.'")
+    if sb in st.sandboxes:
+        raise Conflict(f"lab {name} already has a sandbox {sb!r} (on {st.sandboxes[sb]['host']})")
+    ns = ns_sandbox(name, sb)
+    _run("ip", "netns", "add", ns)
+    try:
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        r = _run("ip", "netns", "exec", ns_host(name, host), sys.executable, "-m", "muslin.control.agent", "attach",
+                 "--state-dir", str(st.host_dir(host)), "--network", st.network, "--id", sb,
+                 "--netns", f"/run/netns/{ns}", check=False, timeout=60)
+        if r.returncode != 0:
+            raise MuslinError((r.stderr.strip().splitlines() or ["attach failed"])[-1].removeprefix("error: "))
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+    except BaseException:
+        _run("ip", "netns", "del", ns, check=False)
+        raise
+    st = LabState.load(name)
+    st.namespaces.append(ns)
+    st.sandboxes[sb] = {"host": host, "netns": ns, "address": info["address"]}
+    st.save()
+    return st.sandboxes[sb]
+
+
+def remove_sandbox(name: str, sb: str) -> None:
+    st = LabState.load(name)
+    info = st.sandboxes.get(sb)
+    if info is None:
+        return
+    _run("ip", "netns", "exec", ns_host(name, info["host"]), sys.executable, "-m", "muslin.control.agent", "detach",
+         "--state-dir", str(st.host_dir(info["host"])), "--network", st.network, "--id", sb, check=False)
+    _run("ip", "netns", "del", info["netns"], check=False)
+    st.sandboxes.pop(sb)
+    if info["netns"] in st.namespaces:
+        st.namespaces.remove(info["netns"])
+    st.save()
+
+
+def exec_argv(name: str, sb: str, cmd: list[str]) -> list[str]:
+    st = LabState.load(name)
+    if sb not in st.sandboxes:
+        raise NotFound(f"lab {name} has no sandbox {sb!r}")
+    if not cmd:
+        raise Invalid("exec: give a command after --")
+    return ["ip", "netns", "exec", st.sandboxes[sb]["netns"], *cmd]
+
+
+# -- status --------------------------------------------------------------------------------
+
+def status(name: str) -> dict[str, Any]:
+    st = LabState.load(name)
+    try:
+        leases = store_hosts(st)
+        etcd_ok = True
+    except MuslinError as e:
+        leases, etcd_ok = {}, False
+        leases_err = str(e)
+    hosts = {}
+    for h in st.hosts:
+        s = host_status(st, h)
+        pid = st.pids.get(f"agent-{h}", 0)
+        alive = _alive(pid)
+        lease = leases.get(h, {})
+        healthy = alive and bool(lease) and sorted(s.get("peers", {})) == sorted(
+            x for x in leases if x != h) and not s.get("problems")
+        hosts[h] = {"netns": ns_host(name, h), "agent_pid": pid, "agent_alive": alive,
+                    "subnet": lease.get("subnet") or s.get("subnet", ""), "underlay": lease.get("underlay", ""),
+                    "leased": bool(lease), "peers": sorted(s.get("peers", {})), "problems": s.get("problems", []),
+                    "store_ok": s.get("store_ok", False), "healthy": healthy}
+    out = {"name": name, "backend": st.backend, "network": st.network, "cidr": st.cidr,
+           "etcd": {"endpoint": st.store_url, "pid": st.pids.get("etcd", 0), "healthy": etcd_ok},
+           "hosts": hosts, "sandboxes": st.sandboxes}
+    if not etcd_ok:
+        out["etcd"]["error"] = leases_err
+    return out
