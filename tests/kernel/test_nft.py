@@ -322,3 +322,20 @@ def test_bad_state_changes_nothing(lab):
     assert out.returncode == 1 and out.stdout.startswith("Conflict: firewall: host port 0.0.0.0:8080/tcp is mapped twice")
     assert lab.host.run("nft", "list", "table", "inet", "muslin").stdout == before
     lab.sync([], [])
+
+
+def test_concurrent_syncs_are_serialised(lab):
+    """Several processes syncing at once (each observe+apply under the flock): without the
+    lock two of them would both try to delete the same element and one would fail."""
+    lab.sync(ALL_NETS, ALL_PORTS)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    d = json.dumps({"networks": ALL_NETS, "ports": [P_C1, P_C1_V6], "lock_dir": str(lab.tmp / "lock")})
+    procs = [subprocess.Popen(["ip", "netns", "exec", lab.host.name, PY, str(lab.tmp / "driver.py")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(6)]
+    results = [p.communicate(d, timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    assert sorted(r[0].strip() for r in results) == ["delta"] + ["noop"] * 5
+    assert lab.observe()["elements"]["ports4"] == ["tcp . 8080 : 10.71.0.2 . 80"]
+    assert lab.connect(lab.out, "172.31.250.1", 8080) == "c1 172.31.250.2"
+    lab.sync([], [])
