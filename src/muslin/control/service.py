@@ -227,6 +227,10 @@ class Muslin:
         if kv is None:
             raise NotFound(f"endpoint {endpoint_id} is not attached to network {network!r}")
         ep = replace(Endpoint.from_dict(kv.value), ports=tuple(ports))
+        net = self.get_network(network)
+        if net.driver == "bridge" and ep.host_ifname:
+            with self._host() as host:
+                host.set_hairpin(ep.host_ifname, net.hairpin or bool(ports))
         self.store.put(key, ep.to_dict(), expect=kv.mod_revision)
         self.sync_firewall()
         return ep

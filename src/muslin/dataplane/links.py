@@ -211,10 +211,19 @@ class Host:
         try:
             self.ipr.link("set", index=idx, master=bidx)
             if hairpin:
-                self.ipr.brport("set", index=idx, hairpin_mode=1)
+                self.ipr.brport("set", index=idx, mode=1)  # IFLA_BRPORT_MODE: hairpin
             self.ipr.link("set", index=idx, state="up")
         except NetlinkError as e:
             raise _netlink_error(e, f"attach {name} to {bridge}") from None
+
+    def set_hairpin(self, name: str, on: bool) -> None:
+        idx = self.index(name)
+        if idx is None:
+            raise NotFound(f"link {name} does not exist")
+        try:
+            self.ipr.brport("set", index=idx, mode=1 if on else 0)  # IFLA_BRPORT_MODE: hairpin
+        except NetlinkError as e:
+            raise _netlink_error(e, f"hairpin on {name}") from None
 
     def routes_via(self, dst: str) -> list[dict]:
         return [dict(r["attrs"]) for r in self.ipr.get_routes(dst=dst)]

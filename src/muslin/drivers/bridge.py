@@ -50,7 +50,9 @@ class BridgeDriver:
         host.delete_link(host_if)  # a leftover of a crashed attach: ours by its name
         host.create_veth(host_if, peer, req.netns, mtu, peer_mac="" if req.netns else req.mac)
         try:
-            host.enslave(host_if, net.bridge, hairpin=net.hairpin)
+            # Hairpin lets a container reach its own published port: with br_netfilter
+            # the DNATed frame leaves through the port it came in on.
+            host.enslave(host_if, net.bridge, hairpin=net.hairpin or bool(req.ports))
             routes = sandbox_routes(net, addrs)
             if req.netns:
                 mac = links.sandbox_setup(req.netns, SandboxConfig(req.ifname, tuple(a for a, _ in addrs),
