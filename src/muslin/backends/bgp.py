@@ -39,6 +39,7 @@ def bird_config(cfg: ClusterConfig, local: Local, peers: list[HostRecord], log_p
            "}",
            "template bgp muslin_peer {",
            f"  local {me.underlay} as {cfg.asn};",
+           "  direct;",
            f"  {TIMERS}",
            "  ipv4 {",
            "    import all;",

@@ -383,6 +383,8 @@ class Agent:
         except Unavailable as e:
             self.log(f"could not reach the store to give the subnet back ({e}); it expires with the lease")
         teardown_local(self.state_dir, self.network, self.cfg.cidr if self.cfg else "")
+        if mem.get("subnet"):
+            self._remember(lease=0)
         if self._bird is not None:
             self._bird = None
 
@@ -415,7 +417,8 @@ def teardown_local(state_dir: Path, network: str, cidr: str = "") -> None:
             m.delete_network(network, force=True)
     finally:
         m.close()
-    for p in (state_dir / "cluster" / f"{network}.json", state_dir / "cluster" / f"{network}.status.json"):
+    # the remembered subnet stays: a host that joins again prefers it
+    for p in (state_dir / "cluster" / f"{network}.status.json", state_dir / "cluster" / f"{network}.bird.log"):
         p.unlink(missing_ok=True)
 
 

@@ -100,6 +100,9 @@ class LabState:
     def host_dir(self, host: str) -> Path:
         return self.dir / host
 
+    def network_of(self, host: str) -> str:
+        return self.settings.get("host_networks", {}).get(host, self.network)
+
     def save(self) -> None:
         lab_dir().mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -205,7 +208,7 @@ def wait_etcd(st: LabState, timeout: float = 20) -> None:
 
 def agent_cmd(st: LabState, host: str) -> list[str]:
     return [sys.executable, "-m", "muslin.control.agent", "run", "--store", st.store_url,
-            "--network", st.network, "--hostname", host, "--state-dir", str(st.host_dir(host)),
+            "--network", st.network_of(host), "--hostname", host, "--state-dir", str(st.host_dir(host)),
             "--underlay-dev", "eth0", "--resync", str(st.settings.get("resync", 10.0))]
 
 
@@ -217,7 +220,7 @@ def start_agent(st: LabState, host: str) -> int:
 
 
 def host_status(st: LabState, host: str) -> dict[str, Any]:
-    p = st.host_dir(host) / "cluster" / f"{st.network}.status.json"
+    p = st.host_dir(host) / "cluster" / f"{st.network_of(host)}.status.json"
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
@@ -291,20 +294,9 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         start_etcd(st)
         wait_etcd(st)
         _in_ul(st, _init_config, st.store_url, cfg.to_dict())
-        for i in range(1, hosts + 1):
-            h = f"h{i}"
-            say(f"host {h}")
-            ns = ns_host(name, h)
-            _run("ip", "netns", "add", ns)
-            st.namespaces.append(ns)
-            st.hosts.append(h)
-            st.save()
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-            _run("ip", "-n", ul, "link", "add", h, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _run("ip", "-n", ul, "link", "set", h, "master", "br0", "up")
-            _run("ip", "-n", ns, "addr", "add", f"{UNDERLAY.network_address + i}/{UNDERLAY.prefixlen}", "dev", "eth0")
-            _run("ip", "-n", ns, "link", "set", "eth0", "up")
-            start_agent(st, h)
+        for _ in range(hosts):
+            say(f"host h{len(st.hosts) + 1}")
+            _make_host(st)
         say("waiting for leases")
         wait_converged(st, timeout)
         return st
@@ -314,6 +306,40 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         if logs:
             raise Unavailable(f"lab {name} did not come up: {logs}") from None
         raise
+
+
+def _make_host(st: LabState, network: str = "") -> str:
+    i = len(st.hosts) + 1
+    h, ul, ns = f"h{i}", ns_ul(st.name), ns_host(st.name, f"h{i}")
+    _run("ip", "netns", "add", ns)
+    st.namespaces.append(ns)
+    st.hosts.append(h)
+    if network:
+        st.settings.setdefault("host_networks", {})[h] = network
+    st.save()
+    _run("ip", "-n", ns, "link", "set", "lo", "up")
+    _run("ip", "-n", ul, "link", "add", h, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    _run("ip", "-n", ul, "link", "set", h, "master", "br0", "up")
+    _run("ip", "-n", ns, "addr", "add", f"{UNDERLAY.network_address + i}/{UNDERLAY.prefixlen}", "dev", "eth0")
+    _run("ip", "-n", ns, "link", "set", "eth0", "up")
+    start_agent(st, h)
+    return h
+
+
+def add_network(name: str, network: str, backend: str, vni: int, cidr: str = "", host_prefix: int = 0) -> None:
+    """Store the config of another cluster network on the lab's etcd."""
+    st = LabState.load(name)
+    cfg = ClusterConfig(network, cidr or st.cidr, host_prefix or st.host_prefix, backend, vni=vni,
+                        lease_ttl=st.settings.get("lease_ttl", 10)).validate()
+    _in_ul(st, _init_config, st.store_url, cfg.to_dict())
+
+
+def add_host(name: str, network: str = "") -> str:
+    """One more host on the underlay, its agent joining `network` (default: the lab's)."""
+    st = LabState.load(name)
+    if len(st.hosts) >= MAX_HOSTS:
+        raise Exhausted(f"lab {name} has {MAX_HOSTS} hosts already")
+    return _make_host(st, network)
 
 
 def _tail_logs(st: LabState) -> str:
@@ -336,11 +362,12 @@ def wait_converged(st: LabState, timeout: float = 60, hosts: list[str] | None = 
         pending = []
         for h in hosts:
             s = host_status(st, h)
+            same = [x for x in st.hosts if st.network_of(x) == st.network_of(h)]
             pid = st.pids.get(f"agent-{h}", 0)
             if not _alive(pid):
                 _reap(pid)
                 raise Unavailable(f"lab {st.name}: the agent of {h} exited: {_last_line(st.dir / f'{h}.log')}")
-            if not s.get("subnet") or sorted(s.get("peers", {})) != sorted(x for x in hosts if x != h):
+            if not s.get("subnet") or sorted(s.get("peers", {})) != sorted(x for x in same if x != h):
                 pending.append(h)
         if not pending:
             return
@@ -406,7 +433,7 @@ def sandbox(name: str, host: str, sb: str) -> dict[str, str]:
     try:
         _run("ip", "-n", ns, "link", "set", "lo", "up")
         r = _run("ip", "netns", "exec", ns_host(name, host), sys.executable, "-m", "muslin.control.agent", "attach",
-                 "--state-dir", str(st.host_dir(host)), "--network", st.network, "--id", sb,
+                 "--state-dir", str(st.host_dir(host)), "--network", st.network_of(host), "--id", sb,
                  "--netns", f"/run/netns/{ns}", check=False, timeout=60)
         if r.returncode != 0:
             raise MuslinError((r.stderr.strip().splitlines() or ["attach failed"])[-1].removeprefix("error: "))
@@ -427,7 +454,8 @@ def remove_sandbox(name: str, sb: str) -> None:
     if info is None:
         return
     _run("ip", "netns", "exec", ns_host(name, info["host"]), sys.executable, "-m", "muslin.control.agent", "detach",
-         "--state-dir", str(st.host_dir(info["host"])), "--network", st.network, "--id", sb, check=False)
+         "--state-dir", str(st.host_dir(info["host"])), "--network", st.network_of(info["host"]), "--id", sb,
+         check=False)
     _run("ip", "netns", "del", info["netns"], check=False)
     st.sandboxes.pop(sb)
     if info["netns"] in st.namespaces:
