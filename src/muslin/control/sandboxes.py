@@ -12,6 +12,7 @@ from muslin.model.errors import Conflict, NotFound, Unavailable
 from muslin.model.types import AttachRequest, Endpoint, IPAddress, PortMapping
 
 PREFIX = "sandboxes/"
+OWNER_INDEX = "ipam-owner/"
 
 
 def path_of(name: str) -> str:
@@ -54,10 +55,14 @@ def list_all(m: Muslin) -> list[dict]:
 
 
 def remove(m: Muslin, name: str) -> None:
+    """Disconnect and delete a sandbox. Also frees addresses a crashed `connect` held
+    without a record (owner 'cli/<name>/...'); its links die with the namespace."""
     for ep in endpoints_of(m, name):
         m.detach(ep.network, ep.endpoint_id)
     if netns_exists(path_of(name)):
         _ip("netns", "del", name)
+    for kv in m.store.list(f"{OWNER_INDEX}cli/{name}/"):
+        m.ipam.release(kv.key[len(OWNER_INDEX):])
     m.store.delete(PREFIX + name)
 
 
