@@ -1,0 +1,1 @@
+"""Muslin benchmarks: `python -m bench [--quick]` (root; everything in throwaway namespaces)."""

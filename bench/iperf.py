@@ -1,0 +1,76 @@
+"""iperf3 throughput: a raw veth pair vs two sandboxes on one Muslin bridge (same host),
+everything in throwaway namespaces (the Muslin side inside a namespace playing the host)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ns import Namespaces, run, token
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _iperf(server: str, client: str, ip: str, seconds: int) -> float:
+    srv = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-B", ip],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):  # until the server listens
+            if ":5201" in run("ip", "netns", "exec", server, "ss", "-ltnH", check=False).stdout:
+                break
+            time.sleep(0.05)
+        p = run("ip", "netns", "exec", client, "iperf3", "-c", ip, "-t", str(seconds), "-J", check=False,
+                timeout=seconds + 30)
+        try:
+            return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        except (ValueError, KeyError) as e:
+            raise RuntimeError(f"iperf3 to {ip} failed: {p.stdout[-300:]} {p.stderr[-300:]}") from e
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def run_iperf(seconds: int, log=print) -> dict:
+    nss = Namespaces(f"mi{token(4)}")
+    tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-iperf-"))
+    try:
+        a, b = nss.host("ra"), nss.host("rb")
+        ia, ib = f"v{token(4)}a", f"v{token(4)}b"
+        run("ip", "-n", a, "link", "add", ia, "type", "veth", "peer", "name", ib, "netns", b)
+        run("ip", "-n", a, "addr", "add", "10.131.0.1/24", "dev", ia)
+        run("ip", "-n", b, "addr", "add", "10.131.0.2/24", "dev", ib)
+        run("ip", "-n", a, "link", "set", ia, "up")
+        run("ip", "-n", b, "link", "set", ib, "up")
+        host, c1, c2 = nss.host("mh"), nss.host("m1"), nss.host("m2")
+        conf = json.dumps({"cniVersion": "1.0.0", "name": f"mi{token(4)}", "type": "muslin-cni",
+                           "isGateway": True, "ipMasq": True,
+                           "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": "10.132.0.0/24"}]]}})
+        ips = {}
+        for c in (c1, c2):
+            env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": c, "CNI_NETNS": f"/run/netns/{c}", "CNI_IFNAME": "eth0",
+                   "CNI_PATH": f"{VENV_BIN}:/usr/lib/cni", "MUSLIN_STATE_DIR": str(tmp / "state"),
+                   "MUSLIN_AGENT_SOCKET": str(tmp / "none.sock"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            p = subprocess.run(["ip", "netns", "exec", host, str(VENV_BIN / "muslin-cni")], input=conf, env=env,
+                               text=True, capture_output=True, timeout=60)
+            if p.returncode != 0:
+                raise RuntimeError(f"muslin-cni ADD failed: {p.stdout} {p.stderr}")
+            ips[c] = json.loads(p.stdout)["ips"][0]["address"].split("/")[0]
+        out = {"seconds": seconds}
+        # Alternate so both see the same background load; best of two each.
+        raw, br = [], []
+        for _ in range(2):
+            raw.append(_iperf(b, a, "10.131.0.2", seconds))
+            br.append(_iperf(c2, c1, ips[c2], seconds))
+        out["raw_veth_gbps"] = max(raw)
+        out["muslin_bridge_gbps"] = max(br)
+        out["ratio"] = out["muslin_bridge_gbps"] / out["raw_veth_gbps"]
+        log(f"  iperf3: raw veth {out['raw_veth_gbps']:.1f} Gbit/s, Muslin bridge {out['muslin_bridge_gbps']:.1f} "
+            f"Gbit/s ({out['ratio'] * 100:.0f}%)")
+        return out
+    finally:
+        nss.cleanup()
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)

@@ -1,0 +1,154 @@
+"""`podman run` network cost: Muslin (agent and in-process) vs Podman's netavark.
+
+network cost = median(`podman run --rm ... true` with a network) - median(the same with
+`--network none`), runs interleaved. Podman uses a private root/runroot/vfs (recipes.md);
+it runs in the root namespace like any real runtime and cleans up its own containers; the
+Muslin network (origin cni) disappears with its last endpoint, the netavark network is
+removed with `podman network rm`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ns import token
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_subnet() -> str:
+    out = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    out += subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    taken = []
+    for tok in out.split():
+        try:
+            n = ipaddress.ip_network(tok, strict=False)
+        except ValueError:
+            continue
+        if isinstance(n, ipaddress.IPv4Network) and n.prefixlen > 0:
+            taken.append(n)
+    for _ in range(1000):
+        c = ipaddress.IPv4Network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24")
+        if not any(c.overlaps(t) for t in taken):
+            return str(c)
+    raise RuntimeError("no free 10.X.Y.0/24 subnet")
+
+
+class Podman:
+    def __init__(self, base: Path, backend: str, plugin_dirs: list[str], env: dict[str, str]) -> None:
+        self.base = base
+        self.net_dir = base / "net.d"
+        self.net_dir.mkdir(parents=True)
+        (base / "tmp").mkdir()
+        self.rootfs = base / "rootfs"
+        (self.rootfs / "bin").mkdir(parents=True)
+        shutil.copy2("/bin/busybox", self.rootfs / "bin" / "busybox")
+        (self.rootfs / "bin" / "true").symlink_to("busybox")
+        for d in ("etc", "proc", "sys", "dev", "tmp", "run"):
+            (self.rootfs / d).mkdir()
+        conf = base / "containers.conf"
+        conf.write_text(
+            "[containers]\n"
+            'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            "[network]\n"
+            f'network_backend = "{backend}"\n'
+            f"cni_plugin_dirs = {json.dumps(plugin_dirs)}\n"
+            f'network_config_dir = "{self.net_dir}"\n'
+            "[engine]\n"
+            'runtime = "runc"\n'
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+            'lock_type = "file"\n'
+            f'tmp_dir = "{base / "tmp"}"\n'
+            "[engine.runtimes]\n"
+            'runc = ["/usr/sbin/runc"]\n')
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf), **env}
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = ["podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "run"),
+               "--storage-driver", "vfs", *args]
+        p = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"podman {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+        return p
+
+    def run_true(self, network: str) -> float:
+        t0 = time.perf_counter()
+        self("run", "--rm", "--network", network, "--rootfs", str(self.rootfs), "/bin/true")
+        return time.perf_counter() - t0
+
+    def destroy(self) -> None:
+        self("rm", "-a", "-f", "-t", "0", check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _cost(pm: Podman, network: str, runs: int) -> dict:
+    pm.run_true(network)  # warm caches (image store, plugin pages)
+    pm.run_true("none")
+    net, none = [], []
+    for _ in range(runs):
+        net.append(pm.run_true(network))
+        none.append(pm.run_true("none"))
+    mn, mz = statistics.median(net), statistics.median(none)
+    return {"with_network_s": mn, "network_none_s": mz, "cost_s": mn - mz, "runs": runs}
+
+
+def run_podman(runs: int, log=print) -> dict:
+    """{"muslin-agent": {...}, "muslin-inproc": {...}, "netavark": {...}} (cost_s = network cost)."""
+    if not shutil.which("podman"):
+        return {"skipped": "podman is not installed"}
+    out: dict = {}
+    tmp = Path(tempfile.mkdtemp(prefix="mbp", dir="/tmp"))  # podman wants a short runroot
+    agent = None
+    pms: list[Podman] = []
+    try:
+        state = tmp / "state"
+        sock = tmp / "muslind.sock"
+        log_f = open(tmp / "muslind.log", "w")
+        agent = subprocess.Popen([str(VENV_BIN / "muslind"), "--docker-socket", "", "--agent-socket", str(sock),
+                                  "--state-dir", str(state), "--reconcile-interval", "0", "--log-level", "warning"],
+                                 stdout=log_f, stderr=log_f)
+        deadline = time.time() + 30
+        while not sock.exists():
+            if agent.poll() is not None or time.time() > deadline:
+                raise RuntimeError("muslind did not start: " + (tmp / "muslind.log").read_text()[-300:])
+            time.sleep(0.05)
+        name = f"mbp{token(4)}"
+        conflist = {"cniVersion": "1.0.0", "name": name, "plugins": [{
+            "type": "muslin-cni", "bridge": f"br{name}"[:15], "isGateway": True, "isDefaultGateway": True,
+            "ipMasq": True, "dataDir": str(state),
+            "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": free_subnet()}]]}}]}
+        for variant, s in (("muslin-agent", str(sock)), ("muslin-inproc", str(tmp / "no-agent.sock"))):
+            pm = Podman(tmp / variant[7], "cni", [str(VENV_BIN), "/usr/lib/cni"],
+                        {"MUSLIN_STATE_DIR": str(state), "MUSLIN_AGENT_SOCKET": s})
+            pms.append(pm)
+            (pm.net_dir / f"{name}.conflist").write_text(json.dumps(conflist))
+            out[variant] = _cost(pm, name, runs)
+            log(f"  podman {variant}: network cost {out[variant]['cost_s'] * 1e3:.0f} ms")
+        pm = Podman(tmp / "n", "netavark", ["/usr/lib/cni"], {})
+        pms.append(pm)
+        nname = f"mbn{token(4)}"
+        pm("network", "create", "--subnet", free_subnet(), nname)
+        try:
+            out["netavark"] = _cost(pm, nname, runs)
+        finally:
+            pm("network", "rm", "-f", nname, check=False)
+        log(f"  podman netavark: network cost {out['netavark']['cost_s'] * 1e3:.0f} ms")
+        return out
+    finally:
+        for pm in pms:
+            pm.destroy()
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            agent.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
