@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -477,3 +478,52 @@ def test_delegate_missing_plugin_is_one_line(cni, netns):
     rc, out, _ = cni.call("muslin-cni", "ADD", conf, cid=c.name, netns=c.path)
     assert rc == 1 and out is not None and "no-such-ipam" in out["msg"]
     assert cni.snapshot() == before
+
+
+# ------------------------------------------------------------------------------ agent fast path
+
+
+def test_agent_fast_path(cni, netns, tmp_path):
+    """muslind in the host namespace serves muslin-cni over its socket; the plugin process
+    itself cannot even import the handler here, so the work must have gone to the agent."""
+    sock = tmp_path / "agent.sock"
+    log = open(tmp_path / "muslind.log", "w")
+    d = cni.host.popen(tool("muslind"), "--docker-socket", "", "--agent-socket", str(sock), "--state-dir",
+                       str(cni.state), "--reconcile-interval", "0", "--log-level", "warning",
+                       stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+        assert sock.exists(), (tmp_path / "muslind.log").read_text()
+        blocked = tmp_path / "blocked"
+        blocked.mkdir()
+        (blocked / "sitecustomize.py").write_text("import sys\nsys.modules['muslin.cni.handler'] = None\n")
+        c1, c2 = netns("c1"), netns("c2")
+        conf = cni.conf("1.0.0")
+
+        def call(cmd: str, c: Netns) -> tuple[int, dict | None]:
+            env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(blocked), "CNI_COMMAND": cmd,
+                   "CNI_CONTAINERID": c.name, "CNI_IFNAME": "eth0", "CNI_NETNS": c.path,
+                   "CNI_PATH": cni.cni_path, "MUSLIN_AGENT_SOCKET": str(sock)}
+            p = cni.host.run("env", "-i", *[f"{k}={v}" for k, v in env.items()], tool("muslin-cni"),
+                             check=False, input=json.dumps(conf))
+            return p.returncode, (json.loads(p.stdout) if p.stdout.strip() else None)
+
+        rc1, r1 = call("ADD", c1)
+        rc2, r2 = call("ADD", c2)
+        assert rc1 == 0 and rc2 == 0, (r1, r2)
+        assert r1 is not None and r2 is not None
+        assert c1.ping(container_addr(r2)) and c2.ping(f"{cni.subnet}.1")
+        assert call("DEL", c1) == (0, None) and call("DEL", c2) == (0, None)
+        cni.assert_clean()
+    finally:
+        d.terminate()
+        try:
+            d.wait(10)
+        except subprocess.TimeoutExpired:
+            d.kill()
+            d.wait()
+        log.close()
+    assert not sock.exists()

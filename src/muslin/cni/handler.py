@@ -79,12 +79,13 @@ def _open(req: CniRequest, env: dict[str, str]):
     from muslin.store import open_store
 
     d = state_dir(req, env)
+    url = "" if req.data_dir else (env.get("MUSLIN_STORE") or os.environ.get("MUSLIN_STORE") or "")
     try:
-        store = open_store(d)
+        store = open_store(url or d)
     except MuslinError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise CniError(E_TRY_AGAIN, f"cannot open Muslin's store in {d}: {e}") from None
+        raise CniError(E_TRY_AGAIN, f"cannot open Muslin's store {url or d}: {e}") from None
     return Muslin(store, d)
 
 
