@@ -35,6 +35,7 @@ def bird_config(cfg: ClusterConfig, local: Local, peers: list[HostRecord], log_p
            f"  route {me.subnet} blackhole;",
            "}",
            "protocol kernel muslin_kernel {",
+           "  scan time 2;",
            "  ipv4 { import none; export where source = RTS_BGP; };",
            "}",
            "template bgp muslin_peer {",

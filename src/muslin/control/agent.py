@@ -309,9 +309,15 @@ class Agent:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        self.join(stop)
+        try:
+            self.join(stop)
+            next_rev = self._retry("listing hosts", self._load_peers, stop)
+        except Unavailable:
+            if stop.is_set():  # asked to stop while the store was away: nothing was made
+                self.close()
+                return
+            raise
         assert self.cfg is not None
-        next_rev = self._retry("listing hosts", self._load_peers, stop)
         self.reconcile()
         renew_every = max(0.5, self.cfg.lease_ttl / 3)
         next_renew = time.monotonic() + renew_every

@@ -1,0 +1,364 @@
+"""Multi-host: 3-host labs (real etcd, one agent process per host namespace) for every
+backend, with real packets between sandboxes on different hosts; robustness of the agent
+(leave, kill -9, lease expiry, etcd restart, drift, restart during a TCP stream)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nsutil import suffix
+from muslin.lab import core
+
+pytestmark = [pytest.mark.kernel, pytest.mark.client]
+
+TTL = 4
+RESYNC = 2.0
+
+TCP = r"""
+import hashlib, socket, sys, time
+mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "serve":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port)); s.listen(1); print("ready", flush=True)
+    c, _ = s.accept(); h = hashlib.sha256(); n = 0
+    while True:
+        b = c.recv(65536)
+        if not b: break
+        h.update(b); n += len(b)
+    c.sendall(f"{n} {h.hexdigest()}".encode()); c.close()
+else:
+    total, seconds = int(sys.argv[4]), float(sys.argv[5])
+    c = socket.create_connection((addr, port), timeout=10); h = hashlib.sha256(); sent = 0
+    chunk = bytes(range(256)) * 256
+    start = time.monotonic()
+    while sent < total:
+        b = chunk[: min(len(chunk), total - sent)]
+        c.sendall(b); h.update(b); sent += len(b)
+        if seconds:
+            ahead = start + seconds * sent / total - time.monotonic()
+            if ahead > 0: time.sleep(ahead)
+    c.shutdown(socket.SHUT_WR)
+    reply = c.recv(200).decode()
+    print("ok" if reply == f"{sent} {h.hexdigest()}" else f"MISMATCH {reply}", flush=True)
+"""
+
+
+def lab_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "muslin.lab", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def wait_until(pred, timeout: float = 15.0, step: float = 0.2) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def ns_run(ns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def ip(addr: str) -> str:
+    return addr.split("/")[0]
+
+
+def ping(ns: str, dst: str, size: int | None = None, count: int = 1) -> bool:
+    args = ["ping", "-c", str(count), "-W", "1", "-i", "0.2"]
+    if size is not None:
+        args += ["-s", str(size), "-M", "do"]
+    return ns_run(ns, *args, dst).returncode == 0
+
+
+def routes(ns: str) -> str:
+    return subprocess.run(["ip", "-n", ns, "route"], capture_output=True, text=True).stdout
+
+
+def fdb(ns: str) -> str:
+    return subprocess.run(["bridge", "-n", ns, "fdb", "show"], capture_output=True, text=True).stdout
+
+
+class Lab:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def st(self) -> core.LabState:
+        return core.LabState.load(self.name)
+
+    def sandbox(self, host: str, sb: str) -> str:
+        r = lab_cli("sandbox", self.name, host, sb)
+        assert r.returncode == 0, r.stderr
+        return ip(r.stdout.strip())
+
+    def ns(self, sb: str) -> str:
+        return self.st.sandboxes[sb]["netns"]
+
+    def addr(self, sb: str) -> str:
+        return ip(self.st.sandboxes[sb]["address"])
+
+    def host_ns(self, host: str) -> str:
+        return core.ns_host(self.name, host)
+
+    def subnet(self, host: str) -> str:
+        return core.host_status(self.st, host)["subnet"]
+
+    def underlay(self, host: str) -> str:
+        return f"10.250.0.{host[1:]}"
+
+    def forgot(self, host: str, peer: str, subnet: str) -> bool:
+        """host has no route (and, for vxlan, no FDB entry) left for peer."""
+        ns = self.host_ns(host)
+        return subnet not in routes(ns) and f"dst {self.underlay(peer)} " not in fdb(ns)
+
+    def log(self, host: str) -> str:
+        return (self.st.dir / f"{host}.log").read_text()
+
+    def tcp(self, src: str, dst: str, total: int, seconds: float = 0.0, port: int = 5001,
+            during=None) -> str:
+        srv = subprocess.Popen(["ip", "netns", "exec", self.ns(dst), sys.executable, "-c", TCP, "serve",
+                                self.addr(dst), str(port)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert srv.stdout.readline().strip() == "ready"
+            cli = subprocess.Popen(["ip", "netns", "exec", self.ns(src), sys.executable, "-c", TCP, "send",
+                                    self.addr(dst), str(port), str(total), str(seconds)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if during:
+                during()
+            out, err = cli.communicate(timeout=60)
+            return out.strip() or err.strip()
+        finally:
+            srv.kill()
+            srv.wait()
+
+
+@pytest.fixture(scope="module")
+def lab_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("labs")
+    old = os.environ.get("MUSLIN_LAB_DIR")
+    os.environ["MUSLIN_LAB_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("MUSLIN_LAB_DIR", None)
+    else:
+        os.environ["MUSLIN_LAB_DIR"] = old
+
+
+def _up(name: str, backend: str, hosts: int = 3, *extra: str) -> None:
+    r = lab_cli("up", name, "--hosts", str(hosts), "--backend", backend, "--lease-ttl", str(TTL),
+                "--resync", str(RESYNC), *extra)
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+@pytest.fixture(scope="module", params=["vxlan", "host-gw", "bgp"])
+def lab3(request, lab_dir):
+    name = "t" + suffix()
+    try:
+        _up(name, request.param)
+        lab = Lab(name)
+        lab.backend = request.param
+        for h, sb in (("h1", "a"), ("h2", "b"), ("h3", "c")):
+            lab.sandbox(h, sb)
+        assert wait_until(lambda: ping(lab.ns("a"), lab.addr("b")) and ping(lab.ns("a"), lab.addr("c"))
+                          and ping(lab.ns("b"), lab.addr("c")), 20)
+        yield lab
+    finally:
+        core.down(name)
+        assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]
+
+
+# -- every backend -------------------------------------------------------------------------
+
+def test_cross_host_ping_and_tcp(lab3):
+    assert ping(lab3.ns("a"), lab3.addr("b"), count=3)
+    assert ping(lab3.ns("c"), lab3.addr("a"), count=3)
+    assert lab3.tcp("a", "c", 200_000) == "ok"
+    s = json.loads(lab_cli("status", lab3.name, "-o", "json").stdout)
+    assert s["etcd"]["healthy"] and all(h["healthy"] for h in s["hosts"].values())
+    assert sorted(h["subnet"] for h in s["hosts"].values()) == sorted(lab3.subnet(h) for h in ("h1", "h2", "h3"))
+
+
+def test_mtu_large_ping_with_df_and_multi_megabyte_transfer(lab3):
+    assert ping(lab3.ns("a"), lab3.addr("b"), size=1400)
+    assert lab3.tcp("b", "a", 8 * 1024 * 1024) == "ok"
+    mtu = ns_run(lab3.ns("a"), "cat", "/sys/class/net/eth0/mtu").stdout.strip()
+    if lab3.backend == "vxlan":
+        assert mtu == "1450"
+        assert ping(lab3.ns("a"), lab3.addr("b"), size=1422)
+        assert not ping(lab3.ns("a"), lab3.addr("b"), size=1423)  # refused locally, never black-holed
+    else:
+        assert mtu == "1500"
+        assert ping(lab3.ns("a"), lab3.addr("b"), size=1472)
+
+
+def test_drift_is_repaired_within_resync(lab3):
+    h1 = lab3.host_ns("h1")
+    sub2 = lab3.subnet("h2")
+    subprocess.run(["ip", "-n", h1, "route", "del", sub2], check=True)
+    if lab3.backend == "vxlan":
+        subprocess.run(["bridge", "-n", h1, "fdb", "del", "00:00:00:00:00:00", "dev", "mx-net0",
+                        "dst", lab3.underlay("h2")], check=True)
+    assert not ping(lab3.ns("a"), lab3.addr("b"))
+    t0 = time.monotonic()
+    assert wait_until(lambda: sub2 in routes(h1), RESYNC * 2 + 3)
+    assert time.monotonic() - t0 <= RESYNC * 2 + 3
+    if lab3.backend == "vxlan":
+        assert wait_until(lambda: any(ln.startswith("00:00:00:00:00:00 ") and f"dst {lab3.underlay('h2')} " in ln
+                                      for ln in fdb(h1).splitlines()), 3)
+    assert wait_until(lambda: ping(lab3.ns("a"), lab3.addr("b")), 5)
+
+
+def test_kill9_agents_during_stream_keeps_flowing_and_changes_nothing(lab3):
+    st = lab3.st
+    before = {h: routes(lab3.host_ns(h)) for h in ("h1", "h2")}
+    fdbs = {h: fdb(lab3.host_ns(h)) for h in ("h1", "h2")}
+    marks = {h: len(lab3.log(h)) for h in ("h1", "h2")}
+
+    def chaos():
+        time.sleep(0.8)
+        for h in ("h1", "h2"):
+            core.kill_pid(st.pids[f"agent-{h}"], signal.SIGKILL)
+        time.sleep(0.5)
+        for h in ("h1", "h2"):
+            core.start_agent(core.LabState.load(lab3.name), h)
+
+    assert lab3.tcp("a", "b", 3 * 1024 * 1024, seconds=4, during=chaos) == "ok"
+    core.wait_converged(lab3.st, 20)
+    time.sleep(RESYNC + 0.5)  # one resync too
+    for h in ("h1", "h2"):
+        new = lab3.log(h)[marks[h]:]
+        assert "leased" in new and "reconciled" not in new and "reconfigured" not in new, new
+        assert routes(lab3.host_ns(h)) == before[h]
+        assert sorted(fdb(lab3.host_ns(h)).splitlines()) == sorted(fdbs[h].splitlines())
+
+
+def test_etcd_restart_agents_reconnect_and_converge(lab3):
+    st = lab3.st
+    core.kill_pid(st.pids["etcd"], signal.SIGKILL)
+    time.sleep(1.5)
+    assert ping(lab3.ns("a"), lab3.addr("c"))  # the data plane does not need etcd
+    core.start_etcd(st)
+    core.wait_etcd(st)
+    # a change after the restart reaches every agent: h3 leaves
+    sub3 = lab3.subnet("h3")
+    r = ns_run(lab3.host_ns("h3"), sys.executable, "-m", "muslin.control.agent", "leave", "--store", st.store_url,
+               "--network", "net0", "--state-dir", str(st.host_dir("h3")))
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: lab3.forgot("h1", "h3", sub3) and lab3.forgot("h2", "h3", sub3), 20)
+    assert not ping(lab3.ns("a"), lab3.addr("c"))
+    # h3 comes back with the same subnet; its sandbox is attached again
+    core.start_agent(core.LabState.load(lab3.name), "h3")
+    core.wait_converged(lab3.st, 20)
+    assert lab3.subnet("h3") == sub3
+    core.remove_sandbox(lab3.name, "c")
+    lab3.sandbox("h3", "c")
+    assert wait_until(lambda: ping(lab3.ns("a"), lab3.addr("c")), 20)
+    s = json.loads(lab_cli("status", lab3.name, "-o", "json").stdout)
+    assert all(h["store_ok"] for h in s["hosts"].values())
+
+
+def test_kill9_lease_expiry_removes_host_everywhere_then_it_returns(lab3):
+    st = lab3.st
+    sub2 = lab3.subnet("h2")
+    core.kill_pid(st.pids["agent-h2"], signal.SIGKILL)
+    assert wait_until(lambda: "h2" not in core.store_hosts(lab3.st), TTL + 6)
+    for h in ("h1", "h3"):
+        assert wait_until(lambda: lab3.forgot(h, "h2", sub2), 15), routes(lab3.host_ns(h))
+    assert not ping(lab3.ns("a"), lab3.addr("b"))
+    core.start_agent(core.LabState.load(lab3.name), "h2")
+    core.wait_converged(lab3.st, 20)
+    assert lab3.subnet("h2") == sub2
+    assert wait_until(lambda: ping(lab3.ns("a"), lab3.addr("b")), 20)
+
+
+# -- vxlan specifics, bad input, teardown ----------------------------------------------------
+
+def test_two_overlays_with_the_same_subnet_stay_isolated(lab_dir):
+    name = "t" + suffix()
+    try:
+        _up(name, "vxlan", 2)
+        core.add_network(name, "net1", "vxlan", vni=2)
+        for _ in range(2):
+            core.add_host(name, "net1")
+        lab = Lab(name)
+        core.wait_converged(lab.st, 20)
+        assert {lab.subnet("h1"), lab.subnet("h2")} == {lab.subnet("h3"), lab.subnet("h4")}
+        for h, sb in (("h1", "a"), ("h2", "b"), ("h3", "c"), ("h4", "d")):
+            lab.sandbox(h, sb)
+        assert wait_until(lambda: ping(lab.ns("a"), lab.addr("b")) and ping(lab.ns("c"), lab.addr("d")), 15)
+        assert ns_run(lab.host_ns("h3"), "ip", "-d", "link", "show", "mx-net1").stdout.count("vxlan id 2") == 1
+
+        def rx(host: str, dev: str) -> int:
+            return int(ns_run(lab.host_ns(host), "cat", f"/sys/class/net/{dev}/statistics/rx_packets").stdout)
+
+        base = {h: rx(h, "mx-net1") for h in ("h3", "h4")}
+        assert lab.tcp("a", "b", 1_000_000) == "ok"
+        assert ping(lab.ns("a"), lab.addr("b"), count=5)
+        # net0 traffic never reached net1's VXLAN devices, and net1's own traffic works
+        assert {h: rx(h, "mx-net1") for h in ("h3", "h4")} == base
+        assert lab.tcp("c", "d", 1_000_000) == "ok"
+        # the same addresses exist on both overlays, each answers only inside its own
+        sbs = lab.st.sandboxes
+        same = {ip(sbs[x]["address"]) for x in ("a", "b")} & {ip(sbs[x]["address"]) for x in ("c", "d")}
+        assert same
+    finally:
+        core.down(name)
+
+
+def test_bad_input_one_line_and_nothing_made(lab_dir):
+    name = "t" + suffix()
+    r = lab_cli("up", name, "--hosts", "3", "--cidr", "10.244.0.0/23", "--host-prefix", "24")
+    assert r.returncode == 5 and r.stderr.strip().count("\n") == 0
+    assert r.stderr.startswith("error: cluster CIDR 10.244.0.0/23 holds only 2 /24 host subnets")
+    r = lab_cli("up", name, "--hosts", "2", "--backend", "geneve")
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "error: unknown backend 'geneve': expected one of vxlan, host-gw, bgp"
+    r = lab_cli("status", name)
+    assert r.returncode == 3 and "does not exist" in r.stderr
+    assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]
+    assert not (lab_dir / f"{name}.json").exists()
+    r = subprocess.run([sys.executable, "-m", "muslin.control.agent", "init", "--store", "etcd://127.0.0.1:1",
+                        "--network", "x", "--backend", "vxlan"], capture_output=True, text=True)
+    assert r.returncode == 7 and r.stderr.strip() == "error: etcd at 127.0.0.1:1 is unreachable: connection refused"
+
+
+def test_agent_with_etcd_unreachable_retries_and_makes_nothing(netns, tmp_path):
+    host = netns("host")
+    host.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    host.run("ip", "addr", "add", "10.250.0.1/24", "dev", "eth0")
+    host.run("ip", "link", "set", "eth0", "up")
+    links = host.links()
+    p = host.popen(sys.executable, "-m", "muslin.control.agent", "run", "--store", "etcd://127.0.0.1:1",
+                   "--network", "n", "--hostname", "h", "--state-dir", str(tmp_path / "s"),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.5)
+        assert p.poll() is None  # still trying
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "etcd at 127.0.0.1:1 is unreachable: connection refused; retrying" in lines[0], err
+    assert host.links() == links
+
+
+def test_down_is_idempotent_and_works_after_a_crash(lab_dir):
+    name = "t" + suffix()
+    _up(name, "host-gw", 2)
+    st = core.LabState.load(name)
+    for pid in st.pids.values():  # crash: every process dies, the state file is lost
+        core.kill_pid(pid, signal.SIGKILL)
+    (lab_dir / f"{name}.json").unlink()
+    r = lab_cli("down", name)
+    assert r.returncode == 0, r.stderr
+    assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]
+    assert lab_cli("down", name).returncode == 0
