@@ -111,6 +111,7 @@ def build_network(name: str, req: CreateNetworkRequest, opts: NetworkOptions) ->
         name=name, driver=opts.mode, bridge=opts.bridge,
         range_sets=tuple(rs for rs in (v4, v6) if rs),
         mtu=opts.mtu, masquerade=opts.masquerade, internal=req.internal, isolate=opts.isolate,
+        hairpin=True,  # with br_netfilter, a DNATed hairpin connection is bridged back out its own port
         parent=opts.parent, origin="docker",
         options=tuple(sorted(req.generic.items())), labels=labels,
     )
