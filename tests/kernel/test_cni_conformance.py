@@ -436,8 +436,10 @@ def test_muslin_ipam_under_reference_bridge(cni, netns):
     cni.ok("DEL", {**conf, "prevResult": r1}, c1, plugin="bridge")
     rc, out, _ = cni.call("muslin-ipam", "CHECK", {**conf, "prevResult": r1}, cid=c1.name, netns=c1.path)
     assert rc == 1 and out is not None
-    # GC through muslin-ipam frees c2 (not in the valid list).
+    # GC through muslin-ipam frees c2 (not in the valid list); STATUS is fine.
     gc = {**conf, "cniVersion": "1.1.0", "cni.dev/valid-attachments": []}
+    rc, out, _ = cni.call("muslin-ipam", "STATUS", gc)
+    assert rc == 0 and out is None
     cni.ok("GC", gc, None, plugin="muslin-ipam")
     assert cni.allocations() == []
     cni.ok("DEL", conf, c2, plugin="bridge")
@@ -527,3 +529,19 @@ def test_agent_fast_path(cni, netns, tmp_path):
             d.wait()
         log.close()
     assert not sock.exists()
+
+
+def test_parallel_add_del_on_a_new_network(cni, netns):
+    """Runtimes run different containers in parallel: the first ADDs race to create the network."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cs = [netns(f"p{i}") for i in range(4)]
+    conf = cni.conf("1.0.0")
+    with ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(lambda c: cni.add(conf, c), cs))
+    addrs = [container_addr(r) for r in results]
+    assert len(set(addrs)) == 4
+    assert cs[0].ping(addrs[3]) and cs[3].ping(addrs[0])
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda c: cni.ok("DEL", conf, c), cs))
+    cni.assert_clean()

@@ -92,6 +92,8 @@ def _open(req: CniRequest, env: dict[str, str]):
 def find_plugin(name: str, path: tuple[str, ...]) -> str:
     if not name or "/" in name:
         raise CniError(E_CONFIG, f"ipam.type {name!r} is not a plugin name")
+    if not path:
+        raise CniError(E_ENV, f"CNI_PATH is not set: it is needed to find the IPAM plugin {name!r}")
     for d in path:
         p = Path(d) / name
         if p.is_file() and os.access(p, os.X_OK):
