@@ -545,3 +545,26 @@ def test_parallel_add_del_on_a_new_network(cni, netns):
     with ThreadPoolExecutor(4) as ex:
         list(ex.map(lambda c: cni.ok("DEL", conf, c), cs))
     cni.assert_clean()
+
+
+def test_join_existing_muslin_network(cni, netns):
+    """Config key `network`: attach to a network made by `muslin network create`; it outlives
+    its CNI endpoints."""
+    name = "cli" + suffix()
+    env = ["env", f"MUSLIN_STATE_DIR={cni.state}", f"MUSLIN_AGENT_SOCKET={cni.state}/none.sock"]
+    cni.host.run(*env, tool("muslin"), "network", "create", name, "--subnet", f"{cni.subnet}.0/24")
+    c1, c2 = netns("c1"), netns("c2")
+    conf = {"cniVersion": "1.0.0", "name": "joiner", "type": "muslin-cni", "network": name}
+    r1 = cni.add(conf, c1)
+    r2 = cni.add(conf, c2)
+    assert r1["interfaces"][0]["name"] == f"mus-{name}"
+    assert c1.ping(container_addr(r2)) and c2.ping(f"{cni.subnet}.1")
+    cni.ok("CHECK", {**conf, "prevResult": r1}, c1)
+    cni.ok("DEL", conf, c1)
+    cni.ok("DEL", conf, c2)
+    assert f"mus-{name}" in cni.links()  # the network is not CNI's to remove
+    assert cni.allocations() == []
+    cni.host.run(*env, tool("muslin"), "network", "rm", name)
+    cni.assert_clean()
+    rc, out, _ = cni.call("muslin-cni", "ADD", conf, cid=c1.name, netns=c1.path)
+    assert rc == 1 and out is not None and name in out["msg"] and out["code"] == 7
