@@ -182,6 +182,8 @@ def test_cross_host_ping_and_tcp(lab3):
     assert ping(lab3.ns("a"), lab3.addr("b"), count=3)
     assert ping(lab3.ns("c"), lab3.addr("a"), count=3)
     assert lab3.tcp("a", "c", 200_000) == "ok"
+    r = lab_cli("exec", lab3.name, "b", "--", "ping", "-c", "1", "-W", "2", lab3.addr("c"))
+    assert r.returncode == 0 and "1 received" in r.stdout
     s = json.loads(lab_cli("status", lab3.name, "-o", "json").stdout)
     assert s["etcd"]["healthy"] and all(h["healthy"] for h in s["hosts"].values())
     assert sorted(h["subnet"] for h in s["hosts"].values()) == sorted(lab3.subnet(h) for h in ("h1", "h2", "h3"))
@@ -310,6 +312,22 @@ def test_two_overlays_with_the_same_subnet_stay_isolated(lab_dir):
         sbs = lab.st.sandboxes
         same = {ip(sbs[x]["address"]) for x in ("a", "b")} & {ip(sbs[x]["address"]) for x in ("c", "d")}
         assert same
+    finally:
+        core.down(name)
+
+
+def test_bgp_with_a_route_reflector(lab_dir):
+    name = "t" + suffix()
+    try:
+        _up(name, "bgp", 3, "--route-reflector", "h1")
+        lab = Lab(name)
+        lab.sandbox("h2", "b")
+        lab.sandbox("h3", "c")
+        # h2 and h3 have no session with each other: their routes come through h1
+        conf = (lab.st.host_dir("h2") / "cluster" / "net0.bird.conf").read_text()
+        assert "neighbor 10.250.0.1 " in conf and "neighbor 10.250.0.3 " not in conf
+        assert wait_until(lambda: ping(lab.ns("b"), lab.addr("c")), 20)
+        assert f"{lab.subnet('h3')} via 10.250.0.3 " in routes(lab.host_ns("h2"))
     finally:
         core.down(name)
 
