@@ -329,3 +329,13 @@ def test_entry_uses_agent_socket(tmp_path):
     assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "0.3.1"
     assert seen[0]["plugin"] == "ipam" and seen[0]["env"] == {"CNI_COMMAND": "VERSION", "MUSLIN_AGENT_SOCKET": path}
     assert serve_request(b"garbage") .startswith(b'{"stdout": ')
+
+
+def test_status_when_store_cannot_open(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    stdin = conf(dataDir=str(f / "sub"))
+    out, rc = handle({"CNI_COMMAND": "STATUS"}, stdin)
+    assert rc == 1 and json.loads(out)["code"] == 50, out
+    out, rc = handle_ipam({"CNI_COMMAND": "STATUS"}, stdin)
+    assert rc == 1 and json.loads(out)["code"] == 50, out

@@ -89,6 +89,16 @@ def _open(req: CniRequest, env: dict[str, str]):
     return Muslin(store, d)
 
 
+def _open_for(req: CniRequest, env: dict[str, str]):
+    """Open Muslin; for STATUS a store that cannot be opened means 'cannot serve ADD' (50)."""
+    try:
+        return _open(req, env)
+    except MuslinError as e:
+        if req.command == "STATUS":
+            raise CniError(E_STATUS, f"cannot serve ADD: {e.message}") from None
+        raise
+
+
 def find_plugin(name: str, path: tuple[str, ...]) -> str:
     if not name or "/" in name:
         raise CniError(E_CONFIG, f"ipam.type {name!r} is not a plugin name")
@@ -242,7 +252,7 @@ def _main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
     req = parse_request(env, stdin)
     if req.command == "VERSION":
         return version_answer(req.version)
-    m = _open(req, env)
+    m = _open_for(req, env)
     try:
         return {"ADD": _add, "DEL": _del, "CHECK": _check, "GC": _gc, "STATUS": _status}[req.command](
             m, req, env, stdin)
@@ -440,7 +450,7 @@ def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
     req = parse_request(env, stdin, ipam_plugin=True)
     if req.command == "VERSION":
         return version_answer(req.version)
-    m = _open(req, env)
+    m = _open_for(req, env)
     try:
         ipam = m.ipam
         cmd = req.command
