@@ -474,6 +474,18 @@ def exec_argv(name: str, sb: str, cmd: list[str]) -> list[str]:
 
 # -- status --------------------------------------------------------------------------------
 
+def bgp_sessions(st: LabState, host: str) -> dict[str, str]:
+    """BGP protocol name -> state info ('Established', 'Active', ...) from the host's BIRD."""
+    sock = st.host_dir(host) / "cluster" / f"{st.network_of(host)}.bird.ctl"
+    r = _run("birdc", "-s", str(sock), "show", "protocols", check=False, timeout=5)
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] == "BGP":
+            out[parts[0]] = parts[-1] if len(parts) >= 6 else parts[3]
+    return out
+
+
 def status(name: str) -> dict[str, Any]:
     st = LabState.load(name)
     try:
@@ -490,7 +502,13 @@ def status(name: str) -> dict[str, Any]:
         lease = leases.get(h, {})
         healthy = alive and bool(lease) and sorted(s.get("peers", {})) == sorted(
             x for x in leases if x != h) and not s.get("problems")
-        hosts[h] = {"netns": ns_host(name, h), "agent_pid": pid, "agent_alive": alive,
+        if st.backend == "bgp":
+            bgp = bgp_sessions(st, h)
+            hosts_bgp = {"bgp_sessions": bgp}
+            healthy = healthy and bool(bgp) and all(v == "Established" for v in bgp.values())
+        else:
+            hosts_bgp = {}
+        hosts[h] = {**hosts_bgp, "netns": ns_host(name, h), "agent_pid": pid, "agent_alive": alive,
                     "subnet": lease.get("subnet") or s.get("subnet", ""), "underlay": lease.get("underlay", ""),
                     "leased": bool(lease), "peers": sorted(s.get("peers", {})), "problems": s.get("problems", []),
                     "store_ok": s.get("store_ok", False), "healthy": healthy}
