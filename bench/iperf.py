@@ -37,6 +37,7 @@ def _iperf(server: str, client: str, ip: str, seconds: int) -> float:
 def run_iperf(seconds: int, log=print) -> dict:
     nss = Namespaces(f"mi{token(4)}")
     tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-iperf-"))
+    agent = None
     try:
         a, b = nss.host("ra"), nss.host("rb")
         ia, ib = f"v{token(4)}a", f"v{token(4)}b"
@@ -50,10 +51,21 @@ def run_iperf(seconds: int, log=print) -> dict:
                            "isGateway": True, "ipMasq": True,
                            "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": "10.132.0.0/24"}]]}})
         ips = {}
-        for c in (c1, c2):
+        # One sandbox attached in-process, the other through muslind (the agent path).
+        sock = tmp / "muslind.sock"
+        log_f = open(tmp / "muslind.log", "w")
+        agent = subprocess.Popen(["ip", "netns", "exec", host, str(VENV_BIN / "muslind"), "--docker-socket", "",
+                                  "--agent-socket", str(sock), "--state-dir", str(tmp / "state"),
+                                  "--reconcile-interval", "0", "--log-level", "warning"], stdout=log_f, stderr=log_f)
+        deadline = time.time() + 30
+        while not sock.exists():
+            if agent.poll() is not None or time.time() > deadline:
+                raise RuntimeError("muslind did not start: " + (tmp / "muslind.log").read_text()[-300:])
+            time.sleep(0.05)
+        for c, s in ((c1, tmp / "none.sock"), (c2, sock)):
             env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": c, "CNI_NETNS": f"/run/netns/{c}", "CNI_IFNAME": "eth0",
                    "CNI_PATH": f"{VENV_BIN}:/usr/lib/cni", "MUSLIN_STATE_DIR": str(tmp / "state"),
-                   "MUSLIN_AGENT_SOCKET": str(tmp / "none.sock"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+                   "MUSLIN_AGENT_SOCKET": str(s), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
             p = subprocess.run(["ip", "netns", "exec", host, str(VENV_BIN / "muslin-cni")], input=conf, env=env,
                                text=True, capture_output=True, timeout=60)
             if p.returncode != 0:
@@ -72,5 +84,8 @@ def run_iperf(seconds: int, log=print) -> dict:
             f"Gbit/s ({out['ratio'] * 100:.0f}%)")
         return out
     finally:
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            agent.wait(10)
         nss.cleanup()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
