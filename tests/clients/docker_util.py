@@ -8,6 +8,8 @@ their firewall leftovers (Docker's iptables chains, FORWARD policy, ip_forward) 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.client
 import ipaddress
 import json
@@ -56,6 +58,29 @@ def stop_pid(proc: subprocess.Popen | None, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+ROOT_NS_LOCK = "/tmp/muslin-rootns-clients.lock"
+
+
+@contextlib.contextmanager
+def root_ns_lock(timeout: float = 900):
+    """Serialise tests that run Muslin in the ROOT namespace (Docker, Podman): two Muslin
+    instances with different stores there would fight over the one `inet muslin` table."""
+    fd = os.open(ROOT_NS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    raise AssertionError(f"{ROOT_NS_LOCK} held by another root-namespace test for {timeout}s")
+                time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)
 
 
 class UnixHTTP(http.client.HTTPConnection):
@@ -188,6 +213,7 @@ class DockerEnv:
         self.ipt_before = ""
         self.forward_before = ""
         self.owned = False
+        self.seen_bridges: set[str] = set()
         self.made_dirs = [d for d in ("/run/docker/plugins", "/run/docker") if not os.path.isdir(d)]
         self.logs: list[Path] = []
 

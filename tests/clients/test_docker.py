@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from docker_util import IMAGE, DockerEnv, free_private_slash30, random_subnet, run, wait_for
+from docker_util import IMAGE, DockerEnv, free_private_slash30, random_subnet, root_ns_lock, run, wait_for
 
 pytestmark = [pytest.mark.client, pytest.mark.timeout(900)]
 
@@ -31,17 +31,18 @@ def dk():
     for tool in ("dockerd", "containerd", "docker"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
             pytest.skip(f"{tool} is not installed")
-    env = DockerEnv()
-    try:
-        env.start()
-    except BaseException:
-        log = env.log_tail()
-        env.stop()
-        raise AssertionError("could not start Docker/muslind:\n" + log) from None
-    try:
-        yield env
-    finally:
-        env.stop()
+    with root_ns_lock():
+        env = DockerEnv()
+        try:
+            env.start()
+        except BaseException:
+            log = env.log_tail()
+            env.stop()
+            raise AssertionError("could not start Docker/muslind:\n" + log) from None
+        try:
+            yield env
+        finally:
+            env.stop()
 
 
 class Scope:
@@ -59,6 +60,8 @@ class Scope:
                            *args, full, check=check)
         if r.returncode == 0:
             self.networks.append(full)
+            self.dk.seen_bridges.update(v["bridge"] for k, v in muslin_state(self.dk).items()
+                                        if k.startswith("networks/") and v.get("bridge"))
         return r
 
     def name(self, short: str) -> str:
@@ -129,10 +132,16 @@ def muslin_state(dk: DockerEnv) -> dict:
         store.close()
 
 
-def muslin_links() -> list[str]:
-    out = run("ip", "-o", "link", "show").stdout
-    names = [line.split(": ")[1].split("@")[0] for line in out.splitlines()]
-    return [n for n in names if n.startswith(("mv", "mp", "mus-"))]
+def muslin_links(dk: DockerEnv) -> list[str]:
+    """Links of this muslind's networks: their bridges and every port on them, plus the
+    endpoint interfaces its records name (other Muslin instances may run in the root ns)."""
+    state = muslin_state(dk)
+    bridges = {v["bridge"] for k, v in state.items() if k.startswith("networks/") and v.get("bridge")}
+    bridges |= set(dk.seen_bridges)
+    named = {v.get(f) for k, v in state.items() if k.startswith("docker/endpoints/") for f in ("peer", "host_ifname")}
+    links = json.loads(run("ip", "-j", "link", "show").stdout)
+    return sorted(l["ifname"] for l in links
+                  if l["ifname"] in bridges or l.get("master") in bridges or l["ifname"] in named)
 
 
 def endpoint_ports(dk: DockerEnv, container_ip: str) -> list[dict]:
@@ -285,7 +294,8 @@ def test_restart_dockerd_keeps_networks(dk, sc):
 def _snapshot(dk):
     nets = set(dk.docker("network", "ls", "-q").stdout.split())
     state = {k for k in muslin_state(dk) if not k.startswith("ipam/") or "/ip/" in k}
-    return nets, state, set(muslin_links())
+    dk.seen_bridges.update(v["bridge"] for k, v in muslin_state(dk).items() if k.startswith("networks/"))
+    return nets, state, set(muslin_links(dk))
 
 
 def test_bad_input_one_line_and_nothing_left(dk, sc):
@@ -342,7 +352,7 @@ def test_zz_nothing_left(dk):
     """After docker rm -f and docker network rm: no link, allocation, record or nft entry."""
     ids = dk.docker("ps", "-aq", "--filter", "label=muslin-test").stdout.split()
     assert not ids
-    wait_for(lambda: not muslin_links(), 10, "Muslin links to disappear")
+    wait_for(lambda: not muslin_links(dk), 10, "Muslin links to disappear")
     state = muslin_state(dk)
     left = [k for k in state if k.startswith(("networks/", "endpoints/", "docker/", "ipam-owner/"))
             or (k.startswith("ipam/") and "/ip/" in k)]
