@@ -300,13 +300,15 @@ def test_two_overlays_with_the_same_subnet_stay_isolated(lab_dir):
         assert ns_run(lab.host_ns("h3"), "ip", "-d", "link", "show", "mx-net1").stdout.count("vxlan id 2") == 1
 
         def rx(host: str, dev: str) -> int:
-            return int(ns_run(lab.host_ns(host), "cat", f"/sys/class/net/{dev}/statistics/rx_packets").stdout)
+            return int(ns_run(lab.host_ns(host), "cat", f"/sys/class/net/{dev}/statistics/rx_bytes").stdout)
 
         base = {h: rx(h, "mx-net1") for h in ("h3", "h4")}
         assert lab.tcp("a", "b", 1_000_000) == "ok"
         assert ping(lab.ns("a"), lab.addr("b"), count=5)
-        # net0 traffic never reached net1's VXLAN devices, and net1's own traffic works
-        assert {h: rx(h, "mx-net1") for h in ("h3", "h4")} == base
+        # net0's megabyte never reached net1's VXLAN devices (a few of net1's own
+        # neighbour-discovery packets may arrive meanwhile), and net1's own traffic works
+        assert all(rx(h, "mx-net1") - base[h] < 10_000 for h in ("h3", "h4"))
+        assert rx("h2", "mx-net0") > 1_000_000
         assert lab.tcp("c", "d", 1_000_000) == "ok"
         # the same addresses exist on both overlays, each answers only inside its own
         sbs = lab.st.sandboxes
