@@ -348,6 +348,34 @@ def test_default_pool_and_ip_range(dk, sc):
     assert sc.ping("a1", sc.ip("a2", "auto1"))
 
 
+def test_join_existing_muslin_network(dk, sc):
+    """-o muslin.network=NAME: a second Docker network joins the first one's Muslin network
+    (same bridge, subnet and IPAM); removing the creator first leaves the joiner working."""
+    sub = random_subnet()
+    shared = f"shared-{sc.tag}"
+    sc.net("j1", "--subnet", str(sub), "-o", f"muslin.network={shared}")
+    sc.net("j2", "--subnet", str(sub), "-o", f"muslin.network={shared}")
+    r = sc.net("j3", "--subnet", str(random_subnet(avoid=[sub])), "-o", f"muslin.network={shared}", check=False)
+    assert r.returncode != 0 and "has subnet(s)" in r.stderr, r.stderr
+    sc.run("p", "j1")
+    sc.run("q", "j2")
+    ip_p, ip_q = sc.ip("p", "j1"), sc.ip("q", "j2")
+    assert ip_p != ip_q  # one IPAM for the subnet
+    assert sc.ping("p", ip_q) and sc.ping("q", ip_p)
+    nets = [k for k in muslin_state(dk) if k.startswith("networks/")]
+    assert f"networks/{shared}" in nets
+    dk.docker("rm", "-f", sc.name("p"))
+    dk.docker("network", "rm", sc.name("j1"))
+    sc.networks.remove(sc.name("j1"))
+    assert f"networks/{shared}" in muslin_state(dk)
+    sc.run("r", "j2")
+    assert sc.ping("r", ip_q)
+    dk.docker("rm", "-f", sc.name("q"), sc.name("r"))
+    dk.docker("network", "rm", sc.name("j2"))
+    sc.networks.remove(sc.name("j2"))
+    assert f"networks/{shared}" not in muslin_state(dk)
+
+
 def test_zz_nothing_left(dk):
     """After docker rm -f and docker network rm: no link, allocation, record or nft entry."""
     ids = dk.docker("ps", "-aq", "--filter", "label=muslin-test").stdout.split()

@@ -126,14 +126,22 @@ class DockerDriver:
             if rec is None:
                 return {}
             name = rec["name"]
-            if not rec.get("joined"):
+            sharers = [nid for nid, r in self.docker_networks().items()
+                       if r.get("name") == name and nid != req.network_id]
+            if not rec.get("joined") and sharers:
+                # another Docker network joined this Muslin network: it inherits ownership
+                other = self._net_rec(sharers[0]) or {}
+                self.store.put(NETS + sharers[0], {**other, "joined": False})
+            elif not rec.get("joined"):
                 for kv in self.store.list(EPS):  # Docker forgot endpoints? they go with the network
                     if kv.value.get("network_id") == req.network_id:
                         self._detach(name, kv.key[len(EPS):])
                 try:
-                    self.m.delete_network(name, force=True)
+                    self.m.delete_network(name)
                 except NotFound:
                     pass
+                except Conflict as e:  # e.g. CNI containers joined it: it stays for them
+                    log.warning("network %s stays: %s", name, e)
             self.store.delete(NETS + req.network_id)
         log.info("network %s (%s) deleted", req.network_id[:12], name)
         self.on_networks_changed()
