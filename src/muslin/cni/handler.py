@@ -74,19 +74,40 @@ def state_dir(req: CniRequest, env: dict[str, str]) -> str:
     return req.data_dir or env.get("MUSLIN_STATE_DIR") or os.environ.get("MUSLIN_STATE_DIR") or "/var/lib/muslin"
 
 
+# muslind sets this to {} (cni/server.py): one Muslin per store kept open across requests
+# (saves the store open/close of every call); None in a one-shot plugin process.
+KEEP_OPEN: dict[tuple[str, str], Any] | None = None
+
+
+def _store_file_id(store: Any) -> tuple[int, int] | None:
+    try:
+        st = os.stat(store.path)  # an SQLite store: reopen when the file was replaced
+    except (AttributeError, OSError):
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _open(req: CniRequest, env: dict[str, str]):
     from muslin.control.service import Muslin
     from muslin.store import open_store
 
     d = state_dir(req, env)
     url = "" if req.data_dir else (env.get("MUSLIN_STORE") or os.environ.get("MUSLIN_STORE") or "")
+    if KEEP_OPEN is not None:
+        kept = KEEP_OPEN.get((url, d))
+        if kept is not None and _store_file_id(kept[0].store) == kept[1]:
+            return kept[0]
     try:
         store = open_store(url or d)
     except MuslinError:
         raise
     except Exception as e:  # noqa: BLE001
         raise CniError(E_TRY_AGAIN, f"cannot open Muslin's store {url or d}: {e}") from None
-    return Muslin(store, d)
+    m = Muslin(store, d)
+    if KEEP_OPEN is not None:
+        m.close = lambda: None  # type: ignore[method-assign] # kept for the next request
+        KEEP_OPEN[(url, d)] = (m, _store_file_id(store))
+    return m
 
 
 def _open_for(req: CniRequest, env: dict[str, str]):
