@@ -85,13 +85,11 @@ class Host:
         return found[0] if found else None
 
     def link(self, name: str) -> LinkInfo | None:
-        idx = self.index(name)
-        if idx is None:
+        try:  # one RTM_GETLINK by name (no separate index lookup)
+            msg = self.ipr.link("get", ifname=name)[0]
+        except (NetlinkError, IndexError):
             return None
-        try:
-            msg = self.ipr.get_links(idx)[0]
-        except NetlinkError:
-            return None
+        idx = msg["index"]
         info = msg.get_attr("IFLA_LINKINFO")
         kind = info.get_attr("IFLA_INFO_KIND") if info else ""
         return LinkInfo(idx, name, msg.get_attr("IFLA_ADDRESS") or "", msg.get_attr("IFLA_MTU") or 0,
