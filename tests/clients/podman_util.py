@@ -15,8 +15,23 @@ import subprocess
 from pathlib import Path
 
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "ping", "ip", "sleep", "cat", "nc", "ifconfig", "true", "echo", "grep")
+APPLETS = ("sh", "ping", "ip", "sleep", "cat", "nc", "ifconfig", "true", "echo", "grep", "httpd", "wget")
 CNI_CACHE = Path("/var/lib/cni")
+
+
+def free_port() -> int:
+    """A TCP port nothing on this host listens on."""
+    import socket
+
+    for _ in range(100):
+        port = random.randint(20000, 40000)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
 
 
 def free_subnet() -> ipaddress.IPv4Network:
@@ -74,8 +89,9 @@ class Podman:
         for a in APPLETS:
             if not (b / a).exists():
                 (b / a).symlink_to("busybox")
-        for d in ("etc", "proc", "sys", "dev", "tmp", "run"):
+        for d in ("etc", "proc", "sys", "dev", "tmp", "run", "www"):
             (self.rootfs / d).mkdir(exist_ok=True)
+        (self.rootfs / "www" / "index.html").write_text("hello from muslin\n")
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         cmd = ["podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "run"),
@@ -91,9 +107,9 @@ class Podman:
         self.networks.append(name)
         return name
 
-    def run(self, name: str, network: str, *opts: str) -> str:
+    def run(self, name: str, network: str, *opts: str, cmd: tuple[str, ...] = ("sleep", "600")) -> str:
         p = self("run", "-d", "--name", name, "--network", network, *opts, "--rootfs", str(self.rootfs),
-                 "/bin/busybox", "sleep", "600")
+                 "/bin/busybox", *cmd)
         cid = p.stdout.strip().splitlines()[-1]
         self.ids.append(cid)
         return cid

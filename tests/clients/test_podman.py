@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nsutil import suffix, tool
-from podman_util import Podman, free_subnet
+from podman_util import Podman, free_port, free_subnet
 
 from muslin.model import names
 
@@ -29,6 +29,19 @@ if not shutil.which("podman") or not Path("/usr/sbin/runc").exists():
 
 def sh(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def http_get(url: str) -> str:
+    import time
+    import urllib.request
+
+    for _ in range(20):
+        try:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                return r.read().decode()
+        except OSError:
+            time.sleep(0.3)
+    return ""
 
 
 def link_exists(name: str) -> bool:
@@ -76,6 +89,7 @@ def test_podman_with_muslin_cni(env):
     had_table = nft_has_muslin()
     pm.add_network({"cniVersion": "1.0.0", "name": name, "plugins": [
         {"type": "muslin-cni", "isGateway": True, "isDefaultGateway": True, "ipMasq": True, "dataDir": str(state),
+         "capabilities": {"portMappings": True, "aliases": True},
          "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": str(sub)}]]}}]})
     c1, c2 = "a" + suffix(), "b" + suffix()
     id1 = pm.run(c1, name)
@@ -88,11 +102,19 @@ def test_podman_with_muslin_cni(env):
     # Podman's view agrees with the result we returned.
     info = json.loads(pm("inspect", c2).stdout)[0]["NetworkSettings"]["Networks"][name]
     assert info["IPAddress"] == ip2 and info["MacAddress"] == "02:42:ac:11:22:33"
-    veths = [names.host_ifname(name, f"{cid}/eth0") for cid in (id1, id2)]
+    # A published port (podman -p -> runtimeConfig.portMappings -> Muslin's nft DNAT), reached
+    # from the host through the gateway address of our bridge, and HTTP between containers.
+    port = free_port()
+    c3 = "w" + suffix()
+    id3 = pm.run(c3, name, "-p", f"{port}:8080", cmd=("httpd", "-f", "-p", "8080", "-h", "/www"))
+    ip3 = pm.ipv4(c3)
+    assert "hello from muslin" in pm.exec(c1, "wget", "-q", "-O", "-", f"http://{ip3}:8080/").stdout
+    assert "hello from muslin" in http_get(f"http://{sub[1]}:{port}/")
+    veths = [names.host_ifname(name, f"{cid}/eth0") for cid in (id1, id2, id3)]
     assert link_exists(bridge) and all(link_exists(v) for v in veths)
-    assert len([k for k in store_keys(state) if "/ip/" in k]) == 2
+    assert len([k for k in store_keys(state) if "/ip/" in k]) == 3
 
-    pm.rm(c1, c2)
+    pm.rm(c1, c2, c3)
     assert not link_exists(bridge)
     assert not any(link_exists(v) for v in veths)
     assert store_keys(state) == []
