@@ -568,3 +568,42 @@ def test_join_existing_muslin_network(cni, netns):
     cni.assert_clean()
     rc, out, _ = cni.call("muslin-cni", "ADD", conf, cid=c1.name, netns=c1.path)
     assert rc == 1 and out is not None and name in out["msg"] and out["code"] == 7
+
+
+def test_dual_stack(cni, netns):
+    c1, c2 = netns("c1"), netns("c2")
+    v6 = f"fd{random.randint(0, 255):02x}:{random.randint(0, 65535):x}::"
+    conf = cni.conf("1.1.0", ipam={"type": "muslin-ipam", "ranges": [[{"subnet": f"{cni.subnet}.0/24"}],
+                                                                     [{"subnet": f"{v6}/64"}]]})
+    r1 = cni.add(conf, c1)
+    r2 = cni.add(conf, c2)
+    fams = [":" in ip["address"] for ip in r2["ips"]]
+    assert fams == [False, True]
+    a6 = r2["ips"][1]["address"].split("/")[0]
+    assert r2["ips"][1]["gateway"] == f"{v6}1"
+    assert c1.ping(container_addr(r2))
+    ok = any(c1.run("ping", "-6", "-c", "1", "-W", "2", a6, check=False).returncode == 0 for _ in range(5))
+    assert ok  # (a few tries: IPv6 DAD on fresh links)
+    legacy = cni.add(cni.conf("0.2.0", ipam=conf["ipam"], name=conf["name"]), netns("c3"))
+    assert set(legacy) >= {"ip4", "ip6"}
+    cni.ok("GC", {**conf, "cni.dev/valid-attachments": []}, None)
+    cni.assert_clean()
+    assert r1
+
+
+def test_macvlan_driver(cni, netns):
+    c1, c2 = netns("c1"), netns("c2")
+    # The parent link lives in the host namespace: one end of a veth pair made for this test.
+    sh("ip", "-n", cni.host.name, "link", "add", "par0", "type", "veth", "peer", "name", "par1")
+    sh("ip", "-n", cni.host.name, "link", "set", "par0", "up")
+    sh("ip", "-n", cni.host.name, "link", "set", "par1", "up")
+    conf = {"cniVersion": "1.0.0", "name": "mv" + suffix(), "type": "muslin-cni", "driver": "macvlan",
+            "master": "par0", "mode": "bridge",
+            "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": f"{cni.subnet}.0/24"}]]}}
+    r1 = cni.add(conf, c1)
+    r2 = cni.add(conf, c2)
+    assert r1["interfaces"][-1]["sandbox"] == c1.path and r1["interfaces"][-1]["mac"]
+    assert c1.ping(container_addr(r2)) and c2.ping(container_addr(r1))
+    cni.ok("DEL", conf, c1)
+    cni.ok("DEL", conf, c2)
+    assert sorted(cni.links()) == ["lo", "par0", "par1"] and cni.allocations() == []
