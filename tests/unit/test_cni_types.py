@@ -339,3 +339,9 @@ def test_status_when_store_cannot_open(tmp_path):
     assert rc == 1 and json.loads(out)["code"] == 50, out
     out, rc = handle_ipam({"CNI_COMMAND": "STATUS"}, stdin)
     assert rc == 1 and json.loads(out)["code"] == 50, out
+
+
+def test_own_netns_refused(tmp_path):
+    out, rc = handle({**ENV, "CNI_NETNS": "/proc/self/ns/net"}, conf(dataDir=str(tmp_path)))
+    assert rc == 1 and json.loads(out)["code"] == 8
+    assert not (tmp_path / "muslin.db").exists()

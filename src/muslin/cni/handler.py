@@ -110,6 +110,16 @@ def _open(req: CniRequest, env: dict[str, str]):
     return m
 
 
+def _refuse_own_netns(netns: str) -> None:
+    """skel's rule: the container netns must not be the plugin's own (code 8)."""
+    try:
+        a, b = os.stat(netns), os.stat("/proc/self/ns/net")
+    except OSError:
+        return  # a missing netns is reported by the attach itself
+    if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+        raise CniError(8, f"CNI_NETNS {netns} is the plugin's own network namespace, not a container's")
+
+
 def _open_for(req: CniRequest, env: dict[str, str]):
     """Open Muslin; for STATUS a store that cannot be opened means 'cannot serve ADD' (50)."""
     try:
@@ -273,6 +283,8 @@ def _main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
     req = parse_request(env, stdin)
     if req.command == "VERSION":
         return version_answer(req.version)
+    if req.command in ("ADD", "CHECK"):
+        _refuse_own_netns(req.env.netns)
     m = _open_for(req, env)
     try:
         return {"ADD": _add, "DEL": _del, "CHECK": _check, "GC": _gc, "STATUS": _status}[req.command](
