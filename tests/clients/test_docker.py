@@ -115,7 +115,7 @@ def outside(dk):
         run("ip", "link", "set", link, "up")
         ns.run("ip", "addr", "add", f"{ns_ip}/30", "dev", "eth1")
         ns.run("ip", "link", "set", "eth1", "up")
-        yield ns, str(host_ip), str(ns_ip)
+        yield ns, str(host_ip), str(ns_ip), link
     finally:
         run("ip", "link", "del", link, check=False)
         ns.delete()
@@ -198,7 +198,7 @@ def test_mac_address_via_api(dk, sc):
 
 
 def test_published_ports(dk, sc, outside):
-    ns, host_ip, ns_ip = outside
+    ns, host_ip, ns_ip, _ = outside
     sub = random_subnet()
     sc.net("pub", "--subnet", str(sub))
     fixed = 20000 + secrets.randbelow(9000)
@@ -229,7 +229,7 @@ def test_published_ports(dk, sc, outside):
 
 
 def test_outbound_masquerade_and_internal_has_no_way_out(dk, sc, outside):
-    ns, host_ip, ns_ip = outside
+    ns, host_ip, ns_ip, _ = outside
     sc.net("ext", "--subnet", str(random_subnet()))
     sc.net("int", "--subnet", str(random_subnet()), "--internal")
     sc.run("e", "ext")
@@ -374,6 +374,27 @@ def test_join_existing_muslin_network(dk, sc):
     dk.docker("network", "rm", sc.name("j2"))
     sc.networks.remove(sc.name("j2"))
     assert f"networks/{shared}" not in muslin_state(dk)
+
+
+def test_macvlan_mode(dk, sc, outside):
+    """-o muslin.mode=macvlan on the outside link (a veth we own): containers sit on that
+    link's L2 segment and reach the outside namespace without the host's routing."""
+    ns, _, _, link = outside
+    sub = random_subnet()
+    router = sub.network_address + 254
+    ns.run("ip", "addr", "add", f"{router}/{sub.prefixlen}", "dev", "eth1")
+    try:
+        sc.net("mv", "--subnet", str(sub), "--gateway", str(router), "-o", "muslin.mode=macvlan",
+               "-o", f"muslin.parent={link}")
+        sc.run("m1", "mv")
+        sc.run("m2", "mv")
+        assert sc.ping("m1", str(router))
+        assert sc.ping("m1", sc.ip("m2", "mv"))
+        assert f"default via {router}" in sc.exec("m1", "ip", "route", check=True).stdout
+        details = run("ip", "-d", "link", "show", "dev", link).stdout
+        assert "macvlan" not in details  # the parent itself is untouched
+    finally:
+        ns.run("ip", "addr", "del", f"{router}/{sub.prefixlen}", "dev", "eth1", check=False)
 
 
 def test_zz_nothing_left(dk):

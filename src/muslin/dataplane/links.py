@@ -185,7 +185,9 @@ class Host:
         pidx = self.index(parent)
         if pidx is None:
             raise NotFound(f"macvlan parent link {parent} does not exist")
-        kw: dict = {"ifname": name, "kind": "macvlan", "link": pidx, "macvlan_mode": mode, "net_ns_fd": netns}
+        kw: dict = {"ifname": name, "kind": "macvlan", "link": pidx, "macvlan_mode": mode}
+        if netns:  # '' = stays in this namespace (Docker moves it into the container itself)
+            kw["net_ns_fd"] = netns
         if mtu:
             kw["mtu"] = mtu
         if mac:

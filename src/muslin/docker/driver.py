@@ -171,7 +171,7 @@ class DockerDriver:
             })
         log.info("endpoint %s on %s: %s via %s", req.endpoint_id[:12], name,
                  ",".join(str(a) for a in addrs), ep.host_ifname)
-        if mac or net.driver != "bridge":
+        if mac or not ep.mac:
             return CreateEndpointResponse(None)
         return CreateEndpointResponse(EndpointInterface(mac_address=ep.mac))
 

@@ -36,13 +36,19 @@ class MacvlanDriver:
         return None
 
     def attach(self, host: Host, net: Network, req: AttachRequest, addrs: list[Addr]) -> Endpoint:
-        if not req.netns:
-            raise Invalid("macvlan endpoints need a sandbox network namespace")
         require_free_ifname(req)
         parent = host.link(net.parent)
         if parent is None:
             raise NotFound(f"macvlan parent link {net.parent} does not exist")
         mtu = req.mtu or net.mtu or parent.mtu
+        if not req.netns:  # Docker: made on the host, unconfigured; Docker moves it into the sandbox
+            peer = names.peer_ifname(net.name, req.endpoint_id)
+            host.delete_link(peer)  # a leftover of a crashed attach: ours by its name
+            host.create_macvlan(peer, net.parent, net.mode, "", mtu, req.mac)
+            info = host.link(peer)
+            if info is None:
+                raise NotFound(f"macvlan {peer} vanished")
+            return make_endpoint(net, req, addrs, "", info.mac, sandbox_routes(net, addrs), mtu, peer=peer)
         host.create_macvlan(req.ifname, net.parent, net.mode, req.netns, mtu, req.mac)
         try:
             routes = sandbox_routes(net, addrs)
@@ -54,6 +60,9 @@ class MacvlanDriver:
             raise
 
     def detach(self, host: Host, net: Network, ep: Endpoint) -> None:
+        if not ep.netns:  # Docker: back on the host after Leave (or gone with its sandbox)
+            host.delete_link(dict(ep.extra).get("peer") or names.peer_ifname(net.name, ep.endpoint_id))
+            return
         links.sandbox_delete_link(ep.netns, ep.ifname)
 
     def check(self, host: Host, net: Network, ep: Endpoint) -> None:
