@@ -276,6 +276,25 @@ class Agent:
         self.reconciles += 1
         self.write_status()
 
+    def safe_reconcile(self) -> None:
+        """Reconcile; a kernel-side failure is logged and retried at the next resync
+        (the store being away is handled by the caller)."""
+        try:
+            self.reconcile()
+        except Unavailable as e:
+            if "etcd" in str(e) or "store" in str(e):
+                raise
+            self._reconcile_failed(e)
+        except MuslinError as e:
+            self._reconcile_failed(e)
+
+    def _reconcile_failed(self, e: MuslinError) -> None:
+        line = f"reconcile failed: {e}; retrying at the next resync"
+        if line not in self.problems:
+            self.log(line)
+        self.problems = (line,)
+        self.write_status()
+
     def write_status(self) -> None:
         st = {"hostname": self.hostname, "network": self.network, "pid": os.getpid(),
               "backend": self.cfg.backend if self.cfg else "", "lease": self.lease,
@@ -326,7 +345,8 @@ class Agent:
         while not stop.is_set():
             try:
                 dirty = False
-                for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=0.3):
+                wait = max(0.05, min(1.0, min(next_renew, next_sync) - time.monotonic()))
+                for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=wait):
                     self._apply_event(ev)
                     next_rev = ev.revision + 1
                     dirty = True
@@ -348,11 +368,16 @@ class Agent:
                         self.log("our record is gone or changed; publishing it again")
                         self.register()
                         next_rev = self._load_peers()
-                    self.setup_local()
+                    try:
+                        self.setup_local()
+                    except Unavailable:
+                        raise
+                    except MuslinError as e:
+                        self._reconcile_failed(e)
                     dirty = True
                     next_sync = now + self.resync
                 if dirty:
-                    self.reconcile()
+                    self.safe_reconcile()
                 if not self.etcd_ok:
                     self.log("store reachable again")
                     self.etcd_ok = True
