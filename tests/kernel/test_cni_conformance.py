@@ -369,7 +369,18 @@ def run_chain(cni: Cni, cmd: str, conflist: dict, c: Netns, runtime: dict, prev:
     return result
 
 
-def test_chain_with_portmap_tuning_bandwidth(cni, netns):
+@pytest.fixture
+def root_ifbs():
+    """Loading the ifb module (bandwidth's first ifb) makes ifb0/ifb1 in the root namespace:
+    remove the ones that appear during the test."""
+    before = {n for n in ("ifb0", "ifb1") if Path(f"/sys/class/net/{n}").exists()}
+    yield
+    for n in ("ifb0", "ifb1"):
+        if n not in before and Path(f"/sys/class/net/{n}").exists():
+            sh("ip", "link", "del", n, check=False)
+
+
+def test_chain_with_portmap_tuning_bandwidth(cni, netns, root_ifbs):
     c, client = netns("c"), netns("cl")
     # The client reaches the host over a veth: 192.168.77.1 (host) <-> .2 (client).
     h = cni.host.name
