@@ -345,3 +345,11 @@ def test_own_netns_refused(tmp_path):
     out, rc = handle({**ENV, "CNI_NETNS": "/proc/self/ns/net"}, conf(dataDir=str(tmp_path)))
     assert rc == 1 and json.loads(out)["code"] == 8
     assert not (tmp_path / "muslin.db").exists()
+
+
+def test_delegation_needs_cni_path(tmp_path):
+    env = {**ENV, "CNI_NETNS": "/run/netns/none-such"}
+    env.pop("CNI_PATH")
+    out, rc = handle(env, conf(dataDir=str(tmp_path), ipam={"type": "host-local", "subnet": "10.3.0.0/24"}))
+    d = json.loads(out)
+    assert rc == 1 and d["code"] == 4 and "CNI_PATH" in d["msg"], d

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from muslin.cni import result as R
 from muslin.cni.types import (
-    CURRENT_VERSION, E_CONFIG, E_INTERNAL, E_STATUS, E_TRY_AGAIN, SUPPORTED_VERSIONS, CniError,
+    CURRENT_VERSION, E_CONFIG, E_ENV, E_INTERNAL, E_STATUS, E_TRY_AGAIN, SUPPORTED_VERSIONS, CniError,
     CniRequest, error_code, parse_request,
 )
 from muslin.model.errors import MuslinError, NotFound
