@@ -88,3 +88,18 @@ def test_unreachable_is_one_clear_line():
     with pytest.raises(Unavailable) as e:
         s.get("x")
     assert str(e.value) == "etcd at 127.0.0.1:1 is unreachable: connection refused"
+
+
+def test_watch_from_compacted_revision_is_unavailable(etcd):
+    import json
+    import urllib.request
+    s = EtcdStore([etcd.endpoint])
+    start = s.revision() + 1
+    for i in range(5):
+        s.put("c/k", i)
+    req = urllib.request.Request(f"http://{etcd.endpoint}/v3/kv/compaction",
+                                 data=json.dumps({"revision": str(s.revision())}).encode(), method="POST")
+    urllib.request.urlopen(req, timeout=5).read()
+    with pytest.raises(Unavailable, match="compacted"):
+        list(s.watch("c/", start, timeout=2))
+    assert [e.value for e in s.watch("c/", s.revision(), timeout=0.3)] == [4]
