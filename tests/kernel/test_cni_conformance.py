@@ -618,3 +618,21 @@ def test_macvlan_driver(cni, netns):
     cni.ok("DEL", conf, c1)
     cni.ok("DEL", conf, c2)
     assert sorted(cni.links()) == ["lo", "par0", "par1"] and cni.allocations() == []
+
+
+def test_add_racing_the_last_del_of_its_network(cni, netns):
+    """The last DEL removes a CNI network; an ADD arriving at that moment makes it again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    conf = cni.conf("1.0.0")
+    old, new = netns("old"), netns("new")
+    for _ in range(6):
+        cni.add(conf, old)
+        with ThreadPoolExecutor(2) as ex:
+            gone = ex.submit(cni.ok, "DEL", conf, old)
+            made = ex.submit(cni.add, conf, new)
+            gone.result()
+            res = made.result()
+        assert new.ping(f"{cni.subnet}.1"), res
+        cni.ok("DEL", conf, new)
+    cni.assert_clean()

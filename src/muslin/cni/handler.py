@@ -191,13 +191,17 @@ def _nets_from_addresses(net: Network, res: dict[str, Any]) -> Network:
     return net.evolve(range_sets=tuple(sets))
 
 
-def _link_mac(name: str) -> str:
+def _link_mac(*names: str) -> str | list[str]:
+    """The MAC of one link, or a list for several (one netlink socket for all)."""
     from muslin.dataplane.links import Host
 
     host = Host()
     try:
-        info = host.link(name)
-        return info.mac if info else ""
+        macs = []
+        for name in names:
+            info = host.link(name)
+            macs.append(info.mac if info else "")
+        return macs[0] if len(names) == 1 else macs
     finally:
         host.close()
 
@@ -206,8 +210,9 @@ def endpoint_result(net: Network, ep: Endpoint, dns: dict[str, Any]) -> dict[str
     """The canonical result of an attachment: [bridge, host veth, container iface]."""
     ifaces: list[dict[str, Any]] = []
     if net.driver == "bridge":
-        ifaces.append(R.interface(net.bridge, _link_mac(net.bridge)))
-        ifaces.append(R.interface(ep.host_ifname, _link_mac(ep.host_ifname), ep.mtu))
+        br_mac, veth_mac = _link_mac(net.bridge, ep.host_ifname)
+        ifaces.append(R.interface(net.bridge, br_mac))
+        ifaces.append(R.interface(ep.host_ifname, veth_mac, ep.mtu))
     elif net.driver == "macvlan":
         ifaces.append(R.interface(net.parent, _link_mac(net.parent)))
     ifaces.append(R.interface(ep.ifname, ep.mac, ep.mtu, ep.netns))
@@ -234,6 +239,8 @@ def _ensure_network(m, req: CniRequest, learned: dict[str, Any] | None) -> Netwo
 
 
 DOCKER_USER = "DOCKER-USER"
+DOCKER_USER_RECHECK = 5.0
+_DOCKER_USER_CHECKED: dict[str, float] = {}
 
 
 def docker_user_rules(bridge: str, present: bool) -> None:
@@ -241,9 +248,19 @@ def docker_user_rules(bridge: str, present: bool) -> None:
     traffic between containers on a Muslin bridge. When Docker's DOCKER-USER chain exists,
     keep `-i BR -j ACCEPT` / `-o BR -j ACCEPT` there while the CNI network exists (comment
     `muslin-cni:BR`, distinct from the Docker front-end's own `muslin:BR` rules). Muslin's own
-    nftables table still enforces isolation. Best effort: problems are logged to stderr."""
+    nftables table still enforces isolation. Best effort: problems are logged to stderr.
+    In muslind (KEEP_OPEN set) a bridge checked less than DOCKER_USER_RECHECK seconds ago
+    is not checked again: the probe costs two iptables processes (~8 ms) per ADD."""
     import shutil
+    import time
 
+    now = time.monotonic()
+    if not present:
+        _DOCKER_USER_CHECKED.pop(bridge, None)
+    elif KEEP_OPEN is not None:
+        if now - _DOCKER_USER_CHECKED.get(bridge, -DOCKER_USER_RECHECK) < DOCKER_USER_RECHECK:
+            return
+        _DOCKER_USER_CHECKED[bridge] = now
     for binary in ("iptables", "ip6tables"):
         if not shutil.which(binary):
             continue
@@ -299,16 +316,24 @@ def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any
     prev = R.parse_result(req.prev_result) if req.prev_result else None
     learned = delegate(req, env, stdin, "ADD") if req.delegates_ipam else None
     try:
-        net = _ensure_network(m, req, learned)
         addresses: tuple[IPInterface, ...] = ()
         if learned is not None:
             addresses = tuple(ipaddress.ip_interface(ip["address"]) for ip in learned.get("ips", []))
-        ep = m.attach(AttachRequest(
-            network=net.name, endpoint_id=req.endpoint_id, container_id=req.env.container_id,
-            ifname=req.env.ifname, netns=req.env.netns, ips=() if learned is not None else req.ips,
-            mac=req.mac, ports=req.ports, aliases=req.aliases, addresses=addresses, mtu=req.mtu,
-            owner=req.owner,
-        ))
+        for attempt in range(3):
+            net = _ensure_network(m, req, learned)
+            try:
+                ep = m.attach(AttachRequest(
+                    network=net.name, endpoint_id=req.endpoint_id, container_id=req.env.container_id,
+                    ifname=req.env.ifname, netns=req.env.netns, ips=() if learned is not None else req.ips,
+                    mac=req.mac, ports=req.ports, aliases=req.aliases, addresses=addresses, mtu=req.mtu,
+                    owner=req.owner,
+                ))
+                break
+            except NotFound:
+                # The last DEL of a CNI network may remove it between ensure and attach:
+                # make it again, a bounded number of times.
+                if req.join or attempt == 2 or m.find_network(net.name) is not None:
+                    raise
         try:
             if net.driver == "bridge":
                 docker_user_rules(net.bridge, True)
