@@ -334,6 +334,29 @@ def test_bgp_with_a_route_reflector(lab_dir):
         core.down(name)
 
 
+def test_sigterm_keeps_everything_sigterm_with_leave_gives_it_back(lab_dir):
+    name = "t" + suffix()
+    try:
+        _up(name, "host-gw", 2)
+        lab = Lab(name)
+        lab.sandbox("h1", "a")
+        lab.sandbox("h2", "b")
+        sub2 = lab.subnet("h2")
+        core.kill_pid(lab.st.pids["agent-h2"], signal.SIGTERM)
+        assert "h2" in core.store_hosts(lab.st) and sub2 in routes(lab.host_ns("h1"))
+        assert ping(lab.ns("a"), lab.addr("b"))  # a stopped agent leaves traffic alone
+        core.start_agent(lab.st, "h2", ("--leave",))
+        core.wait_converged(lab.st, 20)
+        t0 = time.monotonic()
+        core.kill_pid(lab.st.pids["agent-h2"], signal.SIGTERM)
+        assert "h2" not in core.store_hosts(lab.st)
+        assert wait_until(lambda: sub2 not in routes(lab.host_ns("h1")), 5)
+        assert time.monotonic() - t0 < TTL  # given back, not expired
+        assert "mus-net0" not in ns_run(lab.host_ns("h2"), "ip", "-o", "link").stdout
+    finally:
+        core.down(name)
+
+
 def test_bad_input_one_line_and_nothing_made(lab_dir):
     name = "t" + suffix()
     r = lab_cli("up", name, "--hosts", "3", "--cidr", "10.244.0.0/23", "--host-prefix", "24")

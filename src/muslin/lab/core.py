@@ -212,8 +212,8 @@ def agent_cmd(st: LabState, host: str) -> list[str]:
             "--underlay-dev", "eth0", "--resync", str(st.settings.get("resync", 10.0))]
 
 
-def start_agent(st: LabState, host: str) -> int:
-    pid = _spawn(ns_host(st.name, host), agent_cmd(st, host), st.dir / f"{host}.log")
+def start_agent(st: LabState, host: str, extra: tuple[str, ...] = ()) -> int:
+    pid = _spawn(ns_host(st.name, host), agent_cmd(st, host) + list(extra), st.dir / f"{host}.log")
     st.pids[f"agent-{host}"] = pid
     st.save()
     return pid
@@ -367,7 +367,8 @@ def wait_converged(st: LabState, timeout: float = 60, hosts: list[str] | None = 
             if not _alive(pid):
                 _reap(pid)
                 raise Unavailable(f"lab {st.name}: the agent of {h} exited: {_last_line(st.dir / f'{h}.log')}")
-            if not s.get("subnet") or sorted(s.get("peers", {})) != sorted(x for x in same if x != h):
+            if s.get("pid") != pid or not s.get("subnet") or \
+                    sorted(s.get("peers", {})) != sorted(x for x in same if x != h):
                 pending.append(h)
         if not pending:
             return
