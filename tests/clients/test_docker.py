@@ -165,12 +165,13 @@ HTTPD = ("httpd", "-f", "-p", "80", "-h", "/www")
 def test_ping_http_ip_alias_dns(dk, sc):
     sub = random_subnet()
     fixed = str(sub.network_address + 77)
-    sc.net("a", "--subnet", str(sub))
+    sc.net("a", "--subnet", str(sub), "-o", "mtu=1300")
     sc.run("web", "a", "--ip", fixed, "--network-alias", "webalias", cmd=HTTPD)
     sc.run("cli", "a")
     assert sc.ip("web", "a") == fixed  # --ip honoured
     out = sc.exec("web", "ip", "-4", "-o", "addr", "show", "eth0", check=True).stdout
     assert f"{fixed}/24" in out
+    assert "mtu 1300" in sc.exec("web", "ip", "link", "show", "eth0", check=True).stdout  # -o mtu
     assert sc.ping("cli", fixed)
     assert sc.ping("cli", sc.name("web"))  # container name via Docker's embedded DNS
     got = sc.exec("cli", "wget", "-O", "-", "http://webalias/", check=True).stdout
@@ -202,11 +203,16 @@ def test_published_ports(dk, sc, outside):
     sub = random_subnet()
     sc.net("pub", "--subnet", str(sub))
     fixed = 20000 + secrets.randbelow(9000)
-    sc.run("web", "pub", "-p", f"{fixed}:80", "-p", "80", cmd=HTTPD)
+    local = fixed + 1
+    sc.run("web", "pub", "-p", f"{fixed}:80", "-p", "80", "-p", f"127.0.0.1:{local}:80", cmd=HTTPD)
     cip = sc.ip("web", "pub")
     ports = wait_for(lambda: endpoint_ports(dk, cip), 10, "published ports in Muslin's store")
-    eph = [p["hostPort"] for p in ports if p["hostPort"] != fixed]
-    assert len(ports) == 2 and eph and 32768 <= eph[0] <= 60999, ports
+    eph = [p["hostPort"] for p in ports if p["hostPort"] not in (fixed, local)]
+    assert len(ports) == 3 and eph and 32768 <= eph[0] <= 60999, ports
+    # a binding to 127.0.0.1 answers there only
+    assert "hello from muslin" in http_get(f"http://127.0.0.1:{local}/")
+    r = ns.run("busybox", "wget", "-O", "-", f"http://{host_ip}:{local}/", check=False)
+    assert r.returncode != 0
     # from another host (a namespace routed through the root namespace)
     for port in (fixed, eph[0]):
         got = ns.run("busybox", "wget", "-O", "-", f"http://{host_ip}:{port}/").stdout
@@ -395,6 +401,20 @@ def test_macvlan_mode(dk, sc, outside):
         assert "macvlan" not in details  # the parent itself is untouched
     finally:
         ns.run("ip", "addr", "del", f"{router}/{sub.prefixlen}", "dev", "eth1", check=False)
+
+
+def test_ipv6_dual_stack(dk, sc):
+    v6 = f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64"
+    sc.net("v6", "--subnet", str(random_subnet()), "--ipv6", "--subnet", v6)
+    sc.run("a6", "v6")
+    sc.run("b6", "v6")
+    out = dk.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", sc.name("b6")).stdout
+    b6 = json.loads(out)[sc.name("v6")]["GlobalIPv6Address"]
+    assert ipaddress.ip_address(b6) in ipaddress.ip_network(v6)
+    ok = wait_for(lambda: sc.exec("a6", "ping", "-6", "-c", "1", "-W", "2", b6).returncode == 0, 15, "ping6")
+    assert ok
+    gw6 = str(ipaddress.ip_network(v6).network_address + 1)
+    assert f"default via {gw6}" in sc.exec("a6", "ip", "-6", "route", check=True).stdout
 
 
 def test_zz_nothing_left(dk):
