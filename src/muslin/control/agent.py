@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Any, Callable
 from muslin.backends.model import ClusterConfig, HostRecord, Local, check_name, diff, owned, vtep_mac
 from muslin.backends.registry import desired_state
 from muslin.backends.vxlan import vxlan_name
-from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound, Unavailable
+from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound, Unavailable
 from muslin.store.base import Compare, Delete, Put, Store
 
 DEFAULT_RESYNC = 10.0
