@@ -417,6 +417,19 @@ def test_ipv6_dual_stack(dk, sc):
     assert f"default via {gw6}" in sc.exec("a6", "ip", "-6", "route", check=True).stdout
 
 
+def test_with_dockers_builtin_ipam(dk, sc):
+    """-d muslin without --ipam-driver: Docker's own IPAM allocates, Muslin wires."""
+    sub = random_subnet()
+    name = sc.name("bi")
+    r = dk.docker("network", "create", "-d", "muslin", "--subnet", str(sub), "--label", "muslin-test", name)
+    sc.networks.append(name)
+    assert r.returncode == 0
+    sc.run("b1", "bi")
+    sc.run("b2", "bi")
+    assert ipaddress.ip_address(sc.ip("b1", "bi")) in sub
+    assert sc.ping("b1", sc.ip("b2", "bi"))
+
+
 def test_zz_nothing_left(dk):
     """After docker rm -f and docker network rm: no link, allocation, record or nft entry."""
     ids = dk.docker("ps", "-aq", "--filter", "label=muslin-test").stdout.split()
