@@ -13,9 +13,7 @@ import ipaddress
 import json
 import secrets
 import subprocess
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 

@@ -76,6 +76,16 @@ def test_handshake_ipam_and_shutdown(muslind):
     assert raw_post(dsock, "/NetworkDriver.Bogus", b"")[0] == 404
     assert unix_post(dsock, "/IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.123.0.1"})[1] == {}
     assert unix_post(dsock, "/IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]})[1] == {}
+    # the CNI agent socket answers one JSON line per request line
+    import json
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(asock)
+        s.sendall(b'{"plugin": "nope", "env": {}}\n')
+        ans = json.loads(s.makefile("rb").readline())
+    assert ans["rc"] == 1 and "unknown plugin" in ans["stdout"]
     p.send_signal(signal.SIGTERM)
     assert p.wait(10) == 0
     assert not os.path.exists(dsock) and not os.path.exists(asock)

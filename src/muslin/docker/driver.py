@@ -10,7 +10,6 @@ handler be idempotent and let muslind find orphans after Docker lost track of th
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from typing import Any, Callable
@@ -23,7 +22,7 @@ from muslin.docker.types import (
     ProgramExternalConnectivityRequest, port_bindings,
 )
 from muslin.model.errors import Conflict, Invalid, NotFound
-from muslin.model.types import AttachRequest, Network, PortMapping
+from muslin.model.types import AttachRequest, Network
 
 log = logging.getLogger("muslin.docker.driver")
 
@@ -296,10 +295,3 @@ class DockerDriver:
             log.info("orphan endpoint %s cleaned up (its sandbox is gone)", eid[:12])
         return removed
 
-
-def port_mappings(rec: dict) -> list[PortMapping]:
-    return [PortMapping.from_dict(p) for p in rec.get("ports") or ()]
-
-
-def _ip(s: str):
-    return ipaddress.ip_address(s)
