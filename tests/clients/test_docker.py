@@ -174,6 +174,12 @@ def test_ping_http_ip_alias_dns(dk, sc):
     assert sc.ping("cli", sc.name("web"))  # container name via Docker's embedded DNS
     got = sc.exec("cli", "wget", "-O", "-", "http://webalias/", check=True).stdout
     assert "hello from muslin" in got  # alias resolved by Docker's DNS, HTTP over Muslin's bridge
+    if dk.owned or run("iptables", "-S", "DOCKER-USER", check=False).returncode == 0:
+        bridge = next(v["bridge"] for k, v in muslin_state(dk).items()
+                      if k.startswith("networks/") and sub == ipaddress.ip_network(
+                          v["range_sets"][0][0]["subnet"]))
+        rules = run("iptables", "-S", "DOCKER-USER").stdout  # Docker's FORWARD DROP is undone for our bridge
+        assert f"-i {bridge}" in rules and f"-o {bridge}" in rules and f"muslin:{bridge}" in rules
     route = sc.exec("cli", "ip", "route", check=True).stdout
     assert f"default via {sub.network_address + 1}" in route
 
