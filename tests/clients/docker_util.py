@@ -214,7 +214,8 @@ class DockerEnv:
         self.forward_before = ""
         self.owned = False
         self.seen_bridges: set[str] = set()
-        self.made_dirs = [d for d in ("/run/docker/plugins", "/run/docker") if not os.path.isdir(d)]
+        self.made_dirs = [d for d in ("/run/docker/plugins", "/run/docker", "/run/containerd/s", "/run/containerd")
+                          if not os.path.isdir(d)]
         self.logs: list[Path] = []
 
     # -------------------------------------------------------------- docker client
