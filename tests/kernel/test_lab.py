@@ -357,6 +357,22 @@ def test_sigterm_keeps_everything_sigterm_with_leave_gives_it_back(lab_dir):
         core.down(name)
 
 
+def test_host_beyond_the_cidr_is_exhausted_and_makes_nothing(lab_dir):
+    name = "t" + suffix()
+    try:
+        _up(name, "vxlan", 2, "--cidr", "10.244.0.0/23")
+        h3 = core.add_host(name)
+        lab = Lab(name)
+        pid = lab.st.pids[f"agent-{h3}"]
+        assert wait_until(lambda: not core._alive(pid), 15)
+        lines = [ln for ln in lab.log(h3).splitlines() if ln.strip()]
+        assert lines == ["error: cluster network net0: no free /24 left in 10.244.0.0/23 for host h3 (2 hosts hold one)"]
+        assert len(ns_run(lab.host_ns(h3), "ip", "-o", "link").stdout.splitlines()) == 2  # lo, eth0
+        assert sorted(core.store_hosts(lab.st)) == ["h1", "h2"]
+    finally:
+        core.down(name)
+
+
 def test_bad_input_one_line_and_nothing_made(lab_dir):
     name = "t" + suffix()
     r = lab_cli("up", name, "--hosts", "3", "--cidr", "10.244.0.0/23", "--host-prefix", "24")
