@@ -12,6 +12,12 @@ import time
 import urllib.request
 
 
+def _die_with_parent() -> None:
+    """etcd gets SIGTERM if the test process dies without cleaning up (PR_SET_PDEATHSIG)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,7 +44,7 @@ class EtcdServer:
             ["etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"),
              "--listen-client-urls", c, "--advertise-client-urls", c, "--listen-peer-urls", p,
              "--initial-advertise-peer-urls", p, "--initial-cluster", f"t={p}"],
-            stdout=self.log, stderr=self.log, start_new_session=True)
+            stdout=self.log, stderr=self.log, start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
