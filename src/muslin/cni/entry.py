@@ -9,9 +9,9 @@ JSON line {"plugin": "cni"|"ipam", "env": {...}, "stdin": "..."} and the answer
 
 from __future__ import annotations
 
+import _socket  # the C module: `socket` would build its IntEnums (~2 ms per plugin call)
 import json
 import os
-import socket
 import sys
 
 DEFAULT_SOCKET = "/run/muslin/muslind.sock"
@@ -29,7 +29,7 @@ def _via_agent(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[str, int
     path = os.environ.get("MUSLIN_AGENT_SOCKET", DEFAULT_SOCKET)
     if not path or not os.path.exists(path):
         return None
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(CONNECT_TIMEOUT)
         try:
@@ -83,9 +83,19 @@ def _run(plugin: str) -> int:
     return rc
 
 
+def _exit(rc: int) -> None:
+    """Leave without interpreter finalisation (~5 ms on the fast path, more after an
+    in-process call): the answer is written and flushed, the store closed, nothing is pending."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(rc)
+
+
 def main() -> None:
-    sys.exit(_run("cni"))
+    _exit(_run("cni"))
 
 
 def main_ipam() -> None:
-    sys.exit(_run("ipam"))
+    _exit(_run("ipam"))
