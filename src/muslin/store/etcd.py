@@ -94,9 +94,10 @@ class EtcdStore:
         n = len(self.endpoints)
         for i in range(n):
             ep = self.endpoints[(self._cur + i) % n]
-            conn = http.client.HTTPConnection(ep[0], ep[1], timeout=timeout)
+            conn = http.client.HTTPConnection(ep[0], ep[1], timeout=self.timeout)
             try:
                 conn.connect()
+                conn.sock.settimeout(timeout)  # None for watch streams: they wait for events
             except OSError as e:
                 last = e
                 conn.close()
