@@ -308,7 +308,8 @@ def _snapshot(dk):
     return nets, state, set(muslin_links(dk))
 
 
-def test_bad_input_one_line_and_nothing_left(dk, sc):
+def test_bad_input_one_line_and_nothing_left(dk, sc, outside):
+    _, host_ip, _, _ = outside
     sub = random_subnet()
     sc.net("ok", "--subnet", str(sub))
     before = _snapshot(dk)
@@ -320,6 +321,14 @@ def test_bad_input_one_line_and_nothing_left(dk, sc):
     print("overlap:", r.stderr.strip().splitlines()[0])
     r = sc.net("mode", "--subnet", str(random_subnet(avoid=[sub])), "-o", "muslin.mode=ipvlan", check=False)
     assert r.returncode != 0 and "muslin.mode" in r.stderr, r.stderr
+    r = sc.net("route", "--subnet", str(ipaddress.ip_network(f"{host_ip}/24", strict=False)), check=False)
+    assert r.returncode != 0 and "overlaps the host route" in r.stderr, r.stderr
+    print("host route:", r.stderr.strip().splitlines()[0])
+    r = dk.docker("network", "create", "-d", "muslin", "--subnet", str(ipaddress.ip_network(f"{host_ip}/24", strict=False)),
+                  "--label", "muslin-test", sc.name("route2"), check=False)  # Docker's own IPAM, same check in the driver
+    if r.returncode == 0:
+        sc.networks.append(sc.name("route2"))
+    assert r.returncode != 0 and "overlaps the host route" in r.stderr, r.stderr
     assert _snapshot(dk) == before
     # --ip outside the subnet
     outside_ip = str(random_subnet(avoid=[sub]).network_address + 5)

@@ -127,3 +127,11 @@ def test_gateway_shared_by_two_docker_networks_on_one_pool(env):
     d.release_address(T.ReleaseAddressRequest(p, "10.77.0.1"))
     d.release_pool(T.ReleasePoolRequest(p))
     assert d.ipam.owners(ipaddress.ip_network("10.77.0.0/24")) == {}
+
+
+def test_explicit_pool_overlapping_a_host_route(env):
+    d, nets, _ = env
+    with pytest.raises(Conflict, match="overlaps the host route 10.200.0.0/24"):
+        pool(d, "10.200.0.0/23")
+    nets.append(Network("mine", range_sets=((IPRange(ipaddress.ip_network("10.200.0.0/24")),),)))
+    assert pool(d, "10.200.0.0/24").pool == "10.200.0.0/24"  # that route is Muslin's own network

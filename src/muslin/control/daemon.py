@@ -73,7 +73,7 @@ class DockerService:
         self.ctx = ctx
         self.rules = hostnet.DockerUserRules()
         self.driver = DockerDriver(m, link_exists=hostnet.link_exists, port_free=hostnet.port_free,
-                                   on_networks_changed=self.sync_rules)
+                                   on_networks_changed=self.sync_rules, host_routes=hostnet.host_routes)
         self.ipam = DockerIpam(m.store, m.ipam, m.list_networks, hostnet.host_routes)
         self.server = PluginServer(ctx.args.docker_socket, routes(self.driver, self.ipam))
         self.thread: threading.Thread | None = None

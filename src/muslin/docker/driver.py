@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from muslin.docker import options as O
 from muslin.docker import ports as P
@@ -22,7 +22,8 @@ from muslin.docker.types import (
     ProgramExternalConnectivityRequest, port_bindings,
 )
 from muslin.model.errors import Conflict, Invalid, NotFound
-from muslin.model.types import AttachRequest, Network
+from muslin.docker.ipam import check_host_routes
+from muslin.model.types import AttachRequest, IPNetwork, Network
 
 log = logging.getLogger("muslin.docker.driver")
 
@@ -35,12 +36,14 @@ class DockerDriver:
 
     def __init__(self, muslin: Any, link_exists: Callable[[str], bool] | None = None,
                  port_free: Callable[[str, str, int], bool] = lambda proto, ip, port: True,
-                 on_networks_changed: Callable[[], None] = lambda: None) -> None:
+                 on_networks_changed: Callable[[], None] = lambda: None,
+                 host_routes: Callable[[], Iterable[IPNetwork]] = lambda: ()) -> None:
         self.m = muslin
         self.store = muslin.store
         self.link_exists = link_exists
         self.port_free = port_free
         self.on_networks_changed = on_networks_changed
+        self.host_routes = host_routes
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ records
@@ -95,6 +98,10 @@ class DockerDriver:
                 else:
                     raise Conflict(f"Muslin network {name!r} already exists")
             else:
+                ours = [s for n in self.m.list_networks() for s in n.subnets]
+                routes = list(self.host_routes())
+                for s in wanted.subnets:
+                    check_host_routes(s, routes, ours)
                 self.m.create_network(wanted)
             self.store.put(NETS + req.network_id, {"name": name, "joined": joined})
         log.info("network %s -> %s%s", req.network_id[:12], name, " (joined)" if joined else "")

@@ -37,6 +37,15 @@ def default_candidates(v6: bool) -> list[IPNetwork]:
     return list(DEFAULT_V4.subnets(new_prefix=24))
 
 
+def check_host_routes(pool: IPNetwork, routes: Iterable[IPNetwork], ours: Iterable[IPNetwork]) -> None:
+    """Conflict if pool overlaps a host route that is not one of Muslin's own subnets
+    (a bridge on it would steal traffic from the host's real network)."""
+    mine = set(ours)
+    for r in routes:
+        if r.version == pool.version and r not in mine and r.overlaps(pool):  # type: ignore[arg-type]
+            raise Conflict(f"subnet {pool} overlaps the host route {r}")
+
+
 def subnet_key(net: IPNetwork) -> str:
     return str(net).replace("/", "_")
 
@@ -119,10 +128,13 @@ class DockerIpam:
             if other.space == space and other.pool != pool and other.pool.version == pool.version \
                     and other.pool.overlaps(pool):  # type: ignore[arg-type]
                 raise Conflict(f"subnet {pool} overlaps subnet {other.pool} of another Docker network")
+        ours: set[IPNetwork] = set()
         for net in self.networks():
             for s in net.subnets:
+                ours.add(s)
                 if s != pool and s.version == pool.version and s.overlaps(pool):  # type: ignore[arg-type]
                     raise Conflict(f"subnet {pool} overlaps subnet {s} of Muslin network {net.name!r}")
+        check_host_routes(pool, self.host_routes(), ours)
         return pid
 
     def _automatic(self, space: str, v6: bool) -> PoolId:
