@@ -208,11 +208,15 @@ def test_published_ports(dk, sc, outside):
     sc.net("pub", "--subnet", str(sub))
     fixed = 20000 + secrets.randbelow(9000)
     local = fixed + 1
-    sc.run("web", "pub", "-p", f"{fixed}:80", "-p", "80", "-p", f"127.0.0.1:{local}:80", cmd=HTTPD)
+    rng = (fixed + 2, fixed + 5)
+    sc.run("web", "pub", "-p", f"{fixed}:80", "-p", "80", "-p", f"127.0.0.1:{local}:80",
+           "-p", f"{rng[0]}-{rng[1]}:80", cmd=HTTPD)
     cip = sc.ip("web", "pub")
     ports = wait_for(lambda: endpoint_ports(dk, cip), 10, "published ports in Muslin's store")
-    eph = [p["hostPort"] for p in ports if p["hostPort"] not in (fixed, local)]
-    assert len(ports) == 3 and eph and 32768 <= eph[0] <= 60999, ports
+    in_rng = [p["hostPort"] for p in ports if rng[0] <= p["hostPort"] <= rng[1]]
+    eph = [p["hostPort"] for p in ports if p["hostPort"] not in (fixed, local, *in_rng)]
+    assert len(ports) == 4 and len(in_rng) == 1 and eph and 32768 <= eph[0] <= 60999, ports
+    assert "hello from muslin" in http_get(f"http://127.0.0.1:{in_rng[0]}/")
     # a binding to 127.0.0.1 answers there only
     assert "hello from muslin" in http_get(f"http://127.0.0.1:{local}/")
     r = ns.run("busybox", "wget", "-O", "-", f"http://{host_ip}:{local}/", check=False)
@@ -266,7 +270,11 @@ def test_two_networks_isolated_and_container_on_both(dk, sc):
     assert not sc.ping("a", ip_b)
     assert not sc.ping("b", ip_a)
     sc.run("both", "n1")
-    dk.docker("network", "connect", sc.name("n2"), sc.name("both"))
+    n2_sub = ipaddress.ip_network(dk.docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}",
+                                            sc.name("n2")).stdout.strip())
+    want = str(n2_sub.network_address + 99)
+    dk.docker("network", "connect", "--ip", want, sc.name("n2"), sc.name("both"))
+    assert sc.ip("both", "n2") == want
     links = sc.exec("both", "ip", "-o", "link", check=True).stdout
     assert "eth0" in links and "eth1" in links
     assert sc.ping("both", ip_a) and sc.ping("both", ip_b)
