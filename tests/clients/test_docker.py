@@ -295,7 +295,8 @@ def test_restart_muslind_between_create_and_run(dk, sc):
 def test_restart_dockerd_keeps_networks(dk, sc):
     if not dk.owned:
         pytest.skip("Docker was already running: this test restarts only a dockerd it started itself")
-    sc.net("rd", "--subnet", str(random_subnet()))
+    sub = random_subnet()
+    sc.net("rd", "--subnet", str(sub))
     sc.run("old", "rd")
     old_eps = {k for k in muslin_state(dk) if k.startswith("docker/endpoints/")}
     assert old_eps
@@ -304,6 +305,9 @@ def test_restart_dockerd_keeps_networks(dk, sc):
     wait_for(lambda: not (old_eps & {k for k in muslin_state(dk) if k.startswith("docker/endpoints/")}),
              20, "orphan endpoint cleanup")
     dk.docker("rm", "-f", sc.name("old"), check=False)
+    held = wait_for(lambda: [k for k in muslin_state(dk) if k.startswith("ipam/") and "/ip/" in k
+                             and k.split("/")[1] == str(sub).replace("/", "_")], 10, "the gateway's allocation")
+    assert len(held) == 1, held  # only the gateway: the dead container's address was released
     sc.run("x", "rd")
     sc.run("y", "rd")
     assert sc.ping("x", sc.ip("y", "rd"))
