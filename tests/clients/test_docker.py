@@ -262,11 +262,13 @@ def test_outbound_masquerade_and_internal_has_no_way_out(dk, sc, outside):
 
 
 def test_two_networks_isolated_and_container_on_both(dk, sc):
-    sc.net("n1", "--subnet", str(random_subnet()))
+    br = f"mtb{sc.tag}"
+    sc.net("n1", "--subnet", str(random_subnet()), "-o", f"muslin.bridge={br}")
     sc.net("n2", "--subnet", str(random_subnet()))
     sc.run("a", "n1")
     sc.run("b", "n2")
     ip_a, ip_b = sc.ip("a", "n1"), sc.ip("b", "n2")
+    assert "bridge" in run("ip", "-d", "link", "show", br).stdout  # -o muslin.bridge names it
     assert not sc.ping("a", ip_b)
     assert not sc.ping("b", ip_a)
     sc.run("both", "n1")
