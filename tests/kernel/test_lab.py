@@ -421,3 +421,39 @@ def test_down_is_idempotent_and_works_after_a_crash(lab_dir):
     assert r.returncode == 0, r.stderr
     assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]
     assert lab_cli("down", name).returncode == 0
+
+
+
+def test_muslin_cni_on_two_hosts_allocates_from_each_hosts_subnet(lab3, netns):
+    """CNI on many hosts: `muslin-cni` run on a host, joining the cluster network by name,
+    takes an address from that host's leased subnet; the pods reach each other across hosts."""
+    import ipaddress
+
+    from nsutil import tool
+
+    st = lab3.st
+    pods = {h: (netns(f"pod{h}"), f"pod{h}{suffix()}") for h in ("h1", "h2")}
+
+    def cni(host: str, command: str) -> subprocess.CompletedProcess:
+        pod, cid = pods[host]
+        conf = json.dumps({"cniVersion": "1.0.0", "name": st.network, "type": "muslin-cni",
+                           "network": st.network, "dataDir": str(st.host_dir(host))})
+        env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"CNI_COMMAND={command}",
+               f"CNI_CONTAINERID={cid}", "CNI_IFNAME=eth0", f"CNI_NETNS={pod.path}", "CNI_PATH=/usr/lib/cni",
+               "MUSLIN_AGENT_SOCKET=/nonexistent.sock"]
+        return subprocess.run(["ip", "netns", "exec", lab3.host_ns(host), *env, tool("muslin-cni")], input=conf,
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        addrs = {}
+        for host in pods:
+            r = cni(host, "ADD")
+            assert r.returncode == 0, r.stdout + r.stderr
+            addrs[host] = ipaddress.ip_interface(json.loads(r.stdout)["ips"][0]["address"])
+            assert addrs[host].ip in ipaddress.ip_network(lab3.subnet(host)), (addrs[host], lab3.subnet(host))
+        assert wait_until(lambda: pods["h1"][0].ping(str(addrs["h2"].ip)), 10)
+        assert pods["h2"][0].ping(lab3.addr("c"))  # and a lab sandbox on a third host
+    finally:
+        for host in pods:
+            r = cni(host, "DEL")
+            assert r.returncode == 0, r.stdout + r.stderr
