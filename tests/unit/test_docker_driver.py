@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from muslin.docker import types as T
 from muslin.docker.driver import DockerDriver
 from muslin.model.errors import Conflict, Invalid, NotFound
-from muslin.model.types import AttachRequest, Endpoint, Network
+from muslin.model.types import AttachRequest, Endpoint, IPRange, Network
 from muslin.store.memory import MemoryStore
 
 NID, NID2, EID = "a" * 64, "c" * 64, "b" * 64
@@ -38,6 +39,9 @@ class FakeMuslin:
         net = replace(net, bridge=net.bridge or "mus-x")
         self.nets[net.name] = net
         return net
+
+    def ensure_network(self, net):
+        return self.nets.get(net.name) or self.create_network(net)
 
     def delete_network(self, name, force=False):
         if any(k[0] == name for k in self.eps):
@@ -160,3 +164,13 @@ def test_orphans_are_detached(d):
     d.links.clear()  # the sandbox died and took the veth pair with it
     assert d.cleanup_orphans() == [EID]
     assert not d.m.eps and d._ep_rec(EID) is None
+
+
+def test_joined_network_removed_by_its_owner_comes_back(d):
+    subnet = ipaddress.ip_network("10.9.0.0/24")
+    d.m.create_network(Network("cni-net", range_sets=((IPRange(subnet),),), origin="cni"))
+    create_net(d, generic={"muslin.network": "cni-net"})
+    assert d.docker_networks()[NID]["joined"] is True
+    del d.m.nets["cni-net"]  # its last CNI container left
+    create_ep(d)
+    assert d.m.nets["cni-net"].origin == "cni" and ("cni-net", EID) in d.m.eps

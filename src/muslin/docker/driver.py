@@ -103,7 +103,10 @@ class DockerDriver:
                 for s in wanted.subnets:
                     check_host_routes(s, routes, ours)
                 self.m.create_network(wanted)
-            self.store.put(NETS + req.network_id, {"name": name, "joined": joined})
+            rec = {"name": name, "joined": joined}
+            if joined:  # a CNI network goes with its last CNI endpoint; Docker may bring it back
+                rec["spec"] = existing.to_dict()  # type: ignore[union-attr]
+            self.store.put(NETS + req.network_id, rec)
         log.info("network %s -> %s%s", req.network_id[:12], name, " (joined)" if joined else "")
         self.on_networks_changed()
         return {}
@@ -161,7 +164,12 @@ class DockerDriver:
         mac = req.interface.mac_address
         with self.lock:
             name = self._network_name(req.network_id)
-            net = self.m.get_network(name)
+            net = self.m.find_network(name)
+            if net is None:
+                spec = (self._net_rec(req.network_id) or {}).get("spec")
+                if not spec:
+                    raise NotFound(f"Muslin network {name!r} of Docker network {req.network_id[:12]} is gone")
+                net = self.m.ensure_network(Network.from_dict(spec))  # the joined network was removed by CNI
             for a in addrs:
                 if not any(a.ip in s for s in net.subnets):
                     raise Invalid(f"address {a} is outside the subnets of network {name!r}")
