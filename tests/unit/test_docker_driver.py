@@ -174,3 +174,6 @@ def test_joined_network_removed_by_its_owner_comes_back(d):
     del d.m.nets["cni-net"]  # its last CNI container left
     create_ep(d)
     assert d.m.nets["cni-net"].origin == "cni" and ("cni-net", EID) in d.m.eps
+    d.delete_endpoint(T.EndpointRequest(NID, EID))
+    d.delete_network(T.NetworkRequest(NID))
+    assert "cni-net" not in d.m.nets  # no CNI and no Docker user left

@@ -151,6 +151,13 @@ class DockerDriver:
                     pass
                 except Conflict as e:  # e.g. CNI containers joined it: it stays for them
                     log.warning("network %s stays: %s", name, e)
+            elif not sharers:  # joined: a CNI network is removed with its last user, as CNI would
+                net = self.m.find_network(name)
+                if net is not None and net.origin == "cni" and not self.m.endpoints(name):
+                    try:
+                        self.m.delete_network(name)
+                    except (NotFound, Conflict) as e:
+                        log.info("network %s stays: %s", name, e)
             self.store.delete(NETS + req.network_id)
         log.info("network %s (%s) deleted", req.network_id[:12], name)
         self.on_networks_changed()
