@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.quick:
         levels, samples, par, runs, secs = [10, 100], 15, 16, 3, 3
     else:
-        levels, samples, par, runs, secs = [10, 100, 1000], 30, 32, 7, 5
+        levels, samples, par, runs, secs = [10, 100, 1000], 20, 16, 7, 5  # a bridge holds at most 1,023 ports
     if a.levels:
         levels = [int(x) for x in a.levels.split(",") if x]
     samples = a.samples or samples
