@@ -124,7 +124,7 @@ def test_podman_with_muslin_cni(env):
     assert bridge not in table and str(sub) not in table
     if not had_table and nft_has_muslin():
         assert "mus-" in table, table
-    assert f"muslin-cni:{bridge}" not in sh("iptables", "-S").stdout
+    assert f"muslin:{bridge}" not in sh("iptables", "-S").stdout
 
 
 def test_podman_reference_bridge_with_muslin_ipam(env):

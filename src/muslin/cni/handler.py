@@ -238,61 +238,6 @@ def _ensure_network(m, req: CniRequest, learned: dict[str, Any] | None) -> Netwo
     return m.ensure_network(net)
 
 
-DOCKER_USER = "DOCKER-USER"
-DOCKER_USER_RECHECK = 5.0
-_DOCKER_USER_CHECKED: dict[str, float] = {}
-
-
-def docker_user_rules(bridge: str, present: bool) -> None:
-    """Docker sets the filter FORWARD policy to DROP; with br_netfilter that also drops
-    traffic between containers on a Muslin bridge. When Docker's DOCKER-USER chain exists,
-    keep `-i BR -j ACCEPT` / `-o BR -j ACCEPT` there while the CNI network exists (comment
-    `muslin-cni:BR`, distinct from the Docker front-end's own `muslin:BR` rules). Muslin's own
-    nftables table still enforces isolation. Best effort: problems are logged to stderr.
-    In muslind (KEEP_OPEN set) a bridge checked less than DOCKER_USER_RECHECK seconds ago
-    is not checked again: the probe costs two iptables processes (~8 ms) per ADD."""
-    import shutil
-    import time
-
-    now = time.monotonic()
-    if not present:
-        _DOCKER_USER_CHECKED.pop(bridge, None)
-    elif KEEP_OPEN is not None:
-        if now - _DOCKER_USER_CHECKED.get(bridge, -DOCKER_USER_RECHECK) < DOCKER_USER_RECHECK:
-            return
-        _DOCKER_USER_CHECKED[bridge] = now
-    for binary in ("iptables", "ip6tables"):
-        if not shutil.which(binary):
-            continue
-
-        def ipt(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([binary, "-w", "5", "-t", "filter", *args], capture_output=True, text=True,
-                                  timeout=30)
-
-        try:
-            if ipt("-S", DOCKER_USER).returncode != 0:
-                continue  # no Docker (or Docker without iptables): nothing to undo
-            for d in ("-o", "-i"):
-                rule = [d, bridge, "-m", "comment", "--comment", f"muslin-cni:{bridge}", "-j", "ACCEPT"]
-                if present:
-                    if ipt("-C", DOCKER_USER, *rule).returncode != 0:
-                        r = ipt("-I", DOCKER_USER, "1", *rule)
-                        if r.returncode != 0:
-                            print(f"muslin-cni: {binary} {DOCKER_USER} rule for {bridge}: "
-                                  f"{' '.join(r.stderr.split())[:200]}", file=sys.stderr)
-                else:
-                    for _ in range(8):
-                        if ipt("-D", DOCKER_USER, *rule).returncode != 0:
-                            break
-        except (OSError, subprocess.TimeoutExpired) as e:
-            print(f"muslin-cni: {binary}: {e}", file=sys.stderr)
-
-
-def _forget_network_if_gone(m, net: Network | None) -> None:
-    if net is not None and net.driver == "bridge" and net.origin == "cni" and m.find_network(net.name) is None:
-        docker_user_rules(net.bridge, False)
-
-
 # --------------------------------------------------------------------------- muslin-cni
 
 
@@ -335,8 +280,6 @@ def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any
                 if req.join or attempt == 2 or m.find_network(net.name) is not None:
                     raise
         try:
-            if net.driver == "bridge":
-                docker_user_rules(net.bridge, True)
             dns = req.dns or (learned or {}).get("dns") or {}
             res = endpoint_result(net, ep, dns)
             if learned is not None and learned.get("routes") and not ep.routes:
@@ -344,7 +287,6 @@ def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any
             res = R.to_version(R.merge(prev, res), req.version)
         except BaseException:
             m.detach(net.name, req.endpoint_id, owner=req.owner, netns=req.env.netns, ifname=req.env.ifname)
-            _forget_network_if_gone(m, net)
             raise
     except BaseException:
         if learned is not None:
@@ -358,12 +300,10 @@ def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any
 
 def _del(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
     first: MuslinError | None = None
-    net = m.find_network(req.network_name)
     try:
         m.detach(req.network_name, req.endpoint_id, owner=req.owner, netns=req.env.netns, ifname=req.env.ifname)
     except MuslinError as e:
         first = e
-    _forget_network_if_gone(m, net)
     if req.delegates_ipam:
         delegate(req, env, stdin, "DEL")
     if first is not None:
@@ -408,7 +348,6 @@ def _gc(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
             m.gc(name, keep)
     except MuslinError as e:
         first = e
-    _forget_network_if_gone(m, net)
     if req.delegates_ipam:
         delegate(req, env, stdin, "GC")
     else:

@@ -64,6 +64,7 @@ class DockerService:
     name = "docker"
 
     def __init__(self, ctx: Context) -> None:
+        from muslin.dataplane.docker_user import DockerUserRules
         from muslin.docker import hostnet
         from muslin.docker.driver import DockerDriver
         from muslin.docker.ipam import DockerIpam
@@ -71,7 +72,7 @@ class DockerService:
 
         m = ctx.muslin
         self.ctx = ctx
-        self.rules = hostnet.DockerUserRules()
+        self.rules = DockerUserRules()
         self.driver = DockerDriver(m, link_exists=hostnet.link_exists, port_free=hostnet.port_free,
                                    on_networks_changed=self.sync_rules, host_routes=hostnet.host_routes)
         self.ipam = DockerIpam(m.store, m.ipam, m.list_networks, hostnet.host_routes)
@@ -80,7 +81,7 @@ class DockerService:
 
     def sync_rules(self) -> None:
         try:
-            self.rules.sync(self.driver.bridges())
+            self.rules.sync(n.bridge for n in self.ctx.muslin.list_networks() if n.driver == "bridge" and n.bridge)
         except Exception as e:  # never fail a Docker call on this; the reconciler retries
             log.warning("DOCKER-USER rules: %s", " ".join(str(e).split()))
 

@@ -7,6 +7,7 @@ before it. The kernel work is done in the namespace this process runs in (the ho
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,6 +25,7 @@ from muslin.model.types import AttachRequest, Endpoint, Network, PortMapping
 from muslin.store import default_state_dir, open_store
 from muslin.store.base import Store
 
+log = logging.getLogger("muslin")
 NET_PREFIX = "networks/"
 EP_PREFIX = "endpoints/"
 
@@ -111,6 +113,7 @@ class Muslin:
             except BaseException:
                 self._remove_network_objects(net)
                 raise
+        self._docker_user(net, present=True)
         return net
 
     def ensure_network(self, net: Network) -> Network:
@@ -148,6 +151,7 @@ class Muslin:
                 get_driver(net.driver).teardown_network(host, net)
             self.store.delete(NET_PREFIX + net.name)
             self.sync_firewall()
+        self._docker_user(net, present=False)
 
     def _maybe_remove_cni_network(self, name: str) -> None:
         with self._lock(name, exclusive=True):
@@ -158,6 +162,7 @@ class Muslin:
                 get_driver(net.driver).teardown_network(host, net)
             self.store.delete(NET_PREFIX + name)
             self.sync_firewall()
+        self._docker_user(net, present=False)
 
     # -- endpoints ---------------------------------------------------------------------
     def endpoints(self, network: str | None = None) -> list[Endpoint]:
@@ -304,6 +309,19 @@ class Muslin:
                                           host_port=p.host_port, container_ip=a.ip,
                                           container_port=p.container_port, bridge=bridge_of[ep.network]))
         return FirewallState(networks=rules, ports=tuple(ports))
+
+    def _docker_user(self, net: Network, present: bool) -> None:
+        """Accept rules for a bridge in Docker's DOCKER-USER chain, when Docker is there
+        (see dataplane/docker_user.py). Best effort: never fails a network operation."""
+        if net.driver != "bridge" or not net.bridge:
+            return
+        from muslin.dataplane.docker_user import DockerUserRules
+
+        try:
+            rules = DockerUserRules()
+            rules.ensure(net.bridge) if present else rules.remove(net.bridge)
+        except Exception as e:  # noqa: BLE001
+            log.warning("DOCKER-USER rules for %s: %s", net.bridge, " ".join(str(e).split()))
 
     def sync_firewall(self) -> None:
         from muslin.dataplane import nft
