@@ -145,6 +145,17 @@ class Muslin:
             self.detach(name, ep.endpoint_id)
         self._remove_network_objects(net)
 
+    def hand_over(self, name: str, origin: str) -> None:
+        """Give a network to another owner: with origin 'cni', its last CNI endpoint's DEL
+        removes it (Docker deleting a network that Podman containers still use)."""
+        kv = self.store.get(NET_PREFIX + name)
+        if kv is None:
+            return
+        net = Network.from_dict(kv.value).evolve(origin=origin)
+        self.store.put(NET_PREFIX + name, net.to_dict(), expect=kv.mod_revision)
+        if origin == "cni":
+            self._maybe_remove_cni_network(name)
+
     def _remove_network_objects(self, net: Network) -> None:
         with self._lock(net.name, exclusive=True):
             with self._host() as host:

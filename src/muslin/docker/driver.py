@@ -149,8 +149,9 @@ class DockerDriver:
                     self.m.delete_network(name)
                 except NotFound:
                     pass
-                except Conflict as e:  # e.g. CNI containers joined it: it stays for them
-                    log.warning("network %s stays: %s", name, e)
+                except Conflict as e:  # CNI containers joined it: it stays for them, and goes with the last
+                    log.info("network %s stays for its CNI endpoints: %s", name, e)
+                    self.m.hand_over(name, "cni")
             elif not sharers:  # joined: a CNI network is removed with its last user, as CNI would
                 net = self.m.find_network(name)
                 if net is not None and net.origin == "cni" and not self.m.endpoints(name):
