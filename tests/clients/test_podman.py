@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from nsutil import suffix, tool
+from docker_util import root_ns_lock
 from podman_util import Podman, free_port, free_subnet
 
 from muslin.model import names
@@ -73,12 +74,13 @@ def env(tmp_path):
         (plugins / n).symlink_to(tool(n))
     state = tmp_path / "state"
     base = Path(tempfile.mkdtemp(prefix="mpd-"))  # podman wants a runroot under 50 characters
-    pm = Podman(base, [str(plugins), "/usr/lib/cni"],
-                env={"MUSLIN_AGENT_SOCKET": str(tmp_path / "no-agent.sock")})
-    try:
-        yield pm, state
-    finally:
-        pm.destroy()
+    with root_ns_lock():  # one Muslin at a time in the root namespace
+        pm = Podman(base, [str(plugins), "/usr/lib/cni"],
+                    env={"MUSLIN_AGENT_SOCKET": str(tmp_path / "no-agent.sock")})
+        try:
+            yield pm, state
+        finally:
+            pm.destroy()
 
 
 def test_podman_with_muslin_cni(env):

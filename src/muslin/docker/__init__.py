@@ -17,6 +17,5 @@ nftables table; `docker port` does not show it (Docker ignores a remote driver's
 
 Modules: `types` (pure request/response models), `options` (pure -o parsing -> Network),
 `ports` (pure port choice), `ipam` (IpamDriver on control.ipam.Ipam), `driver`
-(NetworkDriver on control.service.Muslin), `hostnet` (host routes, links, ports and the
-DOCKER-USER rules), `server` (HTTP over a Unix socket, stdlib only).
+(NetworkDriver on control.service.Muslin), `hostnet` (host routes, links, free ports), `server` (HTTP over a Unix socket, stdlib only).
 """
