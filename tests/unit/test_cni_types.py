@@ -317,17 +317,19 @@ def test_entry_uses_agent_socket(tmp_path):
             while not buf.endswith(b"\n"):
                 buf += c.recv(4096)
             seen.append(json.loads(buf))
-            c.sendall(serve_request(buf))
+            c.sendall(b'{"stdout": "{\\"cniVersion\\": \\"0.3.1\\"}", "rc": 0}\n')
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION", "MUSLIN_AGENT_SOCKET": path, "OTHER": "x"}
+    # (VERSION is answered by the entry itself; STATUS goes to the agent)
+    env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "STATUS", "MUSLIN_AGENT_SOCKET": path, "OTHER": "x"}
     p = subprocess.run([sys.executable, "-c", "from muslin.cni.entry import main_ipam; main_ipam()"], env=env,
                        input='{"cniVersion":"0.3.1"}', capture_output=True, text=True, timeout=30)
     t.join(5)
     srv.close()
     assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "0.3.1"
-    assert seen[0]["plugin"] == "ipam" and seen[0]["env"] == {"CNI_COMMAND": "VERSION", "MUSLIN_AGENT_SOCKET": path}
+    assert seen[0]["plugin"] == "ipam" and seen[0]["env"] == {"CNI_COMMAND": "STATUS", "MUSLIN_AGENT_SOCKET": path}
+    assert seen[0]["stdin"] == '{"cniVersion":"0.3.1"}'
     assert serve_request(b"garbage") .startswith(b'{"stdout": ')
 
 

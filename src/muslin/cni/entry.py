@@ -15,7 +15,8 @@ import os
 import sys
 
 DEFAULT_SOCKET = "/run/muslin/muslind.sock"
-SUPPORTED = "0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"
+VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")  # = cni.types.SUPPORTED_VERSIONS
+SUPPORTED = ", ".join(VERSIONS)
 CONNECT_TIMEOUT = 0.25
 ANSWER_TIMEOUT = 300.0
 
@@ -56,6 +57,18 @@ def _via_agent(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[str, int
         s.close()
 
 
+def _version(stdin: bytes) -> tuple[str, int]:
+    """VERSION answered here (runtimes ask before every ADD and DEL): the same answer as
+    the handler's, without importing it or asking the agent."""
+    try:
+        conf = json.loads(stdin.decode("utf-8") or "{}")
+        v = conf.get("cniVersion") if isinstance(conf, dict) else None
+    except ValueError:
+        v = None
+    v = v if isinstance(v, str) and v in VERSIONS else VERSIONS[-1]
+    return json.dumps({"cniVersion": v, "supportedVersions": list(VERSIONS)}), 0
+
+
 def _run(plugin: str) -> int:
     env = _env()
     if not env.get("CNI_COMMAND"):
@@ -68,7 +81,7 @@ def _run(plugin: str) -> int:
     except OSError as e:
         out, rc = json.dumps({"cniVersion": "1.1.0", "code": 5, "msg": f"cannot read stdin: {e}"}), 1
     else:
-        ans = _via_agent(plugin, env, stdin)
+        ans = _version(stdin) if env["CNI_COMMAND"] == "VERSION" else _via_agent(plugin, env, stdin)
         if ans is None:
             try:
                 from muslin.cni import handler
