@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("cni", "podman", "docker", "iperf")
+PARTS = ("cni", "podman", "docker", "iperf", "lab")
 
 
 def machine() -> dict:
@@ -101,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001
             res["iperf"] = {"error": " ".join(str(e).split())[:300]}
             log(f"  iperf: {res['iperf']['error']}")
+    if "lab" in only:
+        from bench.iperf import run_iperf_lab
+        log(f"iperf3 cross-host in a muslin lab ({secs}s per run)")
+        try:
+            res["lab"] = run_iperf_lab(secs, log=log)
+        except Exception as e:  # noqa: BLE001
+            res["lab"] = {"error": " ".join(str(e).split())[:300]}
+            log(f"  lab: {res['lab']['error']}")
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "results.json").write_text(json.dumps(res, indent=1))
     text = report.table(res)

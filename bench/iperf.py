@@ -89,3 +89,52 @@ def run_iperf(seconds: int, log=print) -> dict:
             agent.wait(10)
         nss.cleanup()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw"), log=print) -> dict:
+    """Cross-host throughput in a `muslin lab` of two hosts per backend (sandbox on h1 to
+    sandbox on h2), next to a raw veth pair measured in the same run."""
+    try:
+        from muslin.lab import core as lab
+    except ImportError as e:
+        return {"skipped": f"muslin lab is not available: {e}"}
+    out: dict = {"seconds": seconds}
+    tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-lab-"))
+    import os
+
+    saved = os.environ.get("MUSLIN_LAB_DIR")
+    os.environ["MUSLIN_LAB_DIR"] = str(tmp)
+    nss = Namespaces(f"mi{token(4)}")
+    try:
+        a, b = nss.host("ra"), nss.host("rb")
+        ia, ib = f"v{token(4)}a", f"v{token(4)}b"
+        run("ip", "-n", a, "link", "add", ia, "type", "veth", "peer", "name", ib, "netns", b)
+        run("ip", "-n", a, "addr", "add", "10.131.0.1/24", "dev", ia)
+        run("ip", "-n", b, "addr", "add", "10.131.0.2/24", "dev", ib)
+        run("ip", "-n", a, "link", "set", ia, "up")
+        run("ip", "-n", b, "link", "set", ib, "up")
+        out["raw_veth_gbps"] = _iperf(b, a, "10.131.0.2", seconds)
+        for backend in backends:
+            name = f"mb{token(4)}"
+            try:
+                lab.up(name, 2, backend)
+                lab.sandbox(name, "h1", "a")
+                sb = lab.sandbox(name, "h2", "b")
+                st = lab.LabState.load(name)
+                ip = str(sb["address"]).split("/")[0]
+                out[f"{backend}_gbps"] = _iperf(sb["netns"], st.sandboxes["a"]["netns"], ip, seconds)
+                log(f"  iperf3 cross-host {backend}: {out[f'{backend}_gbps']:.1f} Gbit/s "
+                    f"(raw veth {out['raw_veth_gbps']:.1f})")
+            except Exception as e:  # noqa: BLE001 - report and go on with the next backend
+                out[f"{backend}_error"] = " ".join(str(e).split())[:300]
+                log(f"  iperf3 cross-host {backend}: {out[f'{backend}_error']}")
+            finally:
+                lab.down(name)
+        return out
+    finally:
+        nss.cleanup()
+        if saved is None:
+            os.environ.pop("MUSLIN_LAB_DIR", None)
+        else:
+            os.environ["MUSLIN_LAB_DIR"] = saved
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)

@@ -70,6 +70,16 @@ def other_rows(res: dict) -> list[list[str]]:
                      f"{ip['ratio'] * 100:.0f}% of raw veth"])
     elif ip:
         rows.append(["iperf3", "", str(ip)[:200]])
+    lb = res.get("lab") or {}
+    for k in ("vxlan", "host-gw"):
+        if f"{k}_gbps" in lb:
+            rows.append([f"iperf3 cross-host (muslin lab), {k}", f"{lb[k + '_gbps']:.1f} Gbit/s",
+                         f"raw veth in the same run {lb['raw_veth_gbps']:.1f} Gbit/s"])
+        elif f"{k}_error" in lb:
+            rows.append([f"iperf3 cross-host (muslin lab), {k}", "error", lb[f"{k}_error"]])
+    for k in ("skipped", "error"):
+        if k in lb:
+            rows.append(["iperf3 cross-host (muslin lab)", k, lb[k]])
     for level, mb in (res.get("muslind_rss_mb") or {}).items():
         rows.append([f"muslind RSS with {level} endpoints", f"{mb:.1f} MB", ""])
     return rows
