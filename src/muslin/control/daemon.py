@@ -3,9 +3,12 @@
 Runs several services in threads that share one stop event:
 - docker: Docker's remote NetworkDriver + IpamDriver on /run/docker/plugins/muslin.sock;
 - agent: the CNI fast path (one JSON line per request) on /run/muslin/muslind.sock;
+- cluster: the multi-host agent for one cluster network (with --cluster-store and
+  --cluster-network): subnet lease, peers, routes/FDB/BIRD reconciled (control/agent.py);
 - reconcile: periodic orphan cleanup and Docker DOCKER-USER rules.
-More services (e.g. a cluster agent) plug in as another `Service`.
-SIGTERM/SIGINT stop everything and remove the sockets. Logs go to stderr.
+SIGTERM/SIGINT stop everything and remove the sockets (the cluster agent keeps its lease
+and kernel state, so traffic goes on; with --leave it gives them back). SIGUSR1: leave
+the cluster network and stop. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import socketserver
 import sys
 import threading
@@ -41,6 +45,7 @@ class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.stop = threading.Event()
+        self.exit_status = 0  # set by a service that fails fatally
         self._muslin: Any = None
         self._lock = threading.Lock()
 
@@ -152,6 +157,53 @@ class AgentService:
         remove_socket(self.path)
 
 
+class ClusterService:
+    """The multi-host agent of one cluster network, on a thread sharing muslind's stop event."""
+
+    name = "cluster"
+
+    def __init__(self, ctx: Context) -> None:
+        from pathlib import Path
+
+        from muslin.control.agent import Agent
+        from muslin.store import default_state_dir, open_store
+
+        a = ctx.args
+        self.ctx = ctx
+        state_dir = Path(a.state_dir) if a.state_dir else default_state_dir()
+        self.agent = Agent(open_store(a.cluster_store), a.cluster_network, a.hostname, state_dir,
+                           a.underlay_dev, a.underlay_ip, a.resync)
+        self.agent.leave_on_stop = a.leave
+        # `python -m muslin.control.agent leave` finds the running agent through this file.
+        self.pidfile = state_dir / "cluster" / f"{a.cluster_network}.agent.pid"
+        self.thread = threading.Thread(target=self._run, name="cluster", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.agent.run(self.ctx.stop)
+        except MuslinError as e:  # e.g. no subnet left: one line, and muslind exits with its status
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            self.ctx.exit_status = e.exit_status
+            self.ctx.stop.set()
+
+    def leave(self) -> None:
+        self.agent.leave_on_stop = True
+        self.ctx.stop.set()
+
+    def start(self) -> None:
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.pidfile.write_text(str(os.getpid()))
+        self.thread.start()
+        log.info("cluster agent for %s as %s", self.agent.network, self.agent.hostname)
+
+    def stop(self) -> None:
+        self.ctx.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=60)
+        self.agent.store.close()
+        self.pidfile.unlink(missing_ok=True)
+
+
 class Reconciler:
     """Calls each `task` every `interval` seconds until stop (errors logged, never fatal)."""
 
@@ -193,7 +245,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds between orphan cleanups / firewall hook checks (0 = only at start)")
     p.add_argument("--log-level", default=os.environ.get("MUSLIN_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
-    return p.parse_args(argv)
+    c = p.add_argument_group("cluster agent (multi-host)")
+    c.add_argument("--cluster-store", default="", help="cluster store URL, e.g. etcd://10.0.0.1:2379")
+    c.add_argument("--cluster-network", default="", help="the cluster network this host joins")
+    c.add_argument("--hostname", default=socket.gethostname(), help="this host's name in the cluster")
+    c.add_argument("--underlay-dev", default="", help="underlay link (default: the default route's)")
+    c.add_argument("--underlay-ip", default="", help="underlay address (default: the underlay link's)")
+    c.add_argument("--resync", type=float, default=10.0, help="seconds between full resyncs")
+    c.add_argument("--leave", action="store_true", help="give the subnet back on SIGTERM/SIGINT")
+    args = p.parse_args(argv)
+    if bool(args.cluster_store) != bool(args.cluster_network):
+        p.error("--cluster-store and --cluster-network go together")
+    return args
 
 
 def service_factories(ctx: Context) -> list[Callable[[], Any]]:
@@ -213,6 +276,8 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
             log.warning("CNI agent disabled: %s", e)
             return None
 
+    if ctx.args.cluster_store:
+        factories.append(lambda: ClusterService(ctx))
     if ctx.args.docker_socket:
         factories.append(docker)
     if ctx.args.agent_socket:
@@ -232,6 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Any] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: ctx.stop.set())
+
+    def on_leave(*_: Any) -> None:
+        for svc in started:
+            if isinstance(svc, ClusterService):
+                svc.leave()
+        ctx.stop.set()
+
+    signal.signal(signal.SIGUSR1, on_leave)
     try:
         for make in service_factories(ctx):
             svc = make()
@@ -243,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         while not ctx.stop.wait(1.0):
             pass
         log.info("stopping")
-        return 0
+        return ctx.exit_status
     except MuslinError as e:
         print(f"muslind: {e}", file=sys.stderr)
         return e.exit_status

@@ -207,9 +207,11 @@ def wait_etcd(st: LabState, timeout: float = 20) -> None:
 
 
 def agent_cmd(st: LabState, host: str) -> list[str]:
-    return [sys.executable, "-m", "muslin.control.agent", "run", "--store", st.store_url,
-            "--network", st.network_of(host), "--hostname", host, "--state-dir", str(st.host_dir(host)),
-            "--underlay-dev", "eth0", "--resync", str(st.settings.get("resync", 10.0))]
+    """One muslind per host: the cluster agent, and the CNI agent socket for muslin-cni there."""
+    return [sys.executable, "-m", "muslin.control.daemon", "--docker-socket", "",
+            "--agent-socket", str(st.host_dir(host) / "muslind.sock"), "--state-dir", str(st.host_dir(host)),
+            "--reconcile-interval", "0", "--cluster-store", st.store_url, "--cluster-network", st.network_of(host),
+            "--hostname", host, "--underlay-dev", "eth0", "--resync", str(st.settings.get("resync", 10.0))]
 
 
 def start_agent(st: LabState, host: str, extra: tuple[str, ...] = ()) -> int:
