@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -84,6 +85,22 @@ class Ipam:
         pre = f"{IP_PREFIX}{subnet_key(subnet)}/ip/"
         return {ipaddress.ip_address(kv.key[len(pre):]): kv for kv in self.store.list(pre)}
 
+    def _used_ips(self, subnet: IPNetwork) -> list[IPAddress]:
+        """The taken addresses only: keys without their values when the store can list keys
+        (SQLite), which keeps an allocation cheap with a thousand addresses in the subnet."""
+        pre = f"{IP_PREFIX}{subnet_key(subnet)}/ip/"
+        keys = getattr(self.store, "keys", None)
+        names = keys(pre) if keys is not None else [kv.key for kv in self.store.list(pre)]
+        cls, fam = (ipaddress.IPv4Address, socket.AF_INET) if subnet.version == 4 else \
+            (ipaddress.IPv6Address, socket.AF_INET6)
+        out = []
+        for k in names:  # inet_pton + int: a fifth of ip_address()'s string parsing
+            try:
+                out.append(cls(int.from_bytes(socket.inet_pton(fam, k[len(pre):]), "big")))
+            except OSError:
+                out.append(ipaddress.ip_address(k[len(pre):]))
+        return out
+
     def _last(self, rs: RangeSet) -> IPAddress | None:
         """The set's last handed-out address: the most recently written `last` of its subnets."""
         best: KV | None = None
@@ -152,7 +169,7 @@ class Ipam:
                     continue
                 used: set[IPAddress] = set()
                 for subnet in dict.fromkeys(r.subnet for r in rs):
-                    used.update(self._used(subnet))
+                    used.update(self._used_ips(subnet))
                 ip, r = next_free(rs, used, self._last(rs), want.get(i))
                 compares.append(Compare(ip_key(r.subnet, ip), 0))
                 ops.append(Put(ip_key(r.subnet, ip), record))

@@ -167,7 +167,7 @@ class Muslin:
     def _maybe_remove_cni_network(self, name: str) -> None:
         with self._lock(name, exclusive=True):
             net = self.find_network(name)
-            if net is None or net.origin != "cni" or self.store.list(f"{EP_PREFIX}{name}/"):
+            if net is None or net.origin != "cni" or self._has_endpoints(name):
                 return
             with self._host() as host:
                 get_driver(net.driver).teardown_network(host, net)
@@ -176,6 +176,11 @@ class Muslin:
         self._docker_user(net, present=False)
 
     # -- endpoints ---------------------------------------------------------------------
+    def _has_endpoints(self, network: str) -> bool:
+        keys = getattr(self.store, "keys", None)  # SQLite: one key, no values decoded
+        prefix = f"{EP_PREFIX}{network}/"
+        return bool(keys(prefix, limit=1) if keys is not None else self.store.list(prefix))
+
     def endpoints(self, network: str | None = None) -> list[Endpoint]:
         prefix = f"{EP_PREFIX}{network}/" if network else EP_PREFIX
         return [Endpoint.from_dict(kv.value) for kv in self.store.list(prefix)]

@@ -223,6 +223,16 @@ class SqliteStore:
             return [KV(r[0], json.loads(r[1]), r[2], r[3], r[4]) for r in rows]
         return self._read(q)
 
+    def keys(self, prefix: str, limit: int = 0) -> list[str]:
+        """The keys under prefix, in order, without decoding values (at most `limit` if > 0).
+        Not part of the Store protocol: callers fall back to `list` on other stores."""
+        where, args = _prefix_sql(prefix)
+        tail = f" LIMIT {int(limit)}" if limit > 0 else ""
+
+        def q() -> list[str]:
+            return [r[0] for r in self._db.execute(f"SELECT key FROM kv WHERE {where} ORDER BY key{tail}", args)]
+        return self._read(q)
+
     def put(self, key: str, value: Any, *, expect: int | None = None, lease: int = 0) -> int:
         return self.txn([] if expect is None else [Compare(key, expect)], [Put(key, value, lease)])
 
