@@ -60,7 +60,10 @@ def test_docker_and_podman_containers_share_one_muslin_network(worlds):
         dk.docker("run", "-d", "--name", dc, "--label", "muslin-test", "--network", dnet,
                   "--ulimit", "nofile=1024:1024", IMAGE, "sleep", "600")
         dip = dk.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", dc).stdout.strip()
-        pm.add_network({"cniVersion": "1.0.0", "name": web, "plugins": [{"type": "muslin-cni", "network": web}]})
+        # dataDir: Podman's DELs come from conmon's cleanup process, which does not inherit
+        # our MUSLIN_* environment; the config itself names the store muslind uses.
+        pm.add_network({"cniVersion": "1.0.0", "name": web,
+                        "plugins": [{"type": "muslin-cni", "network": web, "dataDir": str(dk.state)}]})
         pc = f"p{tag}"
         pm.run(pc, web)
         pip = pm.ipv4(pc)
