@@ -152,7 +152,10 @@ def test_bad_input_one_line_and_no_change(world):
     cases = [
         (["network", "create", "dup", "--subnet", s], 4, "overlaps"),
         (["network", "create", "x", "--driver", "warp", "--subnet", random_subnet24()], 2, "unknown driver"),
-        (["network", "create", "iv", "--driver", "ipvlan", "--subnet", random_subnet24()], 6, "ipvlan"),
+        (["network", "create", "iv", "--driver", "ipvlan", "--subnet", random_subnet24()], 6,
+         "ipvlan: ipvlan devices (kernel module ipvlan) are not available in this kernel"),
+        (["network", "create", "vl", "--driver", "vlan", "--subnet", random_subnet24()], 6,
+         "vlan: 802.1Q VLAN devices (kernel module 8021q) are not available in this kernel"),
         (["network", "create", "bad", "--subnet", "10.1.2.3/40"], 2, "bad address"),
         (["network", "create", "base", "--subnet", random_subnet24()], 4, "already exists"),
         (["network", "rm", "nope"], 3, "does not exist"),

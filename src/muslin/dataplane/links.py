@@ -79,6 +79,12 @@ class Host:
     def close(self) -> None:
         self.ipr.close()
 
+    def __enter__(self) -> "Host":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- lookups -------------------------------------------------------------
     def index(self, name: str) -> int | None:
         found = self.ipr.link_lookup(ifname=name)
@@ -203,6 +209,19 @@ class Host:
             self.ipr.link("add", ifname=name, kind=kind, **kw)
         except NetlinkError as e:
             raise _netlink_error(e, f"{kind} link {name}", kind) from None
+
+    def kind_supported(self, kind: str) -> bool:
+        """Does this kernel know link kind `kind`? Probed with a link-add on loopback that
+        fails (or is removed at once); the kernel answers EOPNOTSUPP for unknown kinds."""
+        lo = self.index("lo") or 1
+        name = f"mprobe{os.getpid() % 100000}"
+        extra = {"vlan_id": 1} if kind == "vlan" else {}
+        try:
+            self.ipr.link("add", ifname=name, kind=kind, link=lo, **extra)
+        except NetlinkError as e:
+            return e.code != errno.EOPNOTSUPP
+        self.delete_link(name)
+        return True
 
     def enslave(self, name: str, bridge: str, hairpin: bool = False) -> None:
         idx, bidx = self.index(name), self.index(bridge)

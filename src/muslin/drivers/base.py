@@ -47,8 +47,20 @@ def get_driver(name: str) -> NetworkDriver:
         "none": simple.NoneDriver(),
         "container": simple.ContainerDriver(),
     }
-    if name == "ipvlan":
-        raise Unsupported("ipvlan: kernel module ipvlan is not available in this kernel")
+    if name in MISSING:
+        raise unsupported(name)
     if name not in drivers:
         raise Invalid(f"unknown driver {name!r}: use one of bridge, macvlan, host, none, container")
     return drivers[name]
+
+
+# Drivers Muslin has no implementation of, and the kernel feature each needs.
+MISSING = {"ipvlan": "ipvlan devices (kernel module ipvlan)", "vlan": "802.1Q VLAN devices (kernel module 8021q)"}
+
+
+def unsupported(name: str) -> Unsupported:
+    """Name what is missing: the kernel feature when this kernel lacks it, else the driver."""
+    with Host() as host:
+        if not host.kind_supported(name):
+            return Unsupported(f"{name}: {MISSING[name]} are not available in this kernel")
+    return Unsupported(f"{name}: Muslin has no {name} driver yet")
