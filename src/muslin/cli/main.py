@@ -301,12 +301,12 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except MuslinError as e:
-        click.echo(f"muslin: {e}", err=True)
+        click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_status)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - no traceback reaches a user
-        click.echo(f"muslin: internal error: {type(e).__name__}: {e}", err=True)
+        click.echo(f"error: internal: {type(e).__name__}: {e}", err=True)
         sys.exit(70)
 
 

@@ -8,41 +8,17 @@ import json
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import click
 
-from muslin.model.errors import MuslinError, NotFound
+from muslin.cli.guard import one_line_errors
+
+from muslin.model.errors import NotFound
 
 STORE_HELP = "cluster store URL, e.g. etcd://10.0.0.1:2379"
-
-
-def _fail(e: BaseException) -> None:
-    if isinstance(e, MuslinError):
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_status)
-    click.echo(f"error: {type(e).__name__}: {e}", err=True)
-    sys.exit(1)
-
-
-def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        try:
-            return fn(*a, **kw)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
-            raise
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except BaseException as e:  # noqa: BLE001 - one line, never a traceback
-            _fail(e)
-    return wrapper
 
 
 def _store(url: str):
@@ -72,7 +48,7 @@ def cli() -> None:
 @click.option("--route-reflector", "rrs", multiple=True, help="hostname of a BGP route reflector (repeatable)")
 @click.option("--lease-ttl", default=30, show_default=True)
 @click.option("--mtu", default=0)
-@guarded
+@one_line_errors
 def init(store_url: str, network: str, cidr: str, host_prefix: int, backend: str, vni: int, port: int,
          asn: int, rrs: tuple[str, ...], lease_ttl: int, mtu: int) -> None:
     """Store a cluster network's config (cluster/<net>/config)."""
@@ -92,7 +68,7 @@ def init(store_url: str, network: str, cidr: str, host_prefix: int, backend: str
 @click.option("--underlay-ip", default="")
 @click.option("--resync", default=10.0, show_default=True, help="seconds between full resyncs")
 @click.option("--leave", "leave_on_stop", is_flag=True, help="give the subnet back on SIGTERM/SIGINT")
-@guarded
+@one_line_errors
 def run(store_url: str, network: str, hostname: str, state_dir: str | None, underlay_dev: str,
         underlay_ip: str, resync: float, leave_on_stop: bool) -> None:
     """Join a cluster network and keep this host's kernel in line with it."""
@@ -128,7 +104,7 @@ def run(store_url: str, network: str, hostname: str, state_dir: str | None, unde
 @click.option("--network", required=True)
 @click.option("--hostname", default=lambda: socket.gethostname())
 @click.option("--state-dir", default=None)
-@guarded
+@one_line_errors
 def leave(store_url: str, network: str, hostname: str, state_dir: str | None) -> None:
     """Leave a cluster network: stop the running agent (it gives everything back) or do it here."""
     sd = _state(state_dir)
@@ -155,7 +131,7 @@ def leave(store_url: str, network: str, hostname: str, state_dir: str | None) ->
 @click.option("--network", required=True)
 @click.option("--id", "sandbox", required=True, help="sandbox name (the endpoint id)")
 @click.option("--netns", required=True, help="path of the sandbox's network namespace")
-@guarded
+@one_line_errors
 def attach(state_dir: str | None, network: str, sandbox: str, netns: str) -> None:
     """Attach a sandbox to this host's side of a cluster network; prints its address."""
     from muslin.control.service import Muslin
@@ -176,7 +152,7 @@ def attach(state_dir: str | None, network: str, sandbox: str, netns: str) -> Non
 @click.option("--state-dir", default=None)
 @click.option("--network", required=True)
 @click.option("--id", "sandbox", required=True)
-@guarded
+@one_line_errors
 def detach(state_dir: str | None, network: str, sandbox: str) -> None:
     """Detach a sandbox (idempotent)."""
     from muslin.control.service import Muslin
@@ -192,7 +168,7 @@ def detach(state_dir: str | None, network: str, sandbox: str) -> None:
 @cli.command()
 @click.option("--store", "store_url", required=True, help=STORE_HELP)
 @click.option("--network", required=True)
-@guarded
+@one_line_errors
 def hosts(store_url: str, network: str) -> None:
     """The hosts of a cluster network and their leases, as JSON."""
     from muslin.control.agent import list_hosts, read_config

@@ -4,32 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import click
 
+from muslin.cli.guard import one_line_errors
 from muslin.lab import core
-from muslin.model.errors import MuslinError
-
-
-def _guard(fn):
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
-            raise
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except MuslinError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_status)
-        except Exception as e:  # noqa: BLE001 - one line, never a traceback
-            click.echo(f"error: {type(e).__name__}: {e}", err=True)
-            sys.exit(1)
-    return wrapper
 
 
 @click.group()
@@ -48,7 +27,7 @@ def lab() -> None:
 @click.option("--lease-ttl", default=10, show_default=True)
 @click.option("--resync", default=10.0, show_default=True)
 @click.option("--route-reflector", "rrs", multiple=True)
-@_guard
+@one_line_errors
 def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, rrs) -> None:
     """Make lab NAME: an underlay, etcd, N hosts each running an agent."""
     from rich.console import Console
@@ -66,7 +45,7 @@ def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync,
 @click.argument("name")
 @click.argument("host")
 @click.argument("sandbox")
-@_guard
+@one_line_errors
 def sandbox(name, host, sandbox) -> None:
     """Make a sandbox namespace on HOST attached to the cluster network; print its address."""
     info = core.sandbox(name, host, sandbox)
@@ -77,7 +56,7 @@ def sandbox(name, host, sandbox) -> None:
 @click.argument("name")
 @click.argument("sandbox")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-@_guard
+@one_line_errors
 def exec_(name, sandbox, cmd) -> None:
     """Run CMD inside SANDBOX: muslin lab exec NAME SANDBOX -- CMD ..."""
     cmd = list(cmd)
@@ -90,7 +69,7 @@ def exec_(name, sandbox, cmd) -> None:
 @lab.command()
 @click.argument("name")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-@_guard
+@one_line_errors
 def status(name, output) -> None:
     """Hosts, leases, peers and health of lab NAME."""
     s = core.status(name)
@@ -112,7 +91,7 @@ def status(name, output) -> None:
 
 @lab.command()
 @click.argument("name")
-@_guard
+@one_line_errors
 def down(name) -> None:
     """Remove every namespace, process and file of lab NAME (idempotent)."""
     removed = core.down(name)
