@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-from typing import Iterable
+from typing import Callable, Iterable
 
 log = logging.getLogger("muslin.docker_user")
 CHAIN = "DOCKER-USER"
@@ -38,57 +38,47 @@ class DockerUserRules:
             return None  # Docker runs without iptables (or is not there): nothing to do
         return [line for line in r.stdout.splitlines() if line.startswith("-A ") and _bridge_of(line)]
 
-    def sync(self, bridges: Iterable[str]) -> None:
-        want = sorted(set(bridges))
+    def _reconcile(self, want: set[str], in_scope: Callable[[str], bool]) -> None:
+        """Make the rules of the bridges in scope exactly one pair per bridge in `want`."""
         for binary in self.binaries:
             ours = self._ours(binary)
             if ours is None:
                 continue
             have: dict[str, list[str]] = {}
             for line in ours:
-                br = _bridge_of(line)
-                have.setdefault(br, []).append(line)
+                if in_scope(_bridge_of(line)):
+                    have.setdefault(_bridge_of(line), []).append(line)
             for br, lines in have.items():
                 if br not in want or len(lines) != 2:
                     for line in lines:
                         _iptables(binary, "-t", "filter", "-D", *_split(line)[1:])
-                    if br in want:
-                        have[br] = []
-            for br in want:
-                if have.get(br):
-                    continue
-                for direction in ("-o", "-i"):
-                    r = _iptables(binary, "-t", "filter", "-I", CHAIN, "1", direction, br, "-m", "comment",
-                                  "--comment", TAG + br, "-j", "ACCEPT")
-                    if r.returncode != 0:
-                        log.warning("%s: cannot add %s rule for %s: %s", binary, CHAIN, br,
-                                    " ".join(r.stderr.split())[:200])
+                    have[br] = []
+            for br in sorted(want):
+                if not have.get(br):
+                    self._add(binary, br)
+
+    def _add(self, binary: str, bridge: str) -> None:
+        for direction in ("-o", "-i"):
+            r = _iptables(binary, "-t", "filter", "-I", CHAIN, "1", direction, bridge, "-m", "comment",
+                          "--comment", TAG + bridge, "-j", "ACCEPT")
+            if r.returncode != 0:
+                log.warning("%s: cannot add %s rule for %s: %s", binary, CHAIN, bridge,
+                            " ".join(r.stderr.split())[:200])
+
+    def sync(self, bridges: Iterable[str]) -> None:
+        """Exactly the given bridges have rules (muslind's periodic check)."""
+        self._reconcile(set(bridges), lambda br: True)
 
     def remove_all(self) -> None:
         self.sync(())
 
     def ensure(self, bridge: str) -> None:
-        """Add this bridge's pair of rules (if the chain exists and they are missing)."""
-        for binary in self.binaries:
-            ours = self._ours(binary)
-            if ours is None or sum(1 for line in ours if _bridge_of(line) == bridge) == 2:
-                continue
-            for line in ours:
-                if _bridge_of(line) == bridge:
-                    _iptables(binary, "-t", "filter", "-D", *_split(line)[1:])
-            for direction in ("-o", "-i"):
-                r = _iptables(binary, "-t", "filter", "-I", CHAIN, "1", direction, bridge, "-m", "comment",
-                              "--comment", TAG + bridge, "-j", "ACCEPT")
-                if r.returncode != 0:
-                    log.warning("%s: cannot add %s rule for %s: %s", binary, CHAIN, bridge,
-                                " ".join(r.stderr.split())[:200])
+        """This bridge has its pair of rules (when the chain exists); others untouched."""
+        self._reconcile({bridge}, lambda br: br == bridge)
 
     def remove(self, bridge: str) -> None:
-        """Remove this bridge's rules; idempotent."""
-        for binary in self.binaries:
-            for line in self._ours(binary) or []:
-                if _bridge_of(line) == bridge:
-                    _iptables(binary, "-t", "filter", "-D", *_split(line)[1:])
+        """This bridge has no rules; idempotent; others untouched."""
+        self._reconcile(set(), lambda br: br == bridge)
 
 
 def _split(line: str) -> list[str]:
