@@ -80,6 +80,13 @@ def run_iperf(seconds: int, log=print) -> dict:
         out["raw_veth_gbps"] = max(raw)
         out["muslin_bridge_gbps"] = max(br)
         out["ratio"] = out["muslin_bridge_gbps"] / out["raw_veth_gbps"]
+        # Diagnostic: the same bridge with bridged frames kept out of netfilter (br_netfilter,
+        # loaded by Docker here, sends them through conntrack and Muslin's table).
+        nf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        if run("ip", "netns", "exec", host, "cat", nf, check=False).stdout.strip() == "1":
+            run("ip", "netns", "exec", host, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0")
+            out["bridge_no_br_netfilter_gbps"] = max(_iperf(c2, c1, ips[c2], seconds) for _ in range(2))
         log(f"  iperf3: raw veth {out['raw_veth_gbps']:.1f} Gbit/s, Muslin bridge {out['muslin_bridge_gbps']:.1f} "
             f"Gbit/s ({out['ratio'] * 100:.0f}%)")
         return out

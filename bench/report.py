@@ -68,6 +68,10 @@ def other_rows(res: dict) -> list[list[str]]:
         rows.append(["iperf3 raw veth", f"{ip['raw_veth_gbps']:.1f} Gbit/s", ""])
         rows.append(["iperf3 two sandboxes on a Muslin bridge", f"{ip['muslin_bridge_gbps']:.1f} Gbit/s",
                      f"{ip['ratio'] * 100:.0f}% of raw veth"])
+        if "bridge_no_br_netfilter_gbps" in ip:
+            v = ip["bridge_no_br_netfilter_gbps"]
+            rows.append(["iperf3 same bridge, bridged frames kept out of netfilter (diagnostic)", f"{v:.1f} Gbit/s",
+                         f"{v / ip['raw_veth_gbps'] * 100:.0f}% of raw veth"])
     elif ip:
         rows.append(["iperf3", "", str(ip)[:200]])
     lb = res.get("lab") or {}
