@@ -4,6 +4,7 @@ not how fast anything is (no timed assertions)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,5 +37,5 @@ def test_bench_smoke(tmp_path):
     assert "muslin-agent" in p.stdout and "ADD p50 ms" in p.stdout
     assert (tmp_path / "cni_latency.png").stat().st_size > 0
     assert (tmp_path / "results.md").read_text().startswith("Run `python -m bench")
-    leaked = {n for n in _netns() - before if n.startswith(("mb", "mi"))}
+    leaked = {n for n in _netns() - before if re.match(r"^m[bi][0-9a-f]{4}-", n)}
     assert not leaked, f"bench left namespaces behind: {sorted(leaked)}"
