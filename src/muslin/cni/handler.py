@@ -97,6 +97,12 @@ def _open(req: CniRequest, env: dict[str, str]):
         kept = KEEP_OPEN.get((url, d))
         if kept is not None and _store_file_id(kept[0].store) == kept[1]:
             return kept[0]
+        if kept is not None:  # the db file was replaced: drop the stale connection
+            KEEP_OPEN.pop((url, d), None)
+            try:
+                kept[0].store.close()
+            except Exception:  # noqa: BLE001 - best effort
+                pass
     try:
         store = open_store(url or d)
     except MuslinError:
