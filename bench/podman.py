@@ -92,6 +92,54 @@ class Podman:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def _nft_tables() -> set[str]:
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return {ln.strip() for ln in out.splitlines() if ln.startswith("table ")}
+
+
+def _iptables_save(binary: str = "iptables-save") -> str:
+    if not shutil.which(binary):
+        return ""
+    return subprocess.run([binary], capture_output=True, text=True).stdout
+
+
+def undo_netavark(before_save: str, before_tables: set[str]) -> None:
+    """netavark leaves its NETAVARK* iptables chains (and the jumps to them) after its last
+    network is gone: remove them when they were not there before, and an ip nat/filter
+    table that only they had brought."""
+    if "NETAVARK" in before_save:
+        return
+    import shlex
+
+    table = ""
+    for line in _iptables_save().splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A ") and "NETAVARK" in line and not line.split()[1].startswith("NETAVARK"):
+            args = shlex.split(line)
+            subprocess.run(["iptables", "-w", "5", "-t", table, "-D", *args[1:]], capture_output=True)
+    table = ""
+    for line in _iptables_save().splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":NETAVARK"):
+            chain = line[1:].split()[0]
+            subprocess.run(["iptables", "-w", "5", "-t", table, "-F", chain], capture_output=True)
+    for line in _iptables_save().splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":NETAVARK"):
+            subprocess.run(["iptables", "-w", "5", "-t", table, "-X", line[1:].split()[0]], capture_output=True)
+    save = _iptables_save()
+    for t in ("nat", "filter"):
+        name = f"table ip {t}"
+        if name in before_tables or name not in _nft_tables():
+            continue
+        block = save.split(f"*{t}\n", 1)[1].split("COMMIT", 1)[0] if f"*{t}\n" in save else ""
+        if not any(ln.startswith("-A ") for ln in block.splitlines()):
+            subprocess.run(["nft", "delete", "table", "ip", t], capture_output=True)
+
+
 def _cost(pm: Podman, network: str, runs: int) -> dict:
     pm.run_true(network)  # warm caches (image store, plugin pages)
     pm.run_true("none")
@@ -138,11 +186,14 @@ def run_podman(runs: int, log=print) -> dict:
         pm = Podman(tmp / "n", "netavark", ["/usr/lib/cni"], {})
         pms.append(pm)
         nname = f"mbn{token(4)}"
+        before_save, before_tables = _iptables_save(), _nft_tables()
         pm("network", "create", "--subnet", free_subnet(), nname)
         try:
             out["netavark"] = _cost(pm, nname, runs)
         finally:
             pm("network", "rm", "-f", nname, check=False)
+            pm("rm", "-a", "-f", "-t", "0", check=False)
+            undo_netavark(before_save, before_tables)
         log(f"  podman netavark: network cost {out['netavark']['cost_s'] * 1e3:.0f} ms")
         return out
     finally:
