@@ -85,6 +85,10 @@ def test_docker_and_podman_containers_share_one_muslin_network(worlds):
     finally:
         dk.docker("rm", "-f", dc, check=False)
         dk.docker("network", "rm", dnet, check=False)
+        pm.rm(f"p{tag}")
+        bridge = Path(f"/sys/class/net/{names.bridge_name(web)}")
+        if not wait_for_absent(bridge, 5):  # the test has failed already; leave the host clean
+            subprocess.run(["ip", "link", "del", bridge.name], capture_output=True)
 
 
 def wait_for_absent(path: Path, timeout: float = 15) -> bool:
