@@ -1,4 +1,5 @@
-"""`podman run` network cost: Muslin (agent and in-process) vs Podman's netavark.
+"""`podman run` network cost: Muslin (agent and in-process), the reference bridge +
+host-local plugins (the same CNI backend of podman) and Podman's netavark.
 
 network cost = median(`podman run --rm ... true` with a network) - median(the same with
 `--network none`), runs interleaved. Podman uses a private root/runroot/vfs (recipes.md);
@@ -9,10 +10,8 @@ removed with `podman network rm`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -23,25 +22,11 @@ from pathlib import Path
 
 from bench.ns import token
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "clients"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from podman_util import free_subnet  # noqa: E402  (a 10.X.Y.0/24 overlapping no route here)
+
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_subnet() -> str:
-    out = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    out += subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-    taken = []
-    for tok in out.split():
-        try:
-            n = ipaddress.ip_network(tok, strict=False)
-        except ValueError:
-            continue
-        if isinstance(n, ipaddress.IPv4Network) and n.prefixlen > 0:
-            taken.append(n)
-    for _ in range(1000):
-        c = ipaddress.IPv4Network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24")
-        if not any(c.overlaps(t) for t in taken):
-            return str(c)
-    raise RuntimeError("no free 10.X.Y.0/24 subnet")
 
 
 class Podman:
@@ -151,8 +136,23 @@ def _cost(pm: Podman, network: str, runs: int) -> dict:
     return {"with_network_s": mn, "network_none_s": mz, "cost_s": mn - mz, "runs": runs}
 
 
+def _reference(tmp: Path, pms: list, runs: int) -> dict:
+    """The reference bridge + host-local plugins under the same podman CNI backend."""
+    name, bridge = f"mbr{token(4)}", f"mbr{token(4)}"
+    pm = Podman(tmp / "r", "cni", ["/usr/lib/cni"], {})
+    pms.append(pm)
+    (pm.net_dir / f"{name}.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": [{
+        "type": "bridge", "bridge": bridge, "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": str(free_subnet())}]], "dataDir": str(tmp / "hl")}}]}))
+    try:
+        return _cost(pm, name, runs)
+    finally:
+        pm("rm", "-a", "-f", "-t", "0", check=False)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)  # the reference leaves its bridge
+
+
 def run_podman(runs: int, log=print) -> dict:
-    """{"muslin-agent": {...}, "muslin-inproc": {...}, "netavark": {...}} (cost_s = network cost)."""
+    """{"muslin-agent", "muslin-inproc", "reference", "netavark": {...}} (cost_s = network cost)."""
     if not shutil.which("podman"):
         return {"skipped": "podman is not installed"}
     out: dict = {}
@@ -172,22 +172,26 @@ def run_podman(runs: int, log=print) -> dict:
                 raise RuntimeError("muslind did not start: " + (tmp / "muslind.log").read_text()[-300:])
             time.sleep(0.05)
         name = f"mbp{token(4)}"
-        conflist = {"cniVersion": "1.0.0", "name": name, "plugins": [{
-            "type": "muslin-cni", "bridge": f"br{name}"[:15], "isGateway": True, "isDefaultGateway": True,
-            "ipMasq": True, "dataDir": str(state),
-            "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": free_subnet()}]]}}]}
+        subnet = str(free_subnet())
+        # agentSocket in the config: podman runs some DELs from conmon's cleanup process,
+        # which does not carry our environment.
         for variant, s in (("muslin-agent", str(sock)), ("muslin-inproc", str(tmp / "no-agent.sock"))):
-            pm = Podman(tmp / variant[7], "cni", [str(VENV_BIN), "/usr/lib/cni"],
-                        {"MUSLIN_STATE_DIR": str(state), "MUSLIN_AGENT_SOCKET": s})
+            conflist = {"cniVersion": "1.0.0", "name": name, "plugins": [{
+                "type": "muslin-cni", "bridge": f"br{name}"[:15], "isGateway": True, "isDefaultGateway": True,
+                "ipMasq": True, "dataDir": str(state), "agentSocket": s,
+                "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": subnet}]]}}]}
+            pm = Podman(tmp / variant[7], "cni", [str(VENV_BIN), "/usr/lib/cni"], {})
             pms.append(pm)
             (pm.net_dir / f"{name}.conflist").write_text(json.dumps(conflist))
             out[variant] = _cost(pm, name, runs)
             log(f"  podman {variant}: network cost {out[variant]['cost_s'] * 1e3:.0f} ms")
+        out["reference"] = _reference(tmp, pms, runs)
+        log(f"  podman reference bridge: network cost {out['reference']['cost_s'] * 1e3:.0f} ms")
         pm = Podman(tmp / "n", "netavark", ["/usr/lib/cni"], {})
         pms.append(pm)
         nname = f"mbn{token(4)}"
         before_save, before_tables = _iptables_save(), _nft_tables()
-        pm("network", "create", "--subnet", free_subnet(), nname)
+        pm("network", "create", "--subnet", str(free_subnet()), nname)
         try:
             out["netavark"] = _cost(pm, nname, runs)
         finally:

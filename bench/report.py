@@ -51,7 +51,7 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
 def other_rows(res: dict) -> list[list[str]]:
     rows = []
     pm = res.get("podman") or {}
-    for k in ("muslin-agent", "muslin-inproc", "netavark"):
+    for k in ("muslin-agent", "muslin-inproc", "reference", "netavark"):
         if isinstance(pm.get(k), dict):
             d = pm[k]
             rows.append([f"podman run network cost, {k}", f"{d['cost_s'] * 1e3:.0f} ms",
@@ -152,12 +152,12 @@ def plots(res: dict, out: Path) -> list[Path]:
         plt.close(fig)
         made.append(p)
     pm = res.get("podman") or {}
-    bars = {k: pm[k]["cost_s"] * 1e3 for k in ("muslin-agent", "muslin-inproc", "netavark") if isinstance(pm.get(k), dict)}
+    bars = {k: pm[k]["cost_s"] * 1e3 for k in ("muslin-agent", "muslin-inproc", "reference", "netavark") if isinstance(pm.get(k), dict)}
     ip = res.get("iperf") or {}
     if bars or "raw_veth_gbps" in ip:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         if bars:
-            axes[0].bar(list(bars), list(bars.values()), color=["C1", "C2", "C0"][:len(bars)])
+            axes[0].bar(list(bars), list(bars.values()), color=["C1", "C2", "C3", "C0"][:len(bars)])
             axes[0].set_ylabel("ms per podman run")
             axes[0].set_title("podman run network cost")
         if "raw_veth_gbps" in ip:

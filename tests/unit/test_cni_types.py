@@ -297,8 +297,10 @@ def test_entry_version_in_process(tmp_path):
     assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "1.0.0"
 
 
-def test_entry_uses_agent_socket(tmp_path):
-    """The fast path: a socket that answers gets the request line; its answer is printed."""
+@pytest.mark.parametrize("where", ["env", "config", "ipam"])
+def test_entry_uses_agent_socket(tmp_path, where):
+    """The fast path: a socket that answers gets the request line; its answer is printed.
+    Its path comes from MUSLIN_AGENT_SOCKET, else from the config's `agentSocket`."""
     import socket
     import threading
 
@@ -322,14 +324,22 @@ def test_entry_uses_agent_socket(tmp_path):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     # (VERSION is answered by the entry itself; STATUS goes to the agent)
-    env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "STATUS", "MUSLIN_AGENT_SOCKET": path, "OTHER": "x"}
+    env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "STATUS", "OTHER": "x"}
+    stdin = {"cniVersion": "0.3.1"}
+    if where == "env":
+        env["MUSLIN_AGENT_SOCKET"] = path
+    elif where == "config":
+        stdin["agentSocket"] = path
+    else:
+        stdin["ipam"] = {"agentSocket": path}
     p = subprocess.run([sys.executable, "-c", "from muslin.cni.entry import main_ipam; main_ipam()"], env=env,
-                       input='{"cniVersion":"0.3.1"}', capture_output=True, text=True, timeout=30)
+                       input=json.dumps(stdin), capture_output=True, text=True, timeout=30)
     t.join(5)
     srv.close()
     assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "0.3.1"
-    assert seen[0]["plugin"] == "ipam" and seen[0]["env"] == {"CNI_COMMAND": "STATUS", "MUSLIN_AGENT_SOCKET": path}
-    assert seen[0]["stdin"] == '{"cniVersion":"0.3.1"}'
+    assert seen[0]["plugin"] == "ipam"
+    assert seen[0]["env"] == {k: v for k, v in env.items() if k.startswith(("CNI_", "MUSLIN_"))}
+    assert json.loads(seen[0]["stdin"]) == stdin
     assert serve_request(b"garbage") .startswith(b'{"stdout": ')
 
 

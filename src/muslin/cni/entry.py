@@ -2,7 +2,8 @@
 
 Executed once per container operation, so this module imports only the standard
 library. Fast path: when the muslind agent's socket exists and answers (path from
-MUSLIN_AGENT_SOCKET, default /run/muslin/muslind.sock), the request is forwarded as one
+MUSLIN_AGENT_SOCKET, else the config's `agentSocket` (top level or under `ipam`), else
+/run/muslin/muslind.sock), the request is forwarded as one
 JSON line {"plugin": "cni"|"ipam", "env": {...}, "stdin": "..."} and the answer
 {"stdout": "...", "rc": N} is printed. Otherwise `muslin.cni.handler` runs in-process.
 """
@@ -25,9 +26,23 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(("CNI_", "MUSLIN_"))}
 
 
+def _socket_path(stdin: bytes) -> str:
+    if "MUSLIN_AGENT_SOCKET" in os.environ:
+        return os.environ["MUSLIN_AGENT_SOCKET"]
+    if b'"agentSocket"' in stdin:
+        try:
+            conf = json.loads(stdin)
+            for where in (conf, conf.get("ipam") or {}):
+                if isinstance(where, dict) and isinstance(where.get("agentSocket"), str):
+                    return where["agentSocket"]
+        except (ValueError, AttributeError):
+            pass  # the handler reports a bad config
+    return DEFAULT_SOCKET
+
+
 def _via_agent(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[str, int] | None:
     """Ask muslind; None when no agent answers the connect (then run in-process)."""
-    path = os.environ.get("MUSLIN_AGENT_SOCKET", DEFAULT_SOCKET)
+    path = _socket_path(stdin)
     if not path or not os.path.exists(path):
         return None
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)

@@ -30,6 +30,9 @@ Muslin's own keys:
   internal  no traffic to or from outside the network (default false)
   master    macvlan parent link;  mode: macvlan mode (default bridge)
   dataDir   Muslin's state directory (overrides MUSLIN_STATE_DIR; default /var/lib/muslin)
+  agentSocket  muslind's CNI socket, when not the default /run/muslin/muslind.sock
+            (MUSLIN_AGENT_SOCKET overrides it; runtimes do not pass their environment to
+            every plugin call, e.g. Podman's cleanup DEL, so a config is the safer place)
 
 Runtime-provided inputs: requested IPs from CNI_ARGS `IP=` (comma-separated allowed),
 `args.cni.ips` and `runtimeConfig.ips` (all are used, duplicates once); the MAC from
@@ -237,8 +240,8 @@ _RUNTIME_KEYS = {"cniVersion", "cniVersions", "name", "type", "capabilities", "r
 _BRIDGE_KEYS = {"bridge", "isGateway", "isDefaultGateway", "ipMasq", "ipMasqBackend", "mtu", "hairpinMode",
                 "promiscMode", "forceAddress", "vlan", "vlanTrunk", "preserveDefaultVlan", "macspoofchk",
                 "enabledad", "disableContainerInterface", "portIsolation"}
-_MUSLIN_KEYS = {"driver", "network", "isolate", "internal", "master", "mode", "dataDir"}
-_IPAM_KEYS = {"type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dataDir",
+_MUSLIN_KEYS = {"driver", "network", "isolate", "internal", "master", "mode", "dataDir", "agentSocket"}
+_IPAM_KEYS = {"type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dataDir", "agentSocket",
               "resolvConf"}
 _MACVLAN_MODES = ("bridge", "private", "vepa", "passthru", "source")
 
