@@ -115,6 +115,12 @@ def undo_netavark(before_save: str, before_tables: set[str]) -> None:
             table = line[1:]
         elif line.startswith(":NETAVARK"):
             subprocess.run(["iptables", "-w", "5", "-t", table, "-X", line[1:].split()[0]], capture_output=True)
+    drop_empty_tables(before_tables)
+
+
+def drop_empty_tables(before_tables: set[str]) -> None:
+    """Remove an ip nat/filter table that was not there before and holds no rule now
+    (iptables-nft leaves its base chains behind)."""
     save = _iptables_save()
     for t in ("nat", "filter"):
         name = f"table ip {t}"
@@ -141,6 +147,7 @@ def _reference(tmp: Path, pms: list, runs: int) -> dict:
     name, bridge = f"mbr{token(4)}", f"mbr{token(4)}"
     pm = Podman(tmp / "r", "cni", ["/usr/lib/cni"], {})
     pms.append(pm)
+    before_tables = _nft_tables()
     (pm.net_dir / f"{name}.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": [{
         "type": "bridge", "bridge": bridge, "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
         "ipam": {"type": "host-local", "ranges": [[{"subnet": str(free_subnet())}]], "dataDir": str(tmp / "hl")}}]}))
@@ -149,6 +156,7 @@ def _reference(tmp: Path, pms: list, runs: int) -> dict:
     finally:
         pm("rm", "-a", "-f", "-t", "0", check=False)
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)  # the reference leaves its bridge
+        drop_empty_tables(before_tables)
 
 
 def run_podman(runs: int, log=print) -> dict:
