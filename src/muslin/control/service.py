@@ -247,7 +247,10 @@ class Muslin:
         kv = self.store.get(key)
         if kv is None:
             raise NotFound(f"endpoint {endpoint_id} is not attached to network {network!r}")
-        ep = replace(Endpoint.from_dict(kv.value), ports=tuple(ports))
+        old = Endpoint.from_dict(kv.value)
+        if old.ports == tuple(ports):
+            return old  # nothing changes (Docker programs "no ports" on every connect)
+        ep = replace(old, ports=tuple(ports))
         net = self.get_network(network)
         if net.driver == "bridge" and ep.host_ifname:
             with self._host() as host:
