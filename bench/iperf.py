@@ -34,18 +34,24 @@ def _iperf(server: str, client: str, ip: str, seconds: int) -> float:
         srv.wait()
 
 
+def raw_pair(nss: Namespaces) -> tuple[str, str]:
+    """Two namespaces joined by a bare veth pair (10.131.0.1 - 10.131.0.2): the baseline."""
+    a, b = nss.host("ra"), nss.host("rb")
+    ia, ib = f"v{token(4)}a", f"v{token(4)}b"
+    run("ip", "-n", a, "link", "add", ia, "type", "veth", "peer", "name", ib, "netns", b)
+    run("ip", "-n", a, "addr", "add", "10.131.0.1/24", "dev", ia)
+    run("ip", "-n", b, "addr", "add", "10.131.0.2/24", "dev", ib)
+    run("ip", "-n", a, "link", "set", ia, "up")
+    run("ip", "-n", b, "link", "set", ib, "up")
+    return a, b
+
+
 def run_iperf(seconds: int, log=print) -> dict:
     nss = Namespaces(f"mi{token(4)}")
     tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-iperf-"))
     agent = None
     try:
-        a, b = nss.host("ra"), nss.host("rb")
-        ia, ib = f"v{token(4)}a", f"v{token(4)}b"
-        run("ip", "-n", a, "link", "add", ia, "type", "veth", "peer", "name", ib, "netns", b)
-        run("ip", "-n", a, "addr", "add", "10.131.0.1/24", "dev", ia)
-        run("ip", "-n", b, "addr", "add", "10.131.0.2/24", "dev", ib)
-        run("ip", "-n", a, "link", "set", ia, "up")
-        run("ip", "-n", b, "link", "set", ib, "up")
+        a, b = raw_pair(nss)
         host, c1, c2 = nss.host("mh"), nss.host("m1"), nss.host("m2")
         conf = json.dumps({"cniVersion": "1.0.0", "name": f"mi{token(4)}", "type": "muslin-cni",
                            "isGateway": True, "ipMasq": True,
@@ -113,13 +119,7 @@ def run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw")
     os.environ["MUSLIN_LAB_DIR"] = str(tmp)
     nss = Namespaces(f"mi{token(4)}")
     try:
-        a, b = nss.host("ra"), nss.host("rb")
-        ia, ib = f"v{token(4)}a", f"v{token(4)}b"
-        run("ip", "-n", a, "link", "add", ia, "type", "veth", "peer", "name", ib, "netns", b)
-        run("ip", "-n", a, "addr", "add", "10.131.0.1/24", "dev", ia)
-        run("ip", "-n", b, "addr", "add", "10.131.0.2/24", "dev", ib)
-        run("ip", "-n", a, "link", "set", ia, "up")
-        run("ip", "-n", b, "link", "set", ib, "up")
+        a, b = raw_pair(nss)
         out["raw_veth_gbps"] = _iperf(b, a, "10.131.0.2", seconds)
         for backend in backends:
             name = f"mb{token(4)}"
