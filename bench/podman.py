@@ -11,7 +11,6 @@ removed with `podman network rm`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -24,57 +23,16 @@ from bench.ns import token
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "clients"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from podman_util import free_subnet  # noqa: E402  (a 10.X.Y.0/24 overlapping no route here)
+from podman_util import Podman, free_subnet  # noqa: E402  (the client tests' harness)
 
 VENV_BIN = Path(sys.executable).parent
 
 
-class Podman:
-    def __init__(self, base: Path, backend: str, plugin_dirs: list[str], env: dict[str, str]) -> None:
-        self.base = base
-        self.net_dir = base / "net.d"
-        self.net_dir.mkdir(parents=True)
-        (base / "tmp").mkdir()
-        self.rootfs = base / "rootfs"
-        (self.rootfs / "bin").mkdir(parents=True)
-        shutil.copy2("/bin/busybox", self.rootfs / "bin" / "busybox")
-        (self.rootfs / "bin" / "true").symlink_to("busybox")
-        for d in ("etc", "proc", "sys", "dev", "tmp", "run"):
-            (self.rootfs / d).mkdir()
-        conf = base / "containers.conf"
-        conf.write_text(
-            "[containers]\n"
-            'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
-            "[network]\n"
-            f'network_backend = "{backend}"\n'
-            f"cni_plugin_dirs = {json.dumps(plugin_dirs)}\n"
-            f'network_config_dir = "{self.net_dir}"\n'
-            "[engine]\n"
-            'runtime = "runc"\n'
-            'cgroup_manager = "cgroupfs"\n'
-            'events_logger = "file"\n'
-            'lock_type = "file"\n'
-            f'tmp_dir = "{base / "tmp"}"\n'
-            "[engine.runtimes]\n"
-            'runc = ["/usr/sbin/runc"]\n')
-        self.env = {**os.environ, "CONTAINERS_CONF": str(conf), **env}
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = ["podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "run"),
-               "--storage-driver", "vfs", *args]
-        p = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)
-        if check and p.returncode != 0:
-            raise RuntimeError(f"podman {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
-        return p
-
-    def run_true(self, network: str) -> float:
-        t0 = time.perf_counter()
-        self("run", "--rm", "--network", network, "--rootfs", str(self.rootfs), "/bin/true")
-        return time.perf_counter() - t0
-
-    def destroy(self) -> None:
-        self("rm", "-a", "-f", "-t", "0", check=False)
-        shutil.rmtree(self.base, ignore_errors=True)
+def run_true(pm: Podman, network: str) -> float:
+    """Seconds for one `podman run --rm --network NETWORK ... /bin/true`."""
+    t0 = time.perf_counter()
+    pm("run", "--rm", "--network", network, "--rootfs", str(pm.rootfs), "/bin/true")
+    return time.perf_counter() - t0
 
 
 def _nft_tables() -> set[str]:
@@ -132,12 +90,12 @@ def drop_empty_tables(before_tables: set[str]) -> None:
 
 
 def _cost(pm: Podman, network: str, runs: int) -> dict:
-    pm.run_true(network)  # warm caches (image store, plugin pages)
-    pm.run_true("none")
+    run_true(pm, network)  # warm caches (image store, plugin pages)
+    run_true(pm, "none")
     net, none = [], []
     for _ in range(runs):
-        net.append(pm.run_true(network))
-        none.append(pm.run_true("none"))
+        net.append(run_true(pm, network))
+        none.append(run_true(pm, "none"))
     mn, mz = statistics.median(net), statistics.median(none)
     return {"with_network_s": mn, "network_none_s": mz, "cost_s": mn - mz, "runs": runs}
 
@@ -145,7 +103,7 @@ def _cost(pm: Podman, network: str, runs: int) -> dict:
 def _reference(tmp: Path, pms: list, runs: int) -> dict:
     """The reference bridge + host-local plugins under the same podman CNI backend."""
     name, bridge = f"mbr{token(4)}", f"mbr{token(4)}"
-    pm = Podman(tmp / "r", "cni", ["/usr/lib/cni"], {})
+    pm = Podman(tmp / "r", ["/usr/lib/cni"])
     pms.append(pm)
     before_tables = _nft_tables()
     (pm.net_dir / f"{name}.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": [{
@@ -164,6 +122,7 @@ def run_podman(runs: int, log=print) -> dict:
     if not shutil.which("podman"):
         return {"skipped": "podman is not installed"}
     out: dict = {}
+    start_tables = _nft_tables()
     tmp = Path(tempfile.mkdtemp(prefix="mbp", dir="/tmp"))  # podman wants a short runroot
     agent = None
     pms: list[Podman] = []
@@ -188,14 +147,14 @@ def run_podman(runs: int, log=print) -> dict:
                 "type": "muslin-cni", "bridge": f"br{name}"[:15], "isGateway": True, "isDefaultGateway": True,
                 "ipMasq": True, "dataDir": str(state), "agentSocket": s,
                 "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": subnet}]]}}]}
-            pm = Podman(tmp / variant[7], "cni", [str(VENV_BIN), "/usr/lib/cni"], {})
+            pm = Podman(tmp / variant[7], [str(VENV_BIN), "/usr/lib/cni"])
             pms.append(pm)
             (pm.net_dir / f"{name}.conflist").write_text(json.dumps(conflist))
             out[variant] = _cost(pm, name, runs)
             log(f"  podman {variant}: network cost {out[variant]['cost_s'] * 1e3:.0f} ms")
         out["reference"] = _reference(tmp, pms, runs)
         log(f"  podman reference bridge: network cost {out['reference']['cost_s'] * 1e3:.0f} ms")
-        pm = Podman(tmp / "n", "netavark", ["/usr/lib/cni"], {})
+        pm = Podman(tmp / "n", ["/usr/lib/cni"], backend="netavark")
         pms.append(pm)
         nname = f"mbn{token(4)}"
         before_save, before_tables = _iptables_save(), _nft_tables()
@@ -215,3 +174,4 @@ def run_podman(runs: int, log=print) -> dict:
             agent.terminate()
             agent.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
+        drop_empty_tables(start_tables)  # iptables-nft leaves empty base chains behind

@@ -54,7 +54,8 @@ def free_subnet() -> ipaddress.IPv4Network:
 
 
 class Podman:
-    def __init__(self, base: Path, plugin_dirs: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, base: Path, plugin_dirs: list[str], env: dict[str, str] | None = None,
+                 backend: str = "cni") -> None:
         self.base = base
         self.net_dir = base / "net.d"
         self.net_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ class Podman:
             "[containers]\n"
             'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
             "[network]\n"
-            'network_backend = "cni"\n'
+            f'network_backend = "{backend}"\n'
             f"cni_plugin_dirs = {json.dumps(plugin_dirs)}\n"
             f'network_config_dir = "{self.net_dir}"\n'
             "[engine]\n"
