@@ -158,21 +158,22 @@ class Muslin:
 
     def _remove_network_objects(self, net: Network) -> None:
         with self._lock(net.name, exclusive=True):
-            with self._host() as host:
-                get_driver(net.driver).teardown_network(host, net)
-            self.store.delete(NET_PREFIX + net.name)
-            self.sync_firewall()
-        self._docker_user(net, present=False)
+            self._teardown(net)
 
     def _maybe_remove_cni_network(self, name: str) -> None:
         with self._lock(name, exclusive=True):
             net = self.find_network(name)
             if net is None or net.origin != "cni" or self._has_endpoints(name):
                 return
-            with self._host() as host:
-                get_driver(net.driver).teardown_network(host, net)
-            self.store.delete(NET_PREFIX + name)
-            self.sync_firewall()
+            self._teardown(net)
+
+    def _teardown(self, net: Network) -> None:
+        """Remove a network's kernel objects, record and firewall data (caller holds its
+        exclusive lock)."""
+        with self._host() as host:
+            get_driver(net.driver).teardown_network(host, net)
+        self.store.delete(NET_PREFIX + net.name)
+        self.sync_firewall()
         self._docker_user(net, present=False)
 
     # -- endpoints ---------------------------------------------------------------------
