@@ -102,8 +102,16 @@ while True:
 """
 
 ECHO_CLIENT = r"""
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+import socket, sys, time
+deadline = time.time() + float(sys.argv[4])
+while True:
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+        break
+    except OSError:
+        if time.time() >= deadline:
+            raise
+        time.sleep(0.2)
 c.sendall(sys.argv[3].encode() + b"\n")
 out = b""
 while True:
@@ -137,9 +145,11 @@ class EchoServer:
         self.stop()
 
 
-def tcp_echo(ns: Netns, addr: str, port: int = 7007, payload: str = "hello") -> str | None:
-    """Send one line to an echo server from `ns`; '<peer seen by server> <payload>' or None."""
-    r = ns.run(sys.executable, "-c", ECHO_CLIENT, addr, str(port), payload, check=False, timeout=20)
+def tcp_echo(ns: Netns, addr: str, port: int = 7007, payload: str = "hello", wait: float = 0) -> str | None:
+    """Send one line to an echo server from `ns`; '<peer seen by server> <payload>' or None.
+    `wait`: keep retrying the connect for that many seconds (rules that may still converge)."""
+    r = ns.run(sys.executable, "-c", ECHO_CLIENT, addr, str(port), payload, str(wait), check=False,
+               timeout=20 + wait)
     return r.stdout.strip() if r.returncode == 0 else None
 
 

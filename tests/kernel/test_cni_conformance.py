@@ -18,38 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from nsutil import Netns, sh, suffix, tool
+from nsutil import EchoServer, Netns, sh, suffix, tcp_echo, tool
 
 pytestmark = pytest.mark.kernel
 
 REF = "/usr/lib/cni"
 PY = sys.executable
-
-ECHO_SERVER = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(8)
-print('ready', flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(c.recv(1024))
-    c.close()
-"""
-
-ECHO_CLIENT = r"""
-import socket, sys, time
-deadline = time.time() + 8
-while True:
-    try:
-        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
-        c.sendall(sys.argv[3].encode()); print(c.recv(1024).decode()); break
-    except OSError as e:
-        if time.time() > deadline: print('ERR', e); break
-        time.sleep(0.2)
-"""
-
 
 class Cni:
     """Drives the plugins inside the host namespace like a runtime."""
@@ -148,19 +122,14 @@ def container_addr(res: dict) -> str:
 
 def echo(server: Netns, client: Netns, ip: str, port: int = 7777, server_port: int = 0,
          text: str = "hello-muslin") -> str:
-    """Start a TCP echo server in `server` (on server_port or port), connect from `client`."""
-    srv = server.popen(PY, "-c", ECHO_SERVER, "0.0.0.0", str(server_port or port), stdout=subprocess.PIPE, text=True)
-    try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        return client.run(PY, "-c", ECHO_CLIENT, ip, str(port), text, timeout=30).stdout.strip()
-    finally:
-        srv.kill()
-        srv.wait()
+    """Start a TCP echo server in `server` (on server_port or port), connect from `client`;
+    the text echoed back ('' if none)."""
+    with EchoServer(server, "0.0.0.0", server_port or port):
+        reply = tcp_echo(client, ip, port, text, wait=8) or ""
+    return reply.split(" ", 1)[1] if " " in reply else ""
 
 
 # ------------------------------------------------------------------------------ ADD shapes
-
-
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
 def test_add_result_shape_per_version(cni, netns, version):
     c = netns("c")
