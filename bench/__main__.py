@@ -55,6 +55,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _part(name: str, run, log) -> dict:
+    """Run one part of the bench; a failing part is reported as an error row, the rest go on."""
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - one part failing still reports the rest
+        log(f"  {name}: {' '.join(str(e).split())[:300]}")
+        return {"error": " ".join(str(e).split())[:300]}
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if os.geteuid() != 0:
@@ -86,29 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     if "podman" in only:
         from bench.podman import run_podman
         log(f"podman run network cost ({runs} runs each)")
-        try:
-            res["podman"] = run_podman(runs, log=log)
-        except Exception as e:  # noqa: BLE001 - one part failing still reports the rest
-            res["podman"] = {"error": " ".join(str(e).split())[:300]}
-            log(f"  podman: {res['podman']['error']}")
+        res["podman"] = _part("podman", lambda: run_podman(runs, log=log), log)
     if "docker" in only:
         res["docker"] = docker_part(a.smoke or a.quick, log)
     if "iperf" in only:
         from bench.iperf import run_iperf
         log(f"iperf3 same-host throughput ({secs}s per run)")
-        try:
-            res["iperf"] = run_iperf(secs, log=log)
-        except Exception as e:  # noqa: BLE001
-            res["iperf"] = {"error": " ".join(str(e).split())[:300]}
-            log(f"  iperf: {res['iperf']['error']}")
+        res["iperf"] = _part("iperf", lambda: run_iperf(secs, log=log), log)
     if "lab" in only:
         from bench.iperf import run_iperf_lab
         log(f"iperf3 cross-host in a muslin lab ({secs}s per run)")
-        try:
-            res["lab"] = run_iperf_lab(secs, log=log)
-        except Exception as e:  # noqa: BLE001
-            res["lab"] = {"error": " ".join(str(e).split())[:300]}
-            log(f"  lab: {res['lab']['error']}")
+        res["lab"] = _part("lab", lambda: run_iperf_lab(secs, log=log), log)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "results.json").write_text(json.dumps(res, indent=1))
     text = report.table(res)
