@@ -2,7 +2,7 @@
 
 Runs several services in threads that share one stop event:
 - docker: Docker's remote NetworkDriver + IpamDriver on /run/docker/plugins/muslin.sock;
-- agent: the CNI fast path (one JSON line per request) on /run/muslin/muslind.sock;
+- agent: the CNI fast path (framings in cni/server.py) on /run/muslin/muslind.sock;
 - cluster: the multi-host agent for one cluster network (with --cluster-store and
   --cluster-network): subnet lease, peers, routes/FDB/BIRD reconciled (control/agent.py);
 - reconcile: periodic orphan cleanup and Docker DOCKER-USER rules.
@@ -107,21 +107,17 @@ class DockerService:
 
 
 class _AgentHandler(socketserver.StreamRequestHandler):
+    """Requests in either framing (cni/server.py), one after the other, until the peer is done."""
+
     def handle(self) -> None:
-        serve = self.server.serve_request  # type: ignore[attr-defined]
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                return
-            try:
-                out = serve(line)
-            except Exception as e:  # never a traceback to the client
-                log.exception("agent request failed")
-                out = (b'{"stdout": "{\\"cniVersion\\": \\"1.1.0\\", \\"code\\": 999, \\"msg\\": \\"'
-                       + " ".join(str(e).split()).replace('"', "'").replace("\\", "/").encode()[:300]
-                       + b'\\"}", "rc": 1}\n')
-            self.wfile.write(out)
-            self.wfile.flush()
+        serve_one = self.server.serve_one  # type: ignore[attr-defined]
+        try:
+            while serve_one(self.rfile, self.wfile):
+                pass
+        except OSError as e:  # the plugin went away; nothing to answer
+            log.debug("agent connection: %s", e)
+        except Exception:  # never a traceback to the client: it sees the connection close (CNI code 11)
+            log.exception("agent request failed")
 
 
 class _AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -129,18 +125,18 @@ class _AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class AgentService:
-    """The CNI fast path: muslin-cni forwards one JSON line per request here."""
+    """The CNI fast path: muslin-cni forwards each request here (framing 1 or 2, cni/server.py)."""
 
     name = "agent"
 
     def __init__(self, ctx: Context) -> None:
-        from muslin.cni.server import serve_request
+        from muslin.cni.server import serve_one
         from muslin.docker.server import prepare_socket_path
 
         self.path = ctx.args.agent_socket
         prepare_socket_path(self.path)
         self.server = _AgentServer(self.path, _AgentHandler)
-        self.server.serve_request = serve_request  # type: ignore[attr-defined]
+        self.server.serve_one = serve_one  # type: ignore[attr-defined]
         os.chmod(self.path, 0o600)
 
     def start(self) -> None:
