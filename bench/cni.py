@@ -1,4 +1,5 @@
-"""CNI ADD/DEL latency and parallel throughput: Muslin (agent, in-process) vs the
+"""CNI ADD/DEL latency and parallel throughput: Muslin (agent, in-process; through the
+agent also with the Python entry when the native forwarder is installed) vs the
 reference bridge + host-local plugins, all with masquerade, each in its own throwaway
 host namespace, with N endpoints (throwaway container namespaces) already attached."""
 
@@ -78,8 +79,13 @@ class Setup:
             self.conf = {"cniVersion": "1.0.0", "name": net, "type": "muslin-cni", "bridge": f"br{net}"[:15],
                          "isGateway": True, "ipMasq": True,
                          "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": subnet}]]}}
-            self.exe = str(VENV_BIN / "muslin-cni")
+            self.exe = str(VENV_BIN / "muslin-cni")  # the native forwarder where setup.sh built it
             self.path = f"{VENV_BIN}:{REF_DIR}"
+            self.py_dir = self.dir / "py-plugins"  # the Python entry under the plugins' own names
+            self.py_dir.mkdir()
+            for name in ("muslin-cni", "muslin-ipam"):
+                if (VENV_BIN / f"{name}-py").exists():
+                    (self.py_dir / name).symlink_to(VENV_BIN / f"{name}-py")
         self.stdin = json.dumps(self.conf)
         self.attached: list[str] = []  # container namespaces with an endpoint
 
@@ -115,17 +121,19 @@ class Setup:
         return float("nan")
 
     # -- calls --------------------------------------------------------------------------
-    def env(self, verb: str, cns: str, agent: bool) -> dict[str, str]:
+    def env(self, verb: str, cns: str, agent: bool, py: bool = False) -> dict[str, str]:
         e = {"CNI_COMMAND": verb, "CNI_CONTAINERID": cns, "CNI_NETNS": f"/run/netns/{cns}",
-             "CNI_IFNAME": "eth0", "CNI_PATH": self.path}
+             "CNI_IFNAME": "eth0", "CNI_PATH": f"{self.py_dir}:{REF_DIR}" if py else self.path}
         if self.kind != "ref":
             e["MUSLIN_STATE_DIR"] = str(self.dir / "state")
             e["MUSLIN_AGENT_SOCKET"] = self.sock if agent else str(self.dir / "no-agent.sock")
         return e
 
-    def calls(self, verb: str, netns: list[str], agent: bool = True, parallel: int = 1) -> tuple[list[float], float]:
+    def calls(self, verb: str, netns: list[str], agent: bool = True, parallel: int = 1,
+              py: bool = False) -> tuple[list[float], float]:
+        exe = str(self.py_dir / "muslin-cni") if py else self.exe
         job = {"parallel": parallel,
-               "calls": [{"exe": self.exe, "env": self.env(verb, n, agent), "stdin": self.stdin} for n in netns]}
+               "calls": [{"exe": exe, "env": self.env(verb, n, agent, py), "stdin": self.stdin} for n in netns]}
         p = subprocess.run(["ip", "netns", "exec", self.host, sys.executable, str(HERE / "worker.py")],
                            input=json.dumps(job), text=True, capture_output=True, timeout=3600)
         if p.returncode != 0:
@@ -151,21 +159,21 @@ def grow(s: Setup, nss: Namespaces, target: int, agent: bool = True) -> None:
 
 
 def measure(s: Setup, nss: Namespaces, variant: str, level: int, samples: int, par_samples: int,
-            agent: bool = True, parallel: int = 8) -> list[Sample]:
+            agent: bool = True, parallel: int = 8, py: bool = False) -> list[Sample]:
     """At `level` endpoints: `samples` sequential ADDs then DELs on fresh namespaces, then
     `par_samples` ADDs and DELs with `parallel` at once. The host goes back to `level`."""
     out = []
     cns = new_containers(nss, samples)
-    t, _ = s.calls("ADD", cns, agent=agent)
+    t, _ = s.calls("ADD", cns, agent=agent, py=py)
     out.append(Sample(variant, level, "ADD", t))
-    t, _ = s.calls("DEL", cns, agent=agent)
+    t, _ = s.calls("DEL", cns, agent=agent, py=py)
     out.append(Sample(variant, level, "DEL", t))
     nss.delete(cns)
     if par_samples:
         cns = new_containers(nss, par_samples)
-        t, w = s.calls("ADD", cns, agent=agent, parallel=parallel)
+        t, w = s.calls("ADD", cns, agent=agent, parallel=parallel, py=py)
         out.append(Sample(variant, level, f"ADDx{parallel}", t, w))
-        t, w = s.calls("DEL", cns, agent=agent, parallel=parallel)
+        t, w = s.calls("DEL", cns, agent=agent, parallel=parallel, py=py)
         out.append(Sample(variant, level, f"DELx{parallel}", t, w))
         nss.delete(cns)
     return out
@@ -188,9 +196,13 @@ def run_cni(levels: list[int], samples: int, par_samples: int, log=print, rss: d
             grow(mus, nss, level, agent=True)
             log(f"  {level} endpoints on each host ({time.time() - t0:.1f}s to grow)")
             room = MAX_BRIDGE_PORTS - level  # measured endpoints come on top of `level`
-            for variant, s, agent in (("reference", ref, True), ("muslin-agent", mus, True),
-                                      ("muslin-inproc", mus, False)):
-                got = measure(s, nss, variant, level, min(samples, room), min(par_samples, room), agent=agent)
+            variants = [("reference", ref, True, False), ("muslin-agent", mus, True, False)]
+            if (mus.py_dir / "muslin-cni").exists():  # the native forwarder is installed: the Python entry too
+                variants.append(("muslin-agent-py", mus, True, True))
+            variants.append(("muslin-inproc", mus, False, False))
+            for variant, s, agent, py in variants:
+                got = measure(s, nss, variant, level, min(samples, room), min(par_samples, room), agent=agent,
+                              py=py)
                 results.extend(got)
                 log("    " + "  ".join(f"{g.verb} p50 {g.p50 * 1e3:.1f}ms" for g in got if "x" not in g.verb)
                     + f"  [{variant}]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-VARIANTS = ("reference", "muslin-agent", "muslin-inproc")
+VARIANTS = ("reference", "muslin-agent", "muslin-agent-py", "muslin-inproc")
 
 
 def _get(res: dict, variant: str, level: int, verb: str) -> dict | None:
@@ -46,6 +46,24 @@ def _fmt_table(head: list[str], rows: list[list[str]]) -> str:
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
                       *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def proc_rows(res: dict) -> list[list[str]]:
+    pr = res.get("proc") or {}
+    rows = []
+    true = (pr.get("/bin/true") or {}).get("wall_ms")
+    for k, v in pr.items():
+        if isinstance(v, dict) and "wall_ms" in v:
+            name = k + (" (static)" if k == "native muslin-cni VERSION" and pr.get("native_static") else "")
+            rows.append([name, f"{v['wall_ms']:.2f}", f"{v['cpu_ms']:.2f}",
+                         f"{v['wall_ms'] / true:.2f}x" if true else "", str(v["n"])])
+    for k in ("skipped", "error"):
+        if k in pr:
+            rows.append([k, pr[k], "", "", ""])
+    return rows
+
+
+PROC_HEAD = ["call", "wall p50 ms", "CPU p50 ms", "vs /bin/true", "n"]
 
 
 def other_rows(res: dict) -> list[list[str]]:
@@ -90,7 +108,9 @@ def other_rows(res: dict) -> list[list[str]]:
 
 
 def table(res: dict) -> str:
-    out = [_fmt_table(CNI_HEAD, cni_rows(res))] if res.get("cni") else []
+    out = [_fmt_table(PROC_HEAD, proc_rows(res))] if res.get("proc") else []
+    if res.get("cni"):
+        out.append(_fmt_table(CNI_HEAD, cni_rows(res)))
     rows = other_rows(res)
     if rows:
         out.append(_fmt_table(["measure", "value", "detail"], rows))
@@ -102,6 +122,8 @@ def markdown(res: dict) -> str:
     parts = [f"Run `{' '.join(res.get('argv', []))}` from {res.get('started')} to {res.get('finished')}.",
              f"Machine: {m.get('os')}, kernel {m.get('kernel')}, {m.get('cores')} cores ({m.get('cpu')}), "
              f"{m.get('memory')} RAM, Python {m.get('python')}, load average at start {m.get('load')}.", ""]
+    if res.get("proc"):
+        parts += [_md_table(PROC_HEAD, proc_rows(res)), ""]
     if res.get("cni"):
         parts += [_md_table(CNI_HEAD, cni_rows(res)), ""]
     rows = other_rows(res)
