@@ -86,7 +86,8 @@ static void puts_(struct buf *b, const char *s) { put(b, s, strlen(s)); }
 
 static void put_be32(struct buf *b, uint32_t v)
 {
-    unsigned char x[4] = {v >> 24, v >> 16, v >> 8, v};
+    unsigned char x[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16), (unsigned char)(v >> 8),
+                          (unsigned char)v};
     put(b, x, 4);
 }
 
