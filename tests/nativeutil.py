@@ -28,7 +28,7 @@ def is_native(path: Path) -> bool:
 NATIVE_BUILT = is_native(VENV_BIN / "muslin-cni") and is_native(VENV_BIN / "muslin-ipam")
 needs_native = pytest.mark.skipif(
     not NATIVE_BUILT, reason="the native muslin-cni/muslin-ipam is not installed in this venv "
-    "(scripts/setup.sh builds native/muslin-fwd.c when a C compiler is there): the Python entry is")
+    "(scripts/setup.sh builds native/muslin-fwd.c when a C compiler is there): the Python entry is installed instead")
 
 
 def build(out: Path, py_dir: Path) -> Path:
