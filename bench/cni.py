@@ -1,5 +1,6 @@
 """CNI ADD/DEL latency and parallel throughput: Muslin (agent, in-process; through the
-agent also with the Python entry when the native forwarder is installed) vs the
+agent also with the Python entry when the native forwarder is installed, and the same
+requests sent to muslind with no plugin process: its own time) vs the
 reference bridge + host-local plugins, all with masquerade, each in its own throwaway
 host namespace, with N endpoints (throwaway container namespaces) already attached."""
 
@@ -130,10 +131,11 @@ class Setup:
         return e
 
     def calls(self, verb: str, netns: list[str], agent: bool = True, parallel: int = 1,
-              py: bool = False) -> tuple[list[float], float]:
+              py: bool = False, raw: bool = False) -> tuple[list[float], float]:
         exe = str(self.py_dir / "muslin-cni") if py else self.exe
         job = {"parallel": parallel,
-               "calls": [{"exe": exe, "env": self.env(verb, n, agent, py), "stdin": self.stdin} for n in netns]}
+               "calls": [{"exe": exe, "env": self.env(verb, n, agent, py), "stdin": self.stdin,
+                          **({"raw": self.sock} if raw else {})} for n in netns]}
         p = subprocess.run(["ip", "netns", "exec", self.host, sys.executable, str(HERE / "worker.py")],
                            input=json.dumps(job), text=True, capture_output=True, timeout=3600)
         if p.returncode != 0:
@@ -159,21 +161,21 @@ def grow(s: Setup, nss: Namespaces, target: int, agent: bool = True) -> None:
 
 
 def measure(s: Setup, nss: Namespaces, variant: str, level: int, samples: int, par_samples: int,
-            agent: bool = True, parallel: int = 8, py: bool = False) -> list[Sample]:
+            agent: bool = True, parallel: int = 8, py: bool = False, raw: bool = False) -> list[Sample]:
     """At `level` endpoints: `samples` sequential ADDs then DELs on fresh namespaces, then
     `par_samples` ADDs and DELs with `parallel` at once. The host goes back to `level`."""
     out = []
     cns = new_containers(nss, samples)
-    t, _ = s.calls("ADD", cns, agent=agent, py=py)
+    t, _ = s.calls("ADD", cns, agent=agent, py=py, raw=raw)
     out.append(Sample(variant, level, "ADD", t))
-    t, _ = s.calls("DEL", cns, agent=agent, py=py)
+    t, _ = s.calls("DEL", cns, agent=agent, py=py, raw=raw)
     out.append(Sample(variant, level, "DEL", t))
     nss.delete(cns)
     if par_samples:
         cns = new_containers(nss, par_samples)
-        t, w = s.calls("ADD", cns, agent=agent, parallel=parallel, py=py)
+        t, w = s.calls("ADD", cns, agent=agent, parallel=parallel, py=py, raw=raw)
         out.append(Sample(variant, level, f"ADDx{parallel}", t, w))
-        t, w = s.calls("DEL", cns, agent=agent, parallel=parallel, py=py)
+        t, w = s.calls("DEL", cns, agent=agent, parallel=parallel, py=py, raw=raw)
         out.append(Sample(variant, level, f"DELx{parallel}", t, w))
         nss.delete(cns)
     return out
@@ -196,13 +198,13 @@ def run_cni(levels: list[int], samples: int, par_samples: int, log=print, rss: d
             grow(mus, nss, level, agent=True)
             log(f"  {level} endpoints on each host ({time.time() - t0:.1f}s to grow)")
             room = MAX_BRIDGE_PORTS - level  # measured endpoints come on top of `level`
-            variants = [("reference", ref, True, False), ("muslin-agent", mus, True, False)]
+            variants = [("reference", ref, True, False, False), ("muslin-agent", mus, True, False, False)]
             if (mus.py_dir / "muslin-cni").exists():  # the native forwarder is installed: the Python entry too
-                variants.append(("muslin-agent-py", mus, True, True))
-            variants.append(("muslin-inproc", mus, False, False))
-            for variant, s, agent, py in variants:
+                variants.append(("muslin-agent-py", mus, True, True, False))
+            variants += [("muslin-inproc", mus, False, False, False), ("muslind-only", mus, True, False, True)]
+            for variant, s, agent, py, raw in variants:
                 got = measure(s, nss, variant, level, min(samples, room), min(par_samples, room), agent=agent,
-                              py=py)
+                              py=py, raw=raw)
                 results.extend(got)
                 log("    " + "  ".join(f"{g.verb} p50 {g.p50 * 1e3:.1f}ms" for g in got if "x" not in g.verb)
                     + f"  [{variant}]")

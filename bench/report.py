@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-VARIANTS = ("reference", "muslin-agent", "muslin-agent-py", "muslin-inproc")
+VARIANTS = ("reference", "muslin-agent", "muslin-agent-py", "muslin-inproc", "muslind-only")
 
 
 def _get(res: dict, variant: str, level: int, verb: str) -> dict | None:
