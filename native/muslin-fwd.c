@@ -679,10 +679,14 @@ static int forward(int fd, const char *path)
     put_be32(&head, (uint32_t)env.len);
     put_be32(&tail, (uint32_t)in.len);
     struct iovec iov[4] = {{head.p, head.len}, {env.p, env.len}, {tail.p, tail.len}, {in.p, in.len}};
-    if (send_all(fd, iov, 4) < 0)
-        return no_answer(path, errno_text(errno), errno_name(errno));
+    int sent = send_all(fd, iov, 4), send_errno = errno;
+    if (sent < 0 && send_errno != EPIPE && send_errno != ECONNRESET)
+        return no_answer(path, errno_text(send_errno), errno_name(send_errno));
+    /* Even when it stopped reading (a request over its limits), muslind may have answered. */
     unsigned char h[12];
     int r = recv_exact(fd, h, sizeof h);
+    if (sent < 0 && r != 0)
+        return no_answer(path, errno_text(send_errno), errno_name(send_errno));
     if (r < 0)
         return no_answer(path, errno_text(errno), errno_name(errno));
     if (r > 0)

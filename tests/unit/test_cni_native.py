@@ -287,3 +287,20 @@ def test_missing_python_entry_is_one_line(stand_in, tmp_path):
     p = run(str(lone), {"CNI_COMMAND": "DEL", "MUSLIN_AGENT_SOCKET": str(tmp_path / "none.sock")}, b"{}")
     out = json.loads(p.stdout)
     assert p.returncode == 1 and out["code"] == 999 and "cannot start" in out["msg"] and p.stderr == b""
+
+
+@needs_native
+def test_request_over_the_agents_limit_gets_its_answer(tmp_path, monkeypatch):
+    """muslind's own framing-2 server (cni/server.py) stops reading a request over its
+    limit and answers: the forwarder prints that answer, not a broken pipe."""
+    from muslin.cni import server
+
+    monkeypatch.setattr(server, "MAX_STDIN", 1000)
+
+    def behave(conn):
+        server.serve_one(conn.makefile("rb"), conn.makefile("wb", buffering=0))
+
+    with FakeAgent(tmp_path / "a.sock", behave) as a:
+        p = run(CNI, {"CNI_COMMAND": "ADD", "MUSLIN_AGENT_SOCKET": a.path}, b"{" + b" " * 20_000_000 + b"}")
+    out = json.loads(p.stdout)
+    assert p.returncode == 1 and out["code"] == 6 and "over the limit" in out["msg"], out
