@@ -130,20 +130,34 @@ class Setup:
             e["MUSLIN_AGENT_SOCKET"] = self.sock if agent else str(self.dir / "no-agent.sock")
         return e
 
-    def calls(self, verb: str, netns: list[str], agent: bool = True, parallel: int = 1,
-              py: bool = False, raw: bool = False) -> tuple[list[float], float]:
-        exe = str(self.py_dir / "muslin-cni") if py else self.exe
-        job = {"parallel": parallel,
-               "calls": [{"exe": exe, "env": self.env(verb, n, agent, py), "stdin": self.stdin,
-                          **({"raw": self.sock} if raw else {})} for n in netns]}
+    def call(self, verb: str, netns: str, way: "Way") -> dict:
+        """One plugin call for the worker (bench/worker.py)."""
+        return {"exe": str(self.py_dir / "muslin-cni") if way.py else self.exe, "stdin": self.stdin,
+                "env": self.env(verb, netns, way.agent, way.py), **({"raw": self.sock} if way.raw else {})}
+
+    def run(self, calls: list[dict], parallel: int = 1) -> tuple[list[float], float]:
+        job = {"parallel": parallel, "calls": calls}
         p = subprocess.run(["ip", "netns", "exec", self.host, sys.executable, str(HERE / "worker.py")],
                            input=json.dumps(job), text=True, capture_output=True, timeout=3600)
         if p.returncode != 0:
             raise RuntimeError(f"bench worker failed: {p.stderr.strip()[-800:]}")
         ans = json.loads(p.stdout)
         if ans["nerrors"]:
-            raise RuntimeError(f"{self.name}: {ans['nerrors']} {verb} call(s) failed, e.g. {ans['errors'][0]}")
+            raise RuntimeError(f"{self.name}: {ans['nerrors']} call(s) failed, e.g. {ans['errors'][0]}")
         return ans["times"], ans["wall"]
+
+    def calls(self, verb: str, netns: list[str], way: "Way", parallel: int = 1) -> tuple[list[float], float]:
+        return self.run([self.call(verb, n, way) for n in netns], parallel)
+
+
+@dataclass(frozen=True)
+class Way:
+    """How a variant reaches the work: muslind's socket or in-process, the Python entry
+    instead of the installed muslin-cni, or no plugin process at all (raw framing 2)."""
+    variant: str
+    agent: bool = True
+    py: bool = False
+    raw: bool = False
 
 
 def new_containers(nss: Namespaces, n: int) -> list[str]:
@@ -151,32 +165,40 @@ def new_containers(nss: Namespaces, n: int) -> list[str]:
     return nss.make([f"{nss.prefix}-c{tag}-{i}" for i in range(n)])
 
 
-def grow(s: Setup, nss: Namespaces, target: int, agent: bool = True) -> None:
+def grow(s: Setup, nss: Namespaces, target: int) -> None:
     need = target - len(s.attached)
     if need <= 0:
         return
     cns = new_containers(nss, need)
-    s.calls("ADD", cns, agent=agent, parallel=1)
+    s.calls("ADD", cns, Way("grow"))
     s.attached.extend(cns)
 
 
-def measure(s: Setup, nss: Namespaces, variant: str, level: int, samples: int, par_samples: int,
-            agent: bool = True, parallel: int = 8, py: bool = False, raw: bool = False) -> list[Sample]:
-    """At `level` endpoints: `samples` sequential ADDs then DELs on fresh namespaces, then
-    `par_samples` ADDs and DELs with `parallel` at once. The host goes back to `level`."""
+def measure(s: Setup, nss: Namespaces, ways: list[Way], level: int, samples: int, par_samples: int,
+            parallel: int = 8) -> list[Sample]:
+    """At `level` endpoints: `samples` rounds of one ADD then one DEL per way on fresh
+    namespaces, the ways alternated within each round (so the machine's load drifts over
+    them alike); then per way `par_samples` ADDs and DELs with `parallel` at once. The
+    host goes back to `level`."""
     out = []
-    cns = new_containers(nss, samples)
-    t, _ = s.calls("ADD", cns, agent=agent, py=py, raw=raw)
-    out.append(Sample(variant, level, "ADD", t))
-    t, _ = s.calls("DEL", cns, agent=agent, py=py, raw=raw)
-    out.append(Sample(variant, level, "DEL", t))
+    cns = new_containers(nss, samples * len(ways))
+    calls, keys = [], []
+    for r in range(samples):
+        batch = [(w, cns[r * len(ways) + i]) for i, w in enumerate(ways)]
+        for verb in ("ADD", "DEL"):
+            calls += [s.call(verb, n, w) for w, n in batch]
+            keys += [(w.variant, verb) for w, _ in batch]
+    times, _ = s.run(calls)
+    for w in ways:
+        for verb in ("ADD", "DEL"):
+            out.append(Sample(w.variant, level, verb, [t for t, k in zip(times, keys) if k == (w.variant, verb)]))
     nss.delete(cns)
-    if par_samples:
+    for w in ways if par_samples else ():
         cns = new_containers(nss, par_samples)
-        t, w = s.calls("ADD", cns, agent=agent, parallel=parallel, py=py, raw=raw)
-        out.append(Sample(variant, level, f"ADDx{parallel}", t, w))
-        t, w = s.calls("DEL", cns, agent=agent, parallel=parallel, py=py, raw=raw)
-        out.append(Sample(variant, level, f"DELx{parallel}", t, w))
+        t, wall = s.calls("ADD", cns, w, parallel=parallel)
+        out.append(Sample(w.variant, level, f"ADDx{parallel}", t, wall))
+        t, wall = s.calls("DEL", cns, w, parallel=parallel)
+        out.append(Sample(w.variant, level, f"DELx{parallel}", t, wall))
         nss.delete(cns)
     return out
 
@@ -192,22 +214,25 @@ def run_cni(levels: list[int], samples: int, par_samples: int, log=print, rss: d
         mus = Setup(nss, "mus", tmp, "muslin", "10.129.0.0/16")
         setups = [ref, mus]
         mus.start_agent()
+        ways = [Way("muslin-agent")]
+        if (mus.py_dir / "muslin-cni").exists():  # the native forwarder is installed: the Python entry too
+            ways.append(Way("muslin-agent-py", py=True))
+        ways.append(Way("muslind-only", raw=True))
+        # in-process calls on their own: mixed in, they change the agent's next call (the store
+        # and the firewall state moved under it)
+        groups = [(ref, [Way("reference")]), (mus, ways), (mus, [Way("muslin-inproc", agent=False)])]
         for level in levels:
             t0 = time.time()
             grow(ref, nss, level)
-            grow(mus, nss, level, agent=True)
+            grow(mus, nss, level)
             log(f"  {level} endpoints on each host ({time.time() - t0:.1f}s to grow)")
-            room = MAX_BRIDGE_PORTS - level  # measured endpoints come on top of `level`
-            variants = [("reference", ref, True, False, False), ("muslin-agent", mus, True, False, False)]
-            if (mus.py_dir / "muslin-cni").exists():  # the native forwarder is installed: the Python entry too
-                variants.append(("muslin-agent-py", mus, True, True, False))
-            variants += [("muslin-inproc", mus, False, False, False), ("muslind-only", mus, True, False, True)]
-            for variant, s, agent, py, raw in variants:
-                got = measure(s, nss, variant, level, min(samples, room), min(par_samples, room), agent=agent,
-                              py=py, raw=raw)
+            room = (MAX_BRIDGE_PORTS - level) // len(ways)  # measured endpoints come on top of `level`
+            for s, group in groups:
+                got = measure(s, nss, group, level, min(samples, room), min(par_samples, room))
                 results.extend(got)
-                log("    " + "  ".join(f"{g.verb} p50 {g.p50 * 1e3:.1f}ms" for g in got if "x" not in g.verb)
-                    + f"  [{variant}]")
+                for w in group:
+                    log("    " + "  ".join(f"{g.verb} p50 {g.p50 * 1e3:.1f}ms" for g in got
+                                           if g.variant == w.variant and "x" not in g.verb) + f"  [{w.variant}]")
             if rss is not None:
                 rss[level] = mus.rss_mb()
         return results
