@@ -241,11 +241,7 @@ class Agent:
             if have is None:
                 m.create_network(want)
             else:
-                from muslin.drivers.base import get_driver
-                with m._host() as host:  # bridge gone by hand? make it again
-                    drv = get_driver(have.driver)
-                    if not drv.network_ready(host, have):
-                        drv.setup_network(host, have)
+                m.repair_network(self.network)  # bridge gone by hand? make it again
         finally:
             m.close()
         from muslin.dataplane.links import write_sysctl
