@@ -246,8 +246,17 @@ def restart_agent(name: str, host: str, sig: int = signal.SIGTERM, timeout: floa
     kill_agent(name, host, sig)
     st = LabState.load(name)
     pid = start_agent(st, host)
-    wait_converged(st, timeout, hosts=[host])
-    return pid
+    end = time.monotonic() + timeout
+    while True:  # its status file is written after its first reconcile (peers from etcd)
+        s = host_status(st, host)
+        if s.get("pid") == pid and s.get("subnet") and s.get("reconciles", 0) >= 1:
+            return pid
+        if not _alive(pid):
+            _reap(pid)
+            raise Unavailable(f"lab {name}: the agent of {host} exited: {_last_line(st.dir / f'{host}.log')}")
+        if time.monotonic() > end:
+            raise Unavailable(f"lab {name}: the agent of {host} did not come back in {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def host_status(st: LabState, host: str) -> dict[str, Any]:
