@@ -554,6 +554,9 @@ def test_bad_input_one_line_and_nothing_made(lab_dir):
     r = lab_cli("up", name, "--hosts", "2", "--backend", "geneve")
     assert r.returncode == 2 and r.stderr.strip() == \
         "error: unknown backend 'geneve': expected one of vxlan, host-gw, bgp"
+    r = lab_cli("up", name, "--hosts", "2", "--lease-ttl", "10", "--subnet-ttl", "3")
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "error: subnet lease TTL 3 must be at least the liveness lease TTL 10"
     r = lab_cli("status", name)
     assert r.returncode == 3 and "does not exist" in r.stderr
     assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]
