@@ -17,6 +17,7 @@ from muslin.model.errors import Invalid
 BACKENDS = ("vxlan", "host-gw", "bgp")
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 RTPROT_MUSLIN = 77  # routes the agent owns carry this protocol number
+DEFAULT_SUBNET_TTL = 86400  # a host's subnet lease (renewed), like flannel's 24 h
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 
@@ -38,8 +39,11 @@ class ClusterConfig:
     port: int = 4789
     asn: int = 64512
     route_reflectors: tuple[str, ...] = ()  # hostnames; empty = full mesh
-    lease_ttl: int = 30
+    lease_ttl: int = 30  # liveness: TTL of cluster/<net>/alive/<host> (health only, never routing)
     mtu: int = 0  # 0 = underlay MTU (minus the VXLAN overhead for vxlan)
+    # the subnet lease: TTL of a host's record and subnet key (renewed); peers drop a host
+    # only when it leaves or this expires. Configs stored without it get the default.
+    subnet_ttl: int = DEFAULT_SUBNET_TTL
 
     def validate(self) -> ClusterConfig:
         check_name("network name", self.network)
@@ -62,6 +66,9 @@ class ClusterConfig:
             raise Invalid(f"BGP AS {self.asn} is out of range 1..4294967295")
         if self.lease_ttl < 1:
             raise Invalid(f"lease TTL {self.lease_ttl} must be at least 1 second")
+        if self.subnet_ttl < self.lease_ttl:
+            raise Invalid(f"subnet lease TTL {self.subnet_ttl} must be at least the liveness lease TTL "
+                          f"{self.lease_ttl}")
         return self
 
     @property
@@ -243,10 +250,15 @@ def owned(observed: Observed, cidr: ipaddress.IPv4Network) -> Observed:
                     observed.neighs, observed.fdb, observed.vxlan)
 
 
+def stable_mac(text: str) -> str:
+    """A locally administered unicast MAC derived from text (the same text, the same MAC)."""
+    h = hashlib.sha256(text.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (bytes([(h[0] & 0xFC) | 0x02]) + h[1:6]))
+
+
 def vtep_mac(network: str, hostname: str) -> str:
     """A stable, locally administered unicast MAC for a host's VTEP."""
-    h = hashlib.sha256(f"{network}/{hostname}".encode()).digest()
-    return ":".join(f"{b:02x}" for b in (bytes([(h[0] & 0xFC) | 0x02]) + h[1:6]))
+    return stable_mac(f"{network}/{hostname}")
 
 
 def device_name(prefix: str, network: str) -> str:
