@@ -79,40 +79,26 @@ def state_dir(req: CniRequest, env: dict[str, str]) -> str:
 KEEP_OPEN: dict[tuple[str, str], Any] | None = None
 
 
-def _store_file_id(store: Any) -> tuple[int, int] | None:
-    try:
-        st = os.stat(store.path)  # an SQLite store: reopen when the file was replaced
-    except (AttributeError, OSError):
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _open(req: CniRequest, env: dict[str, str]):
-    from muslin.control.service import Muslin
-    from muslin.store import open_store
+    from muslin.control.service import open_muslin
 
     d = state_dir(req, env)
     url = "" if req.data_dir else (env.get("MUSLIN_STORE") or os.environ.get("MUSLIN_STORE") or "")
     if KEEP_OPEN is not None:
         kept = KEEP_OPEN.get((url, d))
-        if kept is not None and _store_file_id(kept[0].store) == kept[1]:
-            return kept[0]
+        if kept is not None and kept.store_is_current():
+            return kept
         if kept is not None:  # the db file was replaced: drop the stale connection
             KEEP_OPEN.pop((url, d), None)
-            try:
-                kept[0].store.close()
-            except Exception:  # noqa: BLE001 - best effort
-                pass
+            kept.close()
     try:
-        store = open_store(url or d)
+        m = open_muslin(url or d, d)
     except MuslinError:
         raise
     except Exception as e:  # noqa: BLE001
         raise CniError(E_TRY_AGAIN, f"cannot open Muslin's store {url or d}: {e}") from None
-    m = Muslin(store, d)
     if KEEP_OPEN is not None:
-        m.close = lambda: None  # type: ignore[method-assign] # kept for the next request
-        KEEP_OPEN[(url, d)] = (m, _store_file_id(store))
+        KEEP_OPEN[(url, d)] = m
     return m
 
 
@@ -233,7 +219,8 @@ def _main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
         return {"ADD": _add, "DEL": _del, "CHECK": _check, "GC": _gc, "STATUS": _status}[req.command](
             m, req, env, stdin)
     finally:
-        m.close()
+        if KEEP_OPEN is None:
+            m.close()
 
 
 def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any]:
@@ -413,7 +400,8 @@ def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
         _pool_status(ipam, req.range_sets)  # STATUS
         return None
     finally:
-        m.close()
+        if KEEP_OPEN is None:
+            m.close()
 
 
 def _ipam_add(ipam, req: CniRequest) -> dict[str, Any]:

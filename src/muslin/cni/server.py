@@ -11,10 +11,8 @@ import json
 
 from muslin.cni import handler
 from muslin.cni.handler import handle, handle_ipam
-from muslin.dataplane import nsexec
 
-nsexec.use_helper()  # muslind: work inside sandboxes goes to one persistent helper, no fork per call
-handler.KEEP_OPEN = {}  # and the store stays open across requests
+handler.KEEP_OPEN = {}  # muslind: the store stays open across requests
 
 
 def _answer(stdout: str, rc: int) -> bytes:

@@ -133,7 +133,10 @@ class AgentService:
 
     def __init__(self, ctx: Context) -> None:
         from muslin.cni.server import serve_request
+        from muslin.dataplane import nsexec
         from muslin.docker.server import prepare_socket_path
+
+        nsexec.use_helper()  # work inside sandboxes goes to one persistent helper, no fork per call
 
         self.path = ctx.args.agent_socket
         prepare_socket_path(self.path)

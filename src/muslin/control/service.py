@@ -45,11 +45,16 @@ class Muslin:
         self.owner = owner_mark(str(d))  # this state dir's mark on the host namespace's firewall
         self.owner_id = hashlib.sha256(str(d).encode()).hexdigest()[:12]
         self.store = store if store is not None else open_store(str(d))
+        self._store_id = _file_id(self.store)
         self.ipam = Ipam(self.store)
         self._kernel = kernel or real_kernel
 
     def close(self) -> None:
         self.store.close()
+
+    def store_is_current(self) -> bool:
+        """False when the store's file was replaced since it was opened (a kept connection is stale)."""
+        return _file_id(self.store) == self._store_id
 
     @contextlib.contextmanager
     def kernel(self) -> Iterator[Kernel]:
@@ -159,6 +164,19 @@ class Muslin:
     def link_exists(self, name: str) -> bool:
         with self.kernel() as k:
             return k.link(name) is not None
+
+
+def _file_id(store: Store) -> tuple[int, int] | None:
+    try:
+        st = os.stat(store.path)  # type: ignore[attr-defined] # an SQLite store's file
+    except (AttributeError, OSError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def open_muslin(store_url: str, state_dir: str) -> Muslin:
+    """A Muslin on the store named by `store_url` (etcd://, a .db path or a directory)."""
+    return Muslin(open_store(store_url or state_dir), state_dir)
 
 
 def from_env() -> Muslin:
