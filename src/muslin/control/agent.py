@@ -28,26 +28,15 @@ from typing import Any, Callable
 from muslin.backends.model import ClusterConfig, HostRecord, Local, check_name, diff, owned, vtep_mac
 from muslin.backends.registry import desired_state
 from muslin.backends.vxlan import vxlan_name
+from muslin.model import keys
 from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound, Unavailable
 from muslin.store.base import Compare, Delete, Put, Store
 
 DEFAULT_RESYNC = 10.0
 
 
-def config_key(net: str) -> str:
-    return f"cluster/{net}/config"
-
-
-def hosts_prefix(net: str) -> str:
-    return f"cluster/{net}/hosts/"
-
-
-def subnet_key(net: str, subnet: str) -> str:
-    return f"cluster/{net}/subnets/{subnet.replace('/', '_')}"
-
-
-def alive_prefix(net: str) -> str:
-    return f"cluster/{net}/alive/"
+config_key, hosts_prefix, alive_prefix = keys.cluster_config, keys.cluster_hosts, keys.cluster_alive
+subnet_key = keys.cluster_subnet
 
 
 def read_config(store: Store, net: str) -> ClusterConfig:

@@ -9,15 +9,13 @@ from muslin.model.errors import NotFound, Unavailable
 
 
 def enter(name: str) -> None:
-    from muslin.dataplane.nsexec import setns
+    from muslin.dataplane.nsexec import open_netns, setns
 
     path = name if name.startswith("/") else f"/run/netns/{name}"
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = open_netns(path, "host namespace")
+    except NotFound:
         raise NotFound(f"host namespace {name} does not exist") from None
-    except OSError as e:
-        raise Unavailable(f"host namespace {name}: {e.strerror}") from None
     try:
         setns(fd)
     except OSError as e:

@@ -61,6 +61,11 @@ def read_sysctl(path: str) -> str:
         return f.read().strip()
 
 
+def _given(**kw: object) -> dict:
+    """The netlink attributes that have a value ('' and 0 mean: leave it to the kernel)."""
+    return {k: v for k, v in kw.items() if v}
+
+
 def _link_info(msg) -> LinkInfo:  # type: ignore[no-untyped-def]
     info = msg.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info else ""
@@ -116,13 +121,9 @@ class Host:
     def create_bridge(self, name: str, mtu: int, mac: str, alias: str) -> None:
         """A new bridge with a fixed MAC (without one a bridge takes its lowest port's, which
         changes as ports come and go), marked with `alias`, up."""
-        kw: dict = {"ifname": name, "kind": "bridge", "br_stp_state": 0, "br_forward_delay": 0}
-        if mtu:
-            kw["mtu"] = mtu
-        if mac:
-            kw["address"] = mac
         try:
-            self.ipr.link("add", **kw)
+            self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0,
+                          **_given(mtu=mtu, address=mac))
             self.ipr.link("set", index=self._index_of(name), ifalias=alias, state="up")
         except NetlinkError as e:
             raise _netlink_error(e, f"bridge {name}", "bridge") from None
@@ -177,11 +178,7 @@ class Host:
 
     def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "") -> LinkInfo:
         """A veth pair: `name` here, `peer` in `peer_netns` ('' = also here)."""
-        spec: dict = {"ifname": peer, "mtu": mtu}
-        if peer_netns:
-            spec["net_ns_fd"] = peer_netns
-        if peer_mac:
-            spec["address"] = peer_mac
+        spec = {"ifname": peer, "mtu": mtu, **_given(net_ns_fd=peer_netns, address=peer_mac)}
         try:
             self.ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer=spec)
         except NetlinkError as e:
@@ -195,15 +192,9 @@ class Host:
         pidx = self.index(parent)
         if pidx is None:
             raise NotFound(f"macvlan parent link {parent} does not exist")
-        kw: dict = {"ifname": name, "kind": "macvlan", "link": pidx, "macvlan_mode": mode}
-        if netns:  # '' = stays in this namespace (Docker moves it into the container itself)
-            kw["net_ns_fd"] = netns
-        if mtu:
-            kw["mtu"] = mtu
-        if mac:
-            kw["address"] = mac
-        try:
-            self.ipr.link("add", **kw)
+        try:  # netns '' = stays in this namespace (Docker moves it into the container itself)
+            self.ipr.link("add", ifname=name, kind="macvlan", link=pidx, macvlan_mode=mode,
+                          **_given(net_ns_fd=netns, mtu=mtu, address=mac))
         except NetlinkError as e:
             raise _netlink_error(e, f"macvlan {name} on {parent}", "macvlan") from None
 
@@ -295,11 +286,7 @@ def _configure_sandbox(cfg: SandboxConfig) -> SandboxResult:
         if not found:
             raise NotFound(f"interface {cfg.ifname} missing in sandbox")
         idx = found[0]
-        kw: dict = {}
-        if cfg.mac:
-            kw["address"] = cfg.mac
-        if cfg.mtu:
-            kw["mtu"] = cfg.mtu
+        kw = _given(address=cfg.mac, mtu=cfg.mtu)
         try:
             if kw:
                 ipr.link("set", index=idx, **kw)

@@ -61,6 +61,27 @@ def ipam_owner(owner: str) -> str:
     return IPAM_OWNERS + owner
 
 
+# -- cluster networks (docs/multihost.md) ---------------------------------------------
+
+def cluster_config(net: str) -> str:
+    return f"cluster/{net}/config"
+
+
+def cluster_hosts(net: str) -> str:
+    """The prefix of a cluster network's host records (under each host's subnet lease)."""
+    return f"cluster/{net}/hosts/"
+
+
+def cluster_subnet(net: str, subnet_text: str) -> str:
+    """A leased subnet's uniqueness key (written with the host record)."""
+    return f"cluster/{net}/subnets/{subnet_text.replace('/', '_')}"
+
+
+def cluster_alive(net: str) -> str:
+    """The prefix of the agents' liveness keys (under each agent's short lease)."""
+    return f"cluster/{net}/alive/"
+
+
 # -- IPAM owner keys: who holds an address -------------------------------------------
 
 def cni_owner(container_id: str, ifname: str) -> str:
