@@ -40,12 +40,12 @@ def test_helper_errors_are_the_same(netns, helper):
         nsexec.run_in_netns("/run/netns/mt-none-000000", links._all_addresses)
     with pytest.raises(NotFound, match="missing in sandbox"):
         links.sandbox_setup(a.path, links.SandboxConfig("nope0", (), ()))
-    assert links.sandbox_has_link(a.path, "lo")  # still serving after errors
+    assert "lo" in links.sandbox_links(a.path)  # still serving after errors
 
 
 def test_helper_restarts_after_it_died(netns, helper):
     a = netns("a")
-    assert links.sandbox_has_link(a.path, "lo")
+    assert "lo" in links.sandbox_links(a.path)
     nsexec._helper.kill()  # type: ignore[union-attr]
     nsexec._helper.wait()  # type: ignore[union-attr]
-    assert links.sandbox_has_link(a.path, "lo")
+    assert "lo" in links.sandbox_links(a.path)

@@ -22,10 +22,8 @@ from typing import BinaryIO
 
 from muslin.cni import handler
 from muslin.cni.handler import handle, handle_ipam
-from muslin.dataplane import nsexec
 
-nsexec.use_helper()  # muslind: work inside sandboxes goes to one persistent helper, no fork per call
-handler.KEEP_OPEN = {}  # and the store stays open across requests
+handler.KEEP_OPEN = {}  # muslind: the store stays open across requests
 
 log = logging.getLogger("muslind")
 

@@ -69,15 +69,13 @@ class DockerService:
     name = "docker"
 
     def __init__(self, ctx: Context) -> None:
-        from muslin.dataplane.docker_user import DockerUserRules
-        from muslin.docker import hostnet
+        from muslin.dataplane import hostnet
         from muslin.docker.driver import DockerDriver
         from muslin.docker.ipam import DockerIpam
         from muslin.docker.server import PluginServer, routes
 
         m = ctx.muslin
         self.ctx = ctx
-        self.rules = DockerUserRules()
         self.driver = DockerDriver(m, link_exists=hostnet.link_exists, port_free=hostnet.port_free,
                                    on_networks_changed=self.sync_rules, host_routes=hostnet.host_routes)
         self.ipam = DockerIpam(m.store, m.ipam, m.list_networks, hostnet.host_routes)
@@ -86,7 +84,7 @@ class DockerService:
 
     def sync_rules(self) -> None:
         try:
-            self.rules.sync(n.bridge for n in self.ctx.muslin.list_networks() if n.driver == "bridge" and n.bridge)
+            self.ctx.muslin.sync_docker_user()
         except Exception as e:  # never fail a Docker call on this; the reconciler retries
             log.warning("DOCKER-USER rules: %s", " ".join(str(e).split()))
 
@@ -131,7 +129,10 @@ class AgentService:
 
     def __init__(self, ctx: Context) -> None:
         from muslin.cni.server import serve_one
+        from muslin.dataplane import nsexec
         from muslin.docker.server import prepare_socket_path
+
+        nsexec.use_helper()  # work inside sandboxes goes to one persistent helper, no fork per call
 
         self.path = ctx.args.agent_socket
         prepare_socket_path(self.path)

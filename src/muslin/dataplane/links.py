@@ -1,8 +1,8 @@
 """Links, addresses, routes and sysctls, programmed over netlink (pyroute2).
 
 `Host` works on the namespace the process runs in (the host). Work inside a
-container's namespace goes through `sandbox_setup`/`sandbox_*` functions, which run in
-a short-lived child (nsexec) with a netlink socket of that namespace.
+container's namespace goes through the `sandbox_*` functions, which run in a child
+(nsexec) with a netlink socket of that namespace.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Iterable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from muslin.dataplane.nsexec import netns_exists, run_in_netns
 from muslin.model.errors import Conflict, Invalid, NotFound, Unavailable, Unsupported
+from muslin.model.kernel import LinkInfo, SandboxConfig, SandboxResult
 from muslin.model.types import IPAddress, IPInterface, Route
 
 IFA_F_NODAD = 0x02
+IFF_PROMISC = 0x100
 
 # Kernel link kinds missing here map to Unsupported with the feature named.
 _KIND_FEATURE = {
@@ -46,6 +46,8 @@ def _netlink_error(e: NetlinkError, what: str, kind: str = "") -> Exception:
         return NotFound(f"{what}: no such device")
     if e.code == errno.ERANGE:
         return Invalid(f"{what}: value out of range (e.g. MTU)")
+    if e.code == errno.EADDRNOTAVAIL:
+        return Invalid(f"{what}: address not available (e.g. an invalid MAC)")
     return Unavailable(f"{what}: {os.strerror(e.code) if e.code > 0 else e}")
 
 
@@ -59,19 +61,21 @@ def read_sysctl(path: str) -> str:
         return f.read().strip()
 
 
-@dataclass(frozen=True)
-class LinkInfo:
-    index: int
-    name: str
-    mac: str
-    mtu: int
-    master: int
-    up: bool
-    kind: str
+def _given(**kw: object) -> dict:
+    """The netlink attributes that have a value ('' and 0 mean: leave it to the kernel)."""
+    return {k: v for k, v in kw.items() if v}
+
+
+def _link_info(msg) -> LinkInfo:  # type: ignore[no-untyped-def]
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else ""
+    return LinkInfo(msg["index"], msg.get_attr("IFLA_IFNAME") or "", msg.get_attr("IFLA_ADDRESS") or "",
+                    msg.get_attr("IFLA_MTU") or 0, msg.get_attr("IFLA_MASTER") or 0, bool(msg["flags"] & 1),
+                    kind or "", msg.get_attr("IFLA_IFALIAS") or "")
 
 
 class Host:
-    """The host side: bridges, veth pairs, macvlan, addresses, routes, sysctls."""
+    """The host side: bridges, veth pairs, macvlan, addresses. One netlink socket."""
 
     def __init__(self) -> None:
         self.ipr = IPRoute()
@@ -90,16 +94,17 @@ class Host:
         found = self.ipr.link_lookup(ifname=name)
         return found[0] if found else None
 
+    def _index_of(self, name: str) -> int:
+        idx = self.index(name)
+        if idx is None:
+            raise NotFound(f"link {name} does not exist")
+        return idx
+
     def link(self, name: str) -> LinkInfo | None:
         try:  # one RTM_GETLINK by name (no separate index lookup)
-            msg = self.ipr.link("get", ifname=name)[0]
+            return _link_info(self.ipr.link("get", ifname=name)[0])
         except (NetlinkError, IndexError):
             return None
-        idx = msg["index"]
-        info = msg.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info else ""
-        return LinkInfo(idx, name, msg.get_attr("IFLA_ADDRESS") or "", msg.get_attr("IFLA_MTU") or 0,
-                        msg.get_attr("IFLA_MASTER") or 0, bool(msg["flags"] & 1), kind or "")
 
     def default_mtu(self) -> int:
         """MTU of the link holding the default route, else 1500."""
@@ -112,50 +117,50 @@ class Host:
             pass
         return 1500
 
-    # -- bridges ---------------------------------------------------------------
-    def ensure_bridge(self, name: str, mtu: int, addresses: Iterable[IPInterface]) -> LinkInfo:
-        """Create (or adopt) bridge `name`, up, with `addresses`. Idempotent."""
-        if self.index(name) is None:
-            try:
-                self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise _netlink_error(e, f"bridge {name}", "bridge") from None
-        idx = self.index(name)
-        if idx is None:
-            raise Unavailable(f"bridge {name} vanished while being created")
+    # -- bridges and addresses -----------------------------------------------------
+    def create_bridge(self, name: str, mtu: int, mac: str, alias: str) -> None:
+        """A new bridge with a fixed MAC (without one a bridge takes its lowest port's, which
+        changes as ports come and go), marked with `alias`, up."""
         try:
-            self.ipr.link("set", index=idx, mtu=mtu, state="up")
+            self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0,
+                          **_given(mtu=mtu, address=mac))
+            self.ipr.link("set", index=self._index_of(name), ifalias=alias, state="up")
         except NetlinkError as e:
-            raise _netlink_error(e, f"bridge {name} mtu {mtu}") from None
-        for a in addresses:
-            self.ensure_address(idx, a)
-        info = self.link(name)
-        assert info is not None
-        return info
+            raise _netlink_error(e, f"bridge {name}", "bridge") from None
 
-    def ensure_address(self, index: int, addr: IPInterface) -> None:
-        kw = {"index": index, "address": str(addr.ip), "prefixlen": addr.network.prefixlen}
+    def set_link(self, name: str, mtu: int = 0, up: bool = True, promisc: bool | None = None) -> None:
+        kw: dict = {"state": "up" if up else "down"}
+        if mtu:
+            kw["mtu"] = mtu
+        try:
+            idx = self._index_of(name)
+            self.ipr.link("set", index=idx, **kw)
+            if promisc is not None:
+                self.ipr.link("set", index=idx, flags=IFF_PROMISC if promisc else 0, change=IFF_PROMISC)
+        except NetlinkError as e:
+            raise _netlink_error(e, f"link {name}") from None
+
+    def add_address(self, name: str, addr: IPInterface) -> bool:
+        kw = {"index": self._index_of(name), "address": str(addr.ip), "prefixlen": addr.network.prefixlen}
         if addr.version == 6:
             kw["flags"] = IFA_F_NODAD
         try:
             self.ipr.addr("add", **kw)
         except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise _netlink_error(e, f"address {addr}") from None
+            if e.code == errno.EEXIST:
+                return False
+            raise _netlink_error(e, f"address {addr} on {name}") from None
+        return True
 
-    def remove_address(self, index: int, addr: IPInterface) -> None:
-        try:
-            self.ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-        except NetlinkError as e:
-            if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
-                raise _netlink_error(e, f"address {addr}") from None
-
-    def bridge_ports(self, name: str) -> list[str]:
+    def remove_address(self, name: str, addr: IPInterface) -> None:
         idx = self.index(name)
         if idx is None:
-            return []
-        return [m.get_attr("IFLA_IFNAME") for m in self.ipr.get_links() if m.get_attr("IFLA_MASTER") == idx]
+            return
+        try:
+            self.ipr.addr("del", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        except NetlinkError as e:
+            if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                raise _netlink_error(e, f"address {addr} on {name}") from None
 
     # -- links -------------------------------------------------------------------
     def delete_link(self, name: str) -> bool:
@@ -171,44 +176,27 @@ class Host:
             raise _netlink_error(e, f"link {name}") from None
         return True
 
-    def create_veth(self, host_name: str, peer_name: str, peer_netns: str, mtu: int, peer_mac: str = "") -> LinkInfo:
-        """A veth pair: `host_name` here, `peer_name` in `peer_netns` ('' = also here)."""
-        peer: dict = {"ifname": peer_name, "mtu": mtu}
-        if peer_netns:
-            peer["net_ns_fd"] = peer_netns
-        if peer_mac:
-            peer["address"] = peer_mac
+    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "") -> LinkInfo:
+        """A veth pair: `name` here, `peer` in `peer_netns` ('' = also here)."""
+        spec = {"ifname": peer, "mtu": mtu, **_given(net_ns_fd=peer_netns, address=peer_mac)}
         try:
-            self.ipr.link("add", ifname=host_name, kind="veth", mtu=mtu, peer=peer)
+            self.ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer=spec)
         except NetlinkError as e:
-            raise _netlink_error(e, f"veth {host_name}") from None
-        info = self.link(host_name)
+            raise _netlink_error(e, f"veth {name}") from None
+        info = self.link(name)
         if info is None:
-            raise Unavailable(f"veth {host_name} vanished after creation")
+            raise Unavailable(f"veth {name} vanished after creation")
         return info
 
     def create_macvlan(self, name: str, parent: str, mode: str, netns: str, mtu: int, mac: str = "") -> None:
         pidx = self.index(parent)
         if pidx is None:
             raise NotFound(f"macvlan parent link {parent} does not exist")
-        kw: dict = {"ifname": name, "kind": "macvlan", "link": pidx, "macvlan_mode": mode}
-        if netns:  # '' = stays in this namespace (Docker moves it into the container itself)
-            kw["net_ns_fd"] = netns
-        if mtu:
-            kw["mtu"] = mtu
-        if mac:
-            kw["address"] = mac
-        try:
-            self.ipr.link("add", **kw)
+        try:  # netns '' = stays in this namespace (Docker moves it into the container itself)
+            self.ipr.link("add", ifname=name, kind="macvlan", link=pidx, macvlan_mode=mode,
+                          **_given(net_ns_fd=netns, mtu=mtu, address=mac))
         except NetlinkError as e:
             raise _netlink_error(e, f"macvlan {name} on {parent}", "macvlan") from None
-
-    def create_kind(self, name: str, kind: str, **kw) -> None:
-        """Create a link of any kind; missing kernel support → Unsupported naming it."""
-        try:
-            self.ipr.link("add", ifname=name, kind=kind, **kw)
-        except NetlinkError as e:
-            raise _netlink_error(e, f"{kind} link {name}", kind) from None
 
     def kind_supported(self, kind: str) -> bool:
         """Does this kernel know link kind `kind`? Probed with a link-add on loopback that
@@ -236,36 +224,16 @@ class Host:
             raise _netlink_error(e, f"attach {name} to {bridge}") from None
 
     def set_hairpin(self, name: str, on: bool) -> None:
-        idx = self.index(name)
-        if idx is None:
-            raise NotFound(f"link {name} does not exist")
         try:
-            self.ipr.brport("set", index=idx, mode=1 if on else 0)  # IFLA_BRPORT_MODE: hairpin
+            self.ipr.brport("set", index=self._index_of(name), mode=1 if on else 0)  # IFLA_BRPORT_MODE
         except NetlinkError as e:
             raise _netlink_error(e, f"hairpin on {name}") from None
-
-    def routes_via(self, dst: str) -> list[dict]:
-        return [dict(r["attrs"]) for r in self.ipr.get_routes(dst=dst)]
-
-    def enable_forwarding(self, v4: bool, v6: bool) -> None:
-        if v4 and read_sysctl("net/ipv4/ip_forward") != "1":
-            write_sysctl("net/ipv4/ip_forward", "1")
-        if v6 and read_sysctl("net/ipv6/conf/all/forwarding") != "1":
-            write_sysctl("net/ipv6/conf/all/forwarding", "1")
 
 
 # -- inside a sandbox (run in a child process joined to its namespace) ---------------
 
-@dataclass(frozen=True)
-class SandboxConfig:
-    ifname: str
-    addresses: tuple[IPInterface, ...]
-    routes: tuple[Route, ...]
-    mtu: int = 0
-    mac: str = ""
 
-
-def _gratuitous_arp(ifname: str, index: int, mac: str, ip: IPAddress) -> None:
+def _gratuitous_arp(ifname: str, mac: str, ip: IPAddress) -> None:
     """Send one gratuitous ARP request (best effort) so neighbours update at once."""
     try:
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
@@ -283,8 +251,26 @@ def _gratuitous_arp(ifname: str, index: int, mac: str, ip: IPAddress) -> None:
         s.close()
 
 
-def _configure_sandbox(cfg: SandboxConfig) -> str:
-    """Runs inside the sandbox namespace. Returns the interface MAC."""
+def _add_route(ipr: IPRoute, idx: int, r: Route, replace: bool) -> bool:
+    """Install one route; a default route the sandbox already has is kept (False) unless
+    `replace`: its first network keeps the default route, as in Docker."""
+    kw: dict = {"dst": str(r.dst), "oif": idx}
+    if r.gw is not None:
+        kw["gateway"] = str(r.gw)
+    if r.dst.prefixlen != 0 or replace:
+        ipr.route("replace", **kw)
+        return True
+    try:
+        ipr.route("add", **kw)
+    except NetlinkError as e:
+        if e.code == errno.EEXIST:
+            return False
+        raise
+    return True
+
+
+def _configure_sandbox(cfg: SandboxConfig) -> SandboxResult:
+    """Runs inside the sandbox namespace."""
     has_v6 = any(a.version == 6 for a in cfg.addresses)
     arp_notify = False
     try:
@@ -294,19 +280,13 @@ def _configure_sandbox(cfg: SandboxConfig) -> str:
             write_sysctl(f"net/ipv6/conf/{cfg.ifname}/accept_dad", "0")
     except OSError:
         pass
+    installed: list[Route] = []
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=cfg.ifname)
         if not found:
             raise NotFound(f"interface {cfg.ifname} missing in sandbox")
         idx = found[0]
-        lo = ipr.link_lookup(ifname="lo")
-        if lo:
-            ipr.link("set", index=lo[0], state="up")
-        kw: dict = {}
-        if cfg.mac:
-            kw["address"] = cfg.mac
-        if cfg.mtu:
-            kw["mtu"] = cfg.mtu
+        kw = _given(address=cfg.mac, mtu=cfg.mtu)
         try:
             if kw:
                 ipr.link("set", index=idx, **kw)
@@ -317,10 +297,8 @@ def _configure_sandbox(cfg: SandboxConfig) -> str:
                 ipr.addr("add", **akw)
             ipr.link("set", index=idx, state="up")
             for r in cfg.routes:
-                rkw: dict = {"dst": str(r.dst), "oif": idx}
-                if r.gw is not None:
-                    rkw["gateway"] = str(r.gw)
-                ipr.route("replace", **rkw)
+                if _add_route(ipr, idx, r, cfg.replace_default):
+                    installed.append(r)
         except NetlinkError as e:
             raise _netlink_error(e, f"sandbox interface {cfg.ifname}") from None
         mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
@@ -328,22 +306,22 @@ def _configure_sandbox(cfg: SandboxConfig) -> str:
     # a packet socket of our own costs two synchronize_net() (~20 ms) per sandbox.
     for a in cfg.addresses:
         if a.version == 4 and not arp_notify:
-            _gratuitous_arp(cfg.ifname, idx, mac, a.ip)
-    return mac
+            _gratuitous_arp(cfg.ifname, mac, a.ip)
+    return SandboxResult(mac, tuple(installed))
 
 
-def sandbox_setup(netns: str, cfg: SandboxConfig) -> str:
+def sandbox_setup(netns: str, cfg: SandboxConfig) -> SandboxResult:
     """Configure `cfg.ifname` inside `netns` (addresses, routes, MTU, MAC, up)."""
     return run_in_netns(netns, _configure_sandbox, cfg)
 
 
-def _has_link(ifname: str) -> bool:
+def _link_names() -> list[str]:
     with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=ifname))
+        return [m.get_attr("IFLA_IFNAME") for m in ipr.get_links()]
 
 
-def sandbox_has_link(netns: str, ifname: str) -> bool:
-    return run_in_netns(netns, _has_link, ifname)
+def sandbox_links(netns: str) -> list[str]:
+    return run_in_netns(netns, _link_names)
 
 
 def _delete_link(ifname: str) -> bool:
@@ -386,15 +364,20 @@ def sandbox_describe(netns: str, ifname: str) -> dict:
     return run_in_netns(netns, _describe, ifname)
 
 
-def _loopback_up() -> None:
+def _set_loopback(up: bool) -> bool:
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")
-        if lo:
-            ipr.link("set", index=lo[0], state="up")
+        if not lo:
+            return False
+        was = bool(ipr.get_links(lo[0])[0]["flags"] & 1)
+        if was != up:
+            ipr.link("set", index=lo[0], state="up" if up else "down")
+        return was
 
 
-def sandbox_loopback_up(netns: str) -> None:
-    run_in_netns(netns, _loopback_up)
+def sandbox_set_loopback(netns: str, up: bool) -> bool:
+    """Loopback up or down inside `netns`; returns whether it was up."""
+    return run_in_netns(netns, _set_loopback, up)
 
 
 def _all_addresses() -> list[str]:

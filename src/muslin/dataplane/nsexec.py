@@ -43,18 +43,23 @@ def netns_exists(path: str) -> bool:
     return True
 
 
+def open_netns(path: str, what: str = "network namespace") -> int:
+    """A file descriptor of the namespace at `path` (NotFound / Unavailable, one line)."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise NotFound(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise Unavailable(f"cannot open {what} {path}: {e.strerror}") from None
+
+
 def run_in_netns(path: str, fn: Callable[..., Any], *args: Any) -> Any:
     """Call fn(*args) inside the network namespace at `path`; return its result.
 
     MuslinErrors raised by fn are re-raised here unchanged; other exceptions become
     Unavailable with a one-line message.
     """
-    try:
-        nsfd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise NotFound(f"network namespace {path} does not exist") from None
-    except OSError as e:
-        raise Unavailable(f"cannot open network namespace {path}: {e.strerror}") from None
+    nsfd = open_netns(path)
     if _helper_wanted:
         os.close(nsfd)
         return _helper_call(path, fn, args)
