@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from muslin.cli.guard import run, version_option
 from muslin.model.errors import Invalid, MuslinError
 
 OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
@@ -31,6 +32,7 @@ class Ctx:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
 @click.option("--state-dir", envvar="MUSLIN_STATE_DIR", help="State directory (default /var/lib/muslin).")
 @click.option("--host-netns", envvar="MUSLIN_HOST_NETNS", help="Do Muslin's work inside this namespace (the host).")
 @click.pass_context
@@ -306,23 +308,8 @@ def _mount_optional_groups() -> None:
 _mount_optional_groups()
 
 
-def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except MuslinError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_status)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - no traceback reaches a user
-        click.echo(f"error: internal: {type(e).__name__}: {e}", err=True)
-        sys.exit(70)
+def main(argv: list[str] | None = None) -> None:
+    run(cli, argv, prog_name="muslin")
 
 
 if __name__ == "__main__":
