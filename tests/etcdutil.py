@@ -29,47 +29,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def openssl(*args: str) -> None:
-    r = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)}: {r.stderr.strip()}")
-
-
 class Certs:
-    """A CA (ca.pem), a server certificate for 127.0.0.1/localhost (server.pem, server.key),
-    a client certificate without CommonName (client.pem, client.key: etcd 3.4's JSON
-    gateway refuses a client certificate carrying one) and `other_ca()`, a CA that signed
-    nothing here."""
+    """lab/pki.py's CA, server certificate for 127.0.0.1 (server.pem/.key) and client
+    certificate without CommonName (client.pem/.key), and `other_ca()`: a CA that signed
+    nothing here, with a client certificate of its own (other-client.pem/.key)."""
 
     def __init__(self, d: str | Path) -> None:
+        from muslin.lab import pki
+
+        self.pki = pki.make(d)
         self.dir = Path(d)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        ext = self.dir / "ext.cnf"
-        ext.write_text("[srv]\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
-                       "[cli]\nextendedKeyUsage=clientAuth\n")
-        self.ca, ca_key = self._self_signed("ca", "/CN=muslin-test-ca")
-        self.server, self.server_key = self._signed("server", "/CN=etcd", "srv")
-        self.client, self.client_key = self._signed("client", "/O=muslin", "cli")
-
-    def _self_signed(self, name: str, subj: str) -> tuple[str, str]:
-        crt, key = self.dir / f"{name}.pem", self.dir / f"{name}.key"
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
-                "-days", "2", "-subj", subj)
-        return str(crt), str(key)
-
-    def _signed(self, name: str, subj: str, ext: str, ca: tuple[str, str] | None = None) -> tuple[str, str]:
-        ca_crt, ca_key = ca or (self.ca, str(self.dir / "ca.key"))
-        crt, key, csr = self.dir / f"{name}.pem", self.dir / f"{name}.key", self.dir / f"{name}.csr"
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", subj)
-        openssl("x509", "-req", "-in", str(csr), "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
-                "-out", str(crt), "-days", "2", "-extfile", str(self.dir / "ext.cnf"), "-extensions", ext)
-        return str(crt), str(key)
+        self.ca, self.server, self.server_key = self.pki.ca, self.pki.server, self.pki.server_key
+        self.client, self.client_key = self.pki.client, self.pki.client_key
 
     def other_ca(self) -> str:
-        """A CA that signed nothing here, and a client certificate it signed (other-client.pem/.key)."""
-        crt, key = self._self_signed("other-ca", "/CN=someone-else")
-        self._signed("other-client", "/O=stranger", "cli", (crt, key))
-        return crt
+        from muslin.lab import pki
+
+        ca = pki.self_signed(self.dir, "other-ca", "/CN=someone-else")
+        pki.signed(self.dir, "other-client", "/O=stranger", "cli", ca)
+        return ca[0]
 
 
 def _get(url: str, certs: Certs | None) -> bytes:

@@ -291,6 +291,9 @@ def disconnect(obj: Ctx, network_name, sandbox_name, ifname) -> None:
 
 
 def _mount_optional_groups() -> None:
+    from muslin.control.agent_cli import cli as cluster
+
+    cli.add_command(cluster, "cluster")
     try:
         from muslin.cli.demo import demo
 
