@@ -3,7 +3,7 @@
 as a flag wins over the environment, which wins over the file, which wins over the default.
 
 The command line (cli/muslind.py), the config file `muslin install` writes
-(control/install.py) and the cluster commands (control/agent_cli.py) are all made from
+(cli/installer.py) and the cluster commands (control/agent_cli.py) are all made from
 this table, so a new setting is one entry here (and a new service one class in
 control/daemon.py that reads `args.<name with _>`).
 """
