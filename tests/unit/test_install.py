@@ -201,3 +201,36 @@ def test_debian_layout(tmp_path):
                      "usr/share/bash-completion/completions/muslin", "usr/share/fish/vendor_completions.d/muslin.fish",
                      "usr/share/zsh/vendor-completions/_muslin"]
     assert "ExecStart=/usr/sbin/muslind --config" in (root / "lib/systemd/system/muslind.service").read_text()
+
+
+def test_completion_scripts_complete_networks_and_sandboxes_from_the_store(tmp_path):
+    """Real bash sourcing `muslin completion bash` completes names from the state dir's store."""
+    from muslin.model.types import Network
+    from muslin.store import open_store
+
+    st = open_store(str(tmp_path))
+    st.put("networks/web", Network(name="web").to_dict())
+    st.put("networks/db", Network(name="db").to_dict())
+    st.put("sandboxes/sb1", {"name": "sb1", "netns": "/run/netns/sb1"})
+    st.close()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MUSLIN_STATE_DIR", None)
+
+    def complete(*words: str) -> list[str]:
+        arr = " ".join(f"'{w}'" for w in ("muslin", "--state-dir", str(tmp_path), *words))
+        r = subprocess.run(["bash", "-c", f'source <(muslin completion bash); COMP_WORDS=({arr}); '
+                                          f'COMP_CWORD={len(words) + 2}; _muslin_completion muslin; '
+                                          'printf "%s\\n" "${COMPREPLY[@]}"'],
+                           capture_output=True, text=True, timeout=30, env=env)
+        assert r.returncode == 0, r.stderr
+        return sorted(x for x in r.stdout.splitlines() if x)
+
+    assert complete("network", "inspect", "") == ["db", "web"]
+    assert complete("network", "rm", "w") == ["web"]
+    assert complete("connect", "web", "") == ["sb1"]
+    assert complete("sandbox", "exec", "") == ["sb1"]
+    assert complete("cl") == ["cluster"]
+    for shell in ("zsh", "fish"):
+        r = muslin("completion", shell)
+        assert r.returncode == 0 and "_MUSLIN_COMPLETE" in r.stdout
+    assert muslin("completion", "tcsh").returncode == 2
