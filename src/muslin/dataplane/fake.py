@@ -179,12 +179,16 @@ class FakeKernel:
         self._remove(HOST, name)
         return True
 
-    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "") -> LinkInfo:
+    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "", bridge: str = "",
+                    hairpin: bool = False, mac: str = "") -> LinkInfo:
         self._mut("create_veth", name, peer)
         target = self._ns(peer_netns)
+        if bridge and self._link(bridge).kind != "bridge":
+            raise Conflict(f"{bridge} is not a bridge")
         if name in self.namespaces[HOST] or peer in target or (not peer_netns and peer == name):
             raise Conflict(f"veth {name}: already exists")
-        self.add_link(HOST, name, "veth", mtu=mtu, peer=(peer_netns, peer))
+        self.add_link(HOST, name, "veth", mtu=mtu, peer=(peer_netns, peer), master=bridge, up=bool(bridge),
+                      hairpin=hairpin, mac=mac)
         self.add_link(peer_netns, peer, "veth", mtu=mtu, mac=peer_mac, peer=(HOST, name))
         return self._info(HOST, name, self.namespaces[HOST][name])
 

@@ -58,8 +58,9 @@ class RealKernel:
     def delete_link(self, name: str) -> bool:
         return self.host.delete_link(name)
 
-    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "") -> LinkInfo:
-        return self.host.create_veth(name, peer, peer_netns, mtu, peer_mac)
+    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "", bridge: str = "",
+                    hairpin: bool = False, mac: str = "") -> LinkInfo:
+        return self.host.create_veth(name, peer, peer_netns, mtu, peer_mac, bridge, hairpin, mac)
 
     def enslave(self, name: str, bridge: str, hairpin: bool = False) -> None:
         self.host.enslave(name, bridge, hairpin)
