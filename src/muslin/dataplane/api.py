@@ -52,6 +52,15 @@ class Kernel(Protocol):
     def kind_supported(self, kind: str) -> bool:
         """Does this kernel know link kind `kind`?"""
 
+    def retire_link(self, name: str) -> bool:
+        """Take a link off its bridge, down, into the reap group (deleting it costs a
+        synchronous rcu_barrier: ~20 ms); False if it is gone."""
+
+    def reap_links(self) -> bool:
+        """Delete every retired link in one message; False if there was none."""
+
+    def retired_links(self) -> list[str]: ...
+
     # -- network namespaces and what is inside them -----------------------------------
     def netns_exists(self, path: str) -> bool: ...
 

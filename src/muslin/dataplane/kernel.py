@@ -74,6 +74,15 @@ class RealKernel:
     def kind_supported(self, kind: str) -> bool:
         return self.host.kind_supported(kind)
 
+    def retire_link(self, name: str) -> bool:
+        return self.host.retire_link(name)
+
+    def reap_links(self) -> bool:
+        return self.host.reap_links()
+
+    def retired_links(self) -> list[str]:
+        return self.host.retired_links()
+
     # -- network namespaces -------------------------------------------------------------
     def netns_exists(self, path: str) -> bool:
         return netns_exists(path)

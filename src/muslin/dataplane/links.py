@@ -16,6 +16,7 @@ from muslin.dataplane.nsexec import netlink_socket, netns_exists, open_netns
 from muslin.dataplane.rtnl import NetlinkError, Request
 from muslin.model.errors import Conflict, Invalid, NotFound, Unavailable, Unsupported
 from muslin.model.kernel import LinkInfo, SandboxConfig, SandboxResult
+from muslin.model.names import REAP_GROUP
 from muslin.model.types import IPInterface, Route
 
 # Kernel link kinds missing here map to Unsupported with the feature named.
@@ -185,6 +186,29 @@ class Host:
 
     def set_hairpin(self, name: str, on: bool) -> None:
         self._do(f"hairpin on {name}", rtnl.set_hairpin(self._index(name), on))
+
+    def retire_link(self, name: str) -> bool:
+        """Off its bridge, down, into the reap group; False if it is gone."""
+        info = self.nl.link(name)
+        if info is None:
+            return False
+        try:
+            self.nl.batch([rtnl.set_link(info.index, up=False, master=0, group=REAP_GROUP)])
+        except NetlinkError as e:
+            if e.errno in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise netlink_error(e, f"link {name}") from None
+        return True
+
+    def reap_links(self) -> bool:
+        """Delete every retired link in one message; False if there was none."""
+        try:
+            return self.nl.delete_link(group=REAP_GROUP)
+        except NetlinkError as e:
+            raise netlink_error(e, "retired links") from None
+
+    def retired_links(self) -> list[str]:
+        return [i.name for i in self.nl.links(group=REAP_GROUP)]
 
 
 # -- inside a sandbox: a netlink socket bound to its namespace ------------------------

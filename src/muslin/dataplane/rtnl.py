@@ -215,8 +215,10 @@ class Socket:
             raise
         return link_info(got[0]) if got else None
 
-    def links(self) -> list[LinkInfo]:
-        return [link_info(p) for p in self.one(RTM_GETLINK, F_DUMP, ifinfo())]
+    def links(self, group: int | None = None) -> list[LinkInfo]:
+        """Every link (of one group: the kernel filters the dump)."""
+        body = ifinfo() + (u32(IFLA_GROUP, group) if group is not None else b"")
+        return [link_info(p) for p in self.one(RTM_GETLINK, F_DUMP, body)]
 
     def delete_link(self, index: int = 0, group: int | None = None) -> bool:
         """Delete one link (by index) or every link of a group in one message; False if gone."""

@@ -162,10 +162,14 @@ class BridgeDriver:
         return [Step(f"veth {out.host_ifname}", veth, lambda _: k.delete_link(out.host_ifname)),
                 Step(f"sandbox {req.ifname}", sandbox)]
 
-    def detach(self, k: Kernel, net: Network, ep: Endpoint) -> None:
-        # Deleting the host end removes the sandbox end too, wherever it is.
+    def detach(self, k: Kernel, net: Network, ep: Endpoint, retire: bool = False) -> bool:
+        # Deleting the host end removes the sandbox end too, wherever it is; retired, it is
+        # off the bridge and down at once, and goes with the next reap.
+        if retire and ep.host_ifname and k.retire_link(ep.host_ifname):
+            return True
         if not k.delete_link(ep.host_ifname) and ep.netns:
             k.sandbox_delete_link(ep.netns, ep.ifname)
+        return False
 
     def check_endpoint(self, k: Kernel, net: Network, ep: Endpoint) -> None:
         bridge = k.link(net.bridge)
