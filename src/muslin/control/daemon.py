@@ -214,6 +214,31 @@ class ClusterService:
         self.pidfile.unlink(missing_ok=True)
 
 
+class ReaperService:
+    """Retired links deleted in batches (control/reaper.py); first, what a muslind that died
+    left retired."""
+
+    name = "reaper"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.control.reaper import Reaper
+        from muslin.control.service import Muslin
+
+        self.ctx = ctx
+        self.reaper = Reaper(linger=ctx.args.reap_delay)
+        Muslin.default_reaper = self.reaper  # every Muslin of this process retires, then reaps here
+        self.thread = threading.Thread(target=self.reaper.run, args=(ctx.stop,), name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self.ctx.muslin.reap()  # the links and addresses of its state dir that a dead muslind left
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.ctx.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+
+
 class Reconciler:
     """Calls each `task` every `interval` seconds until stop (errors logged, never fatal)."""
 
@@ -258,6 +283,7 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
             log.warning("CNI agent disabled: %s", e)
             return None
 
+    factories.append(lambda: ReaperService(ctx))  # first: every Muslin made later retires links
     if ctx.args.cluster_store:
         factories.append(lambda: ClusterService(ctx))
     if ctx.args.docker_socket:

@@ -15,7 +15,7 @@ from muslin.control import firewall, networks
 from muslin.control.ipam import Allocation
 from muslin.drivers.base import Addr, Made, get_driver
 from muslin.model import keys, names
-from muslin.model.errors import Conflict, MuslinError, NotFound
+from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound
 from muslin.model.types import AttachRequest, Endpoint, Network, PortMapping
 from muslin.plan import Step, run
 
@@ -84,7 +84,13 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
         if req.addresses:
             addrs = [(a, gateway_for(net, a)) for a in req.addresses]
             return None
-        alloc = m.ipam.take(net.range_sets, owner, req.container_id, req.ifname, list(req.ips))
+        try:
+            alloc = m.ipam.take(net.range_sets, owner, req.container_id, req.ifname, list(req.ips))
+        except (Conflict, Exhausted):
+            if not m.store.keys(keys.ipam_owner(keys.REAP_OWNERS), limit=1):
+                raise
+            reap(m, k)  # a detached endpoint's retired link still held them: reap it now
+            alloc = m.ipam.take(net.range_sets, owner, req.container_id, req.ifname, list(req.ips))
         addrs = alloc.addrs
         return alloc
 
@@ -139,17 +145,35 @@ def detach(m: Muslin, k: Kernel, network: str, endpoint_id: str, owner: str = ""
 
 
 def detach_locked(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> None:
-    """Kernel first, then the firewall, then the record, then the addresses: a failure
-    half-way leaves what a retry needs, and an address is never free while a record holds it."""
+    """Kernel first, then the firewall, then the addresses, then the record: a failure
+    half-way leaves the record, so a retry finds what is left (freeing by owner never frees
+    anyone else's address)."""
+    retired = False
     if net is not None:
-        get_driver(net.driver).detach(k, net, ep)
+        retired = get_driver(net.driver).detach(k, net, ep, retire=m.reaper is not None)
     elif ep.host_ifname:
         k.delete_link(ep.host_ifname)
     if ep.ports:
         firewall.sync(m, k, firewall.desired(m, drop_endpoints=[(ep.network, ep.endpoint_id)]))
-    m.store.delete(keys.endpoint(ep.network, ep.endpoint_id))
     if ep.ipam_owned and ep.owner:
-        m.ipam.release(ep.owner)
+        if retired:  # the sandbox end still holds them until the reap: no one else gets them before
+            m.ipam.hand_over(ep.owner, keys.reap_owner(ep.host_ifname))
+        else:
+            m.ipam.release(ep.owner)
+    m.store.delete(keys.endpoint(ep.network, ep.endpoint_id))
+    if retired and m.reaper is not None:
+        m.reaper.note(m)
+
+
+def reap(m: Muslin, k: Kernel) -> int:
+    """Delete every retired link in one message, then free the addresses they held.
+    Returns how many owners were freed. Owners listed before the delete are freed after it:
+    a link retired in between waits for the next reap."""
+    owners = [key[len(keys.IPAM_OWNERS):] for key in m.store.keys(keys.ipam_owner(keys.REAP_OWNERS))]
+    k.reap_links()
+    for owner in owners:
+        m.ipam.release(owner)
+    return len(owners)
 
 
 def check(m: Muslin, k: Kernel, network: str, endpoint_id: str, netns: str = "") -> Endpoint:

@@ -90,6 +90,8 @@ DAEMON = [
             "CNI agent socket ('' disables the agent); a socket systemd passes for this path is used as it is"),
     Setting("state-dir", str, "", f"state directory (default {DEFAULT_STATE_DIR})"),
     Setting("store", str, "", "store URL (etcd://, etcds://, a .db path); default: the state directory's"),
+    Setting("reap-delay", float, 0.05,
+            "seconds a DEL's retired veth waits for others to be deleted with it in one message"),
     Setting("reconcile-interval", float, 10.0,
             "seconds between orphan cleanups and firewall hook checks (0 = only at start)"),
     *LOGGING,

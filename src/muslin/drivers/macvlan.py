@@ -82,11 +82,12 @@ class MacvlanDriver:
         return [Step(f"macvlan {req.ifname}", make, lambda _: k.sandbox_delete_link(req.netns, req.ifname)),
                 Step(f"sandbox {req.ifname}", configure)]
 
-    def detach(self, k: Kernel, net: Network, ep: Endpoint) -> None:
+    def detach(self, k: Kernel, net: Network, ep: Endpoint, retire: bool = False) -> bool:
         if not ep.netns:  # Docker: back on the host after Leave (or gone with its sandbox)
             k.delete_link(ep.peer or names.peer_ifname(net.name, ep.endpoint_id))
-            return
-        k.sandbox_delete_link(ep.netns, ep.ifname)
+        else:
+            k.sandbox_delete_link(ep.netns, ep.ifname)
+        return False
 
     def check_endpoint(self, k: Kernel, net: Network, ep: Endpoint) -> None:
         check_sandbox(k, ep)
