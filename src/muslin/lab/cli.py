@@ -9,7 +9,7 @@ import signal
 import click
 
 from muslin.cli.guard import one_line_errors, run, version_option
-from muslin.cli.output import emit_list, list_options
+from muslin.cli.output import emit_list, list_options, table
 from muslin.lab import core
 
 
@@ -99,16 +99,11 @@ def status(name, output) -> None:
         if bad:
             raise Unavailable(bad)
         return
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=f"lab {name} ({s['backend']}, {s['cidr']}, etcd {'ok' if s['etcd']['healthy'] else 'DOWN'})")
-    for col in ("host", "underlay", "subnet", "agent", "alive", "peers", "health"):
-        t.add_column(col)
-    for h, d in s["hosts"].items():
-        t.add_row(h, d["underlay"], d["subnet"], f"{d['agent_pid']}" + ("" if d["agent_alive"] else " (dead)"),
-                  "yes" if d["alive"] else "[red]no[/]", ",".join(d["peers"]),
-                  "[green]ok[/]" if d["healthy"] else "[red]degraded[/]")
-    Console().print(t)
+    table(["HOST", "UNDERLAY", "SUBNET", "AGENT", "ALIVE", "PEERS", "HEALTH"],
+          [[h, d["underlay"], d["subnet"], f"{d['agent_pid']}" + ("" if d["agent_alive"] else " (dead)"),
+            "yes" if d["alive"] else "no", ",".join(d["peers"]), "ok" if d["healthy"] else "degraded"]
+           for h, d in s["hosts"].items()],
+          title=f"lab {name} ({s['backend']}, {s['cidr']}, etcd {'ok' if s['etcd']['healthy'] else 'DOWN'})")
     for sb, d in s["sandboxes"].items():
         click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
     if bad:
