@@ -72,6 +72,7 @@ class EtcdServer:
         self.peer = free_port()
         self.proc: subprocess.Popen | None = None
         self.certs, self.auth, self.name, self.extra = certs, auth, name, extra
+        self.peer_tls = False  # EtcdCluster: the members talk TLS to each other too
         self.initial_cluster = f"{name}={self.peer_url}"
         self.auth_enabled = False
 
@@ -85,7 +86,7 @@ class EtcdServer:
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer}"
+        return f"{'https' if self.peer_tls else 'http'}://127.0.0.1:{self.peer}"
 
     def launch(self) -> EtcdServer:
         if shutil.which("etcd") is None:
@@ -93,6 +94,9 @@ class EtcdServer:
         c = self.client_url
         tls = ["--cert-file", self.certs.server, "--key-file", self.certs.server_key,
                "--trusted-ca-file", self.certs.ca, "--client-cert-auth"] if self.certs else []
+        if self.peer_tls:
+            tls += ["--peer-cert-file", self.certs.server, "--peer-key-file", self.certs.server_key,
+                    "--peer-trusted-ca-file", self.certs.ca, "--peer-client-cert-auth"]
         self.log = open(os.path.join(self.dir, f"etcd-{self.name}.log"), "ab")
         self.proc = subprocess.Popen(
             ["etcd", "--name", self.name, "--data-dir", os.path.join(self.dir, f"data-{self.name}"),
@@ -158,11 +162,14 @@ def enable_auth(url: str, certs: Certs | None, user: str, password: str) -> None
 
 
 class EtcdCluster:
-    """n members on loopback, started together (they need a quorum to come up)."""
+    """n members on loopback, started together (they need a quorum to come up); with `certs`
+    clients and peers both speak TLS with certificates (docs/multihost.md's command line)."""
 
     def __init__(self, n: int = 3, certs: Certs | None = None, auth: tuple[str, str] | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="muslin-etcdc-")
         self.members = [EtcdServer(self.dir, certs, None, name=f"m{i}") for i in range(n)]
+        for m in self.members:
+            m.peer_tls = certs is not None
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for m in self.members:
             m.initial_cluster = initial

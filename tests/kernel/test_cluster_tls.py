@@ -25,9 +25,12 @@ pytestmark = [pytest.mark.kernel, pytest.mark.client]
 def tls_lab(tmp_path, monkeypatch):
     monkeypatch.setenv("MUSLIN_LAB_DIR", str(tmp_path / "labs"))
     name = "t" + suffix()
-    st = core.up(name, 2, "vxlan", lease_ttl=3, resync=2.0, tls=True)
     try:
-        yield st
+        r = subprocess.run([tool("muslin"), "lab", "up", name, "--hosts", "2", "--backend", "vxlan", "--tls",
+                            "--lease-ttl", "3", "--resync", "2"], capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr
+        assert f"lab {name} is up: 2 hosts, backend vxlan, etcd etcds://" in r.stdout
+        yield core.LabState.load(name)
     finally:
         core.down(name)
 
@@ -50,6 +53,9 @@ def ping(ns: str, addr: str) -> bool:
 def test_a_cluster_on_tls_etcd_with_auth(tls_lab, tmp_path):
     st = tls_lab
     assert st.store_url.startswith("etcds://")
+    r = subprocess.run([tool("muslin"), "lab", "ls", "--format", "{name} {tls} {etcd_running} {agents_running}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout == f"{st.name} True True ['h1', 'h2']\n", r.stdout + r.stderr
     a = core.sandbox(st.name, "h1", "a")["address"].split("/")[0]
     b = core.sandbox(st.name, "h2", "b")["address"].split("/")[0]
     assert ping(core.ns_sandbox(st.name, "a"), b) and ping(core.ns_sandbox(st.name, "b"), a)

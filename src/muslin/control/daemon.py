@@ -235,6 +235,7 @@ class ReaperService:
 
     def stop(self) -> None:
         self.ctx.stop.set()
+        self.reaper.wake.set()  # it may sleep up to its interval (10 s) waiting for work
         if self.thread.is_alive():
             self.thread.join(timeout=30)
 
