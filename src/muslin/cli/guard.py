@@ -28,7 +28,8 @@ def version() -> str:
 
 
 def version_option() -> Callable[[Any], Any]:
-    return click.version_option(version(), "--version", message="%(prog)s %(version)s",
+    """--version (the package's metadata is read only when it is asked for)."""
+    return click.version_option(None, "--version", package_name="muslin", message="%(prog)s %(version)s",
                                 help="Print the version and exit.")
 
 

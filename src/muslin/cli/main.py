@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 
-from muslin.cli import completion
 from muslin.cli.guard import run, version_option
 from muslin.cli.output import OUTPUT, emit_list, emit_one, fields, list_options, one_options, table
 from muslin.model.errors import Invalid, MuslinError
@@ -33,7 +32,31 @@ class Ctx:
         return self._muslin
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Muslin(click.Group):
+    """The root group: the bigger command groups are imported when they are used."""
+
+    LAZY = {"cluster": "muslin.control.agent_cli:cli", "install": "muslin.cli.install:install",
+            "uninstall": "muslin.cli.install:uninstall", "completion": "muslin.cli.completion:completion",
+            "lab": "muslin.lab.cli:lab", "demo": "muslin.cli.demo:demo"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name not in self.LAZY:
+            return super().get_command(ctx, name)
+        import importlib
+
+        module, attr = self.LAZY[name].split(":")
+        try:
+            cmd = getattr(importlib.import_module(module), attr)
+        except ImportError:
+            return None
+        self.add_command(cmd, name)
+        return cmd
+
+
+@click.group(cls=Muslin, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option()
 @click.option("--state-dir", envvar="MUSLIN_STATE_DIR", show_envvar=True, metavar="PATH",
               help="State directory (default /var/lib/muslin).")
@@ -54,8 +77,20 @@ def emit(data: Any, output: str, line: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if output == "json" else line)
 
 
-NETWORK = {"shell_complete": completion.networks}
-SANDBOX = {"shell_complete": completion.sandboxes}
+def _complete_networks(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from muslin.cli import completion
+
+    return completion.networks(ctx, param, incomplete)
+
+
+def _complete_sandboxes(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from muslin.cli import completion
+
+    return completion.sandboxes(ctx, param, incomplete)
+
+
+NETWORK = {"shell_complete": _complete_networks}
+SANDBOX = {"shell_complete": _complete_sandboxes}
 
 
 # -- networks ----------------------------------------------------------------------------
@@ -369,31 +404,6 @@ def disconnect(obj: Ctx, network_name, sandbox_name, ifname) -> None:
     from muslin.control import sandboxes
 
     sandboxes.disconnect(obj.muslin, network_name, sandbox_name, ifname)
-
-
-def _mount_optional_groups() -> None:
-    from muslin.cli.install import install, uninstall
-    from muslin.control.agent_cli import cli as cluster
-
-    cli.add_command(cluster, "cluster")
-    cli.add_command(install)
-    cli.add_command(uninstall)
-    cli.add_command(completion.completion)
-    try:
-        from muslin.cli.demo import demo
-
-        cli.add_command(demo)
-    except ImportError:
-        pass
-    try:
-        from muslin.lab.cli import lab
-
-        cli.add_command(lab)
-    except ImportError:
-        pass
-
-
-_mount_optional_groups()
 
 
 def main(argv: list[str] | None = None) -> None:
