@@ -127,17 +127,35 @@ class _AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
+def warm_up() -> None:
+    """Import and load now what the first request of each kind would (~100 ms), so that no
+    CNI call pays it: the use-cases, the drivers, the kernel path, libnftables."""
+    from muslin.control import endpoints, networks  # noqa: F401
+    from muslin.dataplane import kernel, libnft  # noqa: F401
+    from muslin.drivers.base import drivers
+
+    drivers()
+    libnft.available()
+
+
 class AgentService:
     """The CNI fast path: muslin-cni forwards each request here (framing 1 or 2, cni/server.py)."""
 
     name = "agent"
 
     def __init__(self, ctx: Context) -> None:
+        from muslin.cni import server
         from muslin.cni.server import serve_one
+        from muslin.control.service import Muslin
+        from muslin.control.timings import Timings
         from muslin.dataplane import nsexec
         from muslin.docker.server import prepare_socket_path
 
         nsexec.use_helper()  # work inside sandboxes goes to one persistent helper, no fork per call
+        warm_up()
+        self.timings = Muslin.default_timings or Timings()
+        Muslin.default_timings = self.timings
+        server.EXTRA["stats"] = self.stats
 
         self.path = ctx.args.agent_socket
         passed = ctx.inherited.pop(self.path, None)  # socket activation: systemd's socket, left in place
@@ -151,6 +169,16 @@ class AgentService:
             self.server.socket.close()
             self.server.socket = passed
         self.server.serve_one = serve_one  # type: ignore[attr-defined]
+
+    def stats(self, stdin: bytes) -> tuple[str, int]:
+        """The phase timings so far ({"reset": true} on stdin: and start again)."""
+        import json
+
+        try:
+            reset = bool(json.loads(stdin or b"{}").get("reset"))
+        except (ValueError, AttributeError):
+            reset = False
+        return json.dumps(self.timings.snapshot(reset)), 0
 
     def start(self) -> None:
         from muslin.docker.server import serve_in_thread
@@ -223,7 +251,9 @@ class ReaperService:
     def __init__(self, ctx: Context) -> None:
         from muslin.control.reaper import Reaper
         from muslin.control.service import Muslin
+        from muslin.control.timings import Timings
 
+        Muslin.default_timings = Muslin.default_timings or Timings()  # before any Muslin is made
         self.ctx = ctx
         self.reaper = Reaper(linger=ctx.args.reap_delay)
         Muslin.default_reaper = self.reaper  # every Muslin of this process retires, then reaps here

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from muslin.control import firewall, networks
 from muslin.control.ipam import Allocation
+from muslin.control.timings import timed
 from muslin.drivers.base import Addr, Made, get_driver
 from muslin.model import keys, names
 from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 
 
 def attach(m: Muslin, k: Kernel, req: AttachRequest) -> Endpoint:
+    with timed(m.timings, "attach (all)"):
+        return _attach(m, k, req)
+
+
+def _attach(m: Muslin, k: Kernel, req: AttachRequest) -> Endpoint:
     names.check_ifname(req.ifname)
     mac = names.check_mac(req.mac) if req.mac else ""
     req = replace(req, mac=mac)
@@ -43,7 +49,8 @@ def ensure_and_attach(m: Muslin, k: Kernel, net: Network, req: AttachRequest, jo
     """CNI: the network its config implies (or the existing one it joins), then the attach.
     The last DEL of a CNI network may remove it between the two: make it again, twice at most."""
     for attempt in range(3):
-        have, changed = (networks.get(m, net.name), None) if join else networks.ensure(m, k, net)
+        with timed(m.timings, "ensure network"):
+            have, changed = (networks.get(m, net.name), None) if join else networks.ensure(m, k, net)
         try:
             return attach(m, k, replace(req, network=have.name))
         except NotFound:
@@ -105,7 +112,7 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
             yield firewall.step(m, k, firewall.desired(m, add_endpoints=ep))
         yield Step("endpoint record", record, lambda _: m.store.delete(key))
 
-    run(plan())
+    run(plan(), m.timings)
     return ep[0]
 
 
@@ -132,6 +139,11 @@ def detach(m: Muslin, k: Kernel, network: str, endpoint_id: str, owner: str = ""
            ifname: str = "") -> None:
     """Disconnect; idempotent. Without a record (crash, never attached), the derived
     names and `owner` still find and free what an attach may have made."""
+    with timed(m.timings, "detach (all)"):
+        _detach(m, k, network, endpoint_id, owner, netns, ifname)
+
+
+def _detach(m: Muslin, k: Kernel, network: str, endpoint_id: str, owner: str, netns: str, ifname: str) -> None:
     net = m.find_network(network)
     with m.lock(network, exclusive=False):
         ep = m.find_endpoint(network, endpoint_id)
@@ -149,10 +161,11 @@ def detach_locked(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> No
     half-way leaves the record, so a retry finds what is left (freeing by owner never frees
     anyone else's address)."""
     retired = False
-    if net is not None:
-        retired = get_driver(net.driver).detach(k, net, ep, retire=m.reaper is not None)
-    elif ep.host_ifname:
-        k.delete_link(ep.host_ifname)
+    with timed(m.timings, "detach links"):
+        if net is not None:
+            retired = get_driver(net.driver).detach(k, net, ep, retire=m.reaper is not None)
+        elif ep.host_ifname:
+            k.delete_link(ep.host_ifname)
     if ep.ports:
         firewall.sync(m, k, firewall.desired(m, drop_endpoints=[(ep.network, ep.endpoint_id)]))
     if ep.ipam_owned and ep.owner:

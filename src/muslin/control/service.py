@@ -27,6 +27,7 @@ from muslin.store.base import Store
 
 if TYPE_CHECKING:
     from muslin.control.reaper import Reaper
+    from muslin.control.timings import Timings
     from muslin.dataplane.api import Kernel
 
 
@@ -40,6 +41,8 @@ class Muslin:
     # muslind sets one Reaper for the whole process (control/reaper.py): detached endpoints'
     # links are then retired at once and deleted in batches; without one they go at once.
     default_reaper: Reaper | None = None
+    # and one Timings (control/timings.py): where the time of each operation goes
+    default_timings: Timings | None = None
 
     def __init__(self, store: Store | None = None, state_dir: str | Path | None = None,
                  kernel: Callable[[], Kernel] | None = None) -> None:
@@ -54,6 +57,7 @@ class Muslin:
         self.ipam = Ipam(self.store)
         self._kernel = kernel or real_kernel
         self.reaper = Muslin.default_reaper
+        self.timings = Muslin.default_timings
         if self.reaper is not None and self.store.keys(keys.ipam_owner(keys.REAP_OWNERS), limit=1):
             self.reaper.note(self)  # retired by a muslind that died before it reaped
 

@@ -90,9 +90,9 @@ class BridgeDriver:
                 made.append(PROMISC)
             return True
 
-        steps = [Step(f"bridge {net.bridge}", make, unmake),
+        steps = [Step(f"bridge {net.bridge}", make, unmake, phase="bridge"),
                  Step(f"bridge {net.bridge} promiscuous", promisc,
-                      lambda done: done and k.set_link(net.bridge, promisc=False))]
+                      lambda done: done and k.set_link(net.bridge, promisc=False), phase="bridge promiscuous")]
         for gw in self.gateways(net):
             def add(gw=gw) -> bool:
                 added = k.add_address(net.bridge, gw)
@@ -104,7 +104,7 @@ class BridgeDriver:
                 if added:
                     k.remove_address(net.bridge, gw)
 
-            steps.append(Step(f"bridge address {gw}", add, remove))
+            steps.append(Step(f"bridge address {gw}", add, remove, phase="bridge address"))
         return steps
 
     def teardown(self, k: Kernel, net: Network) -> None:
@@ -159,8 +159,8 @@ class BridgeDriver:
 
         # Hairpin lets a container reach its own published port: with br_netfilter the
         # DNATed frame leaves through the port it came in on.
-        return [Step(f"veth {out.host_ifname}", veth, lambda _: k.delete_link(out.host_ifname)),
-                Step(f"sandbox {req.ifname}", sandbox)]
+        return [Step(f"veth {out.host_ifname}", veth, lambda _: k.delete_link(out.host_ifname), phase="veth"),
+                Step(f"sandbox {req.ifname}", sandbox, phase="sandbox")]
 
     def detach(self, k: Kernel, net: Network, ep: Endpoint, retire: bool = False) -> bool:
         # Deleting the host end removes the sandbox end too, wherever it is; retired, it is
