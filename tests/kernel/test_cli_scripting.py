@@ -5,6 +5,7 @@ unused networks; asks first), and the same `error:` lines and exit statuses."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -42,6 +43,8 @@ def test_labels_filters_quiet_format_and_whole_values(m):
     assert m("network", "ls", "--filter", "label=team=blue", "-q").stdout == f"{long}\n"
     assert m("network", "ls", "--filter", "label=team", "--filter", "name=db", "-q").stdout.startswith("db")
     assert m("network", "ls", "--filter", "driver=macvlan", "-q").stdout == ""
+    items = json.loads(m("network", "ls", "--filter", "label=team=blue", "-o", "json").stdout)
+    assert [(i["name"], i["labels"]["team"], i["subnets"], i["endpoints"]) for i in items] == [(long, "blue", [web], 0)]
     r = m("network", "ls", "--filter", "label=team=blue", "--format", "{name} {subnets[0]} {labels[purpose]}")
     assert r.stdout == f"{long} {web} {'x' * 120}\n"
     r = m("network", "ls", "--filter", "colour=blue")

@@ -191,3 +191,21 @@ def test_journald_text_format_has_the_priority_and_no_timestamp(tmp_path):
             "logging.getLogger('pyroute2').info('hidden')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert r.stderr == "<4>muslin.x: careful\n"
+
+
+def test_etcd_options_are_for_etcd_stores_only(tmp_path):
+    """One set of --etcd-* options serves the cluster store; a local --store ignores them."""
+    sock = tmp_path / "a.sock"
+    p = subprocess.Popen([MUSLIND, "--config", "", "--docker-socket", "", "--agent-socket", str(sock),
+                          "--state-dir", str(tmp_path / "s"), "--store", str(tmp_path / "s" / "x.db"),
+                          "--etcd-ca", str(tmp_path / "ca.pem"), "--reconcile-interval", "0"],
+                         env=clean_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(sock, p)
+        assert "supportedVersions" in json.loads(ask_version(str(sock))["stdout"])
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(15) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

@@ -55,7 +55,8 @@ def open_store(url_or_path: str | os.PathLike[str] | None = None, etcd: EtcdOpti
     - 'memory://': a fresh MemoryStore;
     - 'etcd://host:port[,host:port...]': EtcdStore over http (imported lazily);
     - 'etcds://host:port[,host:port...]': EtcdStore over https; `etcd` gives the CA, the
-      client certificate and key, and the user and password (either scheme);
+      client certificate and key, and the user and password (either scheme; other stores
+      ignore it: muslind's one set of etcd options serves its store and its cluster store);
     - 'sqlite:///abs/path.db' or a path ending in '.db': that SQLite file;
     - any other path: a directory holding `muslin.db` (created 0700).
     """
@@ -73,8 +74,6 @@ def open_store(url_or_path: str | os.PathLike[str] | None = None, etcd: EtcdOpti
                           "(use etcds://)")
         from muslin.store.etcd import EtcdStore  # lazy: pulls in the etcd client
         return EtcdStore(endpoints, options=opts, tls=tls)
-    if etcd is not None and etcd != EtcdOptions():
-        raise Invalid(f"etcd options were given, but the store {s!r} is not etcd:// or etcds://")
     if s.startswith("memory://"):
         from muslin.store.memory import MemoryStore
         return MemoryStore()
