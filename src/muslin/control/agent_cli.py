@@ -186,5 +186,14 @@ def hosts(store_url: str, network: str) -> None:
     click.echo(json.dumps(out))
 
 
+@cli.command("rotate-key")
+@click.option("--state-dir", default=None)
+@one_line_errors
+def rotate_key(state_dir: str | None) -> None:
+    """Give this host a new WireGuard key pair; its running agents publish it within a second."""
+    from muslin.control.agent import rotate_key as rotate
+    click.echo(json.dumps({"public_key": rotate(_state(state_dir))}))
+
+
 def main() -> None:
     cli(prog_name="muslin-agent")

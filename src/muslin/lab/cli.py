@@ -20,7 +20,7 @@ def lab() -> None:
 @lab.command()
 @click.argument("name")
 @click.option("--hosts", default=3, show_default=True)
-@click.option("--backend", default="vxlan", show_default=True, help="vxlan | host-gw | bgp")
+@click.option("--backend", default="vxlan", show_default=True, help="vxlan | host-gw | bgp | wireguard")
 @click.option("--cidr", default="10.244.0.0/16", show_default=True)
 @click.option("--host-prefix", default=24, show_default=True)
 @click.option("--network", default="net0", show_default=True)
@@ -30,18 +30,34 @@ def lab() -> None:
               help="seconds: TTL of a host's subnet lease (peers drop a host when it expires)")
 @click.option("--resync", default=10.0, show_default=True)
 @click.option("--route-reflector", "rrs", multiple=True)
+@click.option("--option", "opts", multiple=True, metavar="KEY=VALUE",
+              help="a backend option (wireguard: port, strict, keepalive, rotate_every), repeatable")
 @one_line_errors
-def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs) -> None:
+def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs, opts) -> None:
     """Make lab NAME: an underlay, etcd, N hosts each running an agent."""
     from rich.console import Console
     console = Console(stderr=True)
     with console.status(f"lab {name}: starting") as status:
         st = core.up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, tuple(rrs),
-                     progress=lambda m: status.update(f"lab {name}: {m}"), subnet_ttl=subnet_ttl)
+                     progress=lambda m: status.update(f"lab {name}: {m}"), subnet_ttl=subnet_ttl,
+                     options=_options(opts))
     for h in st.hosts:
         s = core.host_status(st, h)
         console.print(f"[green]✓[/] {h}  {s.get('underlay', '')}  subnet {s.get('subnet', '')}")
     click.echo(f"lab {name} is up: {len(st.hosts)} hosts, backend {backend}, etcd {st.store_url}")
+
+
+def _options(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs: true/false are booleans, digits integers, anything else text."""
+    from muslin.model.errors import Invalid
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Invalid(f"--option {pair!r}: expected KEY=VALUE")
+        low = value.lower()
+        out[key] = True if low == "true" else False if low == "false" else int(value) if value.isdigit() else value
+    return out
 
 
 @lab.command()
@@ -86,17 +102,28 @@ def status(name, output) -> None:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"lab {name} ({s['backend']}, {s['cidr']}, etcd {'ok' if s['etcd']['healthy'] else 'DOWN'})")
-    for col in ("host", "underlay", "subnet", "agent", "alive", "peers", "health"):
+    wg = s["backend"] == "wireguard"
+    for col in ("host", "underlay", "subnet", "agent", "alive", "peers") + (("last handshake",) if wg else ()) + ("health",):
         t.add_column(col)
     for h, d in s["hosts"].items():
+        extra = (_handshakes(d["wireguard"]["peers"]),) if wg else ()
         t.add_row(h, d["underlay"], d["subnet"], f"{d['agent_pid']}" + ("" if d["agent_alive"] else " (dead)"),
-                  "yes" if d["alive"] else "[red]no[/]", ",".join(d["peers"]),
+                  "yes" if d["alive"] else "[red]no[/]", ",".join(d["peers"]), *extra,
                   "[green]ok[/]" if d["healthy"] else "[red]degraded[/]")
     Console().print(t)
     for sb, d in s["sandboxes"].items():
         click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
     if bad:
         raise Unavailable(bad)
+
+
+def _handshakes(peers: dict) -> str:
+    """'h2 3s ago, h3 never' for a host's WireGuard peers."""
+    out = []
+    for p, v in sorted(peers.items()):
+        age = v["handshake_age"]
+        out.append(f"{p} {'never' if age is None else f'{age:.0f}s ago'}")
+    return ", ".join(out) or "-"
 
 
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "USR1": signal.SIGUSR1}

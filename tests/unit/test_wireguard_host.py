@@ -1,0 +1,54 @@
+"""The pure parts of dataplane/wireguard.py (no root): what a host lacks, named; `wg show
+dump` read without its private key; interface names."""
+
+from __future__ import annotations
+
+import pytest
+
+from muslin.dataplane import wireguard as wg
+from muslin.model.errors import Unsupported
+from muslin.model.kernel import WgPeer
+
+
+def test_kernel_module_first_then_wireguard_go_on_tun():
+    assert wg.choose(wg.Support(True, False, "/usr/bin/wg", "")) == "kernel"
+    assert wg.choose(wg.Support(False, True, "/usr/bin/wg", "/usr/bin/wireguard-go")) == "wireguard-go"
+
+
+@pytest.mark.parametrize("support, missing", [
+    (wg.Support(False, True, "", "/usr/bin/wireguard-go"), ["no wg binary (apt-get install wireguard-tools)"]),
+    (wg.Support(False, False, "/usr/bin/wg", "/usr/bin/wireguard-go"), ["no TUN device (/dev/net/tun)"]),
+    (wg.Support(False, True, "/usr/bin/wg", ""), ["no wireguard-go binary (apt-get install wireguard-go)"]),
+    (wg.Support(False, False, "", ""), ["no wg binary", "no TUN device", "no wireguard-go binary"]),
+    (wg.Support(True, True, "", "/usr/bin/wireguard-go"), ["no wg binary"]),
+])
+def test_what_is_missing_is_named(support, missing):
+    with pytest.raises(Unsupported) as e:
+        wg.choose(support)
+    msg = str(e.value)
+    assert msg.startswith("wireguard backend: this host cannot run WireGuard: ") and "\n" not in msg
+    for m in missing:
+        assert m in msg
+    if not support.kernel_module and (not support.tun or not support.wireguard_go):
+        assert "no wireguard kernel module" in msg
+
+
+DUMP = ("cHJpdmF0ZS1rZXktbmV2ZXItc2hvd24tYW55d2hlcmU=\tUFVCMA==\t51820\toff\n"
+        "UFVCMQ==\t(none)\t10.250.0.2:51820\t10.244.1.0/24\t1700000000\t1234\t5678\t25\n"
+        "UFVCMg==\t(none)\t(none)\t10.244.2.0/24,10.9.0.0/16\t0\t0\t0\toff\n")
+
+
+def test_dump_is_read_without_the_private_key():
+    s = wg.parse_dump("mw-x", DUMP)
+    assert s.public_key == "UFVCMA==" and s.port == 51820
+    assert s.peers == (WgPeer("mw-x", "UFVCMQ==", "10.250.0.2:51820", ("10.244.1.0/24",), 25),
+                       WgPeer("mw-x", "UFVCMg==", "", ("10.244.2.0/24", "10.9.0.0/16"), 0))
+    assert s.handshakes[0] == ("UFVCMQ==", 1700000000, 1234, 5678)
+    assert "cHJpdmF0ZS1rZXk" not in repr(s)
+
+
+def test_interface_names_fit_the_kernel_and_differ_per_network():
+    for net in ("n", "net0", "a-very-long-cluster-network-name"):
+        name = wg.ifname(net)
+        assert len(name) <= 15 and name.startswith("mw-")
+    assert wg.ifname("net0") == wg.ifname("net0") != wg.ifname("net1")
