@@ -104,7 +104,7 @@ class Overlay:
             else:
                 raise Invalid(f"link {name} exists but is not a VXLAN or WireGuard device; "
                               f"remove it or rename the network")
-        guards = tuple(g for g in (self.observe_guard(t) for t in owned.guards) if g is not None)
+        guards = tuple(g for g in (observe_guard(t) for t in owned.guards) if g is not None)
         return Observed(frozenset(routes), frozenset(neighs), frozenset(fdb), tuple(devices), frozenset(peers), guards)
 
     def _vxlan(self, name: str, idx: int, link, info) -> VxlanDev:

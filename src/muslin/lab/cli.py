@@ -102,28 +102,32 @@ def status(name, output) -> None:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"lab {name} ({s['backend']}, {s['cidr']}, etcd {'ok' if s['etcd']['healthy'] else 'DOWN'})")
-    wg = s["backend"] == "wireguard"
-    for col in ("host", "underlay", "subnet", "agent", "alive", "peers") + (("last handshake",) if wg else ()) + ("health",):
+    for col in ("host", "underlay", "subnet", "agent", "alive", "peers", "health"):
         t.add_column(col)
     for h, d in s["hosts"].items():
-        extra = (_handshakes(d["wireguard"]["peers"]),) if wg else ()
         t.add_row(h, d["underlay"], d["subnet"], f"{d['agent_pid']}" + ("" if d["agent_alive"] else " (dead)"),
-                  "yes" if d["alive"] else "[red]no[/]", ",".join(d["peers"]), *extra,
+                  "yes" if d["alive"] else "[red]no[/]", ",".join(d["peers"]),
                   "[green]ok[/]" if d["healthy"] else "[red]degraded[/]")
     Console().print(t)
+    for h, d in s["hosts"].items():
+        if "wireguard" in d:
+            click.echo(_wireguard_lines(h, d["wireguard"]))
     for sb, d in s["sandboxes"].items():
         click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
     if bad:
         raise Unavailable(bad)
 
 
-def _handshakes(peers: dict) -> str:
-    """'h2 3s ago, h3 never' for a host's WireGuard peers."""
-    out = []
-    for p, v in sorted(peers.items()):
+def _wireguard_lines(host: str, wg: dict) -> str:
+    """A host's WireGuard interface and, one line each, its peers and their last handshake."""
+    if not wg.get("up"):
+        return f"{host} wireguard {wg.get('ifname') or '?'}: DOWN"
+    out = [f"{host} wireguard {wg['ifname']} port {wg['listen_port']}: {len(wg['peers'])} peers"]
+    for p, v in sorted(wg["peers"].items()):
         age = v["handshake_age"]
-        out.append(f"{p} {'never' if age is None else f'{age:.0f}s ago'}")
-    return ", ".join(out) or "-"
+        out.append(f"  peer {p} {v['endpoint']} allowed-ips {','.join(v['allowed_ips'])} "
+                   f"last handshake {'never' if age is None else f'{age:.0f} s ago'}")
+    return "\n".join(out)
 
 
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "USR1": signal.SIGUSR1}
