@@ -40,6 +40,7 @@ from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound, Unav
 from muslin.store.base import Compare, Delete, Put, Store
 
 DEFAULT_RESYNC = 10.0
+SETTLE = 0.05  # seconds: events this close together are reconciled as one batch
 
 # The host side of the backends' companions (backends/base.py), by name: module, class.
 # Each has probe() (static: Unsupported before anything changes), facts(create), tick(),
@@ -468,11 +469,18 @@ class Agent:
                 dirty = False
                 due = min(next_alive, next_subnet, next_sync)
                 wait = max(0.05, min(1.0, due - time.monotonic()))
-                for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=wait):
-                    self._apply_event(ev)
-                    next_rev = ev.revision + 1
-                    dirty = True
-                    if stop.is_set() or time.monotonic() >= due:
+                # the watch's timeout is an idle one: after the first event, take only what
+                # follows within SETTLE (a burst is one reconcile), then reconcile at once
+                for timeout in (wait, SETTLE):
+                    first = time.monotonic()
+                    for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=timeout):
+                        self._apply_event(ev)
+                        next_rev = ev.revision + 1
+                        dirty = True
+                        now = time.monotonic()
+                        if stop.is_set() or now >= due or timeout == wait or now - first > 10 * SETTLE:
+                            break
+                    if not dirty or stop.is_set():
                         break
                 now = time.monotonic()
                 if now >= next_alive:
