@@ -52,3 +52,43 @@ def test_interface_names_fit_the_kernel_and_differ_per_network():
         name = wg.ifname(net)
         assert len(name) <= 15 and name.startswith("mw-")
     assert wg.ifname("net0") == wg.ifname("net0") != wg.ifname("net1")
+
+
+needs_wg = pytest.mark.skipif(not wg.support().wg, reason="no wg binary (wireguard-tools)")
+
+
+@needs_wg
+def test_the_key_pair_is_made_once_mode_0600_and_a_rotation_is_seen_by_the_next_tick(tmp_path):
+    host = wg.WireGuardHost(tmp_path, "n", lambda m: None)
+    host.impl = "wireguard-go"  # no probe: this test needs no TUN
+    f = host.facts()
+    key = tmp_path / "wireguard.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and f["key_file"] == str(key)
+    assert f["public_key"] == wg.public_key(key) and len(f["public_key"]) == 44
+    assert key.read_text().strip() not in repr(f)
+    assert wg.WireGuardHost(tmp_path, "n", lambda m: None).facts(create=False) == {"ifname": wg.ifname("n")}
+    assert host.facts() == f and not host.tick()  # kept across calls (and restarts)
+    new = wg.rotate_key(tmp_path)
+    assert new != f["public_key"] and host.tick() and host.facts()["public_key"] == new
+    assert key.stat().st_mode & 0o777 == 0o600 and not (tmp_path / "wireguard.key.new").exists()
+
+
+@needs_wg
+def test_rotate_every_rotates_an_old_key_and_a_key_readable_by_others_is_refused(tmp_path):
+    import os
+
+    from muslin.model.errors import Invalid
+
+    said = []
+    host = wg.WireGuardHost(tmp_path, "n", said.append, {"rotate_every": 60})
+    host.impl = "wireguard-go"
+    first = host.facts()["public_key"]
+    key = tmp_path / "wireguard.key"
+    old = key.stat().st_mtime - 120
+    os.utime(key, (old, old))
+    assert host.tick() and host.facts()["public_key"] != first and "rotating" in said[0]
+    key.chmod(0o644)
+    other = wg.WireGuardHost(tmp_path, "n", lambda m: None)
+    other.impl = "wireguard-go"
+    with pytest.raises(Invalid, match="readable by others"):
+        other.facts()
