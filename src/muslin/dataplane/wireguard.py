@@ -111,25 +111,32 @@ def _wg(*args: str, input: str | None = None, check: bool = True) -> subprocess.
 
 
 def public_key(path: Path) -> str:
-    with open(path) as f:
-        return _wg("pubkey", input=f.read()).stdout.strip()
+    try:
+        with open(path) as f:
+            return _wg("pubkey", input=f.read()).stdout.strip()
+    except OSError as e:
+        raise Unavailable(f"wireguard: cannot read the key file {path}: {e.strerror or e}") from None
 
 
 def write_key(path: Path) -> str:
     """A new private key in `path` (mode 0600, replaced atomically); returns its public key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".new")
-    tmp.unlink(missing_ok=True)
     key = _wg("genkey").stdout.strip()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, (key + "\n").encode())
-        os.fsync(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (key + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except OSError as e:
+        raise Unavailable(f"wireguard: cannot write the key file {path}: {e.strerror or e}") from None
     finally:
-        os.close(fd)
-    del key
-    tmp.replace(path)
+        del key
     return public_key(path)
 
 
@@ -184,8 +191,11 @@ def start_userspace(name: str, log: str = "") -> int:
     env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"
     out: Any = subprocess.DEVNULL
     if log:
-        Path(log).parent.mkdir(parents=True, exist_ok=True)
-        out = open(log, "ab")
+        try:
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            out = open(log, "ab")
+        except OSError as e:
+            raise Unavailable(f"wireguard: cannot open {log}: {e.strerror or e}") from None
         env["LOG_LEVEL"] = "error"  # the daemon keeps these as its stdout/stderr
     try:
         r = subprocess.run([_bin("wireguard-go"), name], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
