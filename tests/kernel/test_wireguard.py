@@ -315,6 +315,12 @@ def test_kill9_wireguard_go_strict_mode_drops_then_the_agent_restores_it(wglab, 
         assert "error" not in res and res["bytes"] == res["sent"] and res["sha256"] == res["sent_sha256"], res
         log = wglab.log("h1")
         assert "is gone (wireguard-go died?); restoring it" in log and "create device" in log
+        # and with the agent running all along: restored within a few seconds
+        again = wglab.wg_pid("h1")
+        os.kill(again, signal.SIGKILL)
+        t0 = time.monotonic()
+        assert wait_until(lambda: wglab.wg_pid("h1") not in (0, again) and ping(wglab.ns("a"), wglab.addr("b")), 10)
+        print(f"wireguard-go killed with the agent running: traffic back after {time.monotonic() - t0:.2f} s")
     finally:
         subprocess.run(["ip", "-n", h1, "route", "del", "default"], capture_output=True)
     assert {p.public_key for p in wglab.dump("h1").peers} == {wglab.key("h2"), wglab.key("h3")}
