@@ -257,8 +257,8 @@ class Agent:
                     self.store.revoke_lease(lease)
                 raise Exhausted(f"cluster network {self.network}: no free /{cfg.host_prefix} left in {cfg.cidr} "
                                 f"for host {self.hostname} ({len(taken)} hosts hold one)") from None
-            rec = HostRecord(self.hostname, str(subnet), ip, net)
-            rec = HostRecord(self.hostname, str(subnet), ip, net, self.backend.publish(cfg, rec, facts))
+            bare = HostRecord(self.hostname, str(subnet), ip, net)
+            rec = replace(bare, published=self.backend.publish(cfg, bare, facts))
             skey = subnet_key(self.network, str(subnet))
             cur_s = hosts.get(skey)
             published = (mine is not None and mine.lease == lease and mine.value == rec.to_dict()
@@ -491,9 +491,9 @@ class Agent:
                     next_subnet = now + subnet_every
                 try:
                     dirty = self.tick() or dirty
-                except Unavailable:
-                    raise
                 except MuslinError as e:
+                    if isinstance(e, Unavailable) and ("etcd" in str(e) or "store" in str(e)):
+                        raise
                     self._reconcile_failed(e)
                 if now >= next_sync:
                     next_rev = self._load_peers()
