@@ -92,3 +92,19 @@ def test_rotate_every_rotates_an_old_key_and_a_key_readable_by_others_is_refused
     other.impl = "wireguard-go"
     with pytest.raises(Invalid, match="readable by others"):
         other.facts()
+
+
+def test_the_strict_mode_table_is_one_atomic_batch_and_refuses_odd_names():
+    from muslin.dataplane.overlay import guard_script
+    from muslin.model.errors import Invalid
+    from muslin.model.kernel import EgressGuard
+
+    s = guard_script(EgressGuard("muslin-wg-n", "10.244.1.0/24", "10.244.0.0/16", "mw-n-1a2b"))
+    assert s.startswith("table inet muslin-wg-n {}\ndelete table inet muslin-wg-n\ntable inet muslin-wg-n {")
+    rule = ('ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 ip daddr != 10.244.1.0/24 oifname != "mw-n-1a2b" '
+            'counter drop comment "muslin-guard 10.244.1.0/24 10.244.0.0/16 mw-n-1a2b"')
+    assert s.count(rule) == 2 and "hook forward" in s and "hook output" in s
+    for bad in (EgressGuard("t x", "10.0.0.0/24", "10.0.0.0/16", "wg0"),
+                EgressGuard("t", "10.0.0.0/24", "10.0.0.0/16", 'wg"; flush ruleset')):
+        with pytest.raises(Invalid):
+            guard_script(bad)
