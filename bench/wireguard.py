@@ -7,7 +7,8 @@ One `muslin lab` of two hosts runs cluster network net0 with the wireguard backe
 joined by a second agent on each of the same two hosts (same state dir, so the same
 Muslin table). A sandbox on each host and network, then, alternating wireguard and
 host-gw so both see the same background load:
-- single-stream TCP: iperf3 -t SECONDS, sandbox on h1 -> sandbox on h2, `runs` each;
+- single-stream TCP: iperf3 -t SECONDS, sandbox on h1 -> sandbox on h2, `runs` each (and
+  the CPU the two wireguard-go processes used meanwhile, in cores);
 - RTT: `ping -i 0.01` x PINGS, p50 and p95 of the per-reply times; added = wg - host-gw;
 - a new peer programmed: a record for a made-up host (a real key pair, an endpoint, a
   subnet) is put into etcd; the time until h1's `wg show` lists the peer and h1 has the
@@ -55,6 +56,28 @@ def _put_peer(url: str, net: str, host: str, rec: dict, lease_ttl: int) -> float
 def _del_peer(url: str, net: str, host: str) -> None:
     from muslin.store.etcd import EtcdStore
     EtcdStore([url.removeprefix("etcd://")]).delete(f"cluster/{net}/hosts/{host}")
+
+
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(f[11]) + int(f[12])) / tick
+    return total
+
+
+def _wg_pids(lab, name: str) -> list[int]:
+    out = []
+    for h in ("h1", "h2"):
+        for pid in run("ip", "netns", "pids", lab.ns_host(name, h)).stdout.split():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go":
+                    out.append(int(pid))
+            except OSError:
+                pass
+    return out
 
 
 def _keypair() -> str:
@@ -108,10 +131,16 @@ def run_wireguard(seconds: int = 5, runs: int = 3, pings: int = 300, peers: int 
             _ping(src, addr, 5)
         tcp: dict[str, list[float]] = {k: [] for k in ip}
         rtt: dict[str, list[float]] = {k: [] for k in ip}
+        wgo = _wg_pids(lab, name)
+        cores = []
         for _ in range(runs):
             for k, (src, dst, addr) in ip.items():
+                c0, t0 = _cpu(wgo), time.monotonic()
                 tcp[k].append(_iperf(dst, src, addr, seconds))
+                if k == "wireguard":  # what the two wireguard-go processes used meanwhile
+                    cores.append((_cpu(wgo) - c0) / (time.monotonic() - t0))
                 rtt[k] += _ping(src, addr, pings // runs)
+        out["wireguard_go_cpu_cores"] = statistics.median(cores)
         for k in ip:
             out[f"{k}_tcp_gbps"] = statistics.median(tcp[k])
             out[f"{k}_tcp_gbps_all"] = [round(x, 3) for x in tcp[k]]
@@ -122,7 +151,8 @@ def run_wireguard(seconds: int = 5, runs: int = 3, pings: int = 300, peers: int 
         out["added_rtt_p50_ms"] = out["wireguard_rtt_p50_ms"] - out["host-gw_rtt_p50_ms"]
         log(f"  TCP wireguard {out['wireguard_tcp_gbps']:.2f} Gbit/s, host-gw {out['host-gw_tcp_gbps']:.2f} "
             f"({out['tcp_ratio'] * 100:.0f}%); RTT p50 {out['wireguard_rtt_p50_ms']:.3f} vs "
-            f"{out['host-gw_rtt_p50_ms']:.3f} ms (+{out['added_rtt_p50_ms']:.3f})")
+            f"{out['host-gw_rtt_p50_ms']:.3f} ms (+{out['added_rtt_p50_ms']:.3f}); the two wireguard-go used "
+            f"{out['wireguard_go_cpu_cores']:.2f} cores during the wireguard runs")
         # a new peer, from its record to h1's kernel
         st = lab.LabState.load(name)
         ifname = lab.host_status(st, "h1")["companions"]["wireguard"]["ifname"]
