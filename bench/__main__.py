@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,wireguard]`
+"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,converge,wireguard]`
 
 Runs as root; every namespace it makes is throwaway and removed at the end. Prints a
 table, writes results.json, results.md and PNG plots to --out (default bench/results).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "wireguard")
+PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "converge", "wireguard")
 
 
 def machine() -> dict:
@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wireguard vs host-gw on the same two lab hosts ({secs}s per TCP run)")
         res["wireguard"] = _part("wireguard", lambda: run_wireguard(secs, 1 if a.smoke else 3, 60 if a.smoke else 300,
                                                                      2 if a.smoke else 10, log=log), log)
+    if "converge" in only:
+        from bench.converge import run_converge
+        log("control-plane convergence in a 10-host muslin lab (vxlan)")
+        res["converge"] = _part("converge", lambda: run_converge(3 if a.smoke else 10, 2 if a.smoke else 10,
+                                                                  1 if a.smoke else 3, log=log), log)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "results.json").write_text(json.dumps(res, indent=1))
     text = report.table(res)
