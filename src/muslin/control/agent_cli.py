@@ -321,6 +321,16 @@ def detach(state_dir: str | None, sandbox: str, **kw: Any) -> None:
         m.close()
 
 
+@cli.command("rotate-key")
+@state_option
+@one_line_errors
+def rotate_key(state_dir: str | None) -> None:
+    """Give this host a new WireGuard key pair; its running agents publish it within a second."""
+    from muslin.control.agent import rotate_key as rotate
+
+    click.echo(json.dumps({"public_key": rotate(_state(state_dir))}))
+
+
 def main(argv: list[str] | None = None) -> None:
     run(cli, argv, prog_name="muslin cluster")
 
