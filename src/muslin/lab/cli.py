@@ -8,7 +8,7 @@ import signal
 
 import click
 
-from muslin.cli.guard import one_line_errors, run, version_option
+from muslin.cli.guard import key_values, one_line_errors, run, version_option
 from muslin.cli.output import emit_list, list_options, table
 from muslin.lab import core
 
@@ -44,7 +44,7 @@ def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_
     with console.status(f"lab {name}: starting") as status:
         st = core.up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, tuple(rrs),
                      progress=lambda m: status.update(f"lab {name}: {m}"), subnet_ttl=subnet_ttl, tls=tls,
-                     options=_options(opts))
+                     options=key_values(opts, "--option"))
     for h in st.hosts:
         s = core.host_status(st, h)
         console.print(f"[green]✓[/] {h}  {s.get('underlay', '')}  subnet {s.get('subnet', '')}")
@@ -62,18 +62,6 @@ def ls(output, quiet, template) -> None:
                          f"{len(i['agents_running'])}/{len(i['hosts'])}", ",".join(i["sandboxes"]) or "-",
                          f"{i['etcd']} ({'running' if i['etcd_running'] else 'DOWN'})"])
 
-
-def _options(pairs: tuple[str, ...]) -> dict:
-    """KEY=VALUE pairs: true/false are booleans, digits integers, anything else text."""
-    from muslin.model.errors import Invalid
-    out: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise Invalid(f"--option {pair!r}: expected KEY=VALUE")
-        low = value.lower()
-        out[key] = True if low == "true" else False if low == "false" else int(value) if value.isdigit() else value
-    return out
 
 
 @lab.command()
