@@ -17,11 +17,11 @@ from muslin.model.errors import Invalid
 BACKENDS = ("vxlan", "host-gw", "bgp")
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 RTPROT_MUSLIN = 77  # routes the agent owns carry this protocol number
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")  # fullmatch
 
 
 def check_name(what: str, name: str) -> str:
-    if not _NAME.match(name or ""):
+    if not _NAME.fullmatch(name or ""):
         raise Invalid(f"{what} {name!r} is not valid: use 1-32 letters, digits, '.', '_' or '-'")
     return name
 

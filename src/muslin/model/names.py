@@ -6,7 +6,9 @@ import hashlib
 import re
 
 IFNAME_MAX = 15
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# Validators use fullmatch: with re.match, `$` also matches before a trailing newline ("abc\n").
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 def _digest(*parts: str, n: int = 11) -> str:
@@ -34,15 +36,37 @@ def bridge_name(network: str) -> str:
 def check_ifname(name: str, what: str = "interface name") -> None:
     from muslin.model.errors import Invalid
 
-    if not name or len(name.encode()) > IFNAME_MAX or name in (".", "..") or re.search(r"[/:\s]", name):
-        raise Invalid(f"{what} {name!r} is not a valid Linux interface name (1-15 bytes, no '/', ':' or spaces)")
+    if (not isinstance(name, str) or not name or len(name.encode()) > IFNAME_MAX or name in (".", "..")
+            or re.search(r"[/:\s]", name) or not name.isprintable()):
+        raise Invalid(f"{what} {name!r} is not a valid Linux interface name (1-15 bytes, no '/', ':', "
+                      f"spaces or control characters)")
 
 
 def check_name(name: str, what: str = "network name") -> None:
     from muslin.model.errors import Invalid
 
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):
         raise Invalid(f"{what} {name!r} is invalid: use letters, digits, '_', '.', '-' (not first)")
+
+
+def valid_name(name: str) -> bool:
+    """A network name / container id as libcni accepts it: ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ (whole string)."""
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
+def check_mac(mac: str, what: str = "MAC address") -> str:
+    """A unicast, non-zero Ethernet address 'xx:xx:xx:xx:xx:xx'; returns it lower-case.
+    Raises Invalid naming `what` (the option or key it came from)."""
+    from muslin.model.errors import Invalid
+
+    if not isinstance(mac, str) or MAC_RE.fullmatch(mac) is None:
+        raise Invalid(f"{what} {mac!r} is not a MAC address (six hex pairs like 02:42:0a:00:00:05)")
+    if int(mac[:2], 16) & 1:
+        raise Invalid(f"{what} {mac} is a multicast MAC address: an interface needs a unicast one "
+                      f"(the first byte must be even, like 02)")
+    if mac == "00:00:00:00:00:00":
+        raise Invalid(f"{what} {mac} is the all-zero MAC address: an interface needs a real one")
+    return mac.lower()
 
 
 def store_id(endpoint_id: str) -> str:
