@@ -10,6 +10,7 @@ changes the namespace of the process it runs in.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any, Callable
 from muslin.cni import result as R
 from muslin.cni.types import (
     CURRENT_VERSION, E_CONFIG, E_ENV, E_INTERNAL, E_STATUS, E_TRY_AGAIN, SUPPORTED_VERSIONS, CniError,
-    CniRequest, error_code, parse_request,
+    CniRequest, check_requested_prefixes, error_code, parse_request,
 )
 from muslin.model.errors import MuslinError, NotFound
 from muslin.model.types import Endpoint, IPInterface, IPRange, Network, RangeSet
@@ -251,6 +252,9 @@ def _main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
     req = parse_request(env, stdin)
     if req.command == "VERSION":
         return version_answer(req.version)
+    resolv = _resolv_dns(req)  # before any work: a missing file changes nothing
+    if resolv and not req.dns:
+        req = dataclasses.replace(req, dns=resolv)
     if req.command in ("ADD", "CHECK"):
         _refuse_own_netns(req.env.netns)
     m = _open_for(req, env)
@@ -272,6 +276,8 @@ def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any
             addresses = tuple(ipaddress.ip_interface(ip["address"]) for ip in learned.get("ips", []))
         for attempt in range(3):
             net = _ensure_network(m, req, learned)
+            if req.join:  # the subnets are known now: a requested 10.1.0.5/8 on a /24 is refused
+                check_requested_prefixes(req.requested, net.range_sets)
             try:
                 ep = m.attach(AttachRequest(
                     network=net.name, endpoint_id=req.endpoint_id, container_id=req.env.container_id,
@@ -426,11 +432,26 @@ def _ipam_gc(ipam, req: CniRequest) -> list[str]:
     return ipam.gc(subnets, valid, owner_prefix="cni/") if subnets else []
 
 
+RESOLV_CONF_MAX = 65536
+
+
+def _resolv_dns(req: CniRequest) -> dict[str, Any]:
+    """The DNS settings of ipam.resolvConf for an ADD whose IPAM is Muslin's (a delegated
+    IPAM plugin reads its own); {} otherwise."""
+    if req.command != "ADD" or req.delegates_ipam:
+        return {}
+    return _resolv_conf(str(req.ipam.get("resolvConf") or ""))
+
+
 def _resolv_conf(path: str) -> dict[str, Any]:
     if not path:
         return {}
     try:
-        text = Path(path).read_text()
+        p = Path(path)
+        if not p.is_file():  # not a FIFO, device or directory: reading one could block or never end
+            raise CniError(E_CONFIG, f"ipam.resolvConf {path} is not a file that exists")
+        with p.open("rb") as f:
+            text = f.read(RESOLV_CONF_MAX).decode("utf-8", "replace")
     except OSError as e:
         raise CniError(E_CONFIG, f"ipam.resolvConf {path}: {e.strerror}") from None
     dns: dict[str, Any] = {}
@@ -453,12 +474,13 @@ def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
     req = parse_request(env, stdin, ipam_plugin=True)
     if req.command == "VERSION":
         return version_answer(req.version)
+    dns = _resolv_dns(req)  # before any allocation: a missing file changes nothing
     m = _open_for(req, env)
     try:
         ipam = m.ipam
         cmd = req.command
         if cmd == "ADD":
-            return _ipam_add(ipam, req)
+            return _ipam_add(ipam, req, dns)
         if cmd == "DEL":
             ipam.release(req.owner)
             return None
@@ -477,7 +499,7 @@ def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
         m.close()
 
 
-def _ipam_add(ipam, req: CniRequest) -> dict[str, Any]:
+def _ipam_add(ipam, req: CniRequest, dns: dict[str, Any]) -> dict[str, Any]:
     from muslin.ipam.ranges import describe_range_set
 
     held = {s for s, _ in ipam.allocated(req.owner)}
@@ -492,5 +514,4 @@ def _ipam_add(ipam, req: CniRequest) -> dict[str, Any]:
     addrs = ipam.allocate(req.range_sets, req.owner, req.env.container_id, req.env.ifname, list(req.ips))
     ips = [R.ip_entry(a, gw) for a, gw in addrs]
     routes = [r.to_dict() for r in req.ipam_routes]
-    dns = _resolv_conf(str(req.ipam.get("resolvConf") or ""))
     return R.to_version(R.build([], ips, routes, dns), req.version)
