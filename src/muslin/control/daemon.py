@@ -245,6 +245,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds between orphan cleanups / firewall hook checks (0 = only at start)")
     p.add_argument("--log-level", default=os.environ.get("MUSLIN_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
+    p.add_argument("--third-party-log-level", default=os.environ.get("MUSLIN_THIRD_PARTY_LOG_LEVEL", "warning"),
+                   choices=["debug", "info", "warning", "error"],
+                   help="level of the libraries' loggers (pyroute2, ...); --log-level is Muslin's own")
     c = p.add_argument_group("cluster agent (multi-host)")
     c.add_argument("--cluster-store", default="", help="cluster store URL, e.g. etcd://10.0.0.1:2379")
     c.add_argument("--cluster-network", default="", help="the cluster network this host joins")
@@ -286,11 +289,35 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
     return factories
 
 
+OWN_LOGGERS = ("muslind", "muslin")
+
+
+class LevelByOwner(logging.Filter):
+    """Muslin's records at `own`, every library's at `other`. A handler filter, so it holds
+    whatever a library does to its own logger: pyroute2 resets the 'pyroute2' logger to
+    level 0 when it is imported (pyroute2/config/log.py), which undid a setLevel made before."""
+
+    def __init__(self, own: int, other: int) -> None:
+        super().__init__()
+        self.own, self.other = own, other
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        top = record.name.split(".", 1)[0]
+        return record.levelno >= (self.own if top in OWN_LOGGERS else self.other)
+
+
+def setup_logging(level: str, third_party: str = "warning") -> None:
+    """stderr at `level` for Muslin's loggers, `third_party` for everyone else's."""
+    own, other = logging.getLevelName(level.upper()), logging.getLevelName(third_party.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s muslind %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(LevelByOwner(own, other))
+    logging.basicConfig(level=min(own, other), handlers=[handler], force=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s muslind %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    setup_logging(args.log_level, args.third_party_log_level)
     if args.state_dir:
         os.environ["MUSLIN_STATE_DIR"] = args.state_dir
     ctx = Context(args)
