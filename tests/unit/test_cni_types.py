@@ -533,3 +533,27 @@ def test_invalid_or_multicast_mac_is_refused_naming_where(mac, where):
     c, msg = code_of(env, conf(**kw))
     assert c == (4 if where == "CNI_ARGS MAC" else 7) and msg.startswith(where), msg
     assert "ValueError" not in msg and "\n" not in msg
+
+
+def test_deeply_nested_config_is_code_6_not_internal():
+    deep = b'{"a": ' * 5000 + b"1" + b"}" * 5000
+    for fn in (handle, handle_ipam):
+        out, rc = fn(ENV, deep)
+        err = json.loads(out)
+        assert rc == 1 and err["code"] == 6 and "nested too deeply" in err["msg"], err
+    out, rc = handle({"CNI_COMMAND": "VERSION"}, deep)
+    assert rc == 0 and json.loads(out)["cniVersion"] == T.CURRENT_VERSION
+
+
+def test_huge_value_is_quoted_back_shortened_on_one_line():
+    out, rc = handle(ENV, conf(pad="z" * 300000, bogus="a\nb"))
+    err = json.loads(out)
+    assert rc == 1 and err["code"] == 2 and "pad=" in err["msg"] and "not a key this plugin knows" in err["msg"]
+    assert len(err["msg"]) <= 600 and "\n" not in err["msg"], len(err["msg"])
+
+
+def test_mtu_below_ipv6_minimum_with_an_ipv6_range_is_code_7():
+    dual = {"type": "muslin-ipam", "ranges": [[{"subnet": "10.88.0.0/24"}], [{"subnet": "fd00:88::/64"}]]}
+    c, msg = code_of(ENV, conf(mtu=1000, ipam=dual))
+    assert c == 7 and "mtu 1000" in msg and "IPv6" in msg
+    assert parse_request(ENV, conf(mtu=1000)).mtu == 1000  # IPv4 only: fine

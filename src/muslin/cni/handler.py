@@ -41,15 +41,27 @@ def _request_version(stdin: bytes) -> str:
         return CURRENT_VERSION
 
 
+MSG_MAX, WORD_MAX = 600, 100
+
+
+def one_line(text: str) -> str:
+    """A message as one readable line: whitespace collapsed, a huge value (a 300 kB config
+    value quoted back) shortened in the middle, the whole capped."""
+    words = [w if len(w) <= WORD_MAX else f"{w[:WORD_MAX - 30]}...({len(w)} chars)...{w[-10:]}"
+             for w in text.split()]
+    s = " ".join(words)
+    return s if len(s) <= MSG_MAX else s[:MSG_MAX - 3] + "..."
+
+
 def _guarded(fn: Callable[[], dict[str, Any] | None], stdin: bytes) -> tuple[str, int]:
     try:
         out = fn()
         return (json.dumps(out) if out is not None else ""), 0
     except MuslinError as e:
-        msg = " ".join(str(e.message).split()) or type(e).__name__
-        return json.dumps(R.error(error_code(e), msg, e.details, _request_version(stdin))), 1
+        msg = one_line(str(e.message)) or type(e).__name__
+        return json.dumps(R.error(error_code(e), msg, one_line(str(e.details)), _request_version(stdin))), 1
     except BaseException as e:  # noqa: BLE001 - last resort: one line, never a traceback
-        text = " ".join(str(e).split())[:300] or type(e).__name__
+        text = one_line(str(e))[:300] or type(e).__name__
         return json.dumps(R.error(E_INTERNAL, f"internal error: {text}", type(e).__name__,
                                   _request_version(stdin))), 1
 

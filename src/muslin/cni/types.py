@@ -310,6 +310,8 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
         conf = json.loads(text)
     except ValueError as e:
         raise CniError(E_DECODE, f"config on stdin is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CniError(E_DECODE, "config on stdin is nested too deeply to decode") from None
     if not isinstance(conf, dict):
         raise CniError(E_DECODE, f"config on stdin must be a JSON object, got {type(conf).__name__}")
     return conf
@@ -509,7 +511,7 @@ def parse_request(env: dict[str, str], stdin: bytes, ipam_plugin: bool = False) 
             conf = json.loads(stdin.decode("utf-8") or "{}")
             v = conf.get("cniVersion") if isinstance(conf, dict) else None
             version = v if isinstance(v, str) and v in SUPPORTED_VERSIONS else CURRENT_VERSION
-        except ValueError:
+        except (ValueError, RecursionError):
             version = CURRENT_VERSION
         return CniRequest(env=cenv, version=version)
     conf = decode_config(stdin)
@@ -623,6 +625,8 @@ def _network(conf: dict[str, Any], name: str, sets: tuple[RangeSet, ...],
     mtu = _int(conf, "mtu", 0)
     if mtu and not 68 <= mtu <= 65535:
         raise CniError(E_CONFIG, f"mtu {mtu} is out of range (68-65535)")
+    if mtu and mtu < 1280 and any(r.subnet.version == 6 for rs in sets for r in rs):
+        raise CniError(E_CONFIG, f"mtu {mtu} is too small for IPv6, which needs at least 1280")
     is_default_gw = _bool(conf, "isDefaultGateway", False)
     is_gw = _bool(conf, "isGateway", False) or is_default_gw
     hairpin = _bool(conf, "hairpinMode", False)
