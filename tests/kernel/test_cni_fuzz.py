@@ -47,6 +47,9 @@ AGENT_EXAMPLES = int(os.environ.get("MUSLIN_FUZZ_AGENT", "400"))
 # (see known_bug()); MUSLIN_FUZZ_KNOWN=1 generates them too. Drop the gate once they are fixed.
 KNOWN_BUGS = os.environ.get("MUSLIN_FUZZ_KNOWN") == "1"
 HOST_LINKS = ("lo", "fzpar0", "fzpar1")  # the links of the test's host namespace
+# A refused ADD that got as far as allocating releases the addresses but leaves the IPAM's
+# round-robin pointer (ipam/<subnet>/last) moved on (control/ipam.py): ignored unless known bugs are on.
+LAST_MOVES = not KNOWN_BUGS
 
 
 # ------------------------------------------------------------------------------ the world
@@ -271,7 +274,7 @@ def check_output(c: Call, rc: int, out: str, err: str, command: str) -> dict | N
 
 def exercise(w: World, c: Call) -> None:
     command = c.env.get("CNI_COMMAND", "")
-    before = snapshot(w)
+    before = snapshot(w, ignore_last=LAST_MOVES)
     rc, out, err = run(w, c)
     obj = check_output(c, rc, out, err, command)
     key = f"{command if command in COMMANDS else '?'}:{'ok' if rc == 0 else obj.get('code') if obj else rc}"
@@ -295,10 +298,12 @@ def exercise(w: World, c: Call) -> None:
         assert "Traceback" not in dout + derr, derr
         assert drc == 0 and dout.strip() == "", f"DEL after ADD failed: {dout} {derr[-500:]} for {c}"
         after = snapshot(w, ignore_last=True)
-        base = dict(before, store=store_dump_filtered(before["store"]))
+        # An accepted config may name another state dir (its store's files grow): paths only.
+        base = dict(before, store=store_dump_filtered(before["store"]), files=[f[:2] for f in before["files"]])
+        after["files"] = [f[:2] for f in after["files"]]
         assert after == base, f"ADD+DEL left something: {diff(base, after)} for {c}"
         return
-    after = snapshot(w)
+    after = snapshot(w, ignore_last=LAST_MOVES)
     assert after == before, f"{command} (rc {rc}, {obj}) changed the host: {diff(before, after)} for {c}"
 
 
@@ -432,7 +437,7 @@ def calls(draw, w: World, first: str) -> Call:
                 conf["ipam"].pop("ranges", None)
                 conf["ipam"]["subnet"] = bad
             elif where == "ipRanges":
-                conf.setdefault("runtimeConfig", {})["ipRanges"] = [[{"subnet": bad}]]
+                sub(conf, "runtimeConfig")["ipRanges"] = [[{"subnet": bad}]]
             elif isinstance(conf.get("ipam"), dict):
                 conf["ipam"]["routes"] = [{"dst": bad, "gw": draw(st.sampled_from([f"{n}.1", "x", ""]))}]
         elif kind == "version":
@@ -452,7 +457,7 @@ def calls(draw, w: World, first: str) -> Call:
             if where == "args":
                 conf["args"] = {"cni": {"mac": mac}}
             else:
-                conf.setdefault("runtimeConfig", {})["mac"] = mac
+                sub(conf, "runtimeConfig")["mac"] = mac
         elif kind == "ips":
             v = draw(st.one_of(st.sampled_from([f"{n}.5", [f"{n}.5/8"], [f"{n}.5", f"{n}.5"], [5], [f"{n}.0"],
                                                 [f"{n}.255"], [f"{n}.1"], ["x"], [f"{n}.5\n"], {"a": 1}]),
@@ -460,9 +465,9 @@ def calls(draw, w: World, first: str) -> Call:
             if draw(st.booleans()):
                 conf["args"] = {"cni": {"ips": v}}
             else:
-                conf.setdefault("runtimeConfig", {})["ips"] = v
+                sub(conf, "runtimeConfig")["ips"] = v
         elif kind == "ports":
-            conf.setdefault("runtimeConfig", {})["portMappings"] = draw(st.one_of(
+            sub(conf, "runtimeConfig")["portMappings"] = draw(st.one_of(
                 st.sampled_from([[{"hostPort": 0, "containerPort": 80}], [{"hostPort": 70000, "containerPort": 1}],
                                  [{"hostPort": "80", "containerPort": 80}], [{"hostPort": 8080}],
                                  [{"hostPort": 8080, "containerPort": 80, "protocol": "icmp"}],
@@ -482,7 +487,7 @@ def calls(draw, w: World, first: str) -> Call:
                 st.sampled_from([[{"ifname": "eth0"}], [{"containerID": cid}], [{"containerID": "", "ifname": ""}],
                                  ["x"], "x", [None]]), odd_value()))
         elif kind == "attach-odd":
-            conf.setdefault("runtimeConfig", {})["aliases"] = draw(odd_value())
+            sub(conf, "runtimeConfig")["aliases"] = draw(odd_value())
         elif kind == "raw":
             stdin = draw(st.sampled_from([b"", b" ", b"{", b"[]", b"null", b"\"x\"", b"1", b"\xff\xfe",
                                           b"{\"cniVersion\": \"1.0.0\"", b"{}" * 3, b"\x00",
@@ -513,6 +518,13 @@ def calls(draw, w: World, first: str) -> Call:
         stdin = json.dumps(conf).encode()
     expect_ok = not mutations and env["CNI_COMMAND"] == "ADD"
     return Call(plugin, env, stdin, expect_ok, tuple(mutations))
+
+
+def sub(d: dict, key: str) -> dict:
+    """d[key] as a dict to mutate (an earlier mutation may have made it something else)."""
+    if not isinstance(d.get(key), dict):
+        d[key] = {}
+    return d[key]
 
 
 def _ifname_like(v: object) -> bool:
@@ -550,7 +562,9 @@ def odd_env(w: World, var: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ the tests
 
-SETTINGS = dict(deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate], database=None,
+# CI runs the same examples every time; MUSLIN_FUZZ_RANDOM=1 explores new ones (with
+# pytest's --hypothesis-seed=N to repeat a run).
+SETTINGS = dict(deadline=None, derandomize=os.environ.get("MUSLIN_FUZZ_RANDOM") != "1", phases=[Phase.explicit, Phase.generate], database=None,
                 suppress_health_check=list(HealthCheck), print_blob=False)
 
 

@@ -272,6 +272,7 @@ def test_unexpected_exception_is_code_999_one_line(monkeypatch):
         raise RuntimeError("kaboom\nsecond line")
 
     monkeypatch.setattr(h, "_open", boom)
+    monkeypatch.setattr(h, "_check_netns", lambda netns: None)  # ENV's netns is made up
     out, rc = h.handle(ENV, conf())
     d = json.loads(out)
     assert rc == 1 and d["code"] == 999 and d["msg"] == "internal error: kaboom second line"
@@ -359,7 +360,10 @@ def test_own_netns_refused(tmp_path):
     assert not (tmp_path / "muslin.db").exists()
 
 
-def test_delegation_needs_cni_path(tmp_path):
+def test_delegation_needs_cni_path(tmp_path, monkeypatch):
+    import muslin.cni.handler as h
+
+    monkeypatch.setattr(h, "_check_netns", lambda netns: None)  # a made-up netns: the delegation is refused first
     env = {**ENV, "CNI_NETNS": "/run/netns/none-such"}
     env.pop("CNI_PATH")
     out, rc = handle(env, conf(dataDir=str(tmp_path), ipam={"type": "host-local", "subnet": "10.3.0.0/24"}))
@@ -557,3 +561,31 @@ def test_mtu_below_ipv6_minimum_with_an_ipv6_range_is_code_7():
     c, msg = code_of(ENV, conf(mtu=1000, ipam=dual))
     assert c == 7 and "mtu 1000" in msg and "IPv6" in msg
     assert parse_request(ENV, conf(mtu=1000)).mtu == 1000  # IPv4 only: fine
+
+
+@pytest.mark.parametrize("what", ["mnt-namespace", "directory", "dev-null", "fifo", "missing"])
+def test_cni_netns_that_is_not_a_network_namespace_is_refused_before_any_work(tmp_path, what):
+    import os
+
+    from muslin.cni import handler
+
+    path = {"mnt-namespace": "/proc/self/ns/mnt", "directory": str(tmp_path), "dev-null": "/dev/null",
+            "fifo": str(tmp_path / "fifo"), "missing": str(tmp_path / "gone")}[what]
+    if what == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(CniError) as ei:
+        handler._check_netns(path)  # what ADD and CHECK run right after parsing
+    want = (3, "does not exist") if what == "missing" else (4, "is not a network namespace")
+    assert (ei.value.cni_code, want[1] in ei.value.message) == (want[0], True), ei.value.message
+
+
+def test_relative_cni_netns_is_code_4():
+    c, msg = code_of({**ENV, "CNI_NETNS": "run/netns/x"}, conf())
+    assert c == 4 and "CNI_NETNS" in msg and "absolute" in msg
+
+
+@pytest.mark.parametrize("bridge", ["Í", "br*", "a\nb", ".", "..", "x" * 16, "a b", "a/b"])
+def test_bridge_name_the_firewall_cannot_hold_is_code_7(bridge):
+    # "Í" was accepted, made the bridge, then failed in the nft sync (and hung: issue 8 bug 2)
+    c, msg = code_of(ENV, conf(bridge=bridge))
+    assert c == 7 and msg.startswith("bridge "), msg

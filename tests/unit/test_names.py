@@ -67,3 +67,10 @@ def test_check_mac_refuses_invalid_multicast_and_zero(mac, needle):
 
 def test_check_mac_returns_lower_case():
     assert names.check_mac("02:AB:cd:00:00:01") == "02:ab:cd:00:00:01"
+
+
+@pytest.mark.parametrize("name", ["Í", "br*", "a\n", ".", "..", "x" * 16, "", "a:b"])
+def test_bridge_name_is_what_nft_sets_hold(name):
+    with pytest.raises(Invalid, match="bridge name"):
+        names.check_bridge_name(name)
+    names.check_bridge_name("mus-web.1_x")

@@ -129,12 +129,31 @@ def _open(req: CniRequest, env: dict[str, str]):
     return m
 
 
-def _refuse_own_netns(netns: str) -> None:
-    """skel's rule: the container netns must not be the plugin's own (code 8)."""
+NS_GET_NSTYPE, CLONE_NEWNET = 0xB703, 0x40000000
+
+
+def _check_netns(netns: str) -> None:
+    """CNI_NETNS of an ADD/CHECK, before any work: a network namespace (not a mount
+    namespace, a directory or /dev/null: code 4), and not the plugin's own (skel's rule,
+    code 8). A missing one is code 3."""
+    import fcntl
+
     try:
-        a, b = os.stat(netns), os.stat("/proc/self/ns/net")
-    except OSError:
-        return  # a missing netns is reported by the attach itself
+        fd = os.open(netns, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # NONBLOCK: a FIFO must not block
+    except FileNotFoundError:
+        raise CniError(3, f"network namespace {netns} does not exist") from None
+    except OSError as e:
+        raise CniError(E_ENV, f"CNI_NETNS {netns}: {e.strerror}") from None
+    try:
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError:
+            kind = 0
+        if kind != CLONE_NEWNET:
+            raise CniError(E_ENV, f"CNI_NETNS {netns} is not a network namespace")
+        a, b = os.fstat(fd), os.stat("/proc/self/ns/net")
+    finally:
+        os.close(fd)
     if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
         raise CniError(8, f"CNI_NETNS {netns} is the plugin's own network namespace, not a container's")
 
@@ -268,7 +287,7 @@ def _main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
     if resolv and not req.dns:
         req = dataclasses.replace(req, dns=resolv)
     if req.command in ("ADD", "CHECK"):
-        _refuse_own_netns(req.env.netns)
+        _check_netns(req.env.netns)
     m = _open_for(req, env)
     try:
         return {"ADD": _add, "DEL": _del, "CHECK": _check, "GC": _gc, "STATUS": _status}[req.command](

@@ -159,6 +159,8 @@ def parse_env(env: dict[str, str]) -> CniEnv:
     netns = env.get("CNI_NETNS", "")
     if cmd in ("ADD", "CHECK") and not netns:
         raise CniError(E_ENV, f"CNI_NETNS is required for {cmd}")
+    if cmd in ("ADD", "CHECK") and not netns.startswith("/"):
+        raise CniError(E_ENV, f"CNI_NETNS {netns!r} is not an absolute path")
     return CniEnv(cmd, cid, netns, ifname, parse_cni_args(env.get("CNI_ARGS", "")), path)
 
 
@@ -619,9 +621,9 @@ def _network(conf: dict[str, Any], name: str, sets: tuple[RangeSet, ...],
     bridge = _str(conf, "bridge")
     if bridge:
         try:
-            validate_ifname(bridge)
-        except CniError as e:
-            raise CniError(E_CONFIG, e.message.replace("CNI_IFNAME", "bridge")) from None
+            names.check_bridge_name(bridge, "bridge")  # what the kernel and the nft sets both take
+        except Invalid as e:
+            raise CniError(E_CONFIG, e.message) from None
     mtu = _int(conf, "mtu", 0)
     if mtu and not 68 <= mtu <= 65535:
         raise CniError(E_CONFIG, f"mtu {mtu} is out of range (68-65535)")

@@ -49,6 +49,18 @@ def check_name(name: str, what: str = "network name") -> None:
         raise Invalid(f"{what} {name!r} is invalid: use letters, digits, '_', '.', '-' (not first)")
 
 
+# Link names Muslin puts into its nft sets (bridges): characters that need no escaping in
+# an nft string (firewall/state.py checks the same); the kernel's 15-byte limit.
+BRIDGE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,15}")
+
+
+def check_bridge_name(name: str, what: str = "bridge name") -> None:
+    from muslin.model.errors import Invalid
+
+    if not isinstance(name, str) or BRIDGE_RE.fullmatch(name) is None or name in (".", ".."):
+        raise Invalid(f"{what} {name!r} is not valid: use 1-15 letters, digits, '_', '.' or '-'")
+
+
 def valid_name(name: str) -> bool:
     """A network name / container id as libcni accepts it: ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ (whole string)."""
     return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
