@@ -41,8 +41,8 @@ VERSIONS = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 COMMANDS = ["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION"]
 ERROR_KEYS = {"cniVersion", "code", "msg", "details"}
 # Examples per mode: in-process calls cost ~0.2-0.5 s, calls through muslind ~0.02-0.1 s.
-IN_PROCESS_EXAMPLES = int(os.environ.get("MUSLIN_FUZZ_IN_PROCESS", "110"))
-AGENT_EXAMPLES = int(os.environ.get("MUSLIN_FUZZ_AGENT", "400"))
+IN_PROCESS_EXAMPLES = int(os.environ.get("MUSLIN_FUZZ_IN_PROCESS", "100"))
+AGENT_EXAMPLES = int(os.environ.get("MUSLIN_FUZZ_AGENT", "360"))
 # Inputs that hit control-layer bugs of issue 8 still open when this test was written
 # (see known_bug()); MUSLIN_FUZZ_KNOWN=1 generates them too. Drop the gate once they are fixed.
 KNOWN_BUGS = os.environ.get("MUSLIN_FUZZ_KNOWN") == "1"
@@ -74,6 +74,7 @@ class World:
     kinds: dict = field(default_factory=dict)  # "<verb>:<ok|code>" -> count
     mutations: dict = field(default_factory=dict)
     clean: dict | None = None  # baseline() before the first example
+    samples: dict = field(default_factory=dict)  # "<verb>:<code>" -> first message seen
 
     @property
     def cni_path(self) -> str:
@@ -130,6 +131,8 @@ def world_in_process(tmp_path_factory):
         w.agent_sock = str(w.root / "no-agent.sock")  # does not exist: the plugin works in-process
         yield w
         print(f"\nin-process fuzz: {w.calls} calls, {w.adds} successful ADDs, {w.kinds}, mutations {w.mutations}")
+        if os.environ.get("MUSLIN_FUZZ_VERBOSE"):
+            print("\n".join(f"  {k}: {v}" for k, v in sorted(w.samples.items())))
     finally:
         nsf.cleanup()
 
@@ -143,6 +146,8 @@ def world_agent(tmp_path_factory):
         start_muslind(w)
         yield w
         print(f"\nmuslind fuzz: {w.calls} calls, {w.adds} successful ADDs, {w.kinds}, mutations {w.mutations}")
+        if os.environ.get("MUSLIN_FUZZ_VERBOSE"):
+            print("\n".join(f"  {k}: {v}" for k, v in sorted(w.samples.items())))
     finally:
         if w is not None:
             stop_muslind(w)
@@ -285,6 +290,8 @@ def exercise(w: World, c: Call) -> None:
         raise
     key = f"{command if command in COMMANDS else '?'}:{'ok' if rc == 0 else obj.get('code') if obj else rc}"
     w.kinds[key] = w.kinds.get(key, 0) + 1
+    if obj and rc != 0:
+        w.samples.setdefault(key, obj.get("msg", "")[:160])
     for m in c.mutations:
         w.mutations[m] = w.mutations.get(m, 0) + 1
     if c.expect_ok:

@@ -589,3 +589,13 @@ def test_bridge_name_the_firewall_cannot_hold_is_code_7(bridge):
     # "Í" was accepted, made the bridge, then failed in the nft sync (and hung: issue 8 bug 2)
     c, msg = code_of(ENV, conf(bridge=bridge))
     assert c == 7 and msg.startswith("bridge "), msg
+
+
+def test_data_dir_that_is_a_file_is_code_7_and_left_alone(tmp_path):
+    f = tmp_path / "plain"
+    f.write_text("not a store\n")
+    out, rc = handle_ipam({"CNI_COMMAND": "GC"}, conf(cniVersion="1.1.0", dataDir=str(f),
+                                                      **{"cni.dev/valid-attachments": []}))
+    err = json.loads(out)
+    assert rc == 1 and err["code"] == 7 and err["msg"] == f"dataDir {f} is not a directory", err
+    assert f.read_text() == "not a store\n"

@@ -116,6 +116,9 @@ def _open(req: CniRequest, env: dict[str, str]):
                 kept[0].store.close()
             except Exception:  # noqa: BLE001 - best effort
                 pass
+    if not url and not d.endswith(".db") and os.path.exists(d) and not os.path.isdir(d):
+        where = "dataDir" if req.data_dir else "MUSLIN_STATE_DIR"
+        raise CniError(E_CONFIG, f"{where} {d} is not a directory")
     try:
         store = open_store(url or d)
     except MuslinError:
