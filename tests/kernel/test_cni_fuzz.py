@@ -14,6 +14,12 @@ Invariants of every call:
 - after every call that is not a successful ADD, the host namespace (links, addresses,
   routes), its nft ruleset, the store's keys and values, the files of the test's tmp tree
   outside the state dir and the test's entries in /run/netns are exactly as before.
+
+Each test is parametrized by the first mutation ("none": valid calls), so every kind gets
+its share. The examples are the same on every run (derandomized). Knobs:
+MUSLIN_FUZZ_IN_PROCESS / MUSLIN_FUZZ_AGENT (example counts), MUSLIN_FUZZ_RANDOM=1 (new
+examples; repeat one with --hypothesis-seed=N), MUSLIN_FUZZ_KNOWN=1 (also the inputs of
+known control-layer bugs, see known_bug()), MUSLIN_FUZZ_VERBOSE=1 (a message per verb:code).
 """
 
 from __future__ import annotations
@@ -214,7 +220,20 @@ def netns_entries(w: World) -> list[str]:
 
 
 def diff(a: dict, b: dict) -> str:
-    return "; ".join(f"{k}: {a[k]!r} -> {b[k]!r}"[:1500] for k in a if a[k] != b[k])
+    """What changed, per part: items gone (-) and new (+)."""
+    out = []
+    for k in a:
+        x, y = a[k], b[k]
+        if x == y:
+            continue
+        if isinstance(x, dict):
+            x, y = sorted(f"{i}={v}" for i, v in x.items()), sorted(f"{i}={v}" for i, v in y.items())
+        elif isinstance(x, str):
+            x, y = x.splitlines(), y.splitlines()
+        xs, ys = [json.dumps(i, sort_keys=True) for i in x], [json.dumps(i, sort_keys=True) for i in y]
+        gone, new = [i for i in xs if i not in ys], [i for i in ys if i not in xs]
+        out.append(f"{k}: -{gone} +{new}"[:1500])
+    return "; ".join(out)
 
 
 # ------------------------------------------------------------------------------ calling the plugin
