@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out DIR] [--only cni,podman,iperf,docker]`
+"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab]`
 
 Runs as root; every namespace it makes is throwaway and removed at the end. Prints a
 table, writes results.json, results.md and PNG plots to --out (default bench/results).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("cni", "podman", "docker", "iperf", "lab")
+PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab")
 
 
 def machine() -> dict:
@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
     if a.smoke:
-        levels, samples, par, runs, secs = [2], 2, 8, 1, 1
+        levels, samples, par, runs, secs, rounds = [2], 2, 8, 1, 1, 3
     elif a.quick:
-        levels, samples, par, runs, secs = [10, 100], 15, 16, 3, 3
+        levels, samples, par, runs, secs, rounds = [10, 100], 15, 16, 3, 3, 100
     else:
-        levels, samples, par, runs, secs = [10, 100, 1000], 20, 16, 7, 5  # a bridge holds at most 1,023 ports
+        levels, samples, par, runs, secs, rounds = [10, 100, 1000], 20, 16, 7, 5, 300  # a bridge: <= 1,023 ports
     if a.levels:
         levels = [int(x) for x in a.levels.split(",") if x]
     samples = a.samples or samples
@@ -85,13 +85,19 @@ def main(argv: list[str] | None = None) -> int:
                  "levels": levels, "samples": samples, "parallel_samples": par, "started": time.strftime(
                      "%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     log = lambda s: print(s, flush=True)  # noqa: E731
+    if "proc" in only:
+        from bench.process import run_process
+        log(f"plugin process cost ({rounds} calls of each, alternated)")
+        res["proc"] = _part("proc", lambda: run_process(rounds, log=log), log)
     if "cni" in only:
         from bench.cni import run_cni
         log(f"CNI ADD/DEL at {levels} endpoints, {samples} timed calls each, {par} with 8 in parallel")
         rss: dict = {}
-        samples_ = run_cni(levels, samples, par, log=log, rss=rss)
+        phases: dict = {}
+        samples_ = run_cni(levels, samples, par, log=log, rss=rss, phases=phases)
         res["cni"] = [s.to_dict() for s in samples_]
         res["muslind_rss_mb"] = {str(k): v for k, v in rss.items()}
+        res["muslind_phases"] = {str(k): v for k, v in phases.items()}
     if "podman" in only:
         from bench.podman import run_podman
         log(f"podman run network cost ({runs} runs each)")

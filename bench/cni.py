@@ -1,4 +1,6 @@
-"""CNI ADD/DEL latency and parallel throughput: Muslin (agent, in-process) vs the
+"""CNI ADD/DEL latency and parallel throughput: Muslin (agent, in-process; through the
+agent also with the Python entry when the native forwarder is installed, and the same
+requests sent to muslind with no plugin process: its own time) vs the
 reference bridge + host-local plugins, all with masquerade, each in its own throwaway
 host namespace, with N endpoints (throwaway container namespaces) already attached."""
 
@@ -78,8 +80,13 @@ class Setup:
             self.conf = {"cniVersion": "1.0.0", "name": net, "type": "muslin-cni", "bridge": f"br{net}"[:15],
                          "isGateway": True, "ipMasq": True,
                          "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": subnet}]]}}
-            self.exe = str(VENV_BIN / "muslin-cni")
+            self.exe = str(VENV_BIN / "muslin-cni")  # the native forwarder where setup.sh built it
             self.path = f"{VENV_BIN}:{REF_DIR}"
+            self.py_dir = self.dir / "py-plugins"  # the Python entry under the plugins' own names
+            self.py_dir.mkdir()
+            for name in ("muslin-cni", "muslin-ipam"):
+                if (VENV_BIN / f"{name}-py").exists():
+                    (self.py_dir / name).symlink_to(VENV_BIN / f"{name}-py")
         self.stdin = json.dumps(self.conf)
         self.attached: list[str] = []  # container namespaces with an endpoint
 
@@ -106,6 +113,24 @@ class Setup:
                 self.daemon.wait()
         self.daemon = None
 
+    def phases(self, reset: bool = True) -> dict:
+        """muslind's phase timings since the last reset (its `stats` request, framing 1)."""
+        import socket as _s
+
+        c = _s.socket(_s.AF_UNIX, _s.SOCK_STREAM)
+        try:
+            c.connect(self.sock)
+            c.sendall(json.dumps({"plugin": "stats", "env": {}, "stdin": json.dumps({"reset": reset})}).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            c.close()
+        return json.loads(json.loads(buf)["stdout"])
+
     def rss_mb(self) -> float:
         if not self.daemon:
             return float("nan")
@@ -115,25 +140,42 @@ class Setup:
         return float("nan")
 
     # -- calls --------------------------------------------------------------------------
-    def env(self, verb: str, cns: str, agent: bool) -> dict[str, str]:
+    def env(self, verb: str, cns: str, agent: bool, py: bool = False) -> dict[str, str]:
         e = {"CNI_COMMAND": verb, "CNI_CONTAINERID": cns, "CNI_NETNS": f"/run/netns/{cns}",
-             "CNI_IFNAME": "eth0", "CNI_PATH": self.path}
+             "CNI_IFNAME": "eth0", "CNI_PATH": f"{self.py_dir}:{REF_DIR}" if py else self.path}
         if self.kind != "ref":
             e["MUSLIN_STATE_DIR"] = str(self.dir / "state")
             e["MUSLIN_AGENT_SOCKET"] = self.sock if agent else str(self.dir / "no-agent.sock")
         return e
 
-    def calls(self, verb: str, netns: list[str], agent: bool = True, parallel: int = 1) -> tuple[list[float], float]:
-        job = {"parallel": parallel,
-               "calls": [{"exe": self.exe, "env": self.env(verb, n, agent), "stdin": self.stdin} for n in netns]}
+    def call(self, verb: str, netns: str, way: "Way") -> dict:
+        """One plugin call for the worker (bench/worker.py)."""
+        return {"exe": str(self.py_dir / "muslin-cni") if way.py else self.exe, "stdin": self.stdin,
+                "env": self.env(verb, netns, way.agent, way.py), **({"raw": self.sock} if way.raw else {})}
+
+    def run(self, calls: list[dict], parallel: int = 1) -> tuple[list[float], float]:
+        job = {"parallel": parallel, "calls": calls}
         p = subprocess.run(["ip", "netns", "exec", self.host, sys.executable, str(HERE / "worker.py")],
                            input=json.dumps(job), text=True, capture_output=True, timeout=3600)
         if p.returncode != 0:
             raise RuntimeError(f"bench worker failed: {p.stderr.strip()[-800:]}")
         ans = json.loads(p.stdout)
         if ans["nerrors"]:
-            raise RuntimeError(f"{self.name}: {ans['nerrors']} {verb} call(s) failed, e.g. {ans['errors'][0]}")
+            raise RuntimeError(f"{self.name}: {ans['nerrors']} call(s) failed, e.g. {ans['errors'][0]}")
         return ans["times"], ans["wall"]
+
+    def calls(self, verb: str, netns: list[str], way: "Way", parallel: int = 1) -> tuple[list[float], float]:
+        return self.run([self.call(verb, n, way) for n in netns], parallel)
+
+
+@dataclass(frozen=True)
+class Way:
+    """How a variant reaches the work: muslind's socket or in-process, the Python entry
+    instead of the installed muslin-cni, or no plugin process at all (raw framing 2)."""
+    variant: str
+    agent: bool = True
+    py: bool = False
+    raw: bool = False
 
 
 def new_containers(nss: Namespaces, n: int) -> list[str]:
@@ -141,38 +183,52 @@ def new_containers(nss: Namespaces, n: int) -> list[str]:
     return nss.make([f"{nss.prefix}-c{tag}-{i}" for i in range(n)])
 
 
-def grow(s: Setup, nss: Namespaces, target: int, agent: bool = True) -> None:
+def grow(s: Setup, nss: Namespaces, target: int) -> None:
     need = target - len(s.attached)
     if need <= 0:
         return
     cns = new_containers(nss, need)
-    s.calls("ADD", cns, agent=agent, parallel=1)
+    s.calls("ADD", cns, Way("grow"))
     s.attached.extend(cns)
 
 
-def measure(s: Setup, nss: Namespaces, variant: str, level: int, samples: int, par_samples: int,
-            agent: bool = True, parallel: int = 8) -> list[Sample]:
-    """At `level` endpoints: `samples` sequential ADDs then DELs on fresh namespaces, then
-    `par_samples` ADDs and DELs with `parallel` at once. The host goes back to `level`."""
+def measure(s: Setup, nss: Namespaces, ways: list[Way], level: int, samples: int, par_samples: int,
+            parallel: int = 8, phases: dict | None = None) -> list[Sample]:
+    """At `level` endpoints: `samples` rounds of one ADD then one DEL per way on fresh
+    namespaces, the ways alternated within each round (so the machine's load drifts over
+    them alike); then per way `par_samples` ADDs and DELs with `parallel` at once. The
+    host goes back to `level`."""
     out = []
-    cns = new_containers(nss, samples)
-    t, _ = s.calls("ADD", cns, agent=agent)
-    out.append(Sample(variant, level, "ADD", t))
-    t, _ = s.calls("DEL", cns, agent=agent)
-    out.append(Sample(variant, level, "DEL", t))
+    cns = new_containers(nss, samples * len(ways))
+    calls, keys = [], []
+    for r in range(samples):
+        batch = [(w, cns[r * len(ways) + i]) for i, w in enumerate(ways)]
+        for verb in ("ADD", "DEL"):
+            calls += [s.call(verb, n, w) for w, n in batch]
+            keys += [(w.variant, verb) for w, _ in batch]
+    if phases is not None:
+        s.phases(reset=True)
+    times, _ = s.run(calls)
+    if phases is not None:  # muslind's own phases over the one-at-a-time calls only
+        phases.update(s.phases(reset=True))
+    for w in ways:
+        for verb in ("ADD", "DEL"):
+            out.append(Sample(w.variant, level, verb, [t for t, k in zip(times, keys) if k == (w.variant, verb)]))
     nss.delete(cns)
-    if par_samples:
+    for w in ways if par_samples else ():
         cns = new_containers(nss, par_samples)
-        t, w = s.calls("ADD", cns, agent=agent, parallel=parallel)
-        out.append(Sample(variant, level, f"ADDx{parallel}", t, w))
-        t, w = s.calls("DEL", cns, agent=agent, parallel=parallel)
-        out.append(Sample(variant, level, f"DELx{parallel}", t, w))
+        t, wall = s.calls("ADD", cns, w, parallel=parallel)
+        out.append(Sample(w.variant, level, f"ADDx{parallel}", t, wall))
+        t, wall = s.calls("DEL", cns, w, parallel=parallel)
+        out.append(Sample(w.variant, level, f"DELx{parallel}", t, wall))
         nss.delete(cns)
     return out
 
 
-def run_cni(levels: list[int], samples: int, par_samples: int, log=print, rss: dict | None = None) -> list[Sample]:
-    """The whole CNI comparison. Returns every sample; `rss[level]` gets muslind's RSS in MB."""
+def run_cni(levels: list[int], samples: int, par_samples: int, log=print, rss: dict | None = None,
+            phases: dict | None = None) -> list[Sample]:
+    """The whole CNI comparison. Returns every sample; `rss[level]` gets muslind's RSS in MB,
+    `phases[level]` muslind's own phase timings over its calls at that level."""
     nss = Namespaces(f"mb{token(4)}")
     results: list[Sample] = []
     tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-"))
@@ -182,18 +238,26 @@ def run_cni(levels: list[int], samples: int, par_samples: int, log=print, rss: d
         mus = Setup(nss, "mus", tmp, "muslin", "10.129.0.0/16")
         setups = [ref, mus]
         mus.start_agent()
+        ways = [Way("muslin-agent")]
+        if (mus.py_dir / "muslin-cni").exists():  # the native forwarder is installed: the Python entry too
+            ways.append(Way("muslin-agent-py", py=True))
+        ways.append(Way("muslind-only", raw=True))
+        # in-process calls on their own: mixed in, they change the agent's next call (the store
+        # and the firewall state moved under it)
+        groups = [(ref, [Way("reference")]), (mus, ways), (mus, [Way("muslin-inproc", agent=False)])]
         for level in levels:
             t0 = time.time()
             grow(ref, nss, level)
-            grow(mus, nss, level, agent=True)
+            grow(mus, nss, level)
             log(f"  {level} endpoints on each host ({time.time() - t0:.1f}s to grow)")
-            room = MAX_BRIDGE_PORTS - level  # measured endpoints come on top of `level`
-            for variant, s, agent in (("reference", ref, True), ("muslin-agent", mus, True),
-                                      ("muslin-inproc", mus, False)):
-                got = measure(s, nss, variant, level, min(samples, room), min(par_samples, room), agent=agent)
+            room = (MAX_BRIDGE_PORTS - level) // len(ways)  # measured endpoints come on top of `level`
+            for s, group in groups:
+                ph = phases.setdefault(level, {}) if (phases is not None and group is ways) else None
+                got = measure(s, nss, group, level, min(samples, room), min(par_samples, room), phases=ph)
                 results.extend(got)
-                log("    " + "  ".join(f"{g.verb} p50 {g.p50 * 1e3:.1f}ms" for g in got if "x" not in g.verb)
-                    + f"  [{variant}]")
+                for w in group:
+                    log("    " + "  ".join(f"{g.verb} p50 {g.p50 * 1e3:.1f}ms" for g in got
+                                           if g.variant == w.variant and "x" not in g.verb) + f"  [{w.variant}]")
             if rss is not None:
                 rss[level] = mus.rss_mb()
         return results

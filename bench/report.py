@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-VARIANTS = ("reference", "muslin-agent", "muslin-inproc")
+VARIANTS = ("reference", "muslin-agent", "muslin-agent-py", "muslin-inproc", "muslind-only")
 
 
 def _get(res: dict, variant: str, level: int, verb: str) -> dict | None:
@@ -48,6 +48,24 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
                       *("| " + " | ".join(r) + " |" for r in rows)])
 
 
+def proc_rows(res: dict) -> list[list[str]]:
+    pr = res.get("proc") or {}
+    rows = []
+    true = (pr.get("/bin/true") or {}).get("wall_ms")
+    for k, v in pr.items():
+        if isinstance(v, dict) and "wall_ms" in v:
+            name = k + (" (static)" if k == "native muslin-cni VERSION" and pr.get("native_static") else "")
+            rows.append([name, f"{v['wall_ms']:.2f}", f"{v['cpu_ms']:.2f}",
+                         f"{v['wall_ms'] / true:.2f}x" if true else "", str(v["n"])])
+    for k in ("skipped", "error"):
+        if k in pr:
+            rows.append([k, pr[k], "", "", ""])
+    return rows
+
+
+PROC_HEAD = ["call", "wall p50 ms", "CPU p50 ms", "vs /bin/true", "n"]
+
+
 def other_rows(res: dict) -> list[list[str]]:
     rows = []
     pm = res.get("podman") or {}
@@ -89,8 +107,25 @@ def other_rows(res: dict) -> list[list[str]]:
     return rows
 
 
+PHASE_HEAD = ["endpoints", "phase (inside muslind)", "p50 ms", "mean ms", "n"]
+
+
+def phase_rows(res: dict) -> list[list[str]]:
+    """muslind's own time by phase: the use-case totals, then each plan step."""
+    rows = []
+    for level, ph in (res.get("muslind_phases") or {}).items():
+        for name in sorted(ph, key=lambda n: (not n.endswith("(all)"), n)):
+            v = ph[name]
+            rows.append([level, name, f"{v['p50_ms']:.2f}", f"{v['mean_ms']:.2f}", str(v["n"])])
+    return rows
+
+
 def table(res: dict) -> str:
-    out = [_fmt_table(CNI_HEAD, cni_rows(res))] if res.get("cni") else []
+    out = [_fmt_table(PROC_HEAD, proc_rows(res))] if res.get("proc") else []
+    if res.get("cni"):
+        out.append(_fmt_table(CNI_HEAD, cni_rows(res)))
+    if res.get("muslind_phases"):
+        out.append(_fmt_table(PHASE_HEAD, phase_rows(res)))
     rows = other_rows(res)
     if rows:
         out.append(_fmt_table(["measure", "value", "detail"], rows))
@@ -102,8 +137,12 @@ def markdown(res: dict) -> str:
     parts = [f"Run `{' '.join(res.get('argv', []))}` from {res.get('started')} to {res.get('finished')}.",
              f"Machine: {m.get('os')}, kernel {m.get('kernel')}, {m.get('cores')} cores ({m.get('cpu')}), "
              f"{m.get('memory')} RAM, Python {m.get('python')}, load average at start {m.get('load')}.", ""]
+    if res.get("proc"):
+        parts += [_md_table(PROC_HEAD, proc_rows(res)), ""]
     if res.get("cni"):
         parts += [_md_table(CNI_HEAD, cni_rows(res)), ""]
+    if res.get("muslind_phases"):
+        parts += [_md_table(PHASE_HEAD, phase_rows(res)), ""]
     rows = other_rows(res)
     if rows:
         parts += [_md_table(["measure", "value", "detail"], rows), ""]

@@ -158,3 +158,42 @@ def random_subnet24() -> str:
     import random
 
     return f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24"
+
+
+class Muslind:
+    """muslind started in a test namespace with its own state dir and sockets; stopped by PID."""
+
+    def __init__(self, ns: Netns, state: Path, *extra: str, docker_socket: str = "") -> None:
+        import time
+
+        state = Path(state)
+        self.sock = state / "agent.sock"
+        self.log_path = state / "muslind.log"
+        state.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.log_path, "w")
+        self.proc = ns.popen(tool("muslind"), "--docker-socket", docker_socket, "--agent-socket", str(self.sock),
+                             "--state-dir", str(state), "--reconcile-interval", "0", "--log-level", "warning",
+                             *extra, stdout=self.log, stderr=subprocess.STDOUT)
+        for _ in range(150):
+            if self.sock.exists() or self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        if not self.sock.exists():
+            self.stop()
+            raise RuntimeError(f"muslind did not start: {self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def __enter__(self) -> "Muslind":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -179,7 +179,7 @@ def test_ping_http_ip_alias_dns(dk, sc):
                       if k.startswith("networks/") and sub == ipaddress.ip_network(
                           v["range_sets"][0][0]["subnet"]))
         rules = run("iptables", "-S", "DOCKER-USER").stdout  # Docker's FORWARD DROP is undone for our bridge
-        assert f"-i {bridge}" in rules and f"-o {bridge}" in rules and f"muslin:{bridge}" in rules
+        assert f"-i {bridge}" in rules and f"-o {bridge}" in rules and f":{bridge}\"" in rules
     route = sc.exec("cli", "ip", "route", check=True).stdout
     assert f"default via {sub.network_address + 1}" in route
 

@@ -23,7 +23,7 @@ def _netns() -> set[str]:
 
 def test_bench_smoke(tmp_path):
     before = _netns()
-    p = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "cni,iperf", "--out", str(tmp_path)],
+    p = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "proc,cni,iperf", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
@@ -33,6 +33,8 @@ def test_bench_smoke(tmp_path):
             assert (v, verb) in seen, (v, verb)
     assert all(s["n"] > 0 and s["p50_ms"] > 0 for s in res["cni"])
     assert res["muslind_rss_mb"] and all(v > 0 for v in res["muslind_rss_mb"].values())
+    proc = res["proc"]
+    assert "skipped" in proc or all(v["n"] > 0 for v in proc.values() if isinstance(v, dict)), proc
     assert res["iperf"]["raw_veth_gbps"] > 0 and res["iperf"]["muslin_bridge_gbps"] > 0
     assert "muslin-agent" in p.stdout and "ADD p50 ms" in p.stdout
     assert (tmp_path / "cni_latency.png").stat().st_size > 0

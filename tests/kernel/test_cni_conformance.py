@@ -34,6 +34,7 @@ class Cni:
         self.plugin_dir = plugin_dir
         self.subnet = subnet  # e.g. "10.201.7"
         self.cni_path = f"{plugin_dir}:{REF}"
+        self.agent: Muslind | None = None  # when set, the plugins hand every call to it
 
     def conf(self, version: str = "1.1.0", name: str = "", **kw) -> dict:
         c = {"cniVersion": version, "name": name or "n" + suffix(), "type": "muslin-cni", "isGateway": True,
@@ -45,7 +46,10 @@ class Cni:
     def call(self, plugin: str, cmd: str, conf: dict | str, cid: str = "", ifname: str = "eth0",
              netns: str = "", args: str = "") -> tuple[int, dict | None, str]:
         env = {"PATH": os.environ["PATH"], "CNI_COMMAND": cmd, "CNI_PATH": self.cni_path,
-               "MUSLIN_STATE_DIR": str(self.state), "MUSLIN_AGENT_SOCKET": str(self.state / "no-agent.sock")}
+               "MUSLIN_STATE_DIR": str(self.state),
+               "MUSLIN_AGENT_SOCKET": self.agent.sock if self.agent else str(self.state / "no-agent.sock")}
+        if self.agent:  # a plugin that fell back to in-process work would fail: the agent must do it
+            env["PYTHONPATH"] = self.agent.blocked
         if cmd not in ("VERSION", "GC", "STATUS"):
             env.update(CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_NETNS=netns)
         if args:
@@ -104,8 +108,43 @@ class Cni:
         assert "muslin" not in self.host.run("nft", "list", "tables").stdout
 
 
-@pytest.fixture
-def cni(netns, tmp_path):
+class Muslind:
+    """muslind serving the CNI agent socket inside the host namespace."""
+
+    def __init__(self, host: Netns, state: Path, tmp: Path) -> None:
+        self.sock = str(tmp / "agent.sock")
+        blocked = tmp / "no-in-process"
+        blocked.mkdir()
+        (blocked / "sitecustomize.py").write_text("import sys\nsys.modules['muslin.cni.handler'] = None\n")
+        self.blocked = str(blocked)
+        self.log_path = tmp / "muslind.log"
+        log = open(self.log_path, "w")
+        self.proc = host.popen(tool("muslind"), "--docker-socket", "", "--agent-socket", self.sock, "--state-dir",
+                               str(state), "--reconcile-interval", "0", "--log-level", "warning",
+                               stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        for _ in range(150):
+            if os.path.exists(self.sock) or self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        if not os.path.exists(self.sock):
+            self.stop()
+            raise AssertionError(f"muslind did not start: {self.log_path.read_text()[-800:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert not os.path.exists(self.sock)
+
+
+@pytest.fixture(params=["in-process", "muslind"])
+def cni(request, netns, tmp_path):
+    """The plugins as installed (the native forwarder where setup built it), doing the work
+    in-process (no agent answers), or handing it to a muslind in the host namespace."""
     host = netns("host")
     plugin_dir = tmp_path / "plugins"
     plugin_dir.mkdir()
@@ -113,7 +152,12 @@ def cni(netns, tmp_path):
         (plugin_dir / name).symlink_to(tool(name))
     state = tmp_path / "state"
     state.mkdir()
-    return Cni(host, state, plugin_dir, f"10.{random.randint(100, 250)}.{random.randint(0, 255)}")
+    c = Cni(host, state, plugin_dir, f"10.{random.randint(100, 250)}.{random.randint(0, 255)}")
+    if request.param == "muslind":
+        c.agent = Muslind(host, state, tmp_path)
+    yield c
+    if c.agent:
+        c.agent.stop()
 
 
 def container_addr(res: dict) -> str:
@@ -468,6 +512,8 @@ def test_delegate_missing_plugin_is_one_line(cni, netns):
 def test_agent_fast_path(cni, netns, tmp_path):
     """muslind in the host namespace serves muslin-cni over its socket; the plugin process
     itself cannot even import the handler here, so the work must have gone to the agent."""
+    if cni.agent:
+        pytest.skip("starts its own muslind")
     sock = tmp_path / "agent.sock"
     log = open(tmp_path / "muslind.log", "w")
     d = cni.host.popen(tool("muslind"), "--docker-socket", "", "--agent-socket", str(sock), "--state-dir",

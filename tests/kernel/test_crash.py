@@ -19,8 +19,6 @@ from muslin.control.service import Muslin
 def die(*a, **k):
     os._exit(9)  # the kernel has a veth and the store an address; no endpoint record yet
 links.sandbox_setup = die
-import muslin.drivers.bridge as b
-b.links.sandbox_setup = die
 m = Muslin(state_dir=sys.argv[1])
 sandboxes.connect(m, "net", sys.argv[2], "eth0", (), "", ())
 """
@@ -35,7 +33,7 @@ def test_killed_connect_is_cleaned_by_sandbox_rm(world):
     assert host_links(w) - {"mus-net"}, "the crash should have left a veth behind"
     owners = sh(sys.executable, "-c", "import sys,json;from muslin.store import open_store;"
                 "print(json.dumps([k.key for k in open_store(sys.argv[1]).list('ipam-owner/')]))", w.state).stdout
-    assert json.loads(owners) == [f"ipam-owner/cli/{a}/eth0"]
+    assert json.loads(owners) == [f"ipam-owner/cli/{a}/net/eth0"]
     w.muslin("sandbox", "rm", a)
     assert host_links(w) == {"mus-net"}
     owners = sh(sys.executable, "-c", "import sys,json;from muslin.store import open_store;"

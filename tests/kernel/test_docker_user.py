@@ -3,6 +3,8 @@ and removes it with the network; without the chain it does nothing."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from nsutil import random_subnet24
 from test_cli_bridge import world  # noqa: F401 - fixture
@@ -23,9 +25,10 @@ def test_docker_user_rules_follow_networks(world):
     w.host.run("iptables", "-t", "filter", "-A", "DOCKER-USER", "-j", "RETURN")
     w.muslin("network", "create", "web", "--subnet", random_subnet24())
     have = [line.replace('"', "") for line in rules(w)]
+    tag = f"muslin:{hashlib.sha256(str(w.state).encode()).hexdigest()[:12]}:mus-web"  # the state dir's own
     assert sorted(have) == sorted([
-        "-A DOCKER-USER -i mus-web -m comment --comment muslin:mus-web -j ACCEPT",
-        "-A DOCKER-USER -o mus-web -m comment --comment muslin:mus-web -j ACCEPT"])
+        f"-A DOCKER-USER -i mus-web -m comment --comment {tag} -j ACCEPT",
+        f"-A DOCKER-USER -o mus-web -m comment --comment {tag} -j ACCEPT"])
     # Docker's policy: drop forwarding. The sandboxes still reach each other and the outside.
     w.host.run("iptables", "-P", "FORWARD", "DROP")
     w.host.run("iptables", "-I", "FORWARD", "-j", "DOCKER-USER")

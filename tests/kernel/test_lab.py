@@ -1,6 +1,7 @@
 """Multi-host: 3-host labs (real etcd, one agent process per host namespace) for every
 backend, with real packets between sandboxes on different hosts; robustness of the agent
-(leave, kill -9, lease expiry, etcd restart, drift, restart during a TCP stream)."""
+(leave, kill -9 with the host's routes kept past the liveness TTL, subnet lease expiry,
+etcd restart, drift, restart during a TCP stream)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,32 @@ else:
 """
 
 
+STREAM = r"""
+import hashlib, json, socket, sys, time
+mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "serve":  # count bytes, hash them, and note the longest pause between two reads
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port)); s.listen(1); print("ready", flush=True)
+    c, _ = s.accept(); h = hashlib.sha256(); n = 0; gap = 0.0; last = None
+    while True:
+        b = c.recv(65536); now = time.monotonic()
+        if not b: break
+        if last is not None: gap = max(gap, now - last)
+        last = now; h.update(b); n += len(b)
+    c.sendall(json.dumps({"bytes": n, "sha256": h.hexdigest(), "max_gap": round(gap, 3)}).encode()); c.close()
+else:  # 4 KiB every 10 ms for the given seconds
+    seconds = float(sys.argv[4])
+    c = socket.create_connection((addr, port), timeout=10); h = hashlib.sha256(); sent = 0
+    chunk = bytes(range(256)) * 16
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        c.sendall(chunk); h.update(chunk); sent += len(chunk); time.sleep(0.01)
+    c.shutdown(socket.SHUT_WR)
+    reply = json.loads(c.makefile().read())
+    print(json.dumps({**reply, "sent": sent, "sent_sha256": h.hexdigest()}), flush=True)
+"""
+
+
 def lab_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "muslin.lab", *args], capture_output=True, text=True,
                           timeout=timeout)
@@ -85,6 +112,29 @@ def routes(ns: str) -> str:
 
 def fdb(ns: str) -> str:
     return subprocess.run(["bridge", "-n", ns, "fdb", "show"], capture_output=True, text=True).stdout
+
+
+def neigh(ns: str) -> str:
+    """Permanent neighbour entries (the agent's; dynamic ones change state by themselves)."""
+    return subprocess.run(["ip", "-n", ns, "neigh", "show", "nud", "permanent"], capture_output=True,
+                          text=True).stdout
+
+
+def lines(*cmd: str) -> list[str]:
+    return sorted(subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines())
+
+
+def kernel(ns: str, backend: str) -> dict[str, list[str]]:
+    """What a host's kernel holds that an agent could change: every IPv4 route (the agent
+    manages no IPv6; link-local v6 routes appear by themselves after DAD), the permanent
+    FDB and neighbour entries, every link, and the VXLAN device in detail."""
+    out = {"routes": lines("ip", "-4", "-n", ns, "route", "show", "table", "all"),
+           "fdb": sorted(ln for ln in fdb(ns).splitlines() if "permanent" in ln),
+           "neigh": sorted(neigh(ns).splitlines()),
+           "links": lines("ip", "-n", ns, "-o", "link", "show")}
+    if backend == "vxlan":
+        out["vxlan"] = lines("ip", "-n", ns, "-d", "link", "show", "dev", "mx-net0")
+    return out
 
 
 class Lab:
@@ -123,6 +173,37 @@ class Lab:
     def log(self, host: str) -> str:
         return (self.st.dir / f"{host}.log").read_text()
 
+    def entries_for(self, host: str, peer: str, subnet: str) -> frozenset[str]:
+        """host's route to peer's subnet, its FDB entries towards peer and its neighbour
+        entry for peer's VTEP (vxlan)."""
+        ns = self.host_ns(host)
+        vtep = subnet.split("/")[0]
+        return frozenset([ln for ln in routes(ns).splitlines() if ln.startswith(subnet + " ")]
+                         + [ln for ln in fdb(ns).splitlines() if f"dst {self.underlay(peer)} " in ln]
+                         + [ln for ln in neigh(ns).splitlines() if ln.startswith(vtep + " ")])
+
+    def stream(self, src: str, dst: str, seconds: float, port: int = 5002):
+        """A steady TCP stream src -> dst (about 400 KB/s); .result() waits for the counts."""
+        srv = subprocess.Popen(["ip", "netns", "exec", self.ns(dst), sys.executable, "-c", STREAM, "serve",
+                                self.addr(dst), str(port)], stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline().strip() == "ready"
+        cli = subprocess.Popen(["ip", "netns", "exec", self.ns(src), sys.executable, "-c", STREAM, "send",
+                                self.addr(dst), str(port), str(seconds)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        class Stream:
+            @staticmethod
+            def result() -> dict:
+                try:
+                    out, err = cli.communicate(timeout=seconds + 30)
+                    return json.loads(out) if cli.returncode == 0 else {"error": err.strip()[-300:]}
+                finally:
+                    for p in (cli, srv):
+                        if p.poll() is None:
+                            p.kill()
+                        p.wait()
+        return Stream
+
     def tcp(self, src: str, dst: str, total: int, seconds: float = 0.0, port: int = 5001,
             during=None) -> str:
         srv = subprocess.Popen(["ip", "netns", "exec", self.ns(dst), sys.executable, "-c", TCP, "serve",
@@ -153,8 +234,8 @@ def lab_dir(tmp_path_factory):
         os.environ["MUSLIN_LAB_DIR"] = old
 
 
-def _up(name: str, backend: str, hosts: int = 3, *extra: str) -> None:
-    r = lab_cli("up", name, "--hosts", str(hosts), "--backend", backend, "--lease-ttl", str(TTL),
+def _up(name: str, backend: str, hosts: int = 3, *extra: str, ttl: int = TTL) -> None:
+    r = lab_cli("up", name, "--hosts", str(hosts), "--backend", backend, "--lease-ttl", str(ttl),
                 "--resync", str(RESYNC), *extra)
     assert r.returncode == 0, r.stderr + r.stdout
 
@@ -238,7 +319,7 @@ def test_kill9_agents_during_stream_keeps_flowing_and_changes_nothing(lab3):
     time.sleep(RESYNC + 0.5)  # one resync too
     for h in ("h1", "h2"):
         new = lab3.log(h)[marks[h]:]
-        assert "leased" in new and "reconciled" not in new and "reconfigured" not in new, new
+        assert "kept" in new and "reconciled" not in new and "reconfigured" not in new, new
         assert routes(lab3.host_ns(h)) == before[h]
         assert sorted(fdb(lab3.host_ns(h)).splitlines()) == sorted(fdbs[h].splitlines())
 
@@ -268,18 +349,105 @@ def test_etcd_restart_agents_reconnect_and_converge(lab3):
     assert all(h["store_ok"] for h in s["hosts"].values())
 
 
-def test_kill9_lease_expiry_removes_host_everywhere_then_it_returns(lab3):
-    st = lab3.st
-    sub2 = lab3.subnet("h2")
-    core.kill_pid(st.pids["agent-h2"], signal.SIGKILL)
-    assert wait_until(lambda: "h2" not in core.store_hosts(lab3.st), TTL + 6)
+def test_kill9_agent_keeps_routes_and_traffic_past_the_liveness_ttl_and_restart_changes_nothing(lab3):
+    """kill -9 of h2's agent: a TCP stream from a (h1) to b (h2) keeps flowing for 3x the
+    liveness TTL (the old single lease's TTL, after which peers used to drop h2) with no
+    pause over 1 s; h1's and h3's entries for h2 never change; `lab status` says h2 is
+    degraded (exit 7); a restarted agent changes nothing in any host's kernel."""
+    hosts = ("h1", "h2", "h3")
+    name, sub2 = lab3.name, lab3.subnet("h2")
+    before = {h: kernel(lab3.host_ns(h), lab3.backend) for h in hosts}
+    theirs = {h: lab3.entries_for(h, "h2", sub2) for h in ("h1", "h3")}
+    assert all(theirs.values()), theirs
+    if lab3.backend == "vxlan":  # route, 2 FDB entries, the VTEP neighbour
+        assert all(len(v) == 4 for v in theirs.values()), theirs
+    marks = {h: len(lab3.log(h)) for h in hosts}
+    window = 3 * TTL
+    stream = lab3.stream("a", "b", seconds=window + 2.5)
+    time.sleep(1.0)
+    assert core.kill_agent(name, "h2", signal.SIGKILL)
+    t_kill = time.monotonic()
+    changed, status = [], None
+    while time.monotonic() < t_kill + window:
+        for h in ("h1", "h3"):
+            got = lab3.entries_for(h, "h2", sub2)
+            if got != theirs[h]:
+                changed.append((round(time.monotonic() - t_kill, 1), h, sorted(got)))
+        if status is None and time.monotonic() > t_kill + TTL + 0.5:
+            r = lab_cli("status", name, "-o", "json")
+            s = json.loads(r.stdout)
+            if not s["hosts"]["h2"]["alive"]:  # the liveness key has expired
+                status = (r, s)
+        time.sleep(0.3)
+    res = stream.result()
+    print(f"{lab3.backend}: stream during kill -9 of h2's agent: {res}")
+    assert not changed, changed
+    assert "error" not in res, res
+    assert res["bytes"] == res["sent"] and res["sha256"] == res["sent_sha256"], res
+    assert res["max_gap"] < 1.0 and res["sent"] > 1_000_000, res
+    assert status is not None, "h2's liveness key never expired"
+    r, s = status
+    h2 = s["hosts"]["h2"]
+    assert r.returncode == 7 and r.stderr.strip().startswith(f"error: lab {name} is degraded: h2 ("), r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert not h2["healthy"] and not h2["agent_alive"] and h2["leased"] and h2["subnet"] == sub2
+    assert {"agent not running", "no liveness key in etcd"} <= set(h2["reasons"]), h2
+    assert s["hosts"]["h1"]["healthy"] and s["hosts"]["h3"]["healthy"], s["hosts"]
     for h in ("h1", "h3"):
-        assert wait_until(lambda: lab3.forgot(h, "h2", sub2), 15), routes(lab3.host_ns(h))
-    assert not ping(lab3.ns("a"), lab3.addr("b"))
-    core.start_agent(core.LabState.load(lab3.name), "h2")
-    core.wait_converged(lab3.st, 20)
-    assert lab3.subnet("h2") == sub2
-    assert wait_until(lambda: ping(lab3.ns("a"), lab3.addr("b")), 20)
+        assert "reconciled" not in lab3.log(h)[marks[h]:]
+    # restart: the agent finds its lease and record, and changes nothing anywhere
+    r = lab_cli("restart-agent", name, "h2")
+    assert r.returncode == 0, r.stderr
+    time.sleep(RESYNC + 0.5)  # one resync too
+    after = {h: kernel(lab3.host_ns(h), lab3.backend) for h in hosts}
+    assert after == before, [(h, k, sorted(set(before[h][k]) ^ set(after[h][k])))
+                             for h in hosts for k in before[h] if before[h][k] != after[h][k]]
+    new = lab3.log("h2")[marks["h2"]:]
+    assert f"kept {sub2}" in new and "leased" not in new and "reconciled" not in new, new
+    for h in ("h1", "h3"):
+        assert "reconciled" not in lab3.log(h)[marks[h]:]
+    assert wait_until(lambda: lab_cli("status", name).returncode == 0, 5)
+    assert ping(lab3.ns("a"), lab3.addr("b"))
+
+
+def test_expired_subnet_lease_removes_a_dead_host_and_a_leave_removes_one_at_once(lab_dir):
+    """With a short subnet lease (8 s; liveness 2 s): a host whose agent was killed stays
+    routed after its liveness key expires and is removed by its peers when its subnet lease
+    expires; a host that leaves (SIGUSR1) is removed at once; the dead host returns with
+    its subnet."""
+    name = "t" + suffix()
+    try:
+        _up(name, "vxlan", 3, "--subnet-ttl", "8", ttl=2)
+        lab = Lab(name)
+        lab.sandbox("h1", "a")
+        lab.sandbox("h2", "b")
+        assert wait_until(lambda: ping(lab.ns("a"), lab.addr("b")), 10)
+        sub2, sub3 = lab.subnet("h2"), lab.subnet("h3")
+        core.kill_agent(name, "h2", signal.SIGKILL)
+        t0 = time.monotonic()
+        assert wait_until(lambda: "h2" not in core.store_alive(lab.st), 5, 0.1)
+        assert "h2" in core.store_hosts(lab.st)  # dead, but its subnet lease holds
+        assert all(len(lab.entries_for(h, "h2", sub2)) == 4 for h in ("h1", "h3"))
+        assert ping(lab.ns("a"), lab.addr("b"))
+        assert wait_until(lambda: "h2" not in core.store_hosts(lab.st), 12, 0.1)
+        assert time.monotonic() - t0 > 4  # the subnet lease, not the liveness one
+        assert wait_until(lambda: not lab.entries_for("h1", "h2", sub2) and not lab.entries_for("h3", "h2", sub2), 5)
+        assert not ping(lab.ns("a"), lab.addr("b"))
+        # a real leave: SIGUSR1 to h3's agent gives everything back, peers drop it at once
+        t1 = time.monotonic()
+        r = lab_cli("kill-agent", name, "h3", "--signal", "USR1")
+        assert r.returncode == 0, r.stderr
+        assert "h3" not in core.store_hosts(lab.st) and "h3" not in core.store_alive(lab.st)
+        assert wait_until(lambda: not lab.entries_for("h1", "h3", sub3), 3)
+        assert time.monotonic() - t1 < 8
+        links = ns_run(lab.host_ns("h3"), "ip", "-o", "link").stdout
+        assert "mx-net0" not in links and "mus-net0" not in links
+        # the killed host comes back with its subnet, and traffic with it
+        core.restart_agent(name, "h2")
+        assert lab.subnet("h2") == sub2
+        assert wait_until(lambda: ping(lab.ns("a"), lab.addr("b")), 15)
+    finally:
+        core.down(name)
 
 
 # -- vxlan specifics, bad input, teardown ----------------------------------------------------
@@ -289,8 +457,13 @@ def test_two_overlays_with_the_same_subnet_stay_isolated(lab_dir):
     try:
         _up(name, "vxlan", 2)
         core.add_network(name, "net1", "vxlan", vni=2)
+        def br0_mac() -> str:
+            return ns_run(core.ns_ul(name), "cat", "/sys/class/net/br0/address").stdout.strip()
+
+        assert br0_mac() == core.underlay_mac(name)
         for _ in range(2):
             core.add_host(name, "net1")
+        assert br0_mac() == core.underlay_mac(name)  # fixed at creation: hosts joining do not change it
         lab = Lab(name)
         core.wait_converged(lab.st, 20)
         assert {lab.subnet("h1"), lab.subnet("h2")} == {lab.subnet("h3"), lab.subnet("h4")}
@@ -381,6 +554,9 @@ def test_bad_input_one_line_and_nothing_made(lab_dir):
     r = lab_cli("up", name, "--hosts", "2", "--backend", "geneve")
     assert r.returncode == 2 and r.stderr.strip() == \
         "error: unknown backend 'geneve': expected one of vxlan, host-gw, bgp"
+    r = lab_cli("up", name, "--hosts", "2", "--lease-ttl", "10", "--subnet-ttl", "3")
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "error: subnet lease TTL 3 must be at least the liveness lease TTL 10"
     r = lab_cli("status", name)
     assert r.returncode == 3 and "does not exist" in r.stderr
     assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]

@@ -1,18 +1,25 @@
-"""The agent's subnet leasing on a MemoryStore (no kernel): stable subnets, Exhausted."""
+"""The agent's subnet leasing on a MemoryStore (no kernel): stable subnets, Exhausted, and
+the subnet lease (long, holds the record peers route by) kept apart from liveness (short,
+health only)."""
 
 from __future__ import annotations
 
 import pytest
 
-from muslin.backends.model import ClusterConfig
-from muslin.control.agent import Agent, hosts_prefix, init_config, list_hosts
-from muslin.model.errors import Conflict, Exhausted
+import json
+
+from muslin.backends.model import DEFAULT_SUBNET_TTL, ClusterConfig
+from muslin.control import agent as agent_mod
+from muslin.control.agent import (Agent, alive_prefix, config_key, hosts_prefix, init_config, list_alive,
+                                  list_hosts, read_config, subnet_key)
+from muslin.model.errors import Conflict, Exhausted, Invalid
+from muslin.store.base import Put
 from muslin.store.memory import MemoryStore
 
 
-def agent(store, host, tmp_path, cidr="10.244.0.0/16"):
+def agent(store, host, tmp_path, cidr="10.244.0.0/16", subnet_ttl=DEFAULT_SUBNET_TTL):
     a = Agent(store, "n", host, tmp_path / host, log=lambda m: None)
-    a.cfg = ClusterConfig("n", cidr=cidr, lease_ttl=30)
+    a.cfg = ClusterConfig("n", cidr=cidr, lease_ttl=30, subnet_ttl=subnet_ttl)
     a.underlay_dev = "eth0"
     return a
 
@@ -61,3 +68,115 @@ def test_init_config_conflict():
     with pytest.raises(Conflict, match="another config"):
         init_config(s, ClusterConfig("n", backend="host-gw"))
     assert s.get(hosts_prefix("n")) is None
+
+
+def ttl_of(store: MemoryStore, lease: int) -> float:
+    return store._leases[lease][0]
+
+
+def joined(store, host, tmp_path, **kw):
+    a = agent(store, host, tmp_path, **kw)
+    a.register(f"10.0.0.{ord(host[0]) - 96}", "10.0.0.0/24", 1500)
+    a.publish_alive()
+    return a
+
+
+def test_record_and_subnet_under_the_long_lease_liveness_under_the_short_one(tmp_path):
+    s = MemoryStore()
+    a = joined(s, "a", tmp_path)
+    rec = s.get(hosts_prefix("n") + "a")
+    sub = s.get(subnet_key("n", a.local.record.subnet))
+    alive = s.get(alive_prefix("n") + "a")
+    assert rec.lease == sub.lease == a.lease and alive.lease == a.alive_lease != a.lease
+    assert ttl_of(s, a.lease) == DEFAULT_SUBNET_TTL == 86400 and ttl_of(s, a.alive_lease) == 30
+    assert sorted(list_alive(s, "n")) == ["a"] and set(alive.value) == {"pid", "since"}
+    mem = json.loads(a.memory_path.read_text())
+    assert mem == {"subnet": a.local.record.subnet, "lease": a.lease, "subnet_ttl": 86400,
+                   "alive_lease": a.alive_lease}
+
+
+def test_liveness_expiry_takes_nothing_peers_route_by(tmp_path):
+    s = MemoryStore()
+    a = joined(s, "a", tmp_path)
+    rev = s.revision()
+    s.revoke_lease(a.alive_lease)  # the agent died: its liveness lease expires
+    assert list_alive(s, "n") == {} and list_hosts(s, "n")["a"][0] == a.local.record
+    assert s.get(subnet_key("n", a.local.record.subnet)) is not None
+    assert list(s.watch(hosts_prefix("n"), rev + 1, timeout=0.1)) == []  # peers' watch sees nothing
+    a.renew_alive()  # a running agent whose liveness lease expired publishes it again
+    assert sorted(list_alive(s, "n")) == ["a"]
+
+
+def test_restarted_agent_finds_its_lease_and_record_and_writes_nothing(tmp_path):
+    s = MemoryStore()
+    a = joined(s, "a", tmp_path)
+    agent(s, "b", tmp_path).register("10.0.0.2", "10.0.0.0/24", 1500)
+    rev = s.revision()
+    a2 = agent(s, "a", tmp_path)  # same state dir: a restart after kill -9
+    a2.register("10.0.0.1", "10.0.0.0/24", 1500)
+    assert a2.lease == a.lease and a2.local == a.local
+    assert s.revision() == rev  # not one write: peers see no event
+    old_alive = a.alive_lease
+    a2.publish_alive()
+    assert a2.alive_lease != old_alive and old_alive not in s._leases  # the dead run's lease is revoked
+    assert list(s.watch(hosts_prefix("n"), rev + 1, timeout=0.1)) == []
+
+
+def test_record_of_an_older_agent_moves_to_a_subnet_lease_without_a_delete(tmp_path):
+    s = MemoryStore()
+    a = joined(s, "a", tmp_path)
+    rec = a.local.record
+    # as an agent before the subnet lease left it: both keys under one short lease,
+    # remembered without a subnet_ttl
+    old = s.grant_lease(10)
+    s.txn([], [Put(hosts_prefix("n") + "a", rec.to_dict(), lease=old),
+               Put(subnet_key("n", rec.subnet), {"hostname": "a"}, lease=old)])
+    s.revoke_lease(a.lease)
+    a.memory_path.write_text(json.dumps({"subnet": rec.subnet, "lease": old}))
+    rev = s.revision()
+    a2 = agent(s, "a", tmp_path)
+    a2.register("10.0.0.1", "10.0.0.0/24", 1500)
+    assert a2.local.record == rec and a2.lease != old and ttl_of(s, a2.lease) == 86400
+    assert old not in s._leases
+    assert s.get(hosts_prefix("n") + "a").lease == s.get(subnet_key("n", rec.subnet)).lease == a2.lease
+    events = list(s.watch("cluster/n/", rev + 1, timeout=0.1))
+    assert events and all(e.type == "put" for e in events)  # the same record, never absent
+
+
+def test_expired_subnet_lease_removes_the_host_and_renewal_leases_the_same_subnet(tmp_path):
+    s = MemoryStore()
+    a = joined(s, "a", tmp_path, subnet_ttl=60)
+    mine = a.local.record.subnet
+    assert a.renew_subnet() is False
+    s.revoke_lease(a.lease)  # as if it expired: peers drop the host
+    assert "a" not in list_hosts(s, "n") and s.get(subnet_key("n", mine)) is None
+    assert a.renew_subnet() is True
+    assert list_hosts(s, "n")["a"][0].subnet == mine and ttl_of(s, a.lease) == 60
+
+
+def test_leave_removes_record_subnet_and_liveness(tmp_path, monkeypatch):
+    torn = []
+    monkeypatch.setattr(agent_mod, "teardown_local", lambda *a: torn.append(a))
+    s = MemoryStore()
+    a = joined(s, "a", tmp_path)
+    b = joined(s, "b", tmp_path)
+    leases = (a.lease, a.alive_lease)
+    a.leave()
+    assert sorted(list_hosts(s, "n")) == ["b"] and sorted(list_alive(s, "n")) == ["b"]
+    assert [kv.key for kv in s.list("cluster/n/subnets/")] == [subnet_key("n", b.local.record.subnet)]
+    assert not set(leases) & set(s._leases) and len(torn) == 1
+    # `agent leave` without a running agent: from the remembered leases only
+    b2 = Agent(s, "n", "b", tmp_path / "b", log=lambda m: None)
+    b2.leave()
+    assert list_hosts(s, "n") == {} and list_alive(s, "n") == {} and s.list("cluster/n/subnets/") == []
+
+
+def test_config_subnet_ttl_default_for_old_configs_and_validation():
+    s = MemoryStore()
+    old = {k: v for k, v in ClusterConfig("n", lease_ttl=10).to_dict().items() if k not in ("subnet_ttl", "network")}
+    s.put(config_key("n"), old)  # stored by an agent before the subnet lease
+    cfg = read_config(s, "n")
+    assert cfg.subnet_ttl == DEFAULT_SUBNET_TTL and cfg.lease_ttl == 10
+    assert init_config(s, ClusterConfig("n", lease_ttl=10)) == cfg  # same settings: not a conflict
+    with pytest.raises(Invalid, match="subnet lease TTL 5 must be at least the liveness lease TTL 10"):
+        ClusterConfig("n", lease_ttl=10, subnet_ttl=5).validate()

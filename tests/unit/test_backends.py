@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from muslin.backends import bgp, hostgw, vxlan
-from muslin.backends.model import (ClusterConfig, FdbSpec, HostRecord, Local, NeighSpec, Observed, RouteSpec,
-                                   diff, owned, vtep_mac)
+from muslin.backends.model import ClusterConfig, HostRecord, Local, diff, owned, vtep_mac
+from muslin.model.kernel import FdbSpec, NeighSpec, Observed, RouteSpec
 from muslin.backends.registry import desired_state
 from muslin.model.errors import Invalid
 import ipaddress

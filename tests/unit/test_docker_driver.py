@@ -1,74 +1,35 @@
-"""NetworkDriver handlers on a fake control layer: mapping, idempotency, ports, orphans (no root)."""
+"""NetworkDriver handlers on the control layer over the fake kernel: mapping, idempotency, ports,
+orphans (no root)."""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import replace
 
 import pytest
 
+from muslin.control.service import Muslin
+from muslin.dataplane.fake import FakeKernel
 from muslin.docker import types as T
 from muslin.docker.driver import DockerDriver
-from muslin.model.errors import Conflict, Invalid, NotFound
-from muslin.model.types import AttachRequest, Endpoint, IPRange, Network
+from muslin.model.errors import Invalid
+from muslin.model.types import IPRange, Network
 from muslin.store.memory import MemoryStore
 
 NID, NID2, EID = "a" * 64, "c" * 64, "b" * 64
 
 
-class FakeMuslin:
-    def __init__(self):
-        self.store = MemoryStore()
-        self.nets: dict[str, Network] = {}
-        self.eps: dict[tuple[str, str], Endpoint] = {}
-        self.calls: list[str] = []
+class World:
+    """The real control layer on an in-memory store and the fake kernel."""
 
-    def find_network(self, name):
-        return self.nets.get(name)
+    def __init__(self, tmp):
+        self.kernel = FakeKernel()
+        self.m = Muslin(MemoryStore(), tmp, kernel=lambda: self.kernel)
 
-    def get_network(self, name):
-        if name not in self.nets:
-            raise NotFound(f"network {name!r} does not exist")
-        return self.nets[name]
+    def nets(self):
+        return {n.name: n for n in self.m.list_networks()}
 
-    def list_networks(self):
-        return list(self.nets.values())
-
-    def create_network(self, net):
-        self.calls.append("create_network")
-        net = replace(net, bridge=net.bridge or "mus-x")
-        self.nets[net.name] = net
-        return net
-
-    def ensure_network(self, net):
-        return self.nets.get(net.name) or self.create_network(net)
-
-    def delete_network(self, name, force=False):
-        if any(k[0] == name for k in self.eps):
-            raise Conflict("in use")
-        self.nets.pop(name, None)
-
-    def find_endpoint(self, network, eid):
-        return self.eps.get((network, eid))
-
-    def endpoints(self, network=None):
-        return [e for (n, _), e in self.eps.items() if network in (None, n)]
-
-    def attach(self, req: AttachRequest):
-        self.calls.append("attach")
-        ep = Endpoint(req.network, req.endpoint_id, req.container_id, req.ifname, "", "mv1", req.mac or "02:00:00:00:00:09",
-                      req.addresses, extra=(("peer", "mp1"),))
-        self.eps[(req.network, req.endpoint_id)] = ep
-        return ep
-
-    def detach(self, network, eid, owner=""):
-        self.calls.append("detach")
-        self.eps.pop((network, eid), None)
-
-    def set_ports(self, network, eid, ports):
-        ep = replace(self.eps[(network, eid)], ports=tuple(ports))
-        self.eps[(network, eid)] = ep
-        return ep
+    def eps(self):
+        return {(e.network, e.endpoint_id): e for e in self.m.endpoints()}
 
 
 def create_net(d, nid=NID, generic=None, internal=False):
@@ -86,35 +47,44 @@ def create_ep(d, mac=""):
 
 
 @pytest.fixture
-def d():
-    links = {"mv1"}
-    drv = DockerDriver(FakeMuslin(), link_exists=lambda n: n in links)
-    drv.links = links  # type: ignore[attr-defined]
-    return drv
+def w(tmp_path):
+    return World(tmp_path)
 
 
-def test_network_and_endpoint_lifecycle_is_idempotent(d):
+@pytest.fixture
+def d(w):
+    return DockerDriver(w.m, link_exists=w.m.link_exists)
+
+
+def test_network_and_endpoint_lifecycle_is_idempotent(d, w):
+    before = w.kernel.snapshot()
     create_net(d, generic={"mtu": "1400"})
     create_net(d, generic={"mtu": "1400"})
-    assert d.m.calls.count("create_network") == 1
-    net = d.m.nets["docker-aaaaaaaaaaaa"]
+    net = w.nets()["docker-aaaaaaaaaaaa"]
     assert net.mtu == 1400 and net.origin == "docker" and net.hairpin
-    assert create_ep(d) == {"Interface": {"MacAddress": "02:00:00:00:00:09"}}
-    assert create_ep(d) == {"Interface": {"MacAddress": "02:00:00:00:00:09"}}
-    assert d.m.calls.count("attach") == 1
+    assert w.kernel.link(net.bridge).mtu == 1400
+    first = create_ep(d)
+    assert create_ep(d) == first
+    ep = w.eps()[("docker-aaaaaaaaaaaa", EID)]
+    assert first == {"Interface": {"MacAddress": ep.mac}}
+    assert w.kernel.link(ep.peer).mac == ep.mac and w.kernel.link(ep.host_ifname).master
     j = d.join(T.JoinRequest.from_json({"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})).to_json()
-    assert j == {"InterfaceName": {"SrcName": "mp1", "DstPrefix": "eth"}, "Gateway": "10.9.0.1",
+    assert j == {"InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"}, "Gateway": "10.9.0.1",
                  "DisableGatewayService": True}
     req = T.EndpointRequest(NID, EID)
-    assert d.endpoint_oper_info(req).to_json()["Value"]["muslin.host_ifname"] == "mv1"
+    assert d.endpoint_oper_info(req).to_json()["Value"]["muslin.host_ifname"] == ep.host_ifname
     d.leave(req)
     d.leave(req)
     d.delete_endpoint(req)
     d.delete_endpoint(req)
-    assert not d.m.eps
+    assert not w.eps()
     d.delete_network(T.NetworkRequest(NID))
     d.delete_network(T.NetworkRequest(NID))
-    assert not d.m.nets and d.docker_networks() == {}
+    assert not w.nets() and d.docker_networks() == {}
+    after = w.kernel.snapshot()
+    assert after.pop("sysctl")["/proc/sys/net/ipv4/ip_forward"] == "1"  # stays on, as Docker leaves it
+    before.pop("sysctl")
+    assert after == before
 
 
 def test_mac_given_by_docker_is_not_returned(d):
@@ -129,7 +99,7 @@ def test_internal_network_has_no_gateway(d):
     assert "Gateway" not in j
 
 
-def test_bad_options_and_join_mismatch(d):
+def test_bad_options_and_join_mismatch(d, w):
     with pytest.raises(Invalid, match="'bogus'"):
         create_net(d, generic={"bogus": "1"})
     create_net(d, generic={"muslin.network": "shared"})
@@ -138,42 +108,45 @@ def test_bad_options_and_join_mismatch(d):
     create_net(d, NID2, generic={"muslin.network": "shared"})
     assert d.docker_networks()[NID2]["joined"] is True
     d.delete_network(T.NetworkRequest(NID))  # the joiner inherits the network
-    assert "shared" in d.m.nets and d.docker_networks()[NID2]["joined"] is False
+    assert "shared" in w.nets() and d.docker_networks()[NID2]["joined"] is False
     d.delete_network(T.NetworkRequest(NID2))
-    assert "shared" not in d.m.nets
+    assert "shared" not in w.nets()
 
 
-def test_ports_programmed_once_and_revoked(d):
+def test_ports_programmed_once_and_revoked(d, w):
     create_net(d)
     create_ep(d)
     opts = {T.PORTMAP: [{"Proto": 6, "Port": 80, "HostPort": 8080, "HostPortEnd": 8080}, {"Proto": 17, "Port": 53}]}
     req = T.ProgramExternalConnectivityRequest(NID, EID, opts)
     d.program_external_connectivity(req)
-    ports = d.m.eps[("docker-aaaaaaaaaaaa", EID)].ports
+    ep = w.eps()[("docker-aaaaaaaaaaaa", EID)]
+    ports = ep.ports
+    assert len(w.kernel.table[1].ports) == 2 and w.kernel.namespaces[""][ep.host_ifname].hairpin
     d.program_external_connectivity(req)
-    assert d.m.eps[("docker-aaaaaaaaaaaa", EID)].ports == ports
+    assert w.eps()[("docker-aaaaaaaaaaaa", EID)].ports == ports
     assert ports[0].host_port == 8080 and ports[1].protocol == "udp" and ports[1].host_port >= 32768
     d.revoke_external_connectivity(T.EndpointRequest(NID, EID))
-    assert d.m.eps[("docker-aaaaaaaaaaaa", EID)].ports == ()
+    assert w.eps()[("docker-aaaaaaaaaaaa", EID)].ports == () and w.kernel.table[1].ports == ()
 
 
-def test_orphans_are_detached(d):
+def test_orphans_are_detached(d, w):
     create_net(d)
     create_ep(d)
     assert d.cleanup_orphans() == []
-    d.links.clear()  # the sandbox died and took the veth pair with it
+    w.kernel.delete_link(w.eps()[("docker-aaaaaaaaaaaa", EID)].host_ifname)  # the sandbox died with the veth
     assert d.cleanup_orphans() == [EID]
-    assert not d.m.eps and d._ep_rec(EID) is None
+    assert not w.eps() and d._ep_rec(EID) is None
 
 
-def test_joined_network_removed_by_its_owner_comes_back(d):
+def test_joined_network_removed_by_its_owner_comes_back(d, w):
     subnet = ipaddress.ip_network("10.9.0.0/24")
-    d.m.create_network(Network("cni-net", range_sets=((IPRange(subnet),),), origin="cni"))
+    w.m.create_network(Network("cni-net", range_sets=((IPRange(subnet),),), origin="cni"))
     create_net(d, generic={"muslin.network": "cni-net"})
     assert d.docker_networks()[NID]["joined"] is True
-    del d.m.nets["cni-net"]  # its last CNI container left
+    w.m.remove_if_unused("cni-net")  # its last CNI container left
+    assert "cni-net" not in w.nets()
     create_ep(d)
-    assert d.m.nets["cni-net"].origin == "cni" and ("cni-net", EID) in d.m.eps
+    assert w.nets()["cni-net"].origin == "cni" and ("cni-net", EID) in w.eps()
     d.delete_endpoint(T.EndpointRequest(NID, EID))
     d.delete_network(T.NetworkRequest(NID))
-    assert "cni-net" not in d.m.nets  # no CNI and no Docker user left
+    assert "cni-net" not in w.nets()  # no CNI and no Docker user left

@@ -130,3 +130,9 @@ def test_dispatch_error_fields_and_status():
     assert st == 200 and body["Err"].startswith("muslin internal error") and "\n" not in body["Err"]
     assert dispatch(table, "/NetworkDriver.Nope", b"")[0] == 404
     assert dispatch(table, "/NetworkDriver.CreateNetwork", b"{")[0] == 400
+
+
+def test_reuse_bridge_option():
+    assert O.parse_options({"muslin.bridge": "br0", "muslin.reuse_bridge": "true"}).reuse_bridge
+    with pytest.raises(Invalid, match="needs muslin.bridge"):
+        O.parse_options({"muslin.reuse_bridge": "true"})

@@ -9,7 +9,6 @@ for the "ports" state of test_firewall.py; to regenerate it, as root in a throwa
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -18,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from muslin.dataplane import nft
+from muslin.dataplane.nslock import netns_lock
 from muslin.firewall import FirewallState, compile, render_delete, render_full
-from muslin.firewall.compiler import RULE_COMMENT
-from muslin.model.errors import Invalid, Unavailable, Unsupported
+
+from muslin.firewall.compiler import RULE_COMMENT, owner_mark
+from muslin.model.errors import Conflict, Invalid, Unavailable, Unsupported
 from test_firewall import NET0, PORTS, STATES, port
 
 LISTING = Path(__file__).parent / "golden" / "firewall" / "ports.listing.json"
@@ -96,38 +97,62 @@ def fake(monkeypatch, tmp_path):
     return f
 
 
-def test_sync_decisions(fake, tmp_path):
+OWNER = owner_mark("/var/lib/muslin-test")
+
+
+def test_sync_decisions(fake):
     state = STATES["ports"]
-    assert nft.sync(state, tmp_path) == "full"
-    assert fake.scripts[-1] == render_full(compile(state))
-    fake.table = compile(state)
-    assert nft.sync(state, tmp_path) == "noop"
+    assert nft.sync(state, OWNER) == "full"
+    assert fake.scripts[-1] == render_full(compile(state, OWNER))
+    assert f'add rule inet muslin owner return comment "{OWNER}"' in fake.scripts[-1]
+    fake.table = compile(state, OWNER)
+    assert nft.sync(state, OWNER) == "noop"
     smaller = FirewallState(networks=state.networks, ports=PORTS[:3])
-    assert nft.sync(smaller, tmp_path) == "delta"
+    assert nft.sync(smaller, OWNER) == "delta"
     assert all(line.startswith("delete element") for line in fake.scripts[-1].splitlines())
-    fake.table = compile(smaller).__class__(skeleton="", elements={}, digest="drift")
-    assert nft.sync(state, tmp_path) == "full"
-    fake.table = compile(state)
-    assert nft.sync(FirewallState(), tmp_path) == "deleted"
+    fake.table = compile(smaller).__class__(skeleton="", elements={}, digest="drift", owner=OWNER)
+    assert nft.sync(state, OWNER) == "full"
+    fake.table = compile(state)  # a table of an older Muslin, without a mark: made ours
+    assert nft.sync(state, OWNER) == "full"
+    fake.table = compile(state, OWNER)
+    assert nft.sync(FirewallState(), OWNER) == "deleted"
     assert fake.scripts[-1] == render_delete()
     fake.table = None
     n = len(fake.scripts)
-    assert nft.sync(FirewallState(), tmp_path) == "noop" and len(fake.scripts) == n
-    assert (tmp_path / "nft.lock").exists()
+    assert nft.sync(FirewallState(), OWNER) == "noop" and len(fake.scripts) == n
 
 
-def test_sync_rejects_bad_state_before_touching_nft(fake, tmp_path):
+def test_sync_refuses_another_state_dirs_table(fake):
+    fake.table = compile(STATES["ports"], owner_mark("/srv/other"))
+    n = len(fake.scripts)
+    for state in (STATES["ports"], FirewallState()):
+        with pytest.raises(Conflict, match="managed by Muslin with state dir /srv/other"):
+            nft.sync(state, OWNER)
+    assert len(fake.scripts) == n  # nothing written, nothing deleted
+
+
+def test_parse_reads_the_owner_mark():
+    data = listing()
+    data["nftables"] += [{"chain": {"family": "inet", "table": "muslin", "name": "owner", "handle": 99}},
+                         {"rule": {"family": "inet", "table": "muslin", "chain": "owner", "comment": OWNER,
+                                   "expr": [{"return": None}]}}]
+    rs = nft.parse(data)
+    assert rs.owner == OWNER and rs.digest != "drift"
+
+
+def test_sync_rejects_bad_state_before_touching_nft(fake):
     bad = FirewallState(networks=(NET0,), ports=(port("a", 80, "10.88.0.2", 80), port("b", 80, "10.88.0.3", 80)))
     with pytest.raises(Exception, match="mapped twice"):
-        nft.sync(bad, tmp_path)
+        nft.sync(bad, OWNER)
     assert fake.scripts == []
 
 
 def test_nft_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("MUSLIN_NFT", "binary")
     monkeypatch.setattr(nft.shutil, "which", lambda name: None)
     monkeypatch.setattr(nft.os, "access", lambda p, mode: False)
     with pytest.raises(Unsupported, match="nftables: nft binary not found"):
-        nft.sync(STATES["ports"], tmp_path)
+        nft.sync(STATES["ports"], OWNER)
 
 
 @pytest.mark.parametrize("stderr, kind", [
@@ -143,23 +168,18 @@ def test_nft_errors_are_one_line(monkeypatch, stderr, kind):
     assert msg.startswith("nftables: update: ") and "\n" not in msg and "Error:" not in msg
 
 
-def test_lock_is_exclusive(tmp_path):
-    with nft.locked(tmp_path):
-        fd = os.open(tmp_path / "nft.lock", os.O_RDWR)
+def test_namespace_lock_is_exclusive_and_released():
+    import socket
+
+    with netns_lock("test-" + str(os.getpid())):
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(OSError):  # held: its abstract name is bound
+                other.bind(f"\0muslin/test-{os.getpid()}")
+            with pytest.raises(Unavailable, match="still held"):
+                with netns_lock("test-" + str(os.getpid()), timeout=0.05):
+                    pass
         finally:
-            os.close(fd)
-    fd = os.open(tmp_path / "nft.lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the block
-    finally:
-        os.close(fd)
-
-
-def test_apply_sysctls_skips_missing_bridge(tmp_path):
-    target = tmp_path / "ip_forward"
-    target.write_text("0")
-    nft.apply_sysctls({str(target): "1", str(tmp_path / "conf" / "nobr" / "route_localnet"): "1"})
-    assert target.read_text() == "1"
+            other.close()
+    with netns_lock("test-" + str(os.getpid()), timeout=0.05):  # released after the block
+        pass

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from muslin.backends.model import ClusterConfig, Desired, HostRecord, Local, RouteSpec
+from muslin.backends.model import ClusterConfig, Desired, HostRecord, Local
+from muslin.model.kernel import RouteSpec
 from muslin.model.errors import Invalid
 
 

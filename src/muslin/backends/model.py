@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from muslin.model.errors import Invalid
+from muslin.model.kernel import Changes, FdbSpec, NeighSpec, Observed, RouteSpec, VxlanDev
 
 BACKENDS = ("vxlan", "host-gw", "bgp")
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-RTPROT_MUSLIN = 77  # routes the agent owns carry this protocol number
+DEFAULT_SUBNET_TTL = 86400  # a host's subnet lease (renewed), like flannel's 24 h
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")  # fullmatch
 
 
@@ -38,8 +39,11 @@ class ClusterConfig:
     port: int = 4789
     asn: int = 64512
     route_reflectors: tuple[str, ...] = ()  # hostnames; empty = full mesh
-    lease_ttl: int = 30
+    lease_ttl: int = 30  # liveness: TTL of cluster/<net>/alive/<host> (health only, never routing)
     mtu: int = 0  # 0 = underlay MTU (minus the VXLAN overhead for vxlan)
+    # the subnet lease: TTL of a host's record and subnet key (renewed); peers drop a host
+    # only when it leaves or this expires. Configs stored without it get the default.
+    subnet_ttl: int = DEFAULT_SUBNET_TTL
 
     def validate(self) -> ClusterConfig:
         check_name("network name", self.network)
@@ -62,6 +66,9 @@ class ClusterConfig:
             raise Invalid(f"BGP AS {self.asn} is out of range 1..4294967295")
         if self.lease_ttl < 1:
             raise Invalid(f"lease TTL {self.lease_ttl} must be at least 1 second")
+        if self.subnet_ttl < self.lease_ttl:
+            raise Invalid(f"subnet lease TTL {self.subnet_ttl} must be at least the liveness lease TTL "
+                          f"{self.lease_ttl}")
         return self
 
     @property
@@ -119,40 +126,6 @@ class Local:
     underlay_mtu: int = 1500
 
 
-@dataclass(frozen=True, order=True)
-class RouteSpec:
-    dst: str
-    gateway: str
-    dev: str
-    onlink: bool = False
-
-
-@dataclass(frozen=True, order=True)
-class NeighSpec:
-    dev: str
-    ip: str
-    mac: str
-
-
-@dataclass(frozen=True, order=True)
-class FdbSpec:
-    dev: str
-    mac: str
-    dst: str
-
-
-@dataclass(frozen=True)
-class VxlanDev:
-    name: str
-    vni: int
-    local: str
-    port: int
-    underlay_dev: str
-    mtu: int
-    mac: str
-    address: str  # vtep address with /32
-
-
 @dataclass(frozen=True)
 class Desired:
     routes: frozenset[RouteSpec] = frozenset()
@@ -162,49 +135,6 @@ class Desired:
     bird_config: str = ""
     network_mtu: int = 1500
     problems: tuple[str, ...] = ()  # peers that cannot be reached, one line each
-
-
-@dataclass(frozen=True)
-class Observed:
-    routes: frozenset[RouteSpec] = frozenset()
-    neighs: frozenset[NeighSpec] = frozenset()
-    fdb: frozenset[FdbSpec] = frozenset()
-    vxlan: VxlanDev | None = None
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What to do to turn observed into desired. Deletions first, then additions."""
-
-    del_routes: tuple[RouteSpec, ...] = ()
-    add_routes: tuple[RouteSpec, ...] = ()
-    del_neighs: tuple[NeighSpec, ...] = ()
-    add_neighs: tuple[NeighSpec, ...] = ()
-    del_fdb: tuple[FdbSpec, ...] = ()
-    add_fdb: tuple[FdbSpec, ...] = ()
-    vxlan_create: VxlanDev | None = None  # create (or recreate) the device
-    vxlan_delete: str = ""  # delete the device of this name first
-    vxlan_update: VxlanDev | None = None  # fix mtu / mac / address in place
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def empty(self) -> bool:
-        return not (self.del_routes or self.add_routes or self.del_neighs or self.add_neighs or self.del_fdb
-                    or self.add_fdb or self.vxlan_create or self.vxlan_delete or self.vxlan_update)
-
-    def summary(self) -> str:
-        parts = []
-        for name in ("del_routes", "add_routes", "del_neighs", "add_neighs", "del_fdb", "add_fdb"):
-            n = len(getattr(self, name))
-            if n:
-                parts.append(f"{name.replace('_', ' ')} {n}")
-        if self.vxlan_delete:
-            parts.append(f"delete device {self.vxlan_delete}")
-        if self.vxlan_create:
-            parts.append(f"create device {self.vxlan_create.name}")
-        if self.vxlan_update:
-            parts.append(f"update device {self.vxlan_update.name}")
-        return ", ".join(parts) or "nothing"
 
 
 def diff(desired: Desired, observed: Observed) -> Changes:
@@ -243,10 +173,15 @@ def owned(observed: Observed, cidr: ipaddress.IPv4Network) -> Observed:
                     observed.neighs, observed.fdb, observed.vxlan)
 
 
+def stable_mac(text: str) -> str:
+    """A locally administered unicast MAC derived from text (the same text, the same MAC)."""
+    h = hashlib.sha256(text.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (bytes([(h[0] & 0xFC) | 0x02]) + h[1:6]))
+
+
 def vtep_mac(network: str, hostname: str) -> str:
     """A stable, locally administered unicast MAC for a host's VTEP."""
-    h = hashlib.sha256(f"{network}/{hostname}".encode()).digest()
-    return ":".join(f"{b:02x}" for b in (bytes([(h[0] & 0xFC) | 0x02]) + h[1:6]))
+    return stable_mac(f"{network}/{hostname}")
 
 
 def device_name(prefix: str, network: str) -> str:

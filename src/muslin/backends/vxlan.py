@@ -5,8 +5,8 @@ onlink). MTU = underlay MTU - 50 on the device and on the network's bridge and v
 
 from __future__ import annotations
 
-from muslin.backends.model import (VXLAN_OVERHEAD, ClusterConfig, Desired, FdbSpec, HostRecord, Local,
-                                   NeighSpec, RouteSpec, VxlanDev, device_name)
+from muslin.backends.model import VXLAN_OVERHEAD, ClusterConfig, Desired, HostRecord, Local, device_name
+from muslin.model.kernel import FdbSpec, NeighSpec, RouteSpec, VxlanDev
 
 ZERO_MAC = "00:00:00:00:00:00"
 

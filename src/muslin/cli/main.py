@@ -18,7 +18,7 @@ OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), de
 
 class Ctx:
     def __init__(self, state_dir: str | None) -> None:
-        self.state_dir = state_dir
+        self.state_dir = os.path.abspath(state_dir) if state_dir else None
         self._muslin = None
 
     @property
@@ -30,21 +30,6 @@ class Ctx:
         return self._muslin
 
 
-def enter_netns(name: str) -> None:
-    """Make this (short-lived) process run in the namespace that plays the host."""
-    from muslin.dataplane.nsexec import setns
-
-    path = name if name.startswith("/") else f"/run/netns/{name}"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        raise MuslinError(f"host namespace {name} does not exist") from None
-    try:
-        setns(fd)
-    finally:
-        os.close(fd)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state-dir", envvar="MUSLIN_STATE_DIR", help="State directory (default /var/lib/muslin).")
 @click.option("--host-netns", envvar="MUSLIN_HOST_NETNS", help="Do Muslin's work inside this namespace (the host).")
@@ -52,7 +37,9 @@ def enter_netns(name: str) -> None:
 def cli(ctx: click.Context, state_dir: str | None, host_netns: str | None) -> None:
     """Muslin: container networks on Linux (CNI, Docker, many hosts)."""
     if host_netns:
-        enter_netns(host_netns)
+        from muslin.control.hostns import enter
+
+        enter(host_netns)
     ctx.obj = Ctx(state_dir)
 
 
@@ -98,6 +85,7 @@ def parse_opts(opts: tuple[str, ...]) -> dict[str, str]:
 @click.option("--gateway", multiple=True, help="Gateway for the subnet at the same position.")
 @click.option("--ip-range", multiple=True, help="Allocate only from this sub-range (CIDR), by position.")
 @click.option("--bridge", default="", help="Bridge name (default mus-NAME).")
+@click.option("--reuse-bridge", is_flag=True, help="Use the existing bridge --bridge names (Muslin never deletes it).")
 @click.option("--mtu", type=int, default=0, help="MTU (default: the host's).")
 @click.option("--internal", is_flag=True, help="No traffic in or out of the network.")
 @click.option("--no-masquerade", is_flag=True, help="Do not NAT outbound traffic.")
@@ -108,8 +96,8 @@ def parse_opts(opts: tuple[str, ...]) -> dict[str, str]:
 @click.option("--opt", multiple=True, help="Driver option KEY=VALUE.")
 @OUTPUT
 @click.pass_obj
-def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, mtu, internal, no_masquerade,
-                   no_isolate, hairpin, parent, mode, opt, output) -> None:
+def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, reuse_bridge, mtu, internal,
+                   no_masquerade, no_isolate, hairpin, parent, mode, opt, output) -> None:
     """Create network NAME."""
     from muslin.model.types import IPRange, Network
 
@@ -125,9 +113,26 @@ def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, mt
         except ValueError as e:
             raise Invalid(f"bad address: {e}") from None
         sets.append((IPRange(net, start, end, gw),))
+    from muslin.drivers.base import get_driver
+
+    opts = parse_opts(opt)
+    known = get_driver(driver).options
+    for k in opts:
+        if k not in known:
+            raise Invalid(f"unknown --opt {k!r} for driver {driver}"
+                          + (f" (known: {', '.join(known)})" if known else " (it takes none)"))
+    if parent and driver != "macvlan":
+        raise Invalid(f"--parent is only for --driver macvlan, not {driver}")
+    if mode != "bridge" and driver != "macvlan":
+        raise Invalid(f"--mode is only for --driver macvlan, not {driver}")
+    if bridge and driver != "bridge" or reuse_bridge and driver != "bridge":
+        raise Invalid(f"--bridge and --reuse-bridge are only for --driver bridge, not {driver}")
+    if reuse_bridge and not bridge:
+        raise Invalid("--reuse-bridge needs --bridge NAME (the existing bridge)")
     n = Network(name=name, driver=driver, bridge=bridge, range_sets=tuple(sets), mtu=mtu,
                 masquerade=not no_masquerade, internal=internal, isolate=not no_isolate, hairpin=hairpin,
-                parent=parent, mode=mode, origin="cli", options=tuple(sorted(parse_opts(opt).items())))
+                parent=parent, mode=mode if driver == "macvlan" else "bridge", origin="cli",
+                options=tuple(sorted(opts.items())), reuse_bridge=reuse_bridge)
     made = obj.muslin.create_network(n)
     emit(made.to_dict(), output, f"network {made.name} created ({', '.join(map(str, made.subnets)) or made.driver})")
 
@@ -161,10 +166,17 @@ def network_inspect(obj: Ctx, name, output) -> None:
 @click.option("--force", "-f", is_flag=True, help="Disconnect its endpoints first.")
 @click.pass_obj
 def network_rm(obj: Ctx, names, force) -> None:
-    """Remove networks."""
+    """Remove networks (each one; the exit status is the first failure's)."""
+    first: MuslinError | None = None
     for n in names:
-        obj.muslin.delete_network(n, force=force)
-        click.echo(n)
+        try:
+            obj.muslin.delete_network(n, force=force)
+            click.echo(n)
+        except MuslinError as e:
+            click.echo(f"error: {n}: {e}", err=True)
+            first = first or e
+    if first is not None:
+        sys.exit(first.exit_status)
 
 
 # -- sandboxes ---------------------------------------------------------------------------
@@ -212,12 +224,12 @@ def sandbox_rm(obj: Ctx, names) -> None:
 @sandbox.command("exec", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def sandbox_exec(name, command) -> None:
+@click.pass_obj
+def sandbox_exec(obj: Ctx, name, command) -> None:
     """Run COMMAND inside sandbox NAME."""
-    from muslin.dataplane.nsexec import netns_exists
+    from muslin.control import sandboxes
 
-    if not netns_exists(f"/run/netns/{name}"):
-        raise MuslinError(f"sandbox {name!r} does not exist")
+    sandboxes.require(obj.muslin, name)
     os.execvp("ip", ["ip", "netns", "exec", name, *command])
 
 
@@ -245,19 +257,22 @@ def parse_publish(values: tuple[str, ...]):
 @click.argument("sandbox_name", metavar="SANDBOX")
 @click.option("--ip", multiple=True, help="Requested address (repeat for dual stack).")
 @click.option("--mac", default="", help="Requested MAC address.")
-@click.option("--ifname", default="eth0", show_default=True, help="Interface name in the sandbox.")
+@click.option("--ifname", default=None, help="Interface name in the sandbox (default: the next free ethN).")
 @click.option("--publish", "-p", multiple=True, help="[HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
+@click.option("--default-route", is_flag=True,
+              help="Route the sandbox's default traffic through this network (else only its first network does).")
 @OUTPUT
 @click.pass_obj
-def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, output) -> None:
+def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, default_route, output) -> None:
     """Connect SANDBOX to NETWORK."""
     from muslin.control import sandboxes
 
     try:
-        ips = tuple(ipaddress.ip_address(i) for i in ip)
+        ips = tuple(ipaddress.ip_address(i.strip()) for i in ip)
     except ValueError as e:
         raise Invalid(f"--ip: {e}") from None
-    ep = sandboxes.connect(obj.muslin, network_name, sandbox_name, ifname, ips, mac, parse_publish(publish))
+    ep = sandboxes.connect(obj.muslin, network_name, sandbox_name, ifname, ips, mac, parse_publish(publish),
+                           default_route)
     emit(ep.to_dict(), output, f"{sandbox_name}:{ep.ifname} {' '.join(map(str, ep.addresses))} mac {ep.mac}")
 
 
@@ -267,7 +282,7 @@ def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, outp
 @click.option("--ifname", default="", help="Only this interface (default: all on that network).")
 @click.pass_obj
 def disconnect(obj: Ctx, network_name, sandbox_name, ifname) -> None:
-    """Disconnect SANDBOX from NETWORK (idempotent)."""
+    """Disconnect SANDBOX from NETWORK."""
     from muslin.control import sandboxes
 
     sandboxes.disconnect(obj.muslin, network_name, sandbox_name, ifname)

@@ -1,10 +1,13 @@
-"""Console scripts `muslin-cni` and `muslin-ipam`.
+"""Console scripts `muslin-cni` and `muslin-ipam` (the Python entry).
 
-Executed once per container operation, so this module imports only the standard
+Where scripts/setup.sh could build it, `muslin-cni`/`muslin-ipam` are the native
+forwarder (native/muslin-fwd.c, the same behaviour without an interpreter, framing 2),
+which execs this entry (installed as `muslin-cni-py`/`muslin-ipam-py`) when no agent
+answers. Executed once per container operation, so this module imports only the standard
 library. Fast path: when the muslind agent's socket exists and answers (path from
 MUSLIN_AGENT_SOCKET, else the config's `agentSocket` (top level or under `ipam`), else
-/run/muslin/muslind.sock), the request is forwarded as one
-JSON line {"plugin": "cni"|"ipam", "env": {...}, "stdin": "..."} and the answer
+/run/muslin/muslind.sock), the request is forwarded as one JSON line (framing 1,
+cni/server.py) {"plugin": "cni"|"ipam", "env": {...}, "stdin": "..."} and the answer
 {"stdout": "...", "rc": N} is printed. Otherwise `muslin.cni.handler` runs in-process.
 """
 
@@ -35,7 +38,7 @@ def _socket_path(stdin: bytes) -> str:
             for where in (conf, conf.get("ipam") or {}):
                 if isinstance(where, dict) and isinstance(where.get("agentSocket"), str):
                     return where["agentSocket"]
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             pass  # the handler reports a bad config
     return DEFAULT_SOCKET
 
@@ -78,7 +81,7 @@ def _version(stdin: bytes) -> tuple[str, int]:
     try:
         conf = json.loads(stdin.decode("utf-8") or "{}")
         v = conf.get("cniVersion") if isinstance(conf, dict) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         v = None
     v = v if isinstance(v, str) and v in VERSIONS else VERSIONS[-1]
     return json.dumps({"cniVersion": v, "supportedVersions": list(VERSIONS)}), 0

@@ -24,7 +24,7 @@ from muslin.cni.types import (
     CURRENT_VERSION, E_CONFIG, E_ENV, E_INTERNAL, E_STATUS, E_TRY_AGAIN, SUPPORTED_VERSIONS, CniError,
     CniRequest, check_requested_prefixes, error_code, parse_request,
 )
-from muslin.model.errors import MuslinError, NotFound
+from muslin.model.errors import Exhausted, MuslinError, NotFound
 from muslin.model.types import Endpoint, IPInterface, IPRange, Network, RangeSet
 
 DELEGATE_TIMEOUT = 120.0
@@ -92,43 +92,29 @@ def state_dir(req: CniRequest, env: dict[str, str]) -> str:
 KEEP_OPEN: dict[tuple[str, str], Any] | None = None
 
 
-def _store_file_id(store: Any) -> tuple[int, int] | None:
-    try:
-        st = os.stat(store.path)  # an SQLite store: reopen when the file was replaced
-    except (AttributeError, OSError):
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _open(req: CniRequest, env: dict[str, str]):
-    from muslin.control.service import Muslin
-    from muslin.store import open_store
+    from muslin.control.service import open_muslin
 
     d = state_dir(req, env)
     url = "" if req.data_dir else (env.get("MUSLIN_STORE") or os.environ.get("MUSLIN_STORE") or "")
     if KEEP_OPEN is not None:
         kept = KEEP_OPEN.get((url, d))
-        if kept is not None and _store_file_id(kept[0].store) == kept[1]:
-            return kept[0]
+        if kept is not None and kept.store_is_current():
+            return kept
         if kept is not None:  # the db file was replaced: drop the stale connection
             KEEP_OPEN.pop((url, d), None)
-            try:
-                kept[0].store.close()
-            except Exception:  # noqa: BLE001 - best effort
-                pass
+            kept.close()
     if not url and not d.endswith(".db") and os.path.exists(d) and not os.path.isdir(d):
         where = "dataDir" if req.data_dir else "MUSLIN_STATE_DIR"
         raise CniError(E_CONFIG, f"{where} {d} is not a directory")
     try:
-        store = open_store(url or d)
+        m = open_muslin(url or d, d)
     except MuslinError:
         raise
     except Exception as e:  # noqa: BLE001
         raise CniError(E_TRY_AGAIN, f"cannot open Muslin's store {url or d}: {e}") from None
-    m = Muslin(store, d)
     if KEEP_OPEN is not None:
-        m.close = lambda: None  # type: ignore[method-assign] # kept for the next request
-        KEEP_OPEN[(url, d)] = (m, _store_file_id(store))
+        KEEP_OPEN[(url, d)] = m
     return m
 
 
@@ -232,31 +218,11 @@ def _nets_from_addresses(net: Network, res: dict[str, Any]) -> Network:
     return net.evolve(range_sets=tuple(sets))
 
 
-def _link_mac(*names: str) -> str | list[str]:
-    """The MAC of one link, or a list for several (one netlink socket for all)."""
-    from muslin.dataplane.links import Host
-
-    host = Host()
-    try:
-        macs = []
-        for name in names:
-            info = host.link(name)
-            macs.append(info.mac if info else "")
-        return macs[0] if len(names) == 1 else macs
-    finally:
-        host.close()
-
-
-def endpoint_result(net: Network, ep: Endpoint, dns: dict[str, Any]) -> dict[str, Any]:
-    """The canonical result of an attachment: [bridge, host veth, container iface]."""
-    ifaces: list[dict[str, Any]] = []
-    if net.driver == "bridge":
-        br_mac, veth_mac = _link_mac(net.bridge, ep.host_ifname)
-        ifaces.append(R.interface(net.bridge, br_mac))
-        ifaces.append(R.interface(ep.host_ifname, veth_mac, ep.mtu))
-    elif net.driver == "macvlan":
-        ifaces.append(R.interface(net.parent, _link_mac(net.parent)))
-    ifaces.append(R.interface(ep.ifname, ep.mac, ep.mtu, ep.netns))
+def endpoint_result(ep: Endpoint, dns: dict[str, Any]) -> dict[str, Any]:
+    """The canonical result of an attachment: its interfaces (for a bridge: bridge, host
+    veth, container interface), its addresses on the last one, its routes."""
+    ifaces = [R.interface(i.name, i.mac, i.mtu, i.sandbox) for i in ep.interfaces] or \
+        [R.interface(ep.ifname, ep.mac, ep.mtu, ep.netns)]
     idx = len(ifaces) - 1
     ips = []
     for a in ep.addresses:
@@ -266,17 +232,12 @@ def endpoint_result(net: Network, ep: Endpoint, dns: dict[str, Any]) -> dict[str
     return R.build(ifaces, ips, routes, dns)
 
 
-def _ensure_network(m, req: CniRequest, learned: dict[str, Any] | None) -> Network:
+def _network_of(req: CniRequest, learned: dict[str, Any] | None) -> Network:
+    """The network this config implies (or, with the `network` key, the one it joins)."""
     if req.join:
-        net = m.find_network(req.join)
-        if net is None:
-            raise CniError(E_CONFIG, f"network {req.join!r} (config key network) does not exist in Muslin")
-        return net
+        return Network(name=req.join)
     assert req.network is not None
-    net = req.network
-    if learned is not None:
-        net = _nets_from_addresses(net, learned)
-    return m.ensure_network(net)
+    return _nets_from_addresses(req.network, learned) if learned is not None else req.network
 
 
 # --------------------------------------------------------------------------- muslin-cni
@@ -296,7 +257,8 @@ def _main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
         return {"ADD": _add, "DEL": _del, "CHECK": _check, "GC": _gc, "STATUS": _status}[req.command](
             m, req, env, stdin)
     finally:
-        m.close()
+        if KEEP_OPEN is None:
+            m.close()
 
 
 def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any]:
@@ -308,31 +270,29 @@ def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any
         addresses: tuple[IPInterface, ...] = ()
         if learned is not None:
             addresses = tuple(ipaddress.ip_interface(ip["address"]) for ip in learned.get("ips", []))
-        for attempt in range(3):
-            net = _ensure_network(m, req, learned)
-            if req.join:  # the subnets are known now: a requested 10.1.0.5/8 on a /24 is refused
-                check_requested_prefixes(req.requested, net.range_sets)
-            try:
-                ep = m.attach(AttachRequest(
-                    network=net.name, endpoint_id=req.endpoint_id, container_id=req.env.container_id,
-                    ifname=req.env.ifname, netns=req.env.netns, ips=() if learned is not None else req.ips,
-                    mac=req.mac, ports=req.ports, aliases=req.aliases, addresses=addresses, mtu=req.mtu,
-                    owner=req.owner,
-                ))
-                break
-            except NotFound:
-                # The last DEL of a CNI network may remove it between ensure and attach:
-                # make it again, a bounded number of times.
-                if req.join or attempt == 2 or m.find_network(net.name) is not None:
-                    raise
+        if req.join:  # the subnets are known now: a requested 10.1.0.5/8 on a /24 is refused
+            joined = m.find_network(req.join)
+            if joined is not None:
+                check_requested_prefixes(req.requested, joined.range_sets)
+        try:
+            ep = m.ensure_and_attach(_network_of(req, learned), AttachRequest(
+                network=req.network_name, endpoint_id=req.endpoint_id, container_id=req.env.container_id,
+                ifname=req.env.ifname, netns=req.env.netns, ips=() if learned is not None else req.ips,
+                mac=req.mac, ports=req.ports, aliases=req.aliases, addresses=addresses, mtu=req.mtu,
+                owner=req.owner), join=bool(req.join))
+        except NotFound as e:
+            if req.join and m.find_network(req.join) is None:
+                raise CniError(E_CONFIG, f"network {req.join!r} (config key network) does not exist in Muslin") \
+                    from None
+            raise e
         try:
             dns = req.dns or (learned or {}).get("dns") or {}
-            res = endpoint_result(net, ep, dns)
+            res = endpoint_result(ep, dns)
             if learned is not None and learned.get("routes") and not ep.routes:
                 res["routes"] = learned["routes"]
             res = R.to_version(R.merge(prev, res), req.version)
         except BaseException:
-            m.detach(net.name, req.endpoint_id, owner=req.owner, netns=req.env.netns, ifname=req.env.ifname)
+            m.detach(ep.network, req.endpoint_id, owner=req.owner, netns=req.env.netns, ifname=req.env.ifname)
             raise
     except BaseException:
         if learned is not None:
@@ -359,7 +319,7 @@ def _del(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
 
 def _check(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
     try:
-        ep = m.check(req.network_name, req.endpoint_id)
+        ep = m.check(req.network_name, req.endpoint_id, netns=req.env.netns)
     except NotFound as e:
         raise CniError(E_CONFIG, f"CHECK failed: {e.message}") from None
     if req.prev_result:
@@ -381,17 +341,10 @@ def _check(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
 
 def _gc(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
     valid = {f"{cid}/{ifn}" for cid, ifn in (req.valid_attachments or ())}
-    name = req.network_name
-    keep = set(valid)
-    for ep in m.endpoints(name):  # only CNI attachments are ours to collect
-        owner = dict(ep.extra).get("owner", "")
-        if not owner.startswith("cni/"):
-            keep.add(ep.endpoint_id)
     first: MuslinError | None = None
-    net = m.find_network(name)
     try:
-        if net is not None:
-            m.gc(name, keep)
+        if m.find_network(req.network_name) is not None:
+            m.gc(req.network_name, valid, owner_prefix="cni/")  # only CNI attachments are ours to collect
     except MuslinError as e:
         first = e
     if req.delegates_ipam:
@@ -426,36 +379,11 @@ def _status(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> None:
 # --------------------------------------------------------------------------- IPAM pieces
 
 
-def _free_in(ipam, rs: RangeSet) -> int:
-    from muslin.ipam.ranges import normalize_range, range_contains
-
-    total = 0
-    for r in rs:
-        r = normalize_range(r)
-        assert r.range_start is not None and r.range_end is not None
-        size = int(r.range_end) - int(r.range_start) + 1
-        if r.gateway is not None and range_contains(r, r.gateway):
-            size -= 1
-        if r.subnet.version == 4:
-            size -= sum(1 for a in (r.subnet.network_address, r.subnet.broadcast_address) if range_contains(r, a))
-        used = sum(1 for ip in ipam.owners(r.subnet) if range_contains(r, ip) and ip != r.gateway)
-        total += max(0, size - used)
-        if total > 0:
-            return total
-    return total
-
-
 def _pool_status(ipam, sets: tuple[RangeSet, ...]) -> None:
-    from muslin.ipam.ranges import describe_range_set
-
     try:
-        for rs in sets:
-            if _free_in(ipam, rs) <= 0:
-                raise CniError(E_STATUS, f"address pool exhausted: no free address in {describe_range_set(rs)}")
-    except CniError:
-        raise
+        ipam.check_pools(sets)
     except MuslinError as e:
-        raise CniError(E_STATUS, f"cannot serve ADD: {e.message}") from None
+        raise CniError(E_STATUS, e.message if isinstance(e, Exhausted) else f"cannot serve ADD: {e.message}") from None
 
 
 def _ipam_gc(ipam, req: CniRequest) -> list[str]:
@@ -530,7 +458,8 @@ def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
         _pool_status(ipam, req.range_sets)  # STATUS
         return None
     finally:
-        m.close()
+        if KEEP_OPEN is None:
+            m.close()
 
 
 def _ipam_add(ipam, req: CniRequest, dns: dict[str, Any]) -> dict[str, Any]:

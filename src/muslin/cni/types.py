@@ -51,7 +51,8 @@ from typing import Any
 
 from muslin.model import names
 from muslin.model.errors import Invalid, MuslinError
-from muslin.model.types import DRIVERS, IPAddress, Network, PortMapping, RangeSet, Route
+from muslin.drivers.base import get_driver, names as driver_names
+from muslin.model.types import IPAddress, Network, PortMapping, RangeSet, Route
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT_VERSION = "1.1.0"
@@ -248,10 +249,9 @@ _RUNTIME_KEYS = {"cniVersion", "cniVersions", "name", "type", "capabilities", "r
 _BRIDGE_KEYS = {"bridge", "isGateway", "isDefaultGateway", "ipMasq", "ipMasqBackend", "mtu", "hairpinMode",
                 "promiscMode", "forceAddress", "vlan", "vlanTrunk", "preserveDefaultVlan", "macspoofchk",
                 "enabledad", "disableContainerInterface", "portIsolation"}
-_MUSLIN_KEYS = {"driver", "network", "isolate", "internal", "master", "mode", "dataDir", "agentSocket"}
+_MUSLIN_KEYS = {"driver", "network", "isolate", "internal", "master", "mode", "dataDir", "agentSocket", "reuseBridge"}
 _IPAM_KEYS = {"type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dataDir", "agentSocket",
               "resolvConf"}
-_MACVLAN_MODES = ("bridge", "private", "vepa", "passthru", "source")
 
 
 @dataclass(frozen=True)
@@ -613,8 +613,8 @@ def _extra_ipam_keys(ipam: dict[str, Any]) -> set[str]:
 def _network(conf: dict[str, Any], name: str, sets: tuple[RangeSet, ...],
              routes: tuple[Route, ...]) -> tuple[Network, str, int]:
     driver = _str(conf, "driver", "bridge")
-    if driver not in DRIVERS:
-        raise CniError(E_CONFIG, f"driver {driver!r} is not one of {', '.join(DRIVERS)}")
+    if driver not in driver_names():
+        raise CniError(E_CONFIG, f"driver {driver!r} is not one of {', '.join(driver_names())}")
     join = _str(conf, "network")
     if join and not names.valid_name(join):
         raise CniError(E_CONFIG, f"network {join!r} is not a valid network name")
@@ -641,11 +641,9 @@ def _network(conf: dict[str, Any], name: str, sets: tuple[RangeSet, ...],
     internal = _bool(conf, "internal", False)
     master = _str(conf, "master")
     mode = _str(conf, "mode", "bridge")
-    if driver == "macvlan":
-        if not master:
-            raise CniError(E_CONFIG, "master is required for driver macvlan (the parent link)")
-        if mode not in _MACVLAN_MODES:
-            raise CniError(E_CONFIG, f"mode {mode!r} is not one of {', '.join(_MACVLAN_MODES)}")
+    modes = get_driver(driver).modes
+    if modes and mode not in modes:
+        raise CniError(E_CONFIG, f"mode {mode!r} is not one of {', '.join(modes)} (driver {driver})")
     _unsupported_bridge_features(conf)
     options: dict[str, str] = {}
     if promisc:
@@ -653,9 +651,17 @@ def _network(conf: dict[str, Any], name: str, sets: tuple[RangeSet, ...],
     if force:
         options["forceAddress"] = "true"
     net = Network(
-        name=name, driver=driver, bridge=(bridge or default_bridge_name(name)) if driver == "bridge" else "",
+        name=name, driver=driver, bridge=(bridge or default_bridge_name(name)) if get_driver(driver).bridged else "",
         range_sets=sets, routes=routes, mtu=mtu, masquerade=masq, internal=internal, isolate=isolate,
         hairpin=hairpin, is_gateway=is_gw, is_default_gateway=is_default_gw, parent=master, mode=mode,
-        origin="cni", options=tuple(sorted(options.items())),
+        origin="cni", options=tuple(sorted(options.items())), reuse_bridge=_bool(conf, "reuseBridge", False),
     )
+    driver_ = get_driver(driver)
+    if not join and (sets or not driver_.needs_subnet):  # with a foreign IPAM the subnets come later
+        try:
+            driver_.check(net)
+        except CniError:
+            raise
+        except Invalid as e:
+            raise CniError(E_CONFIG, e.message) from None
     return net, join, mtu

@@ -1,11 +1,15 @@
 """The multi-host agent: one cluster network on this host.
 
-It leases a subnet of the cluster CIDR (key cluster/<net>/hosts/<hostname> under a TTL
-lease, renewed), makes the local side (an ordinary Muslin bridge network on that subnet),
-watches the other hosts' records and reconciles the kernel: desired = backend(config,
-self, peers), observed from the kernel, apply only the difference. A periodic resync
-repairs drift. Stopping never tears anything down (traffic keeps flowing across
-restarts); leaving (SIGTERM with --leave, SIGUSR1, or `leave`) gives everything back.
+It leases a subnet of the cluster CIDR (key cluster/<net>/hosts/<hostname> and the
+subnet key under the *subnet lease*: long, `subnet_ttl`, renewed), makes the local side
+(an ordinary Muslin bridge network on that subnet), watches the other hosts' records and
+reconciles the kernel: desired = backend(config, self, peers), observed from the kernel,
+apply only the difference. A periodic resync repairs drift. Liveness is a separate key,
+cluster/<net>/alive/<hostname>, under a short lease (`lease_ttl`): it tells status that
+the agent runs and is never used for routing, so a crashed or restarting agent takes no
+routes away. Stopping never tears anything down (traffic keeps flowing across restarts);
+leaving (SIGTERM with --leave, SIGUSR1, or `leave`) gives everything back, and peers drop
+a host whose subnet lease truly expires.
 
 Entry: `python -m muslin.control.agent run|init|leave|attach|detach|hosts ...`.
 """
@@ -24,22 +28,15 @@ from typing import Any, Callable
 from muslin.backends.model import ClusterConfig, HostRecord, Local, check_name, diff, owned, vtep_mac
 from muslin.backends.registry import desired_state
 from muslin.backends.vxlan import vxlan_name
+from muslin.model import keys
 from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound, Unavailable
 from muslin.store.base import Compare, Delete, Put, Store
 
 DEFAULT_RESYNC = 10.0
 
 
-def config_key(net: str) -> str:
-    return f"cluster/{net}/config"
-
-
-def hosts_prefix(net: str) -> str:
-    return f"cluster/{net}/hosts/"
-
-
-def subnet_key(net: str, subnet: str) -> str:
-    return f"cluster/{net}/subnets/{subnet.replace('/', '_')}"
+config_key, hosts_prefix, alive_prefix = keys.cluster_config, keys.cluster_hosts, keys.cluster_alive
+subnet_key = keys.cluster_subnet
 
 
 def read_config(store: Store, net: str) -> ClusterConfig:
@@ -73,6 +70,12 @@ def list_hosts(store: Store, net: str) -> dict[str, tuple[HostRecord, int]]:
     return out
 
 
+def list_alive(store: Store, net: str) -> dict[str, dict[str, Any]]:
+    """hostname -> liveness value, for the hosts whose agent renewed its liveness lease."""
+    p = alive_prefix(net)
+    return {kv.key[len(p):]: kv.value if isinstance(kv.value, dict) else {} for kv in store.list(p)}
+
+
 class Agent:
     def __init__(self, store: Store, network: str, hostname: str, state_dir: str | Path,
                  underlay_dev: str = "", underlay_ip: str = "", resync: float = DEFAULT_RESYNC,
@@ -87,7 +90,8 @@ class Agent:
         self._log = log or (lambda m: print(time.strftime("%H:%M:%S"), m, file=sys.stderr, flush=True))
         self.cfg: ClusterConfig | None = None
         self.local: Local | None = None
-        self.lease = 0
+        self.lease = 0  # the subnet lease (record + subnet key)
+        self.alive_lease = 0  # the liveness lease (alive key)
         self.peers: dict[str, HostRecord] = {}
         self.leave_on_stop = False
         self.problems: tuple[str, ...] = ()
@@ -155,7 +159,12 @@ class Agent:
         self.setup_local()
 
     def register(self, ip: str = "", net: str = "", mtu: int = 0) -> None:
-        """Lease a subnet (the one we had, if still ours or free) and publish our record."""
+        """Lease a subnet (the one we had, if still ours or free) and publish our record.
+
+        Both keys live under the subnet lease. A restarted agent finds its lease (remembered
+        in <state>/cluster/<net>.json) and its record as it published them and writes nothing;
+        a record under a lease of another TTL (an older agent's) moves to a new subnet lease
+        in one txn, so peers never see it vanish."""
         from muslin.ipam.ranges import carve
 
         assert self.cfg is not None
@@ -163,18 +172,22 @@ class Agent:
         if self.local is not None:
             ip, net, mtu = self.local.record.underlay, self.local.record.underlay_net, self.local.underlay_mtu
         mem = self._remembered()
+        hkey = hosts_prefix(self.network) + self.hostname
         for _ in range(10):
             hosts = {kv.key: kv for kv in self.store.list(f"cluster/{self.network}/")}
-            mine = hosts.get(hosts_prefix(self.network) + self.hostname)
+            mine = hosts.get(hkey)
             lease = 0
-            if mine is not None and mem.get("lease") and mine.lease == mem["lease"]:
+            ours = {self.lease} if self.lease else set()
+            if mem.get("lease") and mem.get("subnet_ttl") == cfg.subnet_ttl:
+                ours.add(mem["lease"])
+            if mine is not None and mine.lease in ours:
                 try:
                     self.store.refresh_lease(mine.lease)
                     lease = mine.lease
                 except NotFound:
                     lease = 0
             if not lease:
-                lease = self.store.grant_lease(cfg.lease_ttl)
+                lease = self.store.grant_lease(cfg.subnet_ttl)
             prefer_s = (mine.value.get("subnet") if mine else None) or mem.get("subnet")
             taken = []
             for k, kv in hosts.items():
@@ -184,37 +197,78 @@ class Agent:
             try:
                 subnet = carve(cfg.network_cidr, cfg.host_prefix, taken, prefer=prefer)
             except Exhausted:
-                self.store.revoke_lease(lease)
+                if lease != (mine.lease if mine else 0):
+                    self.store.revoke_lease(lease)
                 raise Exhausted(f"cluster network {self.network}: no free /{cfg.host_prefix} left in {cfg.cidr} "
                                 f"for host {self.hostname} ({len(taken)} hosts hold one)") from None
             rec = HostRecord(self.hostname, str(subnet), ip, net, vtep_mac(self.network, self.hostname),
                              str(subnet.network_address))
             skey = subnet_key(self.network, str(subnet))
             cur_s = hosts.get(skey)
-            compares = [Compare(hosts_prefix(self.network) + self.hostname, mine.mod_revision if mine else 0),
-                        Compare(skey, cur_s.mod_revision if cur_s else 0)]
-            ops: list = [Put(hosts_prefix(self.network) + self.hostname, rec.to_dict(), lease=lease),
-                         Put(skey, {"hostname": self.hostname}, lease=lease)]
-            if mine is not None and mine.value.get("subnet") and mine.value["subnet"] != str(subnet):
-                ops.append(Delete(subnet_key(self.network, mine.value["subnet"])))
-            try:
-                self.store.txn(compares, ops)
-            except Conflict:
-                if lease != (mine.lease if mine else 0):
-                    self.store.revoke_lease(lease)
-                continue
-            if self.lease and self.lease != lease:
+            published = (mine is not None and mine.lease == lease and mine.value == rec.to_dict()
+                         and cur_s is not None and cur_s.lease == lease
+                         and cur_s.value.get("hostname") == self.hostname)
+            if not published:
+                compares = [Compare(hkey, mine.mod_revision if mine else 0),
+                            Compare(skey, cur_s.mod_revision if cur_s else 0)]
+                ops: list = [Put(hkey, rec.to_dict(), lease=lease), Put(skey, {"hostname": self.hostname}, lease=lease)]
+                if mine is not None and mine.value.get("subnet") and mine.value["subnet"] != str(subnet):
+                    ops.append(Delete(subnet_key(self.network, mine.value["subnet"])))
                 try:
-                    self.store.revoke_lease(self.lease)
+                    self.store.txn(compares, ops)
+                except Conflict:
+                    if lease != (mine.lease if mine else 0):
+                        self.store.revoke_lease(lease)
+                    continue
+            # leases of ours that now hold nothing (our keys moved to `lease` in the txn)
+            for old in {self.lease, mine.lease if mine else 0} - {0, lease}:
+                try:
+                    self.store.revoke_lease(old)
                 except MuslinError:
                     pass
             self.lease = lease
             if self.local is None or self.local.record.subnet != rec.subnet:
-                self.log(f"leased {subnet} (underlay {ip}, lease {lease:x}, ttl {cfg.lease_ttl}s)")
+                how = "kept" if published else "leased"
+                self.log(f"{how} {subnet} (underlay {ip}, lease {lease:x}, ttl {cfg.subnet_ttl}s)")
             self.local = Local(rec, self.underlay_dev, mtu)
-            self._remember(subnet=str(subnet), lease=lease)
+            if (mem.get("subnet"), mem.get("lease"), mem.get("subnet_ttl")) != (str(subnet), lease, cfg.subnet_ttl):
+                self._remember(subnet=str(subnet), lease=lease, subnet_ttl=cfg.subnet_ttl)
             return
         raise Conflict(f"cluster network {self.network}: could not lease a subnet, too much contention")
+
+    # -- liveness ------------------------------------------------------------------------
+    def publish_alive(self) -> None:
+        """cluster/<net>/alive/<host> under a fresh short lease: this agent runs. Status reads
+        it; no agent routes by it."""
+        assert self.cfg is not None
+        old = self.alive_lease or self._remembered().get("alive_lease", 0)
+        lease = self.store.grant_lease(self.cfg.lease_ttl)
+        self.store.put(alive_prefix(self.network) + self.hostname,
+                       {"pid": os.getpid(), "since": round(time.time(), 3)}, lease=lease)
+        if old and old != lease:  # a previous run's: it holds nothing now
+            try:
+                self.store.revoke_lease(old)
+            except MuslinError:
+                pass
+        self.alive_lease = lease
+        self._remember(alive_lease=lease)
+
+    def renew_alive(self) -> None:
+        try:
+            self.store.refresh_lease(self.alive_lease)
+        except NotFound:
+            self.log("our liveness lease expired; publishing it again")
+            self.publish_alive()
+
+    def renew_subnet(self) -> bool:
+        """Refresh the subnet lease; True when it had expired and we leased again."""
+        try:
+            self.store.refresh_lease(self.lease)
+            return False
+        except NotFound:
+            self.log("our subnet lease expired; leasing again")
+            self.register()
+            return True
 
     def local_network(self):
         from muslin.model.types import IPRange, Network
@@ -241,11 +295,7 @@ class Agent:
             if have is None:
                 m.create_network(want)
             else:
-                from muslin.drivers.base import get_driver
-                with m._host() as host:  # bridge gone by hand? make it again
-                    drv = get_driver(have.driver)
-                    if not drv.network_ready(host, have):
-                        drv.setup_network(host, have)
+                m.repair_network(self.network)  # bridge gone by hand? make it again
         finally:
             m.close()
         from muslin.dataplane.links import write_sysctl
@@ -297,6 +347,7 @@ class Agent:
     def write_status(self) -> None:
         st = {"hostname": self.hostname, "network": self.network, "pid": os.getpid(),
               "backend": self.cfg.backend if self.cfg else "", "lease": self.lease,
+              "alive_lease": self.alive_lease,
               "subnet": self.local.record.subnet if self.local else "",
               "underlay": self.local.record.underlay if self.local else "",
               "peers": {h: p.to_dict() for h, p in sorted(self.peers.items()) if h != self.hostname},
@@ -330,6 +381,7 @@ class Agent:
         try:
             self.join(stop)
             next_rev = self._retry("listing hosts", self._load_peers, stop)
+            self._retry("publishing liveness", self.publish_alive, stop)
         except Unavailable:
             if stop.is_set():  # asked to stop while the store was away: nothing was made
                 self.close()
@@ -337,29 +389,30 @@ class Agent:
             raise
         assert self.cfg is not None
         self.reconcile()
-        renew_every = max(0.5, self.cfg.lease_ttl / 3)
-        next_renew = time.monotonic() + renew_every
+        alive_every = max(0.5, self.cfg.lease_ttl / 3)
+        subnet_every = max(0.5, min(self.cfg.subnet_ttl / 3, 600.0))
+        next_alive = time.monotonic() + alive_every
+        next_subnet = time.monotonic() + subnet_every
         next_sync = time.monotonic() + self.resync
         delay = 0.5
         while not stop.is_set():
             try:
                 dirty = False
-                wait = max(0.05, min(1.0, min(next_renew, next_sync) - time.monotonic()))
+                due = min(next_alive, next_subnet, next_sync)
+                wait = max(0.05, min(1.0, due - time.monotonic()))
                 for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=wait):
                     self._apply_event(ev)
                     next_rev = ev.revision + 1
                     dirty = True
-                    if stop.is_set() or time.monotonic() >= min(next_renew, next_sync):
+                    if stop.is_set() or time.monotonic() >= due:
                         break
                 now = time.monotonic()
-                if now >= next_renew:
-                    try:
-                        self.store.refresh_lease(self.lease)
-                    except NotFound:
-                        self.log("our lease expired; leasing again")
-                        self.register()
-                        dirty = True
-                    next_renew = now + renew_every
+                if now >= next_alive:
+                    self.renew_alive()
+                    next_alive = now + alive_every
+                if now >= next_subnet:
+                    dirty = self.renew_subnet() or dirty
+                    next_subnet = now + subnet_every
                 if now >= next_sync:
                     next_rev = self._load_peers()
                     mine = self.peers.get(self.hostname)
@@ -367,6 +420,9 @@ class Agent:
                         self.log("our record is gone or changed; publishing it again")
                         self.register()
                         next_rev = self._load_peers()
+                    if self.store.get(alive_prefix(self.network) + self.hostname) is None:
+                        self.log("our liveness key is gone; publishing it again")
+                        self.publish_alive()
                     try:
                         self.setup_local()
                     except Unavailable:
@@ -401,20 +457,23 @@ class Agent:
 
     # -- leaving -------------------------------------------------------------------------
     def leave(self) -> None:
-        """Give the subnet back and remove what this network made on this host."""
+        """Give the subnet back, drop the liveness key, and remove what this network made
+        on this host. Peers remove the host when they see its record go."""
         self.log("leaving the cluster network")
         mem = self._remembered()
-        lease = self.lease or mem.get("lease", 0)
+        leases = [x for x in (self.lease or mem.get("lease", 0), self.alive_lease or mem.get("alive_lease", 0)) if x]
         try:
-            if lease:
+            for lease in leases:
                 self.store.revoke_lease(lease)
-            self.store.txn([], [Delete(hosts_prefix(self.network) + self.hostname)]
+            self.store.txn([], [Delete(hosts_prefix(self.network) + self.hostname),
+                                Delete(alive_prefix(self.network) + self.hostname)]
                            + ([Delete(subnet_key(self.network, mem["subnet"]))] if mem.get("subnet") else []))
         except Unavailable as e:
-            self.log(f"could not reach the store to give the subnet back ({e}); it expires with the lease")
+            self.log(f"could not reach the store to give the subnet back ({e}); it expires with the subnet lease")
         teardown_local(self.state_dir, self.network, self.cfg.cidr if self.cfg else "")
-        if mem.get("subnet"):
-            self._remember(lease=0)
+        if mem:
+            self._remember(lease=0, alive_lease=0)
+        self.lease = self.alive_lease = 0
         if self._bird is not None:
             self._bird = None
 

@@ -16,6 +16,7 @@ import click
 
 from muslin.cli.guard import one_line_errors
 
+from muslin.backends.model import DEFAULT_SUBNET_TTL
 from muslin.model.errors import NotFound
 
 STORE_HELP = "cluster store URL, e.g. etcd://10.0.0.1:2379"
@@ -46,15 +47,19 @@ def cli() -> None:
 @click.option("--port", default=4789, show_default=True)
 @click.option("--asn", default=64512, show_default=True)
 @click.option("--route-reflector", "rrs", multiple=True, help="hostname of a BGP route reflector (repeatable)")
-@click.option("--lease-ttl", default=30, show_default=True)
+@click.option("--lease-ttl", default=30, show_default=True,
+              help="seconds: TTL of an agent's liveness key (health only, never routing)")
+@click.option("--subnet-ttl", default=DEFAULT_SUBNET_TTL, show_default=True,
+              help="seconds: TTL of a host's subnet lease (renewed; peers drop a host when it expires)")
 @click.option("--mtu", default=0)
 @one_line_errors
 def init(store_url: str, network: str, cidr: str, host_prefix: int, backend: str, vni: int, port: int,
-         asn: int, rrs: tuple[str, ...], lease_ttl: int, mtu: int) -> None:
+         asn: int, rrs: tuple[str, ...], lease_ttl: int, subnet_ttl: int, mtu: int) -> None:
     """Store a cluster network's config (cluster/<net>/config)."""
     from muslin.backends.model import ClusterConfig
     from muslin.control.agent import init_config
-    cfg = ClusterConfig(network, cidr, host_prefix, backend, vni, port, asn, rrs, lease_ttl, mtu).validate()
+    cfg = ClusterConfig(network, cidr, host_prefix, backend, vni, port, asn, rrs, lease_ttl=lease_ttl, mtu=mtu,
+                        subnet_ttl=subnet_ttl).validate()
     init_config(_store(store_url), cfg)
     click.echo(json.dumps(cfg.to_dict()))
 
@@ -170,12 +175,14 @@ def detach(state_dir: str | None, network: str, sandbox: str) -> None:
 @click.option("--network", required=True)
 @one_line_errors
 def hosts(store_url: str, network: str) -> None:
-    """The hosts of a cluster network and their leases, as JSON."""
-    from muslin.control.agent import list_hosts, read_config
+    """The hosts of a cluster network, their subnet leases and whether their agent is alive, as JSON."""
+    from muslin.control.agent import list_alive, list_hosts, read_config
     st = _store(store_url)
     cfg = read_config(st, network)
+    alive = list_alive(st, network)
     out = {"config": cfg.to_dict(),
-           "hosts": {h: {**rec.to_dict(), "lease": lease} for h, (rec, lease) in list_hosts(st, network).items()}}
+           "hosts": {h: {**rec.to_dict(), "lease": lease, "alive": h in alive}
+                     for h, (rec, lease) in list_hosts(st, network).items()}}
     click.echo(json.dumps(out))
 
 

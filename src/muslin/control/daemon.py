@@ -2,7 +2,7 @@
 
 Runs several services in threads that share one stop event:
 - docker: Docker's remote NetworkDriver + IpamDriver on /run/docker/plugins/muslin.sock;
-- agent: the CNI fast path (one JSON line per request) on /run/muslin/muslind.sock;
+- agent: the CNI fast path (framings in cni/server.py) on /run/muslin/muslind.sock;
 - cluster: the multi-host agent for one cluster network (with --cluster-store and
   --cluster-network): subnet lease, peers, routes/FDB/BIRD reconciled (control/agent.py);
 - reconcile: periodic orphan cleanup and Docker DOCKER-USER rules.
@@ -69,15 +69,13 @@ class DockerService:
     name = "docker"
 
     def __init__(self, ctx: Context) -> None:
-        from muslin.dataplane.docker_user import DockerUserRules
-        from muslin.docker import hostnet
+        from muslin.dataplane import hostnet
         from muslin.docker.driver import DockerDriver
         from muslin.docker.ipam import DockerIpam
         from muslin.docker.server import PluginServer, routes
 
         m = ctx.muslin
         self.ctx = ctx
-        self.rules = DockerUserRules()
         self.driver = DockerDriver(m, link_exists=hostnet.link_exists, port_free=hostnet.port_free,
                                    on_networks_changed=self.sync_rules, host_routes=hostnet.host_routes)
         self.ipam = DockerIpam(m.store, m.ipam, m.list_networks, hostnet.host_routes)
@@ -86,7 +84,7 @@ class DockerService:
 
     def sync_rules(self) -> None:
         try:
-            self.rules.sync(n.bridge for n in self.ctx.muslin.list_networks() if n.driver == "bridge" and n.bridge)
+            self.ctx.muslin.sync_docker_user()
         except Exception as e:  # never fail a Docker call on this; the reconciler retries
             log.warning("DOCKER-USER rules: %s", " ".join(str(e).split()))
 
@@ -107,41 +105,68 @@ class DockerService:
 
 
 class _AgentHandler(socketserver.StreamRequestHandler):
+    """Requests in either framing (cni/server.py), one after the other, until the peer is done."""
+
     def handle(self) -> None:
-        serve = self.server.serve_request  # type: ignore[attr-defined]
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                return
-            try:
-                out = serve(line)
-            except Exception as e:  # never a traceback to the client
-                log.exception("agent request failed")
-                out = (b'{"stdout": "{\\"cniVersion\\": \\"1.1.0\\", \\"code\\": 999, \\"msg\\": \\"'
-                       + " ".join(str(e).split()).replace('"', "'").replace("\\", "/").encode()[:300]
-                       + b'\\"}", "rc": 1}\n')
-            self.wfile.write(out)
-            self.wfile.flush()
+        serve_one = self.server.serve_one  # type: ignore[attr-defined]
+        try:
+            while serve_one(self.rfile, self.wfile):
+                pass
+        except OSError as e:  # the plugin went away; nothing to answer
+            log.debug("agent connection: %s", e)
+        except Exception:  # never a traceback to the client: it sees the connection close (CNI code 11)
+            log.exception("agent request failed")
 
 
 class _AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
+def warm_up() -> None:
+    """Import and load now what the first request of each kind would (~100 ms), so that no
+    CNI call pays it: the use-cases, the drivers, the kernel path, libnftables."""
+    from muslin.control import endpoints, networks  # noqa: F401
+    from muslin.dataplane import kernel, libnft  # noqa: F401
+    from muslin.drivers.base import drivers
+
+    drivers()
+    libnft.available()
+
+
 class AgentService:
-    """The CNI fast path: muslin-cni forwards one JSON line per request here."""
+    """The CNI fast path: muslin-cni forwards each request here (framing 1 or 2, cni/server.py)."""
 
     name = "agent"
 
     def __init__(self, ctx: Context) -> None:
-        from muslin.cni.server import serve_request
+        from muslin.cni import server
+        from muslin.cni.server import serve_one
+        from muslin.control.service import Muslin
+        from muslin.control.timings import Timings
+        from muslin.dataplane import nsexec
         from muslin.docker.server import prepare_socket_path
+
+        nsexec.use_helper()  # work inside sandboxes goes to one persistent helper, no fork per call
+        warm_up()
+        self.timings = Muslin.default_timings or Timings()
+        Muslin.default_timings = self.timings
+        server.EXTRA["stats"] = self.stats
 
         self.path = ctx.args.agent_socket
         prepare_socket_path(self.path)
         self.server = _AgentServer(self.path, _AgentHandler)
-        self.server.serve_request = serve_request  # type: ignore[attr-defined]
+        self.server.serve_one = serve_one  # type: ignore[attr-defined]
         os.chmod(self.path, 0o600)
+
+    def stats(self, stdin: bytes) -> tuple[str, int]:
+        """The phase timings so far ({"reset": true} on stdin: and start again)."""
+        import json
+
+        try:
+            reset = bool(json.loads(stdin or b"{}").get("reset"))
+        except (ValueError, AttributeError):
+            reset = False
+        return json.dumps(self.timings.snapshot(reset)), 0
 
     def start(self) -> None:
         from muslin.docker.server import serve_in_thread
@@ -204,6 +229,33 @@ class ClusterService:
         self.pidfile.unlink(missing_ok=True)
 
 
+class ReaperService:
+    """Retired links deleted in batches (control/reaper.py); first, what a muslind that died
+    left retired."""
+
+    name = "reaper"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.control.reaper import Reaper
+        from muslin.control.service import Muslin
+        from muslin.control.timings import Timings
+
+        Muslin.default_timings = Muslin.default_timings or Timings()  # before any Muslin is made
+        self.ctx = ctx
+        self.reaper = Reaper(linger=ctx.args.reap_delay)
+        Muslin.default_reaper = self.reaper  # every Muslin of this process retires, then reaps here
+        self.thread = threading.Thread(target=self.reaper.run, args=(ctx.stop,), name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self.ctx.muslin.reap()  # the links and addresses of its state dir that a dead muslind left
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.ctx.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+
+
 class Reconciler:
     """Calls each `task` every `interval` seconds until stop (errors logged, never fatal)."""
 
@@ -241,6 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="state directory (default $MUSLIN_STATE_DIR or /var/lib/muslin)")
     p.add_argument("--store", default=os.environ.get("MUSLIN_STORE") or None,
                    help="store URL (etcd://host:port, a .db path); default: the state directory")
+    p.add_argument("--reap-delay", type=float, default=0.05,
+                   help="seconds a DEL's retired veth waits for others to be deleted with it in one message")
     p.add_argument("--reconcile-interval", type=float, default=10.0,
                    help="seconds between orphan cleanups / firewall hook checks (0 = only at start)")
     p.add_argument("--log-level", default=os.environ.get("MUSLIN_LOG_LEVEL", "info"),
@@ -279,6 +333,7 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
             log.warning("CNI agent disabled: %s", e)
             return None
 
+    factories.append(lambda: ReaperService(ctx))  # first: every Muslin made later retires links
     if ctx.args.cluster_store:
         factories.append(lambda: ClusterService(ctx))
     if ctx.args.docker_socket:

@@ -13,35 +13,34 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from dataclasses import dataclass
 import socket
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from muslin.ipam.ranges import describe_range_set, next_free, range_set_of, validate_range_sets
-from muslin.model.errors import Conflict, Invalid, Unavailable
+from muslin.ipam.ranges import describe_range_set, next_free, normalize_range, range_contains, range_set_of, \
+    validate_range_sets
+from muslin.model import keys
+from muslin.model.errors import Conflict, Exhausted, Invalid, Unavailable
 from muslin.model.types import IPAddress, IPInterface, IPNetwork, RangeSet
 from muslin.store.base import KV, Compare, Delete, Op, Put, Store
 
 RETRIES = 200
-IP_PREFIX = "ipam/"
-OWNER_PREFIX = "ipam-owner/"
+OWNER_PREFIX = keys.IPAM_OWNERS
+ip_key, last_key, owner_key = keys.ipam_ip, keys.ipam_last, keys.ipam_owner
+Addr = tuple[IPInterface, IPAddress | None]
+Entry = tuple[IPNetwork, IPAddress]  # one allocation: (subnet, address)
 
 
-def subnet_key(subnet: IPNetwork) -> str:
-    return str(subnet).replace("/", "_")
+@dataclass(frozen=True)
+class Allocation:
+    """What one `take` did: the addresses (with gateways) it returns, the entries it newly
+    allocated, and the round-robin cursors it moved (subnet, address written, value before)."""
 
-
-def ip_key(subnet: IPNetwork, ip: IPAddress) -> str:
-    return f"{IP_PREFIX}{subnet_key(subnet)}/ip/{ip}"
-
-
-def last_key(subnet: IPNetwork) -> str:
-    return f"{IP_PREFIX}{subnet_key(subnet)}/last"
-
-
-def owner_key(owner: str) -> str:
-    return OWNER_PREFIX + owner
+    addrs: list[Addr]
+    entries: list[Entry]
+    cursors: list[tuple[IPNetwork, IPAddress, Any]]
 
 
 def _check_owner(owner: str) -> None:
@@ -82,15 +81,14 @@ class Ipam:
 
     # --- reads -------------------------------------------------------------------------
     def _used(self, subnet: IPNetwork) -> dict[IPAddress, KV]:
-        pre = f"{IP_PREFIX}{subnet_key(subnet)}/ip/"
+        pre = keys.ipam_ips(subnet)
         return {ipaddress.ip_address(kv.key[len(pre):]): kv for kv in self.store.list(pre)}
 
     def _used_ips(self, subnet: IPNetwork) -> list[IPAddress]:
         """The taken addresses only: keys without their values when the store can list keys
         (SQLite), which keeps an allocation cheap with a thousand addresses in the subnet."""
-        pre = f"{IP_PREFIX}{subnet_key(subnet)}/ip/"
-        keys = getattr(self.store, "keys", None)
-        names = keys(pre) if keys is not None else [kv.key for kv in self.store.list(pre)]
+        pre = keys.ipam_ips(subnet)
+        names = self.store.keys(pre)
         cls, fam = (ipaddress.IPv4Address, socket.AF_INET) if subnet.version == 4 else \
             (ipaddress.IPv6Address, socket.AF_INET6)
         out = []
@@ -123,16 +121,22 @@ class Ipam:
 
     # --- allocate ----------------------------------------------------------------------
     def allocate(self, range_sets: Sequence[RangeSet], owner: str, container_id: str = "", ifname: str = "",
-                 requested: Iterable[IPAddress] = ()) -> list[tuple[IPInterface, IPAddress | None]]:
+                 requested: Iterable[IPAddress] = ()) -> list[Addr]:
         """One address per range set, all in one txn (all-or-nothing).
 
         Requested addresses go to the range set containing them (Invalid if none does or
         two fall in one set). If the owner already holds an address in a set (a retried
         ADD), that address is returned again instead of a second one."""
+        return self.take(range_sets, owner, container_id, ifname, requested).addrs
+
+    def take(self, range_sets: Sequence[RangeSet], owner: str, container_id: str = "", ifname: str = "",
+             requested: Iterable[IPAddress] = ()) -> Allocation:
+        """`allocate`, also telling what this very call allocated (not what the owner held
+        already): an undo gives back exactly that (`give_back`)."""
         _check_owner(owner)
         sets = validate_range_sets(range_sets)
         if not sets:
-            return []
+            return Allocation([], [], [])
         want: dict[int, IPAddress] = {}
         for ip in requested:
             if isinstance(ip, str):
@@ -150,12 +154,13 @@ class Ipam:
             want[i] = ip
         record = {"owner": owner, "container_id": container_id, "ifname": ifname}
 
-        def attempt() -> tuple[list[Compare], list[Op], list[tuple[IPInterface, IPAddress | None]]]:
+        def attempt() -> tuple[list[Compare], list[Op], Allocation]:
             okv = self.store.get(owner_key(owner))
             held = _entries(okv)
             compares = [Compare(owner_key(owner), okv.mod_revision if okv else 0)]
             ops: list[Op] = []
-            result: list[tuple[IPInterface, IPAddress | None]] = []
+            result: list[Addr] = []
+            cursors: list[tuple[IPNetwork, IPAddress, Any]] = []
             new_entries = list(held)
             for i, rs in enumerate(sets):
                 mine = [(s, ip) for s, ip in held if range_set_of([rs], ip) == 0]
@@ -174,11 +179,13 @@ class Ipam:
                 compares.append(Compare(ip_key(r.subnet, ip), 0))
                 ops.append(Put(ip_key(r.subnet, ip), record))
                 ops.append(Put(last_key(r.subnet), str(ip)))
+                cur = self.store.get(last_key(r.subnet))
+                cursors.append((r.subnet, ip, cur.value if cur else None))
                 new_entries.append((r.subnet, ip))
                 result.append((ipaddress.ip_interface(f"{ip}/{r.subnet.prefixlen}"), r.gateway))
             if ops:
                 ops.append(Put(owner_key(owner), _index_value(new_entries)))
-            return compares, ops, result
+            return compares, ops, Allocation(result, new_entries[len(held):], cursors)
 
         return self._retry(f"allocating for {owner}", attempt)
 
@@ -227,6 +234,59 @@ class Ipam:
 
         return self._retry(f"releasing {owner}", attempt)
 
+    def give_back(self, owner: str, alloc: Allocation) -> list[IPAddress]:
+        """Undo one `take`: free exactly its entries, and only while `owner` holds them (the
+        owner's other addresses stay), and put back the cursors it moved if nobody moved them
+        since. Idempotent."""
+        _check_owner(owner)
+        wanted = set(alloc.entries)
+        if not wanted:
+            return []
+
+        def attempt() -> tuple[list[Compare], list[Op], list[IPAddress]]:
+            okv = self.store.get(owner_key(owner))
+            held = _entries(okv)
+            mine = [e for e in held if e in wanted]
+            if okv is None or not mine:
+                return [], [], []
+            rest = [e for e in held if e not in wanted]
+            compares = [Compare(okv.key, okv.mod_revision)]
+            ops: list[Op] = [Put(okv.key, _index_value(rest)) if rest else Delete(okv.key)]
+            for s, ip in mine:
+                kv = self.store.get(ip_key(s, ip))
+                if kv is not None and kv.value.get("owner") == owner:
+                    compares.append(Compare(kv.key, kv.mod_revision))
+                    ops.append(Delete(kv.key))
+            for s, written, before in alloc.cursors:
+                kv = self.store.get(last_key(s))
+                if kv is not None and kv.value == str(written):
+                    compares.append(Compare(kv.key, kv.mod_revision))
+                    ops.append(Put(kv.key, before) if before is not None else Delete(kv.key))
+            return compares, ops, [ip for _, ip in mine]
+
+        return self._retry(f"giving back addresses of {owner}", attempt)
+
+    def hand_over(self, owner: str, new_owner: str) -> list[IPAddress]:
+        """Move every address of `owner` to `new_owner` (added to what it holds), in one txn."""
+        _check_owner(owner)
+        _check_owner(new_owner)
+
+        def attempt() -> tuple[list[Compare], list[Op], list[IPAddress]]:
+            okv, nkv = self.store.get(owner_key(owner)), self.store.get(owner_key(new_owner))
+            if okv is None:
+                return [], [], []
+            moved = _entries(okv)
+            compares = [Compare(okv.key, okv.mod_revision), Compare(owner_key(new_owner), nkv.mod_revision if nkv else 0)]
+            ops: list[Op] = [Delete(okv.key), Put(owner_key(new_owner), _index_value(_entries(nkv) + moved))]
+            for s, ip in moved:
+                kv = self.store.get(ip_key(s, ip))
+                if kv is not None and kv.value.get("owner") == owner:
+                    compares.append(Compare(kv.key, kv.mod_revision))
+                    ops.append(Put(kv.key, {**kv.value, "owner": new_owner}))
+            return compares, ops, [ip for _, ip in moved]
+
+        return self._retry(f"handing the addresses of {owner} to {new_owner}", attempt)
+
     def release_ip(self, subnet: IPNetwork, ip: IPAddress) -> bool:
         """Free one address whoever holds it; True if it was allocated."""
 
@@ -262,6 +322,31 @@ class Ipam:
                         self.release_ip(subnet, ip)
                     gone.add(owner)
         return sorted(gone)
+
+    # --- pool status -------------------------------------------------------------------
+    def free_in(self, rs: RangeSet) -> int:
+        """How many addresses of the range set are free (stops counting at the first > 0)."""
+        total = 0
+        for r in rs:
+            r = normalize_range(r)
+            assert r.range_start is not None and r.range_end is not None
+            size = int(r.range_end) - int(r.range_start) + 1
+            if r.gateway is not None and range_contains(r, r.gateway):
+                size -= 1
+            if r.subnet.version == 4:
+                size -= sum(1 for a in (r.subnet.network_address, r.subnet.broadcast_address)
+                            if range_contains(r, a))
+            used = sum(1 for ip in self._used_ips(r.subnet) if range_contains(r, ip) and ip != r.gateway)
+            total += max(0, size - used)
+            if total > 0:
+                return total
+        return total
+
+    def check_pools(self, sets: Sequence[RangeSet]) -> None:
+        """Exhausted when a range set has no free address (CNI STATUS)."""
+        for rs in sets:
+            if self.free_in(rs) <= 0:
+                raise Exhausted(f"address pool exhausted: no free address in {describe_range_set(rs)}")
 
     # --- helpers for callers -----------------------------------------------------------
     def record(self, subnet: IPNetwork, ip: IPAddress) -> dict[str, Any] | None:

@@ -1,41 +1,38 @@
-"""CLI sandboxes: named network namespaces under /run/netns, tracked in the store."""
+"""CLI sandboxes: named network namespaces under /run/netns, tracked in the store.
+
+A sandbox joins a network once (Docker's rule); its next network gets the next free ethN;
+the first network keeps the default route unless a connect asks for it.
+"""
 
 from __future__ import annotations
 
-import subprocess
-
 from muslin.control.service import Muslin
-from muslin.dataplane.links import sandbox_loopback_up
-from muslin.dataplane.nsexec import netns_exists
-from muslin.model import names
-from muslin.model.errors import Conflict, NotFound, Unavailable
+from muslin.model import keys, names
+from muslin.model.errors import Conflict, NotFound
 from muslin.model.types import AttachRequest, Endpoint, IPAddress, PortMapping
-
-PREFIX = "sandboxes/"
-OWNER_INDEX = "ipam-owner/"
+from muslin.plan import Step, run
 
 
 def path_of(name: str) -> str:
     return f"/run/netns/{name}"
 
 
-def _ip(*args: str) -> None:
-    r = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise Unavailable(f"ip {' '.join(args)}: {r.stderr.strip()}")
-
-
 def create(m: Muslin, name: str) -> None:
     names.check_name(name, "sandbox name")
-    if netns_exists(path_of(name)):
-        raise Conflict(f"sandbox {name!r} already exists")
-    _ip("netns", "add", name)
-    try:
-        sandbox_loopback_up(path_of(name))
-        m.store.put(PREFIX + name, {"name": name, "netns": path_of(name)})
-    except BaseException:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-        raise
+    with m.kernel() as k:
+        if k.netns_exists(path_of(name)):
+            raise Conflict(f"sandbox {name!r} already exists")
+        run([Step("netns", lambda: k.create_netns(name), lambda _: k.delete_netns(name)),
+             Step("sandbox record", lambda: m.store.put(keys.sandbox(name), {"name": name, "netns": path_of(name)}))])
+
+
+def require(m: Muslin, name: str) -> str:
+    """The path of an existing sandbox (NotFound, with what to run, otherwise)."""
+    names.check_name(name, "sandbox name")
+    with m.kernel() as k:
+        if not k.netns_exists(path_of(name)):
+            raise NotFound(f"sandbox {name!r} does not exist (muslin sandbox create {name})")
+    return path_of(name)
 
 
 def endpoints_of(m: Muslin, name: str) -> list[Endpoint]:
@@ -45,37 +42,57 @@ def endpoints_of(m: Muslin, name: str) -> list[Endpoint]:
 def list_all(m: Muslin) -> list[dict]:
     eps = m.endpoints()
     out = []
-    for kv in m.store.list(PREFIX):
-        name = kv.value["name"]
-        mine = [e for e in eps if e.netns == path_of(name)]
-        out.append({"name": name, "netns": path_of(name), "exists": netns_exists(path_of(name)),
-                    "endpoints": [{"network": e.network, "ifname": e.ifname, "mac": e.mac,
-                                   "addresses": [str(a) for a in e.addresses]} for e in mine]})
+    with m.kernel() as k:
+        for kv in m.store.list(keys.SANDBOXES):
+            name = kv.value["name"]
+            mine = [e for e in eps if e.netns == path_of(name)]
+            out.append({"name": name, "netns": path_of(name), "exists": k.netns_exists(path_of(name)),
+                        "endpoints": [{"network": e.network, "ifname": e.ifname, "mac": e.mac,
+                                       "addresses": [str(a) for a in e.addresses]} for e in mine]})
     return out
 
 
 def remove(m: Muslin, name: str) -> None:
-    """Disconnect and delete a sandbox. Also frees addresses a crashed `connect` held
-    without a record (owner 'cli/<name>/...'); its links die with the namespace."""
+    """Disconnect and delete a sandbox (idempotent). Also frees addresses a crashed
+    `connect` held without a record (owners 'cli/<name>/...'); its links die with the namespace."""
+    names.check_name(name, "sandbox name")
     for ep in endpoints_of(m, name):
         m.detach(ep.network, ep.endpoint_id)
-    if netns_exists(path_of(name)):
-        _ip("netns", "del", name)
-    for kv in m.store.list(f"{OWNER_INDEX}cli/{name}/"):
-        m.ipam.release(kv.key[len(OWNER_INDEX):])
-    m.store.delete(PREFIX + name)
+    with m.kernel() as k:
+        k.delete_netns(name)
+    for key in m.store.keys(keys.ipam_owner(keys.cli_owners(name))):
+        m.ipam.release(key[len(keys.IPAM_OWNERS):])
+    m.store.delete(keys.sandbox(name))
 
 
-def connect(m: Muslin, network: str, sandbox: str, ifname: str, ips: tuple[IPAddress, ...], mac: str,
-            ports: tuple[PortMapping, ...]) -> Endpoint:
-    if not netns_exists(path_of(sandbox)):
-        raise NotFound(f"sandbox {sandbox!r} does not exist (muslin sandbox create {sandbox})")
+def next_ifname(taken: set[str]) -> str:
+    return next(f"eth{i}" for i in range(len(taken) + 1) if f"eth{i}" not in taken)
+
+
+def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ips: tuple[IPAddress, ...] = (),
+            mac: str = "", ports: tuple[PortMapping, ...] = (), default_route: bool = False) -> Endpoint:
+    path = require(m, sandbox)
+    m.get_network(network)
+    mine = endpoints_of(m, sandbox)
+    if any(e.network == network for e in mine):
+        raise Conflict(f"sandbox {sandbox!r} is already connected to network {network!r}")
+    if ifname is None:
+        with m.kernel() as k:
+            ifname = next_ifname(set(k.sandbox_links(path)) | {e.ifname for e in mine})
     eid = f"{sandbox}/{ifname}"
     return m.attach(AttachRequest(network=network, endpoint_id=eid, container_id=sandbox, ifname=ifname,
-                                  netns=path_of(sandbox), ips=ips, mac=mac, ports=ports, owner=f"cli/{eid}"))
+                                  netns=path, ips=ips, mac=mac, ports=ports,
+                                  owner=keys.cli_owner(sandbox, network, ifname), default_route=default_route))
 
 
-def disconnect(m: Muslin, network: str, sandbox: str, ifname: str = "") -> None:
+def disconnect(m: Muslin, network: str, sandbox: str, ifname: str = "") -> list[str]:
+    """Disconnect a sandbox from a network; returns the interfaces removed. Idempotent (not
+    connected: nothing to do), but NotFound when the network or the sandbox is unknown."""
+    m.get_network(network)
+    require(m, sandbox)
+    gone = []
     for ep in endpoints_of(m, sandbox):
         if ep.network == network and (not ifname or ep.ifname == ifname):
             m.detach(network, ep.endpoint_id)
+            gone.append(ep.ifname)
+    return gone

@@ -6,28 +6,31 @@ and applies ONE `nft -f -` batch: the full table when it is missing or its skele
 the one this code writes (changed code, or a rule edited by hand), else only the element
 differences; the empty state deletes the table. Another table is never read or written.
 
+The table carries an owner mark (the state dir it belongs to): a sync for another state
+dir is refused with Conflict before anything is written, so two state dirs in one host
+namespace can never rewrite or delete each other's firewall. The sync holds a lock of the
+whole network namespace (dataplane/nslock.py), whichever state dir the caller uses.
+
 Everything runs in the caller's current network namespace.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from muslin.firewall.compiler import (CHAINS, DIGEST, FAMILY, MAPS, RULE_COMMENT, SET_NAMES, SETS, SKELETON,
-                                      TABLE, Ruleset, compile, sysctls_for)
+from muslin.dataplane import libnft
+from muslin.dataplane.nslock import netns_lock
+from muslin.firewall.compiler import (CHAINS, DIGEST, FAMILY, MAPS, OWNER_CHAIN, RULE_COMMENT, SET_NAMES, SETS,
+                                      SKELETON, TABLE, Ruleset, compile, owner_path, same_owner, sysctls_for)
 from muslin.firewall.render import render_delete, render_delta, render_full
 from muslin.firewall.state import FirewallState
-from muslin.model.errors import Invalid, Unavailable, Unsupported
+from muslin.model.errors import Conflict, Invalid, Unavailable, Unsupported
 
 TIMEOUT = 30.0
 _PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "ipv6-icmp"}
@@ -62,7 +65,21 @@ def _error(stderr: str, doing: str) -> Exception:
     return Invalid(text, stderr)
 
 
+def use_library() -> bool:
+    """libnftables in this process (the default where it loads), else the nft binary
+    (MUSLIN_NFT=binary forces the binary: the benchmarks compare both)."""
+    return os.environ.get("MUSLIN_NFT") != "binary" and libnft.available()
+
+
 def _run(args: list[str], input: str | None = None, doing: str = "") -> subprocess.CompletedProcess:
+    if use_library():
+        json_output = args[:1] == ["-j"]
+        text = input if args[-2:] == ["-f", "-"] else " ".join(args[1:] if json_output else args)
+        try:
+            rc, out, err = libnft.run(text or "", json_output)
+        except OSError as e:
+            raise Unavailable(f"nftables: {doing or ' '.join(args)}: {e}") from None
+        return subprocess.CompletedProcess(args, rc, out, err)
     cmd = [_nft_binary(), *args]
     try:
         return subprocess.run(cmd, input=input, text=True, capture_output=True, timeout=TIMEOUT)
@@ -153,6 +170,7 @@ def parse(listing: dict) -> Ruleset:
     decls: dict[str, str] = {}
     chains: dict[str, str] = {}
     rules: dict[str, list[str]] = {}
+    owner = ""
     for item in listing.get("nftables", []):
         (kind, obj), = item.items() if len(item) == 1 else (("", {}),)
         if not isinstance(obj, dict) or obj.get("family", FAMILY) != FAMILY or obj.get("table", TABLE) != TABLE:
@@ -171,9 +189,11 @@ def parse(listing: dict) -> Ruleset:
                 else:
                     out.add(_fmt_key(e, types))
             elements[name] = frozenset(out)
-        elif kind == "chain":
+        elif kind == "chain" and obj.get("name") != OWNER_CHAIN:
             chains[obj["name"]] = _chain_header(obj)
             rules.setdefault(obj["name"], [])
+        elif kind == "rule" and obj.get("chain") == OWNER_CHAIN:
+            owner = owner or str(obj.get("comment", ""))
         elif kind == "rule":
             rules.setdefault(obj["chain"], []).append(obj.get("comment", ""))
     expected_decls = dict(SETS + MAPS)
@@ -181,7 +201,7 @@ def parse(listing: dict) -> Ruleset:
     ok = decls == expected_decls and chains == expected_chains and all(
         rules.get(name, []) == [RULE_COMMENT] * len(rs) for name, _, rs in CHAINS)
     known = {k: v for k, v in elements.items() if k in SET_NAMES}
-    return Ruleset(skeleton=SKELETON if ok else "", elements=known, digest=DIGEST if ok else "drift")
+    return Ruleset(skeleton=SKELETON if ok else "", elements=known, digest=DIGEST if ok else "drift", owner=owner)
 
 
 def observe() -> Ruleset | None:
@@ -202,61 +222,68 @@ def delete_table() -> None:
     apply(render_delete(), doing=f"delete table {FAMILY} {TABLE}")
 
 
-# ---- sync -----------------------------------------------------------------------------
+# ---- sync ----------------------------------------------------------------------------
 
-def default_lock_dir() -> str:
-    return os.environ.get("MUSLIN_STATE_DIR") or "/var/lib/muslin"
-
-
-@contextlib.contextmanager
-def locked(lock_dir: str | os.PathLike | None = None) -> Iterator[None]:
-    d = Path(lock_dir or default_lock_dir())
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(d / "nft.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise Unavailable(f"nftables: cannot open lock {d / 'nft.lock'}: {e.strerror or e}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
+def owner() -> str | None:
+    """The owner mark of the table (None: no table; "" a table without a mark)."""
+    observed = observe()
+    return None if observed is None else observed.owner
 
 
-def apply_sysctls(values: dict[str, str]) -> None:
-    """Set the sysctls the firewall state needs; a bridge that does not exist (yet) is skipped."""
+def apply_sysctls(values: dict[str, str]) -> dict[str, str]:
+    """Set the sysctls the firewall state needs; a bridge that does not exist (yet) is skipped.
+    Returns the previous value of each one it changed (for an undo)."""
+    changed: dict[str, str] = {}
     for path, value in values.items():
         try:
+            with open(path) as f:
+                old = f.read().strip()
+            if old == value:
+                continue
             with open(path, "w") as f:
                 f.write(value)
+            changed[path] = old
         except FileNotFoundError:
             continue
         except OSError as e:
             if e.errno == errno.ENOENT:
                 continue
             raise Unavailable(f"sysctl: cannot set {path}={value}: {e.strerror or e}") from None
+    return changed
 
 
-def sync(state: FirewallState, lock_dir: str | os.PathLike | None = None) -> str:
-    """Make the kernel's table match `state`. Returns what was done:
-    "full", "delta", "noop" or "deleted"."""
-    desired = compile(state)
-    with locked(lock_dir):
+def refuse_other_owner(observed: Ruleset | None, mine: str) -> None:
+    if observed is not None and observed.owner and mine and not same_owner(observed.owner, mine):
+        raise Conflict(f"this host namespace is managed by Muslin with state dir {owner_path(observed.owner)} "
+                       f"(its nftables table inet {TABLE}); use that state dir (--state-dir, MUSLIN_STATE_DIR "
+                       "or the CNI config's dataDir): one state dir per host namespace")
+
+
+def sync(state: FirewallState, owner: str = "", changed: dict[str, str] | None = None) -> str:
+    """Make the kernel's table match `state`, for the state dir marked `owner`. Returns what
+    was done: "full", "delta", "noop" or "deleted"; `changed` receives the previous value of
+    each sysctl it changed. Conflict, with nothing written, when the table belongs to another
+    state dir."""
+    desired = compile(state, owner)
+    with netns_lock("nft"):
         observed = observe()
+        refuse_other_owner(observed, owner)
         if state.empty:
             if observed is None:
                 return "noop"
             delete_table()
             return "deleted"
-        if observed is None or not observed.same_skeleton(desired):
+        if observed is None or not observed.same_skeleton(desired) or observed.owner != desired.owner:
             apply(render_full(desired), doing=f"replace table {FAMILY} {TABLE}")
             done = "full"
         else:
             delta = render_delta(observed, desired)
             apply(delta, doing=f"update table {FAMILY} {TABLE}")
             done = "delta" if delta else "noop"
-        apply_sysctls(sysctls_for(state))
+        prev = apply_sysctls(sysctls_for(state))
+        if changed is not None:
+            changed.update(prev)
         return done
 
 
-__all__ = ["apply", "apply_sysctls", "delete_table", "locked", "observe", "parse", "sync"]
+__all__ = ["apply", "apply_sysctls", "delete_table", "observe", "owner", "parse", "sync"]

@@ -12,7 +12,7 @@ import socket
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from muslin.backends.model import RTPROT_MUSLIN, Changes, FdbSpec, NeighSpec, Observed, RouteSpec, VxlanDev
+from muslin.model.kernel import RTPROT_MUSLIN, Changes, FdbSpec, NeighSpec, Observed, RouteSpec, VxlanDev
 from muslin.model.errors import Invalid, NotFound, Unavailable, Unsupported
 
 RTNH_F_ONLINK = 4

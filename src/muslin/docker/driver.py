@@ -15,35 +15,37 @@ import threading
 from typing import Any, Callable, Iterable
 
 from muslin.docker import options as O
+from muslin.drivers.base import get_driver
 from muslin.docker import ports as P
 from muslin.docker.types import (
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest,
     EndpointInterface, EndpointRequest, JoinRequest, JoinResponse, NetworkRequest, OperInfoResponse,
     ProgramExternalConnectivityRequest, port_bindings,
 )
+from muslin.model import keys
 from muslin.model.errors import Conflict, Invalid, NotFound
 from muslin.docker.ipam import check_host_routes
 from muslin.model.types import AttachRequest, IPNetwork, Network
 
 log = logging.getLogger("muslin.docker.driver")
 
-NETS = "docker/networks/"
-EPS = "docker/endpoints/"
+NETS = keys.DOCKER_NETWORKS
+EPS = keys.DOCKER_ENDPOINTS
 
 
 class DockerDriver:
     """Handlers of the NetworkDriver methods on a `Muslin` control object."""
 
     def __init__(self, muslin: Any, link_exists: Callable[[str], bool] | None = None,
-                 port_free: Callable[[str, str, int], bool] = lambda proto, ip, port: True,
+                 port_free: Callable[[str, str, int], bool] | None = None,
                  on_networks_changed: Callable[[], None] = lambda: None,
-                 host_routes: Callable[[], Iterable[IPNetwork]] = lambda: ()) -> None:
+                 host_routes: Callable[[], Iterable[IPNetwork]] | None = None) -> None:
         self.m = muslin
         self.store = muslin.store
         self.link_exists = link_exists
-        self.port_free = port_free
+        self.port_free = port_free or muslin.port_free
         self.on_networks_changed = on_networks_changed
-        self.host_routes = host_routes
+        self.host_routes = host_routes or muslin.host_routes
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ records
@@ -70,7 +72,7 @@ class DockerDriver:
         out = []
         for rec in self.docker_networks().values():
             net = self.m.find_network(rec["name"])
-            if net is not None and net.driver == "bridge" and net.bridge and net.bridge not in out:
+            if net is not None and get_driver(net.driver).bridged and net.bridge and net.bridge not in out:
                 out.append(net.bridge)
         return out
 
@@ -141,24 +143,15 @@ class DockerDriver:
                 # another Docker network joined this Muslin network: it inherits ownership
                 other = self._net_rec(sharers[0]) or {}
                 self.store.put(NETS + sharers[0], {**other, "joined": False})
-            elif not rec.get("joined"):
-                for kv in self.store.list(EPS):  # Docker forgot endpoints? they go with the network
-                    if kv.value.get("network_id") == req.network_id:
-                        self._detach(name, kv.key[len(EPS):])
-                try:
-                    self.m.delete_network(name)
-                except NotFound:
-                    pass
-                except Conflict as e:  # CNI containers joined it: it stays for them, and goes with the last
-                    log.info("network %s stays for its CNI endpoints: %s", name, e)
-                    self.m.hand_over(name, "cni")
-            elif not sharers:  # joined: a CNI network is removed with its last user, as CNI would
+            elif not sharers:
+                if not rec.get("joined"):
+                    for kv in self.store.list(EPS):  # Docker forgot endpoints? they go with the network
+                        if kv.value.get("network_id") == req.network_id:
+                            self._detach(name, kv.key[len(EPS):])
                 net = self.m.find_network(name)
-                if net is not None and net.origin == "cni" and not self.m.endpoints(name):
-                    try:
-                        self.m.delete_network(name)
-                    except (NotFound, Conflict) as e:
-                        log.info("network %s stays: %s", name, e)
+                if net is not None and (not rec.get("joined") or net.origin == "cni"):
+                    # removed now when unused, else handed to its CNI endpoints and removed with the last
+                    self.m.hand_over(name, "cni")
             self.store.delete(NETS + req.network_id)
         log.info("network %s (%s) deleted", req.network_id[:12], name)
         self.on_networks_changed()
@@ -185,8 +178,8 @@ class DockerDriver:
             if ep is None:
                 ep = self.m.attach(AttachRequest(
                     network=name, endpoint_id=req.endpoint_id, container_id=req.endpoint_id,
-                    netns="", mac=mac, addresses=addrs, owner=f"docker/ep/{req.endpoint_id}"))
-            peer = dict(ep.extra).get("peer", "")
+                    netns="", mac=mac, addresses=addrs, owner=keys.docker_owner(req.endpoint_id)))
+            peer = ep.peer
             self.store.put(EPS + req.endpoint_id, {
                 "network_id": req.network_id, "network": name, "peer": peer,
                 "host_ifname": ep.host_ifname, "mac": ep.mac, "sandbox_key": "", "bindings": None,
@@ -246,7 +239,7 @@ class DockerDriver:
         return {}
 
     def _detach(self, name: str, endpoint_id: str) -> None:
-        self.m.detach(name, endpoint_id, owner=f"docker/ep/{endpoint_id}")
+        self.m.detach(name, endpoint_id, owner=keys.docker_owner(endpoint_id))
         self.store.delete(EPS + endpoint_id)
         log.info("endpoint %s on %s deleted", endpoint_id[:12], name)
 
@@ -265,7 +258,7 @@ class DockerDriver:
         with self.lock:
             rec = self._endpoint(req.network_id, req.endpoint_id)
             net = self.m.get_network(rec["network"])
-            if net.internal or net.driver != "bridge":
+            if net.internal or not get_driver(net.driver).bridged:
                 return {}
             key = [b.__dict__ for b in bindings]
             if rec.get("bindings") == key:

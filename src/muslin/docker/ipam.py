@@ -19,14 +19,15 @@ from muslin.docker.types import (
     RequestPoolResponse,
 )
 from muslin.ipam.ranges import pick_pool
+from muslin.model import keys
 from muslin.model.errors import Conflict, Exhausted, Invalid, NotFound
 from muslin.model.types import IPAddress, IPNetwork, IPRange, Network
 
 log = logging.getLogger("muslin.docker.ipam")
 
-POOLS = "docker/pools/"
-GW_OWNER = "docker/gw/"  # + subnet key
-ADDR_OWNER = "docker/addr/"  # + random token
+POOLS = keys.DOCKER_POOLS
+GW_OWNER = keys.DOCKER_GATEWAY_OWNERS
+ADDR_OWNER = keys.DOCKER_ADDRESS_OWNERS
 DEFAULT_V4 = ipaddress.ip_network("10.200.0.0/16")
 DEFAULT_V6 = ipaddress.ip_network("fd6d:7573:6c69::/48")
 
@@ -44,10 +45,6 @@ def check_host_routes(pool: IPNetwork, routes: Iterable[IPNetwork], ours: Iterab
     for r in routes:
         if r.version == pool.version and r not in mine and r.overlaps(pool):  # type: ignore[arg-type]
             raise Conflict(f"subnet {pool} overlaps the host route {r}")
-
-
-def subnet_key(net: IPNetwork) -> str:
-    return str(net).replace("/", "_")
 
 
 class DockerIpam:
@@ -162,7 +159,7 @@ class DockerIpam:
                 return
             self.store.delete(key)
             if not self._pool_in_use(pid.pool):
-                gw = GW_OWNER + subnet_key(pid.pool)
+                gw = keys.docker_gateway_owner(pid.pool)
                 self.ipam.release(gw)
             log.info("pool %s released", pid)
 
@@ -213,7 +210,7 @@ class DockerIpam:
             ip = existing
         else:
             ip = want if want is not None else next(pool.hosts())
-            owner = GW_OWNER + subnet_key(pool)
+            owner = keys.docker_gateway_owner(pool)
             holder = self.ipam.owners(pool).get(ip)
             if holder is None:
                 self.ipam.reserve(pool, ip, owner)
@@ -236,7 +233,7 @@ class DockerIpam:
         if holder is not None:
             raise Conflict(f"address {ip} is already in use in {pid.pool}")
         name = options.get("com.docker.network.endpoint.name", "")
-        self.ipam.reserve(pid.pool, ip, ADDR_OWNER + secrets.token_hex(8), container_id=name)
+        self.ipam.reserve(pid.pool, ip, keys.docker_address_owner(secrets.token_hex(8)), container_id=name)
         return ip
 
     def _any(self, pid: PoolId, rec: dict, options: dict[str, str]) -> IPAddress:
@@ -256,7 +253,7 @@ class DockerIpam:
         rng = IPRange(pool, start, end, gw)
         name = options.get("com.docker.network.endpoint.name", "")
         try:
-            got = self.ipam.allocate(((rng,),), ADDR_OWNER + secrets.token_hex(8), container_id=name)
+            got = self.ipam.allocate(((rng,),), keys.docker_address_owner(secrets.token_hex(8)), container_id=name)
         except Exhausted:
             raise Exhausted(f"no free address left in {pid.sub_pool or pool}") from None
         return got[0][0].ip

@@ -15,7 +15,7 @@ from muslin.model.types import IPRange, Network
 
 MTU_KEYS = ("mtu", "com.docker.network.driver.mtu")
 KNOWN = (*MTU_KEYS, "muslin.network", "muslin.mode", "muslin.parent", "muslin.isolate",
-         "muslin.bridge", "muslin.masquerade")
+         "muslin.bridge", "muslin.reuse_bridge", "muslin.masquerade")
 MODES = ("bridge", "macvlan")
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")  # fullmatch
 _NETNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -29,6 +29,7 @@ class NetworkOptions:
     isolate: bool = True
     bridge: str = ""
     masquerade: bool = True
+    reuse_bridge: bool = False  # use the existing bridge muslin.bridge names (never deleted)
     mtu: int = 0
     given: tuple[str, ...] = ()  # option keys the user set
 
@@ -73,7 +74,7 @@ def parse_options(generic: dict[str, str]) -> NetworkOptions:
             if not _IFNAME.fullmatch(v):
                 raise Invalid(f"option {key}={v!r} is not a valid interface name (1-15 chars)")
             kw[key.split(".")[1]] = v
-    for key in ("muslin.isolate", "muslin.masquerade"):
+    for key in ("muslin.isolate", "muslin.masquerade", "muslin.reuse_bridge"):
         if key in generic:
             kw[key.split(".")[1]] = _bool(key, generic[key])
     opts = NetworkOptions(**kw)  # type: ignore[arg-type]
@@ -83,6 +84,8 @@ def parse_options(generic: dict[str, str]) -> NetworkOptions:
         raise Invalid("option muslin.parent is only for muslin.mode=macvlan")
     if opts.mode == "macvlan" and opts.bridge:
         raise Invalid("option muslin.bridge is only for muslin.mode=bridge")
+    if opts.reuse_bridge and not opts.bridge:
+        raise Invalid("option muslin.reuse_bridge=true needs muslin.bridge=<the existing bridge>")
     return opts
 
 
@@ -112,7 +115,7 @@ def build_network(name: str, req: CreateNetworkRequest, opts: NetworkOptions) ->
         range_sets=tuple(rs for rs in (v4, v6) if rs),
         mtu=opts.mtu, masquerade=opts.masquerade, internal=req.internal, isolate=opts.isolate,
         hairpin=True,  # with br_netfilter, a DNATed hairpin connection is bridged back out its own port
-        parent=opts.parent, origin="docker",
+        parent=opts.parent, origin="docker", reuse_bridge=opts.reuse_bridge,
         options=tuple(sorted(req.generic.items())), labels=labels,
     )
 

@@ -1,13 +1,16 @@
-"""Pieces shared by drivers: the sandbox's routes and its endpoint record."""
+"""Pieces shared by drivers: the sandbox's routes, and the checks of a sandbox interface."""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
-from muslin.dataplane import links
-from muslin.model.errors import Conflict, NotFound
-from muslin.model.types import AttachRequest, Endpoint, Network, Route
 from muslin.drivers.base import Addr
+from muslin.model.errors import Conflict, MuslinError, NotFound
+from muslin.model.types import AttachRequest, Endpoint, Network, Route
+
+if TYPE_CHECKING:
+    from muslin.dataplane.api import Kernel
 
 DEFAULT = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
@@ -29,21 +32,23 @@ def sandbox_routes(net: Network, addrs: list[Addr]) -> list[Route]:
     return routes
 
 
-def require_free_ifname(req: AttachRequest) -> None:
-    """The sandbox must exist and must not have an interface called req.ifname yet."""
-    if not req.netns:
-        return
-    if not links.netns_exists(req.netns):
-        raise NotFound(f"network namespace {req.netns} does not exist")
-    if links.sandbox_has_link(req.netns, req.ifname):
-        raise Conflict(f"interface {req.ifname} already exists in {req.netns}")
+def taken_ifname(k: Kernel, req: AttachRequest, what: str) -> MuslinError:
+    """The error for a link that could not be made because a name is taken."""
+    if req.netns and req.ifname in k.sandbox_links(req.netns):
+        return Conflict(f"interface {req.ifname} already exists in {req.netns}")
+    return Conflict(f"{what}: already exists")
 
 
-def make_endpoint(net: Network, req: AttachRequest, addrs: list[Addr], host_ifname: str, mac: str,
-                  routes: list[Route], mtu: int, **extra: str) -> Endpoint:
-    return Endpoint(
-        network=net.name, endpoint_id=req.endpoint_id, container_id=req.container_id, ifname=req.ifname,
-        netns=req.netns, host_ifname=host_ifname, mac=mac, addresses=tuple(a for a, _ in addrs),
-        gateways=tuple(gw for _, gw in addrs if gw is not None), routes=tuple(routes), mtu=mtu,
-        ports=req.ports, aliases=req.aliases, extra=tuple(sorted(extra.items())),
-    )
+def check_sandbox(k: Kernel, ep: Endpoint) -> None:
+    try:
+        seen = k.sandbox_describe(ep.netns, ep.ifname)
+    except MuslinError as e:
+        raise NotFound(f"sandbox {ep.netns}: {e}") from None
+    if not seen:
+        raise NotFound(f"interface {ep.ifname} is missing in {ep.netns}")
+    have = {ipaddress.ip_interface(a) for a in seen["addresses"]}
+    missing = [str(a) for a in ep.addresses if a not in have]
+    if missing:
+        raise NotFound(f"interface {ep.ifname} in {ep.netns} lacks {', '.join(missing)}")
+    if ep.mac and seen["mac"].lower() != ep.mac.lower():
+        raise NotFound(f"interface {ep.ifname} has MAC {seen['mac']}, expected {ep.mac}")

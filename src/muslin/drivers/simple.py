@@ -8,69 +8,87 @@
 
 from __future__ import annotations
 
-from muslin.dataplane import links
-from muslin.dataplane.links import Host
-from muslin.drivers.base import Addr
+from typing import TYPE_CHECKING
+
+from muslin.drivers.base import Addr, Made
 from muslin.model.errors import Invalid, NotFound
-from muslin.model.types import AttachRequest, Endpoint, Network
+from muslin.model.types import AttachRequest, Endpoint, Interface, Network
+from muslin.plan import Step
 
-
-def _endpoint(net: Network, req: AttachRequest, addresses=()) -> Endpoint:
-    return Endpoint(network=net.name, endpoint_id=req.endpoint_id, container_id=req.container_id,
-                    ifname=req.ifname, netns=req.netns, host_ifname="", mac="", addresses=tuple(addresses))
+if TYPE_CHECKING:
+    from muslin.dataplane.api import Kernel
 
 
 class _NoLinks:
+    name = ""
     uses_ipam = False
+    needs_subnet = False
+    bridged = False
+    modes: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
 
-    def validate(self, net: Network) -> None:
+    def check(self, net: Network) -> Network:
+        if net.range_sets:
+            raise Invalid(f"network {net.name}: the {self.name} driver gives no addresses; drop the subnets")
+        return net
+
+    def preflight(self, k: Kernel, net: Network) -> None:
         return None
 
-    def network_ready(self, host: Host, net: Network) -> bool:
+    def ready(self, k: Kernel, net: Network) -> bool:
         return True
 
-    def setup_network(self, host: Host, net: Network) -> None:
+    def setup_steps(self, k: Kernel, net: Network, made: list[str]) -> list[Step]:
+        return []
+
+    def teardown(self, k: Kernel, net: Network) -> None:
         return None
 
-    def teardown_network(self, host: Host, net: Network) -> None:
-        return None
+    def attach_steps(self, k: Kernel, net: Network, req: AttachRequest, addrs: list[Addr], out: Made) -> list[Step]:
+        return []
 
-    def detach(self, host: Host, net: Network, ep: Endpoint) -> None:
-        return None
+    def detach(self, k: Kernel, net: Network, ep: Endpoint, retire: bool = False) -> bool:
+        return False
 
-    def check(self, host: Host, net: Network, ep: Endpoint) -> None:
+    def check_endpoint(self, k: Kernel, net: Network, ep: Endpoint) -> None:
         return None
 
 
 class HostDriver(_NoLinks):
     name = "host"
 
-    def attach(self, host: Host, net: Network, req: AttachRequest, addrs: list[Addr]) -> Endpoint:
-        return _endpoint(net, req)
-
 
 class NoneDriver(_NoLinks):
     name = "none"
 
-    def attach(self, host: Host, net: Network, req: AttachRequest, addrs: list[Addr]) -> Endpoint:
-        if req.netns:
-            links.sandbox_loopback_up(req.netns)
-        return _endpoint(net, req)
+    def attach_steps(self, k: Kernel, net: Network, req: AttachRequest, addrs: list[Addr], out: Made) -> list[Step]:
+        if not req.netns:
+            return []
+        return [Step("loopback up", lambda: k.sandbox_set_loopback(req.netns, True),
+                     lambda was_up: was_up or k.sandbox_set_loopback(req.netns, False))]
 
-    def check(self, host: Host, net: Network, ep: Endpoint) -> None:
-        if ep.netns and not links.netns_exists(ep.netns):
+    def check_endpoint(self, k: Kernel, net: Network, ep: Endpoint) -> None:
+        if ep.netns and not k.netns_exists(ep.netns):
             raise NotFound(f"network namespace {ep.netns} does not exist")
 
 
 class ContainerDriver(_NoLinks):
     name = "container"
+    options = ("container",)
 
-    def validate(self, net: Network) -> None:
+    def check(self, net: Network) -> Network:
+        super().check(net)
         if not dict(net.options).get("container"):
             raise Invalid(f"network {net.name}: the container driver needs option 'container' (a netns path)")
+        return net
 
-    def attach(self, host: Host, net: Network, req: AttachRequest, addrs: list[Addr]) -> Endpoint:
+    def attach_steps(self, k: Kernel, net: Network, req: AttachRequest, addrs: list[Addr], out: Made) -> list[Step]:
         target = dict(net.options)["container"]
-        if not links.netns_exists(target):
-            raise NotFound(f"container namespace {target} does not exist")
-        return _endpoint(net, req, links.sandbox_addresses(target))
+
+        def join() -> None:
+            if not k.netns_exists(target):
+                raise NotFound(f"container namespace {target} does not exist")
+            out.interfaces = [Interface(req.ifname, sandbox=target)]
+            out.addresses = tuple(k.sandbox_addresses(target))
+
+        return [Step("join container", join)]

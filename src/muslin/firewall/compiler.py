@@ -107,6 +107,29 @@ DIGEST = hashlib.sha256(_skeleton_source().encode()).hexdigest()[:16]
 # by hand, shows as a mismatch and leads to a full replace).
 RULE_COMMENT = f"muslin {DIGEST}"
 
+# The owner mark: one state dir per host namespace. The table carries its owner as the
+# comment of the one rule of the (unreferenced) chain `owner`; another state dir's sync is
+# refused instead of rewriting what is not its own.
+OWNER_CHAIN = "owner"
+COMMENT_MAX = 128  # nft's limit on a rule comment
+
+
+def owner_mark(state_dir: str) -> str:
+    """The owner text for a state dir: 'muslin-owner <12 hex of sha256(path)> <path...>'."""
+    digest = hashlib.sha256(state_dir.encode()).hexdigest()[:12]
+    shown = "".join(c if c.isprintable() and c not in '"\\' else "?" for c in state_dir)
+    return f"muslin-owner {digest} {shown}"[:COMMENT_MAX]
+
+
+def same_owner(a: str, b: str) -> bool:
+    return a.split(" ")[:2] == b.split(" ")[:2]
+
+
+def owner_path(mark: str) -> str:
+    """The state dir a mark names (possibly truncated)."""
+    parts = mark.split(" ", 2)
+    return parts[2] if len(parts) == 3 else mark
+
 
 def _render_skeleton() -> str:
     lines = [f"table {FAMILY} {TABLE} {{"]
@@ -145,6 +168,7 @@ class Ruleset:
     skeleton: str = SKELETON
     elements: Mapping[str, frozenset[str]] = field(default_factory=dict)
     digest: str = DIGEST
+    owner: str = ""  # owner_mark() of the state dir the table belongs to ("" = unmarked)
 
     def __post_init__(self) -> None:
         els = {name: frozenset(self.elements.get(name, ())) for name in SET_NAMES}
@@ -179,7 +203,7 @@ def _port_value(p: PortRule) -> str:
     return f"{p.container_ip} . {p.container_port}"
 
 
-def compile(state: FirewallState) -> Ruleset:  # noqa: A001 - the contract's name
+def compile(state: FirewallState, owner: str = "") -> Ruleset:  # noqa: A001 - the contract's name
     els: dict[str, set[str]] = {name: set() for name in SET_NAMES}
     seen_bridges: dict[str, tuple[bool, bool, bool]] = {}
     all_nets: dict[IPNetwork, str] = {}
@@ -218,7 +242,7 @@ def compile(state: FirewallState) -> Ruleset:  # noqa: A001 - the contract's nam
                            f"({prev[1].endpoint_id} and {p.endpoint_id})")
         els[mapname].add(f"{key} : {value}")
         els[f"mapped{v}"].add(str(p.container_ip))
-    return Ruleset(elements={k: frozenset(v) for k, v in els.items()})
+    return Ruleset(elements={k: frozenset(v) for k, v in els.items()}, owner=owner)
 
 
 def sysctls_for(state: FirewallState) -> dict[str, str]:

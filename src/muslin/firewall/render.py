@@ -3,7 +3,7 @@ which the kernel applies as one atomic batch."""
 
 from __future__ import annotations
 
-from muslin.firewall.compiler import FAMILY, SET_NAMES, TABLE, Ruleset, key_of
+from muslin.firewall.compiler import FAMILY, OWNER_CHAIN, SET_NAMES, TABLE, Ruleset, key_of
 
 CHUNK = 256  # elements per `add element` line
 
@@ -19,6 +19,9 @@ def render_full(rs: Ruleset) -> str:
     """Create (or atomically replace) the whole table with its elements."""
     lines = [f"table {FAMILY} {TABLE} {{}}", f"delete table {FAMILY} {TABLE}"]
     text = "\n".join(lines) + "\n" + rs.skeleton
+    if rs.owner:
+        text += (f"add chain {FAMILY} {TABLE} {OWNER_CHAIN}\n"
+                 f'add rule {FAMILY} {TABLE} {OWNER_CHAIN} return comment "{rs.owner}"\n')
     adds: list[str] = []
     for name in SET_NAMES:
         adds += _elem_lines("add", name, sorted(rs.elements[name]))

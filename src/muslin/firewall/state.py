@@ -101,6 +101,8 @@ class PortRule:
 class FirewallState:
     networks: tuple[NetRule, ...] = ()
     ports: tuple[PortRule, ...] = ()
+    hold: bool = False  # keep the table (and its owner mark) while the owner has any network
+
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "networks", tuple(self.networks))
@@ -108,4 +110,4 @@ class FirewallState:
 
     @property
     def empty(self) -> bool:
-        return not self.networks and not self.ports
+        return not self.networks and not self.ports and not self.hold

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import click
 
@@ -24,17 +25,19 @@ def lab() -> None:
 @click.option("--host-prefix", default=24, show_default=True)
 @click.option("--network", default="net0", show_default=True)
 @click.option("--vni", default=1, show_default=True)
-@click.option("--lease-ttl", default=10, show_default=True)
+@click.option("--lease-ttl", default=10, show_default=True, help="seconds: TTL of an agent's liveness key")
+@click.option("--subnet-ttl", default=core.DEFAULT_SUBNET_TTL, show_default=True,
+              help="seconds: TTL of a host's subnet lease (peers drop a host when it expires)")
 @click.option("--resync", default=10.0, show_default=True)
 @click.option("--route-reflector", "rrs", multiple=True)
 @one_line_errors
-def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, rrs) -> None:
+def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs) -> None:
     """Make lab NAME: an underlay, etcd, N hosts each running an agent."""
     from rich.console import Console
     console = Console(stderr=True)
     with console.status(f"lab {name}: starting") as status:
         st = core.up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, tuple(rrs),
-                     progress=lambda m: status.update(f"lab {name}: {m}"))
+                     progress=lambda m: status.update(f"lab {name}: {m}"), subnet_ttl=subnet_ttl)
     for h in st.hosts:
         s = core.host_status(st, h)
         console.print(f"[green]✓[/] {h}  {s.get('underlay', '')}  subnet {s.get('subnet', '')}")
@@ -71,22 +74,56 @@ def exec_(name, sandbox, cmd) -> None:
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @one_line_errors
 def status(name, output) -> None:
-    """Hosts, leases, peers and health of lab NAME."""
+    """Hosts, leases, peers and health of lab NAME; exit status 7 when a host is degraded."""
+    from muslin.model.errors import Unavailable
     s = core.status(name)
+    bad = core.degraded(s)
     if output == "json":
         click.echo(json.dumps(s, indent=1))
+        if bad:
+            raise Unavailable(bad)
         return
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"lab {name} ({s['backend']}, {s['cidr']}, etcd {'ok' if s['etcd']['healthy'] else 'DOWN'})")
-    for col in ("host", "underlay", "subnet", "agent", "peers", "health"):
+    for col in ("host", "underlay", "subnet", "agent", "alive", "peers", "health"):
         t.add_column(col)
     for h, d in s["hosts"].items():
         t.add_row(h, d["underlay"], d["subnet"], f"{d['agent_pid']}" + ("" if d["agent_alive"] else " (dead)"),
-                  ",".join(d["peers"]), "[green]ok[/]" if d["healthy"] else "[red]degraded[/]")
+                  "yes" if d["alive"] else "[red]no[/]", ",".join(d["peers"]),
+                  "[green]ok[/]" if d["healthy"] else "[red]degraded[/]")
     Console().print(t)
     for sb, d in s["sandboxes"].items():
         click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
+    if bad:
+        raise Unavailable(bad)
+
+
+SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "USR1": signal.SIGUSR1}
+
+
+@lab.command("kill-agent")
+@click.argument("name")
+@click.argument("host")
+@click.option("--signal", "sig", type=click.Choice(sorted(SIGNALS)), default="KILL", show_default=True,
+              help="KILL: a crash; TERM: stop keeping everything; USR1: leave the cluster network")
+@one_line_errors
+def kill_agent(name, host, sig) -> None:
+    """Stop HOST's agent with a signal (its routes stay on every host unless it leaves)."""
+    pid = core.kill_agent(name, host, SIGNALS[sig])
+    click.echo(f"agent of {host} ({pid}) got SIG{sig}" if pid else f"agent of {host} was not running")
+
+
+@lab.command("restart-agent")
+@click.argument("name")
+@click.argument("host")
+@click.option("--signal", "sig", type=click.Choice(["KILL", "TERM"]), default="TERM", show_default=True,
+              help="how to stop the running agent first")
+@one_line_errors
+def restart_agent(name, host, sig) -> None:
+    """Stop HOST's agent if it runs, start a new one, wait until it is back with its lease."""
+    pid = core.restart_agent(name, host, SIGNALS[sig])
+    click.echo(f"agent of {host} restarted ({pid})")
 
 
 @lab.command()

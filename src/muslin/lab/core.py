@@ -1,7 +1,7 @@
 """Virtual multi-host clusters out of network namespaces on one machine.
 
-A lab NAME is: an underlay namespace `mlab-NAME-ul` holding a bridge (10.250.0.254/24)
-and etcd on that address; N host namespaces `mlab-NAME-hI` (eth0 = 10.250.0.I/24 on the
+A lab NAME is: an underlay namespace `mlab-NAME-ul` holding a bridge (10.250.0.254/24,
+a fixed MAC so it does not change as hosts join) and etcd on that address; N host namespaces `mlab-NAME-hI` (eth0 = 10.250.0.I/24 on the
 underlay bridge), each running one Muslin agent with its own state dir; sandbox
 namespaces `mlab-NAME-s-SANDBOX` attached to a host's side of the cluster network.
 Nothing is made in the root namespace. Every namespace, process and file is recorded in
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from muslin.backends.model import BACKENDS, ClusterConfig
+from muslin.backends.model import BACKENDS, DEFAULT_SUBNET_TTL, ClusterConfig, stable_mac
 from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound, Unavailable
 
 UNDERLAY = ipaddress.IPv4Network("10.250.0.0/24")
@@ -221,6 +221,44 @@ def start_agent(st: LabState, host: str, extra: tuple[str, ...] = ()) -> int:
     return pid
 
 
+def _lab_host(name: str, host: str) -> LabState:
+    st = LabState.load(name)
+    if host not in st.hosts:
+        raise NotFound(f"lab {name} has no host {host!r} (hosts: {', '.join(st.hosts)})")
+    return st
+
+
+def kill_agent(name: str, host: str, sig: int = signal.SIGKILL) -> int:
+    """Signal a host's agent (default SIGKILL: a crash) and wait for it to go; returns its PID
+    (0 if none ran). SIGTERM stops it keeping everything, SIGUSR1 makes it leave."""
+    st = _lab_host(name, host)
+    pid = st.pids.get(f"agent-{host}", 0)
+    if pid and _alive(pid) and "muslin" in _cmd_of(pid):
+        kill_pid(pid, sig, wait=20 if sig == signal.SIGUSR1 else 5)
+        return pid
+    _reap(pid)
+    return 0
+
+
+def restart_agent(name: str, host: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    """Stop a host's agent if it runs (with `sig`), start a new one with the same state dir,
+    and wait until it has its lease and sees its peers; returns the new PID."""
+    kill_agent(name, host, sig)
+    st = LabState.load(name)
+    pid = start_agent(st, host)
+    end = time.monotonic() + timeout
+    while True:  # its status file is written after its first reconcile (peers from etcd)
+        s = host_status(st, host)
+        if s.get("pid") == pid and s.get("subnet") and s.get("reconciles", 0) >= 1:
+            return pid
+        if not _alive(pid):
+            _reap(pid)
+            raise Unavailable(f"lab {name}: the agent of {host} exited: {_last_line(st.dir / f'{host}.log')}")
+        if time.monotonic() > end:
+            raise Unavailable(f"lab {name}: the agent of {host} did not come back in {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def host_status(st: LabState, host: str) -> dict[str, Any]:
     p = st.host_dir(host) / "cluster" / f"{st.network_of(host)}.status.json"
     try:
@@ -240,18 +278,29 @@ def _init_config(url: str, cfg: dict[str, Any]) -> None:
     init_config(EtcdStore([url.removeprefix("etcd://")]), ClusterConfig.from_dict(cfg))
 
 
-def _hosts(url: str, network: str) -> dict[str, Any]:
-    from muslin.control.agent import list_hosts
+def _hosts(url: str, network: str) -> tuple[dict[str, Any], list[str]]:
+    from muslin.control.agent import list_alive, list_hosts
     from muslin.store.etcd import EtcdStore
     s = EtcdStore([url.removeprefix("etcd://")], timeout=2)
-    return {h: {**rec.to_dict(), "lease": lease} for h, (rec, lease) in list_hosts(s, network).items()}
+    hosts = {h: {**rec.to_dict(), "lease": lease} for h, (rec, lease) in list_hosts(s, network).items()}
+    return hosts, sorted(list_alive(s, network))
 
 
 def store_hosts(st: LabState) -> dict[str, Any]:
-    return _in_ul(st, _hosts, st.store_url, st.network)
+    """The host records in etcd (present while a host holds its subnet lease)."""
+    return _in_ul(st, _hosts, st.store_url, st.network)[0]
+
+
+def store_alive(st: LabState) -> list[str]:
+    """The hosts whose agent holds its liveness key."""
+    return _in_ul(st, _hosts, st.store_url, st.network)[1]
 
 
 # -- up / down -----------------------------------------------------------------------------
+
+def underlay_mac(name: str) -> str:
+    return stable_mac(f"mlab/{name}/br0")
+
 
 def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int) -> ClusterConfig:
     check_lab_name(name)
@@ -271,14 +320,15 @@ def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int
 def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_prefix: int = 24,
        network: str = "net0", vni: int = 1, lease_ttl: int = 10, resync: float = 10.0,
        route_reflectors: tuple[str, ...] = (), progress: Callable[[str], None] | None = None,
-       timeout: float = 60) -> LabState:
+       timeout: float = 60, subnet_ttl: int = DEFAULT_SUBNET_TTL) -> LabState:
     """Make the lab and wait until every host holds a lease and sees every peer."""
     say = progress or (lambda m: None)
     cfg = validate_up(name, hosts, backend, cidr, host_prefix)
-    cfg = ClusterConfig(network, cidr, host_prefix, backend, vni=vni, lease_ttl=lease_ttl,
+    cfg = ClusterConfig(network, cidr, host_prefix, backend, vni=vni, lease_ttl=lease_ttl, subnet_ttl=subnet_ttl,
                         route_reflectors=tuple(route_reflectors)).validate()
     st = LabState(name, backend, network, cidr, host_prefix, settings={"resync": resync, "vni": vni,
-                                                                        "lease_ttl": lease_ttl})
+                                                                        "lease_ttl": lease_ttl,
+                                                                        "subnet_ttl": subnet_ttl})
     shutil.rmtree(st.dir, ignore_errors=True)
     st.dir.mkdir(parents=True)
     st.save()
@@ -289,7 +339,8 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         st.namespaces.append(ul)
         st.save()
         _run("ip", "-n", ul, "link", "set", "lo", "up")
-        _run("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
+        # a fixed MAC: a bridge without one takes its lowest port's, which changes as hosts join
+        _run("ip", "-n", ul, "link", "add", "br0", "address", underlay_mac(name), "type", "bridge")
         _run("ip", "-n", ul, "addr", "add", f"{ETCD_IP}/{UNDERLAY.prefixlen}", "dev", "br0")
         _run("ip", "-n", ul, "link", "set", "br0", "up")
         say("etcd")
@@ -332,7 +383,8 @@ def add_network(name: str, network: str, backend: str, vni: int, cidr: str = "",
     """Store the config of another cluster network on the lab's etcd."""
     st = LabState.load(name)
     cfg = ClusterConfig(network, cidr or st.cidr, host_prefix or st.host_prefix, backend, vni=vni,
-                        lease_ttl=st.settings.get("lease_ttl", 10)).validate()
+                        lease_ttl=st.settings.get("lease_ttl", 10),
+                        subnet_ttl=st.settings.get("subnet_ttl", DEFAULT_SUBNET_TTL)).validate()
     _in_ul(st, _init_config, st.store_url, cfg.to_dict())
 
 
@@ -490,34 +542,55 @@ def bgp_sessions(st: LabState, host: str) -> dict[str, str]:
 
 
 def status(name: str) -> dict[str, Any]:
+    """Per host: `leased` (its record is in etcd: peers route to it), `alive` (its agent
+    holds its liveness key), `healthy` and, when not, `reasons`. A host whose agent died
+    is degraded while it keeps its lease, and so its routes."""
     st = LabState.load(name)
     try:
-        leases = store_hosts(st)
+        leases, alive_keys = _in_ul(st, _hosts, st.store_url, st.network)
         etcd_ok = True
     except MuslinError as e:
-        leases, etcd_ok = {}, False
+        leases, alive_keys, etcd_ok = {}, [], False
         leases_err = str(e)
     hosts = {}
     for h in st.hosts:
         s = host_status(st, h)
         pid = st.pids.get(f"agent-{h}", 0)
-        alive = _alive(pid)
+        running = _alive(pid)
         lease = leases.get(h, {})
-        healthy = alive and bool(lease) and sorted(s.get("peers", {})) == sorted(
-            x for x in leases if x != h) and not s.get("problems")
+        reasons = []
+        if not running:
+            reasons.append("agent not running")
+        if h not in alive_keys:
+            reasons.append("no liveness key in etcd")
+        if not lease:
+            reasons.append("no subnet lease")
+        if sorted(s.get("peers", {})) != sorted(x for x in leases if x != h):
+            reasons.append("peers differ from etcd")
+        reasons += s.get("problems", [])
         if st.backend == "bgp":
             bgp = bgp_sessions(st, h)
             hosts_bgp = {"bgp_sessions": bgp}
-            healthy = healthy and bool(bgp) and all(v == "Established" for v in bgp.values())
+            if not bgp or not all(v == "Established" for v in bgp.values()):
+                reasons.append("BGP sessions not all established")
         else:
             hosts_bgp = {}
-        hosts[h] = {**hosts_bgp, "netns": ns_host(name, h), "agent_pid": pid, "agent_alive": alive,
+        hosts[h] = {**hosts_bgp, "netns": ns_host(name, h), "agent_pid": pid, "agent_alive": running,
+                    "alive": h in alive_keys,
                     "subnet": lease.get("subnet") or s.get("subnet", ""), "underlay": lease.get("underlay", ""),
                     "leased": bool(lease), "peers": sorted(s.get("peers", {})), "problems": s.get("problems", []),
-                    "store_ok": s.get("store_ok", False), "healthy": healthy}
+                    "store_ok": s.get("store_ok", False), "healthy": not reasons, "reasons": reasons}
     out = {"name": name, "backend": st.backend, "network": st.network, "cidr": st.cidr,
            "etcd": {"endpoint": st.store_url, "pid": st.pids.get("etcd", 0), "healthy": etcd_ok},
            "hosts": hosts, "sandboxes": st.sandboxes}
     if not etcd_ok:
         out["etcd"]["error"] = leases_err
     return out
+
+
+def degraded(s: dict[str, Any]) -> str:
+    """One line naming what is degraded in a status(), or '' when all is healthy."""
+    bad = [f"{h} ({', '.join(d['reasons'])})" for h, d in s["hosts"].items() if not d["healthy"]]
+    if not s["etcd"]["healthy"]:
+        bad.insert(0, "etcd (unreachable)")
+    return f"lab {s['name']} is degraded: {'; '.join(bad)}" if bad else ""

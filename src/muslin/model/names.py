@@ -1,14 +1,25 @@
-"""Deterministic kernel object names, so cleanup after a crash needs no record."""
+"""Names: the one set of validators (names, interface names, MACs) and the deterministic
+kernel object names, so cleanup after a crash needs no record.
+
+Pure: no I/O.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import secrets
+
+from muslin.model.errors import Invalid
 
 IFNAME_MAX = 15
 # Validators use fullmatch: with re.match, `$` also matches before a trailing newline ("abc\n").
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+ALIAS_PREFIX = "muslin:"  # IFLA_IFALIAS of the bridges Muslin makes: muslin:<network>
+# IFLA_GROUP of the links muslind retired (off their bridge, down) and deletes later, all
+# at once: one RTM_DELLINK of a group costs one synchronous rcu_barrier, whatever its size.
+REAP_GROUP = 0x6D75736C  # "musl"
 
 
 def _digest(*parts: str, n: int = 11) -> str:
@@ -33,20 +44,24 @@ def bridge_name(network: str) -> str:
     return "mus-" + _digest(network, n=10)
 
 
-def check_ifname(name: str, what: str = "interface name") -> None:
-    from muslin.model.errors import Invalid
+def bridge_alias(network: str) -> str:
+    """The mark on a bridge Muslin made for `network` (kept in the kernel: survives a crash)."""
+    return ALIAS_PREFIX + network
 
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC (02:xx:...)."""
+    b = bytearray(secrets.token_bytes(6))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def check_ifname(name: str, what: str = "interface name") -> str:
     if (not isinstance(name, str) or not name or len(name.encode()) > IFNAME_MAX or name in (".", "..")
             or re.search(r"[/:\s]", name) or not name.isprintable()):
         raise Invalid(f"{what} {name!r} is not a valid Linux interface name (1-15 bytes, no '/', ':', "
                       f"spaces or control characters)")
-
-
-def check_name(name: str, what: str = "network name") -> None:
-    from muslin.model.errors import Invalid
-
-    if not NAME_RE.fullmatch(name or ""):
-        raise Invalid(f"{what} {name!r} is invalid: use letters, digits, '_', '.', '-' (not first)")
+    return name
 
 
 # Link names Muslin puts into its nft sets (bridges): characters that need no escaping in
@@ -54,11 +69,10 @@ def check_name(name: str, what: str = "network name") -> None:
 BRIDGE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,15}")
 
 
-def check_bridge_name(name: str, what: str = "bridge name") -> None:
-    from muslin.model.errors import Invalid
-
+def check_bridge_name(name: str, what: str = "bridge name") -> str:
     if not isinstance(name, str) or BRIDGE_RE.fullmatch(name) is None or name in (".", ".."):
         raise Invalid(f"{what} {name!r} is not valid: use 1-15 letters, digits, '_', '.' or '-'")
+    return name
 
 
 def valid_name(name: str) -> bool:
@@ -66,21 +80,18 @@ def valid_name(name: str) -> bool:
     return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
 
 
+def check_name(name: str, what: str = "network name") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise Invalid(f"{what} {name!r} is invalid: use letters, digits, '_', '.', '-' (not first)")
+    return name
+
+
 def check_mac(mac: str, what: str = "MAC address") -> str:
-    """A unicast, non-zero Ethernet address 'xx:xx:xx:xx:xx:xx'; returns it lower-case.
-    Raises Invalid naming `what` (the option or key it came from)."""
-    from muslin.model.errors import Invalid
-
-    if not isinstance(mac, str) or MAC_RE.fullmatch(mac) is None:
-        raise Invalid(f"{what} {mac!r} is not a MAC address (six hex pairs like 02:42:0a:00:00:05)")
+    """A unicast MAC in lower case; Invalid (one line) for anything else."""
+    if not isinstance(mac, str) or not MAC_RE.fullmatch(mac):
+        raise Invalid(f"{what} {mac!r} is not a MAC address (like 02:42:0a:00:00:05)")
     if int(mac[:2], 16) & 1:
-        raise Invalid(f"{what} {mac} is a multicast MAC address: an interface needs a unicast one "
-                      f"(the first byte must be even, like 02)")
+        raise Invalid(f"{what} {mac} is a multicast MAC address")
     if mac == "00:00:00:00:00:00":
-        raise Invalid(f"{what} {mac} is the all-zero MAC address: an interface needs a real one")
+        raise Invalid(f"{what} {mac} is the all-zero MAC address")
     return mac.lower()
-
-
-def store_id(endpoint_id: str) -> str:
-    """An endpoint id usable as one store key segment."""
-    return endpoint_id.replace("%", "%25").replace("/", "%2F")

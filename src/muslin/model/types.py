@@ -6,14 +6,13 @@ Pure: no I/O. `to_dict`/`from_dict` give the JSON form kept in the Store.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-DRIVERS = ("bridge", "host", "none", "container", "macvlan", "ipvlan")
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,10 @@ class Network:
     origin: str = "cli"
     options: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    reuse_bridge: bool = False  # use an existing bridge Muslin did not make (never deleted)
+    # Chosen or made by Muslin, not asked for by the user (left out of `spec()`):
+    bridge_mac: str = ""  # the bridge's fixed MAC, chosen at creation
+    made: tuple[str, ...] = ()  # what Muslin added to a reused bridge ("address:10.1.0.1/24")
 
     @property
     def subnets(self) -> list[IPNetwork]:
@@ -106,6 +109,8 @@ class Network:
                 v = [r.to_dict() for r in v]
             elif f.name in ("options", "labels"):
                 v = dict(v)
+            elif f.name == "made":
+                v = list(v)
             out[f.name] = v
         return out
 
@@ -117,10 +122,18 @@ class Network:
         kw["routes"] = tuple(Route.from_dict(r) for r in d.get("routes", ()))
         kw["options"] = tuple(sorted(dict(d.get("options", {})).items()))
         kw["labels"] = tuple(sorted(dict(d.get("labels", {})).items()))
+        kw["made"] = tuple(d.get("made", ()))
         return cls(**kw)
 
     def evolve(self, **changes: Any) -> Network:
         return replace(self, **changes)
+
+    def spec(self) -> dict[str, Any]:
+        """What the user asked for: the record without what Muslin chose or made."""
+        d = self.to_dict()
+        for k in ("bridge_mac", "made"):
+            d.pop(k, None)
+        return d
 
 
 @dataclass(frozen=True)
@@ -159,7 +172,25 @@ class AttachRequest:
     host_ifname: str = ""  # '' = derived from the endpoint id
     addresses: tuple[IPInterface, ...] = ()  # already allocated elsewhere (Docker IPAM)
     mtu: int = 0
-    owner: str = ""  # IPAM owner key; '' = 'ep/<network>/<endpoint_id>'
+    owner: str = ""  # IPAM owner key; '' = keys.default_owner(network, endpoint_id)
+    default_route: bool = False  # replace the sandbox's default route (else only when it has none)
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One interface of an attachment as a CNI result lists it."""
+
+    name: str
+    mac: str = ""
+    mtu: int = 0
+    sandbox: str = ""  # the netns path, for the interface inside the sandbox
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "mac": self.mac, "mtu": self.mtu, "sandbox": self.sandbox}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Interface:
+        return cls(d["name"], d.get("mac", ""), int(d.get("mtu", 0)), d.get("sandbox", ""))
 
 
 @dataclass(frozen=True)
@@ -175,12 +206,14 @@ class Endpoint:
     mac: str
     addresses: tuple[IPInterface, ...]
     gateways: tuple[IPAddress, ...] = ()
-    routes: tuple[Route, ...] = ()
+    routes: tuple[Route, ...] = ()  # the routes installed in the sandbox
     mtu: int = 0
     ports: tuple[PortMapping, ...] = ()
     aliases: tuple[str, ...] = ()
     ipam_owned: bool = True  # addresses allocated by Muslin's IPAM for this endpoint
-    extra: tuple[tuple[str, str], ...] = field(default=())
+    owner: str = ""  # the IPAM owner key of its addresses
+    peer: str = ""  # Docker: the sandbox end while it waits on the host for Docker to move it
+    interfaces: tuple[Interface, ...] = ()  # as a CNI result lists them, sandbox interface last
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -191,11 +224,13 @@ class Endpoint:
             "gateways": [str(g) for g in self.gateways],
             "routes": [r.to_dict() for r in self.routes], "mtu": self.mtu,
             "ports": [p.to_dict() for p in self.ports], "aliases": list(self.aliases),
-            "ipam_owned": self.ipam_owned, "extra": dict(self.extra),
+            "ipam_owned": self.ipam_owned, "owner": self.owner, "peer": self.peer,
+            "interfaces": [i.to_dict() for i in self.interfaces],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Endpoint:
+        extra = d.get("extra", {})  # records written before `owner` and `peer` were fields
         return cls(
             network=d["network"], endpoint_id=d["endpoint_id"], container_id=d.get("container_id", ""),
             ifname=d.get("ifname", ""), netns=d.get("netns", ""), host_ifname=d.get("host_ifname", ""),
@@ -205,5 +240,6 @@ class Endpoint:
             routes=tuple(Route.from_dict(r) for r in d.get("routes", ())), mtu=d.get("mtu", 0),
             ports=tuple(PortMapping.from_dict(p) for p in d.get("ports", ())),
             aliases=tuple(d.get("aliases", ())), ipam_owned=d.get("ipam_owned", True),
-            extra=tuple(sorted(d.get("extra", {}).items())),
+            owner=d.get("owner") or extra.get("owner", ""), peer=d.get("peer") or extra.get("peer", ""),
+            interfaces=tuple(Interface.from_dict(i) for i in d.get("interfaces", ())),
         )

@@ -69,6 +69,9 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[KV]:
         """All keys starting with prefix, sorted by key."""
 
+    def keys(self, prefix: str, limit: int = 0) -> list[str]:
+        """The keys only (no values decoded), sorted; at most `limit` (0 = all)."""
+
     def put(self, key: str, value: Any, *, expect: int | None = None, lease: int = 0) -> int:
         """Write; returns the new store revision. Raises Conflict if `expect` fails."""
 

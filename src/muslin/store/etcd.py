@@ -139,6 +139,13 @@ class EtcdStore:
         out = self._call("kv/range", {**self._range(prefix), "sort_order": "ASCEND", "sort_target": "KEY"})
         return [self._kv(d) for d in out.get("kvs") or []]
 
+    def keys(self, prefix: str, limit: int = 0) -> list[str]:
+        body = {**self._range(prefix), "sort_order": "ASCEND", "sort_target": "KEY", "keys_only": True}
+        if limit:
+            body["limit"] = limit
+        out = self._call("kv/range", body)
+        return [_unb64(d["key"]).decode()[len(self.prefix):] for d in out.get("kvs") or []]
+
     def revision(self) -> int:
         out = self._call("kv/range", {"key": _b64("\0"), "count_only": True})
         return int(out["header"]["revision"])

@@ -101,6 +101,13 @@ class MemoryStore:
             self._expire()
             return [copy.deepcopy(self._kv[k]) for k in sorted(self._kv) if k.startswith(prefix)]
 
+    def keys(self, prefix: str, limit: int = 0) -> list[str]:
+        with self._cond:
+            self._check_open()
+            self._expire()
+            found = [k for k in sorted(self._kv) if k.startswith(prefix)]
+            return found[:limit] if limit else found
+
     def put(self, key: str, value: Any, *, expect: int | None = None, lease: int = 0) -> int:
         cmp = [] if expect is None else [Compare(key, expect)]
         return self.txn(cmp, [Put(key, value, lease)])

@@ -1,7 +1,4 @@
-"""Host facts the Docker front-end needs: routes, links, free ports.
-
-(Muslin's DOCKER-USER rules live in muslin.dataplane.docker_user, kept by the control layer.)
-"""
+"""Host facts read from /proc and the socket API: routes, links, free ports."""
 
 from __future__ import annotations
 

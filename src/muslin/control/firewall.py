@@ -1,0 +1,76 @@
+"""The desired firewall of a state dir, and its one way to the kernel.
+
+`desired` reads the store (plus what an operation is about to add or remove) into the
+pure FirewallState; `sync` hands it to the kernel under this state dir's owner mark.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Iterable
+
+from muslin.drivers.base import get_driver
+from muslin.firewall.state import FirewallState, NetRule, PortRule
+from muslin.model.types import Endpoint, Network
+from muslin.plan import Step
+
+if TYPE_CHECKING:
+    from muslin.control.service import Muslin
+    from muslin.dataplane.api import Kernel
+
+
+def desired(m: Muslin, add_networks: Iterable[Network] = (), drop_networks: Iterable[str] = (),
+            add_endpoints: Iterable[Endpoint] = (), drop_endpoints: Iterable[tuple[str, str]] = ()) -> FirewallState:
+    """The firewall the store describes, with these networks/endpoints added or left out."""
+    drop_n, drop_e = set(drop_networks), set(drop_endpoints)
+    added = list(add_networks)
+    nets = {n.name: n for n in m.list_networks() if n.name not in drop_n}
+    nets.update({n.name: n for n in added})
+    bridged = [n for n in nets.values() if get_driver(n.driver).bridged]
+    bridge_of = {n.name: n.bridge for n in bridged}
+    rules = tuple(NetRule(bridge=n.bridge, subnets=tuple(n.subnets), masquerade=n.masquerade and not n.internal,
+                          internal=n.internal, isolate=n.isolate) for n in bridged)
+    eps = {(e.network, e.endpoint_id): e for e in m.endpoints()}
+    eps.update({(e.network, e.endpoint_id): e for e in add_endpoints})
+    ports = []
+    for (net, eid), ep in sorted(eps.items()):
+        if not ep.ports or net not in bridge_of or (net, eid) in drop_e:
+            continue
+        for p in ep.ports:
+            for a in ep.addresses:
+                if p.host_ip and ipaddress.ip_address(p.host_ip).version != a.version:
+                    continue
+                ports.append(PortRule(endpoint_id=ep.endpoint_id, protocol=p.protocol, host_ip=p.host_ip,
+                                      host_port=p.host_port, container_ip=a.ip, container_port=p.container_port,
+                                      bridge=bridge_of[net]))
+    return FirewallState(networks=rules, ports=tuple(ports), hold=bool(nets))
+
+
+def sync(m: Muslin, k: Kernel, state: FirewallState | None = None) -> dict[str, str]:
+    """Returns the previous value of each sysctl the sync changed."""
+    return k.firewall_sync(state if state is not None else desired(m), m.owner)
+
+
+def step(m: Muslin, k: Kernel, state: FirewallState) -> Step:
+    """A plan step syncing to `state`; its undo syncs back to the store and restores the
+    sysctls it changed (ip_forward, route_localnet)."""
+    def undo(changed: dict[str, str]) -> None:
+        sync(m, k)
+        k.restore_sysctls(changed)
+
+    return Step("firewall", lambda: sync(m, k, state), undo)
+
+
+def docker_user(m: Muslin, k: Kernel, bridge: str, present: bool) -> None:
+    """This bridge's accept pair in Docker's DOCKER-USER chain (when Docker runs), best effort."""
+    import logging
+
+    try:
+        k.docker_user(m.owner_id, [bridge] if present else [], only=[bridge])
+    except Exception as e:  # noqa: BLE001 - never fails a network operation; muslind re-syncs
+        logging.getLogger("muslin").warning("DOCKER-USER rules for %s: %s", bridge, " ".join(str(e).split()))
+
+
+def sync_docker_user(m: Muslin, k: Kernel) -> None:
+    """Exactly this state dir's bridged networks have their pairs (muslind's periodic check)."""
+    k.docker_user(m.owner_id, [n.bridge for n in m.list_networks() if get_driver(n.driver).bridged and n.bridge])

@@ -1,0 +1,125 @@
+"""The store's key layout and the IPAM owner keys: the one home of every key Muslin writes.
+
+Pure: no I/O. docs/architecture.md shows the same table.
+"""
+
+from __future__ import annotations
+
+from muslin.model.types import IPAddress, IPNetwork
+
+NETWORKS = "networks/"
+ENDPOINTS = "endpoints/"
+SANDBOXES = "sandboxes/"
+IPAM = "ipam/"
+IPAM_OWNERS = "ipam-owner/"
+DOCKER_NETWORKS = "docker/networks/"
+DOCKER_ENDPOINTS = "docker/endpoints/"
+DOCKER_POOLS = "docker/pools/"
+
+
+def network(name: str) -> str:
+    return NETWORKS + name
+
+
+def endpoints(network: str | None = None) -> str:
+    """The prefix of one network's endpoints (or of all)."""
+    return f"{ENDPOINTS}{network}/" if network else ENDPOINTS
+
+
+def endpoint(network: str, endpoint_id: str) -> str:
+    return endpoints(network) + store_id(endpoint_id)
+
+
+def store_id(endpoint_id: str) -> str:
+    """An endpoint id usable as one key segment."""
+    return endpoint_id.replace("%", "%25").replace("/", "%2F")
+
+
+def sandbox(name: str) -> str:
+    return SANDBOXES + name
+
+
+def subnet(net: IPNetwork) -> str:
+    """A subnet as one key segment: 10.1.0.0_24."""
+    return str(net).replace("/", "_")
+
+
+def ipam_ips(net: IPNetwork) -> str:
+    """The prefix of a subnet's allocated addresses."""
+    return f"{IPAM}{subnet(net)}/ip/"
+
+
+def ipam_ip(net: IPNetwork, ip: IPAddress) -> str:
+    return f"{ipam_ips(net)}{ip}"
+
+
+def ipam_last(net: IPNetwork) -> str:
+    return f"{IPAM}{subnet(net)}/last"
+
+
+def ipam_owner(owner: str) -> str:
+    return IPAM_OWNERS + owner
+
+
+# -- cluster networks (docs/multihost.md) ---------------------------------------------
+
+def cluster_config(net: str) -> str:
+    return f"cluster/{net}/config"
+
+
+def cluster_hosts(net: str) -> str:
+    """The prefix of a cluster network's host records (under each host's subnet lease)."""
+    return f"cluster/{net}/hosts/"
+
+
+def cluster_subnet(net: str, subnet_text: str) -> str:
+    """A leased subnet's uniqueness key (written with the host record)."""
+    return f"cluster/{net}/subnets/{subnet_text.replace('/', '_')}"
+
+
+def cluster_alive(net: str) -> str:
+    """The prefix of the agents' liveness keys (under each agent's short lease)."""
+    return f"cluster/{net}/alive/"
+
+
+# -- IPAM owner keys: who holds an address -------------------------------------------
+
+def cni_owner(container_id: str, ifname: str) -> str:
+    return f"cni/{container_id}/{ifname}"
+
+
+def docker_owner(endpoint_id: str) -> str:
+    return f"docker/ep/{endpoint_id}"
+
+
+DOCKER_GATEWAY_OWNERS = "docker/gw/"
+DOCKER_ADDRESS_OWNERS = "docker/addr/"
+
+
+def docker_gateway_owner(net: IPNetwork) -> str:
+    return DOCKER_GATEWAY_OWNERS + subnet(net)
+
+
+def docker_address_owner(token: str) -> str:
+    return DOCKER_ADDRESS_OWNERS + token
+
+
+def cli_owner(sandbox: str, network: str, ifname: str) -> str:
+    return f"{cli_owners(sandbox)}{network}/{ifname}"
+
+
+def cli_owners(sandbox: str) -> str:
+    """The owner prefix of everything a CLI sandbox holds."""
+    return f"cli/{sandbox}/"
+
+
+REAP_OWNERS = "reap/"
+
+
+def reap_owner(host_ifname: str) -> str:
+    """Holds a detached endpoint's addresses until its retired link is really gone."""
+    return REAP_OWNERS + host_ifname
+
+
+def default_owner(network: str, endpoint_id: str) -> str:
+    return f"ep/{network}/{endpoint_id}"
