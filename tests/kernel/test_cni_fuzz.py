@@ -18,8 +18,8 @@ Invariants of every call:
 Each test is parametrized by the first mutation ("none": valid calls), so every kind gets
 its share. The examples are the same on every run (derandomized). Knobs:
 MUSLIN_FUZZ_IN_PROCESS / MUSLIN_FUZZ_AGENT (example counts), MUSLIN_FUZZ_RANDOM=1 (new
-examples; repeat one with --hypothesis-seed=N), MUSLIN_FUZZ_KNOWN=1 (also the inputs of
-known control-layer bugs, see known_bug()), MUSLIN_FUZZ_VERBOSE=1 (a message per verb:code).
+examples; repeat one with --hypothesis-seed=N), MUSLIN_FUZZ_VERBOSE=1 (the first message
+per verb:code).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from nsutil import NetnsFactory, sh, suffix, tool
@@ -49,13 +49,6 @@ ERROR_KEYS = {"cniVersion", "code", "msg", "details"}
 # Examples per mode: in-process calls cost ~0.2-0.5 s, calls through muslind ~0.02-0.1 s.
 IN_PROCESS_EXAMPLES = int(os.environ.get("MUSLIN_FUZZ_IN_PROCESS", "100"))
 AGENT_EXAMPLES = int(os.environ.get("MUSLIN_FUZZ_AGENT", "360"))
-# Inputs that hit control-layer bugs of issue 8 still open when this test was written
-# (see known_bug()); MUSLIN_FUZZ_KNOWN=1 generates them too. Drop the gate once they are fixed.
-KNOWN_BUGS = os.environ.get("MUSLIN_FUZZ_KNOWN") == "1"
-HOST_LINKS = ("lo", "fzpar0", "fzpar1")  # the links of the test's host namespace
-# A refused ADD that got as far as allocating releases the addresses but leaves the IPAM's
-# round-robin pointer (ipam/<subnet>/last) moved on (control/ipam.py): ignored unless known bugs are on.
-LAST_MOVES = not KNOWN_BUGS
 
 
 # ------------------------------------------------------------------------------ the world
@@ -299,7 +292,7 @@ def check_output(c: Call, rc: int, out: str, err: str, command: str) -> dict | N
 
 def exercise(w: World, c: Call) -> None:
     command = c.env.get("CNI_COMMAND", "")
-    before = snapshot(w, ignore_last=LAST_MOVES)
+    before = snapshot(w)
     rc, out, err = run(w, c)
     try:
         obj = check_output(c, rc, out, err, command)
@@ -329,6 +322,7 @@ def exercise(w: World, c: Call) -> None:
         drc, dout, derr = run(w, Call(c.plugin, c.env, stdin), "DEL")
         assert "Traceback" not in dout + derr, derr
         assert drc == 0 and dout.strip() == "", f"DEL after ADD failed: {dout} {derr[-500:]} for {c}"
+        settle(w)
         after = snapshot(w, ignore_last=True)
         # An accepted config may name another state dir: its store's files are its own.
         other = tuple(str(Path(d)) + "/" for d in data_dirs(c.stdin) if Path(d) != w.state)
@@ -337,8 +331,23 @@ def exercise(w: World, c: Call) -> None:
         after["files"] = [f for f in after["files"] if not str(w.root / f[0]).startswith(other)]
         assert after == base, f"ADD+DEL left something: {diff(base, after)} for {c}"
         return
-    after = snapshot(w, ignore_last=LAST_MOVES)
+    after = snapshot(w)
     assert after == before, f"{command} (rc {rc}, {obj}) changed the host: {diff(before, after)} for {c}"
+
+
+REAP_GROUP = 0x6D75736C  # model/names.py: the link group of retired veths
+
+
+def settle(w: World, timeout: float = 5) -> None:
+    """muslind deletes a DEL's retired veth just after answering and then frees the addresses
+    it held (control/reaper.py: the link group REAP_GROUP, owners reap/<ifname>): wait for that."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        links = json.loads(w.host.run("ip", "-j", "link").stdout or "[]")
+        if not any(str(x.get("group")) == str(REAP_GROUP) for x in links) and \
+                not any(k.startswith("ipam-owner/reap/") for k in store_dump(w.state, False)):
+            return
+        time.sleep(0.05)
 
 
 def data_dirs(stdin: bytes) -> list[str]:
@@ -462,6 +471,15 @@ def calls(draw, w: World, first: str) -> Call:
                                                 f"IP={n}.{draw(st.integers(20, 199))}",
                                                 f"IP={n}.{draw(st.integers(20, 199))}/24",
                                                 "MAC=02:00:00:00:aa:01"]))
+    if driver != "bridge" and plugin == "muslin-cni":
+        rc.pop("portMappings", None)  # only a bridge publishes ports
+    if driver == "none" and plugin == "muslin-cni":  # no addresses: no subnets, no requested IPs
+        conf.pop("ipam")
+        rc.pop("ips", None)
+        if "IP=" in env.get("CNI_ARGS", ""):
+            env.pop("CNI_ARGS")
+    if not rc:
+        conf.pop("runtimeConfig", None)
 
     mutations: list[str] = []
     stdin: bytes | None = None
@@ -570,8 +588,6 @@ def calls(draw, w: World, first: str) -> Call:
             if conf["driver"] == "macvlan":
                 conf["master"] = draw(st.sampled_from(["lo", "nolink0", "fzpar0", "", "a/b"]))
                 conf["mode"] = draw(st.sampled_from(["bridge", "source", "passthru", "x"]))
-    if not KNOWN_BUGS:
-        assume(not known_bug(conf, plugin))
     if stdin is None:
         stdin = json.dumps(conf).encode()
     expect_ok = not mutations and env["CNI_COMMAND"] == "ADD"
@@ -583,26 +599,6 @@ def sub(d: dict, key: str) -> dict:
     if not isinstance(d.get(key), dict):
         d[key] = {}
     return d[key]
-
-
-def _ifname_like(v: object) -> bool:
-    return isinstance(v, str) and 0 < len(v.encode()) <= 15 and v not in (".", "..") and v.isprintable() \
-        and not any(ch in v for ch in "/:") and not any(ch.isspace() for ch in v)
-
-
-def known_bug(conf: object, plugin: str) -> bool:
-    """A config that meets a control-layer bug of issue 8 (reported to the lead):
-    - bug 2: a macvlan network whose parent link does not exist: create_network fails
-      while holding the network's flock and its undo takes it again: the ADD hangs;
-    - bug 4: `bridge` naming an existing link that is not Muslin's bridge: for a veth the
-      failed ADD deletes the veth and its peer; for "lo" it sets lo's MTU to 1500 and
-      leaves the network record and nft set elements behind (every later ADD then fails)."""
-    if plugin != "muslin-cni" or not isinstance(conf, dict):
-        return False
-    driver = conf.get("driver") or "bridge"
-    if driver == "macvlan" and _ifname_like(conf.get("master")) and conf.get("master") not in HOST_LINKS:
-        return True
-    return driver == "bridge" and conf.get("bridge") in HOST_LINKS
 
 
 def odd_env(w: World, var: str) -> list[str]:
