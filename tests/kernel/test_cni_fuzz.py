@@ -335,7 +335,7 @@ def exercise(w: World, c: Call) -> None:
     assert after == before, f"{command} (rc {rc}, {obj}) changed the host: {diff(before, after)} for {c}"
 
 
-REAP_GROUP = 0x6D75736C  # model/names.py: the link group of retired veths
+from muslin.model.names import REAP_GROUP  # noqa: E402 - the link group of retired veths
 
 
 def settle(w: World, timeout: float = 5) -> None:
