@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-# Runs the real main() with one probe service that imports pyroute2 *after* main set up
+# Runs the real muslind main() (settings parsed by cli/muslind.py, logs set up by cli/logs.py)
+# with one probe service that imports pyroute2 *after* main set up
 # logging (as muslind's services do lazily), logs like pyroute2 and like Muslin, and stops.
 PROBE = textwrap.dedent("""
     import logging, sys
@@ -29,7 +30,7 @@ PROBE = textwrap.dedent("""
             self.ctx.stop.set()
         def stop(self): pass
     daemon.service_factories = lambda ctx: [lambda: Probe(ctx)]
-    sys.exit(daemon.main(["--log-level", "debug", "--docker-socket", "", "--agent-socket", ""] + sys.argv[2:]))
+    daemon.main(["--config", "", "--log-level", "debug", "--docker-socket", "", "--agent-socket", ""] + sys.argv[2:])
 """)
 
 

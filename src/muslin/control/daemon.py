@@ -9,26 +9,29 @@ Runs several services in threads that share one stop event:
 SIGTERM/SIGINT stop everything and remove the sockets (the cluster agent keeps its lease
 and kernel state, so traffic goes on; with --leave it gives them back). SIGUSR1: leave
 the cluster network and stop. Logs go to stderr.
+
+The settings (flags, environment, config file) are parsed by cli/muslind.py from the one
+table in control/settings.py; `serve(args)` runs with their values as attributes. Under
+systemd: READY=1 once every socket answers a real request (control/systemd.py), the CNI
+socket systemd passes (socket activation) is used as it is and left in place at the end.
+A new service: a class with name/start/stop here, one line in service_factories, and its
+settings in control/settings.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
-import socket
 import socketserver
-import sys
 import threading
 from typing import Any, Callable, Protocol
 
+from muslin.control import systemd
+from muslin.control.settings import DEFAULT_AGENT_SOCKET, DEFAULT_DOCKER_SOCKET, etcd_options  # noqa: F401
 from muslin.model.errors import MuslinError
 
 log = logging.getLogger("muslind")
-
-DEFAULT_DOCKER_SOCKET = "/run/docker/plugins/muslin.sock"
-DEFAULT_AGENT_SOCKET = "/run/muslin/muslind.sock"
 
 
 class Service(Protocol):
@@ -42,10 +45,12 @@ class Service(Protocol):
 class Context:
     """What services share: parsed args, the stop event, and a lazily built control layer."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: Any) -> None:
         self.args = args
         self.stop = threading.Event()
         self.exit_status = 0  # set by a service that fails fatally
+        self.error = ""  # and its one line
+        self.inherited: dict[str, Any] = {}  # sockets systemd passed, by path (socket activation)
         self._muslin: Any = None
         self._lock = threading.Lock()
 
@@ -56,7 +61,7 @@ class Context:
                 from muslin.control.service import Muslin
                 from muslin.store import open_store
 
-                store = open_store(self.args.store) if self.args.store else None
+                store = open_store(self.args.store, etcd_options(self.args)) if self.args.store else None
                 self._muslin = Muslin(store=store, state_dir=self.args.state_dir)
             return self._muslin
 
@@ -153,10 +158,17 @@ class AgentService:
         server.EXTRA["stats"] = self.stats
 
         self.path = ctx.args.agent_socket
-        prepare_socket_path(self.path)
-        self.server = _AgentServer(self.path, _AgentHandler)
+        passed = ctx.inherited.pop(self.path, None)  # socket activation: systemd's socket, left in place
+        self.owned = passed is None
+        if passed is None:
+            prepare_socket_path(self.path)
+            self.server = _AgentServer(self.path, _AgentHandler)
+            os.chmod(self.path, 0o600)
+        else:
+            self.server = _AgentServer(self.path, _AgentHandler, bind_and_activate=False)
+            self.server.socket.close()
+            self.server.socket = passed
         self.server.serve_one = serve_one  # type: ignore[attr-defined]
-        os.chmod(self.path, 0o600)
 
     def stats(self, stdin: bytes) -> tuple[str, int]:
         """The phase timings so far ({"reset": true} on stdin: and start again)."""
@@ -172,14 +184,15 @@ class AgentService:
         from muslin.docker.server import serve_in_thread
 
         serve_in_thread(self.server, "cni-agent")
-        log.info("CNI agent on %s", self.path)
+        log.info("CNI agent on %s%s", self.path, "" if self.owned else " (passed by systemd)")
 
     def stop(self) -> None:
         from muslin.docker.server import remove_socket
 
         self.server.shutdown()
         self.server.server_close()
-        remove_socket(self.path)
+        if self.owned:
+            remove_socket(self.path)
 
 
 class ClusterService:
@@ -196,10 +209,10 @@ class ClusterService:
         a = ctx.args
         self.ctx = ctx
         state_dir = Path(a.state_dir) if a.state_dir else default_state_dir()
-        self.agent = Agent(open_store(a.cluster_store), a.cluster_network, a.hostname, state_dir,
-                           a.underlay_dev, a.underlay_ip, a.resync)
+        self.agent = Agent(open_store(a.cluster_store, etcd_options(a)), a.cluster_network, a.hostname, state_dir,
+                           a.underlay_dev, a.underlay_ip, a.resync, log=logging.getLogger("muslin.agent").info)
         self.agent.leave_on_stop = a.leave
-        # `python -m muslin.control.agent leave` finds the running agent through this file.
+        # `muslin cluster leave` finds the running agent through this file.
         self.pidfile = state_dir / "cluster" / f"{a.cluster_network}.agent.pid"
         self.thread = threading.Thread(target=self._run, name="cluster", daemon=True)
 
@@ -207,7 +220,7 @@ class ClusterService:
         try:
             self.agent.run(self.ctx.stop)
         except MuslinError as e:  # e.g. no subnet left: one line, and muslind exits with its status
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            self.ctx.error = str(e)
             self.ctx.exit_status = e.exit_status
             self.ctx.stop.set()
 
@@ -252,6 +265,7 @@ class ReaperService:
 
     def stop(self) -> None:
         self.ctx.stop.set()
+        self.reaper.wake.set()  # it may sleep up to its interval (10 s) waiting for work
         if self.thread.is_alive():
             self.thread.join(timeout=30)
 
@@ -283,39 +297,6 @@ class Reconciler:
             self.thread.join(timeout=5)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="muslind", description="Muslin host agent: Docker plugin and CNI agent")
-    p.add_argument("--docker-socket", default=os.environ.get("MUSLIN_DOCKER_SOCKET", DEFAULT_DOCKER_SOCKET),
-                   help="Docker plugin socket ('' disables the Docker plugin)")
-    p.add_argument("--agent-socket", default=os.environ.get("MUSLIN_AGENT_SOCKET", DEFAULT_AGENT_SOCKET),
-                   help="CNI agent socket ('' disables the agent)")
-    p.add_argument("--state-dir", default=os.environ.get("MUSLIN_STATE_DIR") or None,
-                   help="state directory (default $MUSLIN_STATE_DIR or /var/lib/muslin)")
-    p.add_argument("--store", default=os.environ.get("MUSLIN_STORE") or None,
-                   help="store URL (etcd://host:port, a .db path); default: the state directory")
-    p.add_argument("--reap-delay", type=float, default=0.05,
-                   help="seconds a DEL's retired veth waits for others to be deleted with it in one message")
-    p.add_argument("--reconcile-interval", type=float, default=10.0,
-                   help="seconds between orphan cleanups / firewall hook checks (0 = only at start)")
-    p.add_argument("--log-level", default=os.environ.get("MUSLIN_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
-    p.add_argument("--third-party-log-level", default=os.environ.get("MUSLIN_THIRD_PARTY_LOG_LEVEL", "warning"),
-                   choices=["debug", "info", "warning", "error"],
-                   help="level of the libraries' loggers (pyroute2, ...); --log-level is Muslin's own")
-    c = p.add_argument_group("cluster agent (multi-host)")
-    c.add_argument("--cluster-store", default="", help="cluster store URL, e.g. etcd://10.0.0.1:2379")
-    c.add_argument("--cluster-network", default="", help="the cluster network this host joins")
-    c.add_argument("--hostname", default=socket.gethostname(), help="this host's name in the cluster")
-    c.add_argument("--underlay-dev", default="", help="underlay link (default: the default route's)")
-    c.add_argument("--underlay-ip", default="", help="underlay address (default: the underlay link's)")
-    c.add_argument("--resync", type=float, default=10.0, help="seconds between full resyncs")
-    c.add_argument("--leave", action="store_true", help="give the subnet back on SIGTERM/SIGINT")
-    args = p.parse_args(argv)
-    if bool(args.cluster_store) != bool(args.cluster_network):
-        p.error("--cluster-store and --cluster-network go together")
-    return args
-
-
 def service_factories(ctx: Context) -> list[Callable[[], Any]]:
     """Constructors of the services to run, in start order (each may open a socket)."""
     factories: list[Callable[[], Any]] = []
@@ -344,38 +325,22 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
     return factories
 
 
-OWN_LOGGERS = ("muslind", "muslin")
+def probes(started: list[Any]) -> list[tuple[str, Callable[[], None]]]:
+    """A real request per socket muslind serves (READY waits for each)."""
+    out: list[tuple[str, Callable[[], None]]] = []
+    for svc in started:
+        if isinstance(svc, AgentService):
+            out.append((f"the CNI agent socket {svc.path}", lambda p=svc.path: systemd.probe_agent(p)))
+        elif isinstance(svc, DockerService):
+            out.append((f"the Docker plugin socket {svc.server.path}",
+                        lambda p=svc.server.path: systemd.probe_docker(p)))
+    return out
 
 
-class LevelByOwner(logging.Filter):
-    """Muslin's records at `own`, every library's at `other`. A handler filter, so it holds
-    whatever a library does to its own logger: pyroute2 resets the 'pyroute2' logger to
-    level 0 when it is imported (pyroute2/config/log.py), which undid a setLevel made before."""
-
-    def __init__(self, own: int, other: int) -> None:
-        super().__init__()
-        self.own, self.other = own, other
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        top = record.name.split(".", 1)[0]
-        return record.levelno >= (self.own if top in OWN_LOGGERS else self.other)
-
-
-def setup_logging(level: str, third_party: str = "warning") -> None:
-    """stderr at `level` for Muslin's loggers, `third_party` for everyone else's."""
-    own, other = logging.getLevelName(level.upper()), logging.getLevelName(third_party.upper())
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s muslind %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(LevelByOwner(own, other))
-    logging.basicConfig(level=min(own, other), handlers=[handler], force=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.log_level, args.third_party_log_level)
-    if args.state_dir:
-        os.environ["MUSLIN_STATE_DIR"] = args.state_dir
+def serve(args: Any) -> tuple[int, str]:
+    """Run the services until a signal or a fatal error: (exit status, its one line or '')."""
     ctx = Context(args)
+    ctx.inherited = systemd.listen_fds()
     started: list[Any] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: ctx.stop.set())
@@ -394,20 +359,25 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             started.append(svc)  # stop() undoes the constructor's socket even if start fails
             svc.start()
-        log.info("muslind ready (pid %d)", os.getpid())
+        for path, sock in ctx.inherited.items():
+            log.warning("systemd passed a socket for %s, which no service uses; closing it", path)
+            sock.close()
+        systemd.wait_answering(probes(started))
+        names = ", ".join(getattr(s, "name", "?") for s in started)
+        systemd.notify("READY=1", f"STATUS=serving: {names}", f"MAINPID={os.getpid()}")
+        log.info("muslind ready (pid %d): %s", os.getpid(), names)
         while not ctx.stop.wait(1.0):
             pass
         log.info("stopping")
-        return ctx.exit_status
+        return ctx.exit_status, ctx.error
     except MuslinError as e:
-        print(f"muslind: {e}", file=sys.stderr)
-        return e.exit_status
+        return e.exit_status, str(e)
     except Exception as e:
         log.debug("startup failed", exc_info=True)
-        print(f"muslind: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        return 1, f"{type(e).__name__}: {' '.join(str(e).split())}"
     finally:
         ctx.stop.set()
+        systemd.notify("STOPPING=1")
         for svc in reversed(started):
             try:
                 svc.stop()
@@ -416,5 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
 
 
+def main(argv: list[str] | None = None) -> None:
+    """`python -m muslin.control.daemon` = `muslind` (cli/muslind.py parses the settings)."""
+    from muslin.cli.muslind import main as cli_main
+
+    cli_main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
