@@ -17,8 +17,8 @@ MTU_KEYS = ("mtu", "com.docker.network.driver.mtu")
 KNOWN = (*MTU_KEYS, "muslin.network", "muslin.mode", "muslin.parent", "muslin.isolate",
          "muslin.bridge", "muslin.reuse_bridge", "muslin.masquerade")
 MODES = ("bridge", "macvlan")
-_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_NETNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")  # fullmatch
+_NETNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def parse_options(generic: dict[str, str]) -> NetworkOptions:
             kw["mtu"] = mtu
     if "muslin.network" in generic:
         name = generic["muslin.network"]
-        if not _NETNAME.match(name):
+        if not _NETNAME.fullmatch(name):
             raise Invalid(f"option muslin.network={name!r} is not a valid network name")
         kw["network"] = name
     if "muslin.mode" in generic:
@@ -71,7 +71,7 @@ def parse_options(generic: dict[str, str]) -> NetworkOptions:
     for key in ("muslin.parent", "muslin.bridge"):
         if key in generic:
             v = generic[key]
-            if not _IFNAME.match(v):
+            if not _IFNAME.fullmatch(v):
                 raise Invalid(f"option {key}={v!r} is not a valid interface name (1-15 chars)")
             kw[key.split(".")[1]] = v
     for key in ("muslin.isolate", "muslin.masquerade", "muslin.reuse_bridge"):

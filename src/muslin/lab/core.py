@@ -30,8 +30,8 @@ from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFo
 UNDERLAY = ipaddress.IPv4Network("10.250.0.0/24")
 ETCD_IP = "10.250.0.254"
 ETCD_PORT = 2379
-LAB_NAME = re.compile(r"^[a-z0-9]{1,16}$")
-SANDBOX_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.]{0,31}$")
+LAB_NAME = re.compile(r"[a-z0-9]{1,16}")  # names are checked with fullmatch
+SANDBOX_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.]{0,31}")
 MAX_HOSTS = 200
 ETCD_USER = "muslin"
 
@@ -53,11 +53,11 @@ def ns_sandbox(name: str, sandbox: str) -> str:
 
 
 def _ns_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^mlab-{re.escape(name)}-(ul|h\d+|s-[A-Za-z0-9_.]+)$")
+    return re.compile(rf"mlab-{re.escape(name)}-(ul|h\d+|s-[A-Za-z0-9_.]+)")
 
 
 def check_lab_name(name: str) -> str:
-    if not LAB_NAME.match(name or ""):
+    if not LAB_NAME.fullmatch(name or ""):
         raise Invalid(f"lab name {name!r} is not valid: use 1-16 lowercase letters or digits")
     return name
 
@@ -549,7 +549,7 @@ def down(name: str) -> list[str]:
                 sockets.append(Path("/var/run/wireguard") / f"{wg}.sock")
     pat = _ns_pattern(name)
     for ns in netns_list():
-        if not pat.match(ns):
+        if not pat.fullmatch(ns):
             continue
         pids = _run("ip", "netns", "pids", ns, check=False).stdout.split()
         for p in pids:
@@ -576,7 +576,7 @@ def sandbox(name: str, host: str, sb: str) -> dict[str, str]:
     st = LabState.load(name)
     if host not in st.hosts:
         raise NotFound(f"lab {name} has no host {host!r} (hosts: {', '.join(st.hosts)})")
-    if not SANDBOX_NAME.match(sb or ""):
+    if not SANDBOX_NAME.fullmatch(sb or ""):
         raise Invalid(f"sandbox name {sb!r} is not valid: use up to 32 letters, digits, '_' or '.'")
     if sb in st.sandboxes:
         raise Conflict(f"lab {name} already has a sandbox {sb!r} (on {st.sandboxes[sb]['host']})")
