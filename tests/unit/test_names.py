@@ -21,7 +21,7 @@ def test_names_with_a_newline_are_invalid_everywhere(bad):
         names.check_name(bad)
     assert not names.valid_name(bad)
     with pytest.raises(Invalid):
-        backends_model.check_name("network name", bad)
+        backends_model.ClusterConfig(bad).validate()
     with pytest.raises(Invalid):
         lab.check_lab_name(bad)
     for key in ("muslin.network", "muslin.bridge"):
@@ -36,7 +36,7 @@ def test_names_with_a_newline_are_invalid_everywhere(bad):
 def test_good_names_still_pass():
     names.check_name("web-1.a_b")
     assert names.valid_name("c1")
-    assert backends_model.check_name("network name", "net0") == "net0"
+    assert backends_model.ClusterConfig("net0").validate().network == "net0"
     assert lab.check_lab_name("lab1") == "lab1"
     assert parse_options({"muslin.network": "web", "muslin.bridge": "br-web"}).bridge == "br-web"
 

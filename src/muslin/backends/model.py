@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
 from dataclasses import dataclass, fields, replace
 from collections.abc import Mapping
 from typing import Any
 
+from muslin.model import names
 from muslin.model.errors import Invalid
 from muslin.model.kernel import (Changes, Device, EgressGuard, FdbSpec, NeighSpec, Observed, RouteSpec,
                                  WgPeer)
 
 DEFAULT_SUBNET_TTL = 86400  # a host's subnet lease (renewed), like flannel's 24 h
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")  # fullmatch
-
-
-def check_name(what: str, name: str) -> str:
-    if not _NAME.fullmatch(name or ""):
-        raise Invalid(f"{what} {name!r} is not valid: use 1-32 letters, digits, '.', '_' or '-'")
-    return name
+NAME_MAX = 32  # cluster network and host names: they become parts of keys and device names
 
 
 @dataclass(frozen=True)
@@ -61,7 +55,7 @@ class ClusterConfig:
     def validate(self) -> ClusterConfig:
         from muslin.backends.registry import get_backend  # the registry imports this module
 
-        check_name("network name", self.network)
+        names.check_name(self.network, "network name", NAME_MAX)
         backend = get_backend(self.backend)
         try:
             net = ipaddress.ip_network(self.cidr)

@@ -101,14 +101,10 @@ class CniEnv:
 def validate_ifname(name: str) -> None:
     if not name:
         raise CniError(E_ENV, "CNI_IFNAME is empty: an interface name is required")
-    if len(name.encode()) > 15:
-        raise CniError(E_ENV, f"CNI_IFNAME {name!r} is longer than 15 bytes")
-    if name in (".", ".."):
-        raise CniError(E_ENV, f"CNI_IFNAME {name!r} is not a valid interface name")
-    if any(c in name for c in "/:") or any(c.isspace() for c in name):
-        raise CniError(E_ENV, f"CNI_IFNAME {name!r} must not contain '/', ':' or whitespace")
-    if not name.isprintable():
-        raise CniError(E_ENV, f"CNI_IFNAME {name!r} must not contain control characters")
+    try:
+        names.check_ifname(name, "CNI_IFNAME")
+    except Invalid as e:
+        raise CniError(E_ENV, e.message) from None
 
 
 def parse_cni_args(text: str) -> tuple[tuple[str, str], ...]:

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from muslin.backends.base import Backend
-from muslin.backends.model import ClusterConfig, Desired, HostRecord, Local, check_name, diff, owned
+from muslin.backends.model import NAME_MAX, ClusterConfig, Desired, HostRecord, Local, diff, owned
 from muslin.backends.registry import BACKENDS, get_backend
-from muslin.model import keys
+from muslin.model import keys, names
 from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound, Unavailable
 from muslin.store.base import Compare, Delete, Put, Store
 
@@ -117,8 +117,8 @@ class Agent:
                  underlay_dev: str = "", underlay_ip: str = "", resync: float = DEFAULT_RESYNC,
                  log: Callable[[str], None] | None = None) -> None:
         self.store = store
-        self.network = check_name("network name", network)
-        self.hostname = check_name("hostname", hostname)
+        self.network = names.check_name(network, "network name", NAME_MAX)
+        self.hostname = names.check_name(hostname, "hostname", NAME_MAX)
         self.state_dir = Path(state_dir)
         self.underlay_dev = underlay_dev
         self.underlay_ip = underlay_ip

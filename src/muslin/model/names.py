@@ -71,7 +71,7 @@ BRIDGE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,15}")
 
 def check_bridge_name(name: str, what: str = "bridge name") -> str:
     if not isinstance(name, str) or BRIDGE_RE.fullmatch(name) is None or name in (".", ".."):
-        raise Invalid(f"{what} {name!r} is not valid: use 1-15 letters, digits, '_', '.' or '-'")
+        raise Invalid(f"{what} {name!r} is not a valid interface name here: use 1-15 letters, digits, '_', '.' or '-'")
     return name
 
 
@@ -80,9 +80,10 @@ def valid_name(name: str) -> bool:
     return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
 
 
-def check_name(name: str, what: str = "network name") -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise Invalid(f"{what} {name!r} is invalid: use letters, digits, '_', '.', '-' (not first)")
+def check_name(name: str, what: str = "network name", max_len: int = 0) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or (max_len and len(name) > max_len):
+        most = f" (at most {max_len})" if max_len else ""
+        raise Invalid(f"{what} {name!r} is invalid: use letters, digits, '_', '.', '-' (not first){most}")
     return name
 
 
