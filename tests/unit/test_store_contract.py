@@ -19,7 +19,8 @@ import pytest
 
 from muslin.model.errors import Conflict, NotFound, Unavailable
 from muslin.store import open_store
-from muslin.store.base import Compare, Delete, Put
+from muslin.store.base import Compacted, Compare, Delete, Put
+from muslin.store.cache import WatchCache
 from muslin.store.memory import MemoryStore
 from muslin.store.sqlite import SqliteStore
 
@@ -267,6 +268,105 @@ def test_watch_stops_on_close(store):
     store.close()
     t.join(5)
     assert result == ["done"]
+
+
+# --- long-lived watches (open_watch), snapshots, the watch cache ----------------------------
+
+def test_open_watch_is_one_stream_for_many_gets(store):
+    start = store.revision() + 1
+    w = store.open_watch("o/", start)
+    try:
+        t0 = time.monotonic()
+        assert w.get(0.3) == [] and time.monotonic() - t0 >= 0.25  # nothing yet: waits, then []
+        store.put("o/a", 1)
+        store.put("x/not-mine", 1)
+        got = w.get(5)
+        store.txn([], [Put("o/b", 2), Delete("o/a")])
+        while len(got) < 3:
+            more = w.get(5)
+            assert more, got
+            got += more
+        assert [(e.type, e.key, e.value) for e in got] == [("put", "o/a", 1), ("put", "o/b", 2), ("delete", "o/a", None)]
+        assert w.next_revision == store.revision() + 1 and w.connected
+    finally:
+        w.close()
+
+
+def test_open_watch_wake_returns_at_once(store):
+    w = store.open_watch("wk/", store.revision() + 1)
+    try:
+        threading.Timer(0.2, w.wake).start()
+        t0 = time.monotonic()
+        assert w.get(None) == []
+        assert time.monotonic() - t0 < 4
+    finally:
+        w.close()
+
+
+def test_snapshot_is_the_list_at_its_revision(store):
+    store.put("sn/a", 1)
+    store.put("sn/b", 2)
+    rev, kvs = store.snapshot("sn/")
+    assert [(kv.key, kv.value) for kv in kvs] == [("sn/a", 1), ("sn/b", 2)] and rev == store.revision()
+    store.put("sn/c", 3)
+    w = store.open_watch("sn/", rev + 1)
+    try:
+        assert [e.key for e in w.get(5)] == ["sn/c"]  # exactly what came after the list
+    finally:
+        w.close()
+
+
+def test_compacted_history_raises_compacted(store):
+    start = store.revision() + 1
+    for i in range(4):
+        store.put("cp/k", i)
+    store.compact(store.revision())
+    w = store.open_watch("cp/", start)
+    try:
+        with pytest.raises(Compacted):
+            w.get(5)
+    finally:
+        w.close()
+    with pytest.raises(Unavailable, match="compacted"):  # the generator form too (Compacted is Unavailable)
+        list(store.watch("cp/", start, timeout=2))
+
+
+def test_cache_follows_the_prefix_and_a_gap_lists_again(store):
+    store.put("c/h/a", {"v": 1})
+    store.put("c/other", 1)
+    c = WatchCache(store, "c/h/")
+    try:
+        assert [(x.key, x.old, x.new) for x in c.load()] == [("c/h/a", None, {"v": 1})] and c.lists == 1
+        store.put("c/h/b", {"v": 2})
+        store.put("c/h/a", {"v": 1})  # the same value again: no change to report
+        store.delete("c/h/a")
+        got = []
+        end = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < end:
+            got += c.poll(0.5)
+        assert [(x.key, x.old, x.new) for x in got] == [("c/h/b", None, {"v": 2}), ("c/h/a", {"v": 1}, None)]
+        assert c.items == {"c/h/b": {"v": 2}} and c.lists == 1
+        # a gap: the watch resumes from a revision whose history is gone
+        c._watch.close()
+        resume = c.revision + 1
+        store.put("c/h/n", 3)
+        store.delete("c/h/b")
+        store.compact(store.revision())
+        c._watch = store.open_watch("c/h/", resume)
+        got = []
+        end = time.monotonic() + 5
+        while not got and time.monotonic() < end:
+            got = c.poll(0.5)
+        assert sorted((x.key, x.old, x.new) for x in got) == [("c/h/b", {"v": 2}, None), ("c/h/n", None, 3)]
+        assert c.gaps == 1 and c.lists == 2 and c.items == {"c/h/n": 3}
+        store.put("c/h/z", 4)  # and it watches again from the new list
+        got = []
+        end = time.monotonic() + 5
+        while not got and time.monotonic() < end:
+            got = c.poll(0.5)
+        assert [(x.key, x.new) for x in got] == [("c/h/z", 4)] and c.lists == 2
+    finally:
+        c.close()
 
 
 # --- leases ------------------------------------------------------------------------------

@@ -14,12 +14,21 @@ A failed condition raises model.errors.Conflict and changes nothing.
 txn(compares, ops) applies all ops atomically if every compare holds, else raises
 Conflict and changes nothing. Leases: keys put with lease=ID vanish when the lease
 expires or is revoked (and produce delete events).
+
+Long-lived watches: open_watch(prefix, from_revision) -> Watch, one stream kept open until
+closed (etcd: one gateway stream, reopened from the next revision when it drops); its
+get(timeout) hands over the events that arrived, waiting up to timeout for the first.
+A watch that cannot resume because history was compacted raises Compacted (then list
+again with snapshot() and open a new watch from the snapshot's revision + 1; store/cache.py
+does that).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Union
+
+from muslin.model.errors import Unavailable
 
 
 @dataclass(frozen=True)
@@ -63,11 +72,39 @@ class Event:
     revision: int
 
 
+class Compacted(Unavailable):
+    """A watch cannot resume: the history it needs was compacted (a gap). List again."""
+
+
+class Watch(Protocol):
+    """One long-lived watch on a prefix (Store.open_watch)."""
+
+    next_revision: int  # the revision it resumes from: every event before it was handed over
+
+    def get(self, timeout: float | None = None) -> list[Event]:
+        """The events that arrived, in order, waiting up to `timeout` seconds for the first
+        (None: until one arrives, wake() or close()); [] when none came. Raises Compacted
+        when the watch cannot resume (history compacted), Invalid on a misconfiguration."""
+
+    def wake(self) -> None:
+        """Make a get() waiting now (or the next one) return at once (from any thread)."""
+
+    @property
+    def connected(self) -> bool:
+        """False while the stream is down and being reopened (etcd); True otherwise."""
+
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     def get(self, key: str) -> KV | None: ...
 
     def list(self, prefix: str) -> list[KV]:
         """All keys starting with prefix, sorted by key."""
+
+    def snapshot(self, prefix: str) -> tuple[int, list[KV]]:
+        """(the store's revision, all keys under prefix sorted) read at that one revision:
+        a watch from revision + 1 sees exactly the changes after the list."""
 
     def keys(self, prefix: str, limit: int = 0) -> list[str]:
         """The keys only (no values decoded), sorted; at most `limit` (0 = all)."""
@@ -93,6 +130,12 @@ class Store(Protocol):
         close() is called. Resuming from a revision after a disconnect loses nothing
         (unless history was compacted: then raises Unavailable)."""
 
+    def open_watch(self, prefix: str, from_revision: int) -> Watch:
+        """A long-lived watch of prefix from from_revision on (see Watch)."""
+
+    def compact(self, revision: int) -> None:
+        """Drop the history before `revision` (a watch from an older revision raises Compacted)."""
+
     def grant_lease(self, ttl: float) -> int: ...
 
     def refresh_lease(self, lease: int) -> None:
@@ -101,6 +144,19 @@ class Store(Protocol):
     def revoke_lease(self, lease: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+def iterate(w: Watch, timeout: float | None) -> Iterator[Event]:
+    """Store.watch, the generator form, over a Watch: the events in order, until `timeout`
+    seconds pass without one (None: until the store is closed)."""
+    try:
+        while True:
+            batch = w.get(timeout)
+            if not batch:
+                return
+            yield from batch
+    finally:
+        w.close()
 
 
 @dataclass(frozen=True)

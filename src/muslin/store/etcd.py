@@ -1,9 +1,12 @@
 """EtcdStore: the Store protocol on etcd 3.4 through its HTTP JSON gateway (/v3/).
 
 The gateway is plain HTTP + JSON (keys and values base64), so the client is a thin
-layer over http.client: every call is one POST. Watches are long-lived streamed POSTs
-read by a helper thread; a dropped stream is reopened from the next revision with
-backoff, so resuming loses nothing (a compacted revision raises Unavailable).
+layer over http.client: every call is one POST, on a kept-alive connection from a small
+pool. Watches are long-lived streamed POSTs read by a helper thread (open_watch: one
+stream for as long as the watch lives, with TCP keepalive and etcd's progress
+notifications); a dropped stream is reopened from the next revision with backoff, so
+resuming loses nothing (a compacted revision raises Compacted). `stats` counts calls,
+streams, events and bytes (the benchmarks read it).
 Values are stored as JSON text. An unreachable etcd raises Unavailable with one line.
 
 TLS (https endpoints, `etcds://` in open_store): a CA file, a client certificate and key;
@@ -22,18 +25,22 @@ import base64
 import http.client
 import json
 import queue
+import select
 import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from typing import Any, Iterator, NamedTuple
 from urllib.parse import urlsplit
 
 from muslin.model.errors import Conflict, Invalid, NotFound, Unavailable
-from muslin.store.base import KV, Compare, Delete, EtcdOptions, Event, Op, Put
+from muslin.store.base import KV, Compacted, Compare, Delete, EtcdOptions, Event, Op, Put, iterate
 
 CALL_TIMEOUT = 5.0
 HEALTH_TIMEOUT = 2.0
+POOL = 4  # idle connections kept for calls (one call = one request on a kept-alive connection)
+KEEPALIVE = (10, 5, 3)  # a watch stream's TCP keepalive: idle s, interval s, probes (a dead peer in ~25 s)
 # gRPC codes etcd puts in its JSON errors
 UNAUTHENTICATED, PERMISSION_DENIED, DEADLINE_EXCEEDED, UNAVAILABLE = 16, 7, 4, 14
 
@@ -156,7 +163,9 @@ class EtcdStore:
         self._auth_lock = threading.RLock()
         self._closed = threading.Event()
         self._streams: set[http.client.HTTPConnection] = set()
+        self._idle: list[tuple[http.client.HTTPConnection, Endpoint]] = []
         self._lock = threading.Lock()
+        self.stats: Counter[str] = Counter()
 
     # -- transport ---------------------------------------------------------------------
     def _where(self) -> str:
@@ -208,6 +217,7 @@ class EtcdStore:
                 last = e
                 continue
             self._cur = idx
+            self.stats["connections"] += 1
             return conn, ep
         if problem:
             raise Invalid(problem)
@@ -244,14 +254,21 @@ class EtcdStore:
         n = len(self.endpoints)
         failures = 0
         reauthed = False
+        payload = json.dumps(body)
         while True:
             headers = self._headers() if auth else {"Content-Type": "application/json"}
-            conn, ep = self._connect(self.timeout)
+            kept = self._pooled()
+            conn, ep = kept or self._connect(self.timeout)
+            keep = False
             try:
-                conn.request("POST", "/v3/" + path, body=json.dumps(body), headers=headers)
+                conn.request("POST", "/v3/" + path, body=payload, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                keep = not resp.will_close
             except (OSError, http.client.HTTPException) as e:
+                if kept is not None and isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError,
+                                                       BrokenPipeError)):
+                    continue  # a kept connection etcd had closed: the request never got there
                 problem = self._tls_problem(e, ep) or self._silent_refusal(e, ep)
                 if problem:
                     raise Invalid(problem) from None
@@ -261,7 +278,14 @@ class EtcdStore:
                     continue
                 raise Unavailable(f"etcd at {ep} did not answer {path}: {_reason(e)}") from None
             finally:
-                conn.close()
+                if keep:
+                    self._release(conn, ep)
+                else:
+                    conn.close()
+            st = self.stats
+            st[path] += 1
+            st["bytes_sent"] += len(payload)
+            st["bytes_received"] += len(data)
             try:
                 out = json.loads(data or b"{}")
             except ValueError:
@@ -289,6 +313,23 @@ class EtcdStore:
                     continue
                 raise Unavailable(f"etcd at {ep} failed {path}: {msg}")
             raise Invalid(self._rejection(ep, path, msg, code))
+
+    def _pooled(self) -> tuple[http.client.HTTPConnection, Endpoint] | None:
+        """An idle kept-alive connection to the current endpoint, if one is still good."""
+        with self._lock:
+            while self._idle:
+                conn, ep = self._idle.pop()
+                if ep == self.endpoints[self._cur] and not _stale(conn):
+                    return conn, ep
+                conn.close()
+        return None
+
+    def _release(self, conn: http.client.HTTPConnection, ep: Endpoint) -> None:
+        with self._lock:
+            if len(self._idle) < POOL and not self._closed.is_set():
+                self._idle.append((conn, ep))
+                return
+        conn.close()
 
     def _rejection(self, ep: Endpoint, path: str, msg: str, code: int) -> str:
         user = self.options.user
@@ -385,6 +426,10 @@ class EtcdStore:
         out = self._call("kv/range", {**self._range(prefix), "sort_order": "ASCEND", "sort_target": "KEY"})
         return [self._kv(d) for d in out.get("kvs") or []]
 
+    def snapshot(self, prefix: str) -> tuple[int, list[KV]]:
+        out = self._call("kv/range", {**self._range(prefix), "sort_order": "ASCEND", "sort_target": "KEY"})
+        return int(out["header"]["revision"]), [self._kv(d) for d in out.get("kvs") or []]
+
     def keys(self, prefix: str, limit: int = 0) -> list[str]:
         body = {**self._range(prefix), "sort_order": "ASCEND", "sort_target": "KEY", "keys_only": True}
         if limit:
@@ -477,121 +522,210 @@ class EtcdStore:
         out = self._call("lease/timetolive", {"ID": str(lease)})
         return int(out.get("TTL", -1)), int(out.get("grantedTTL", 0))
 
+    def compact(self, revision: int) -> None:
+        try:
+            self._call("kv/compaction", {"revision": str(int(revision)), "physical": True}, safe=False)
+        except Invalid as e:
+            if "compacted" not in str(e):  # already compacted that far: nothing to do
+                raise
+
     # -- watch -------------------------------------------------------------------------
     def watch(self, prefix: str, from_revision: int, timeout: float | None = None) -> Iterator[Event]:
         """Events under prefix from from_revision on. A dropped stream is reopened from the
-        next revision (backoff 0.2 s .. 2 s); compaction raises Unavailable."""
-        q: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        state = {"next": max(1, int(from_revision))}
-        holder: dict[str, http.client.HTTPConnection | None] = {"conn": None}
+        next revision (backoff 0.2 s .. 2 s); compaction raises Compacted."""
+        return iterate(self.open_watch(prefix, from_revision), timeout)
 
-        def reader() -> None:
-            backoff = 0.2
-            while not stop.is_set() and not self._closed.is_set():
-                try:
-                    conn, ep = self._connect(None)
-                except Unavailable as e:
-                    q.put(("down", str(e)))
-                    stop.wait(backoff)
-                    backoff = min(2.0, backoff * 2)
-                    continue
-                except Invalid as e:
-                    q.put(("invalid", str(e)))
-                    return
-                holder["conn"] = conn
-                with self._lock:
-                    self._streams.add(conn)
-                try:
-                    body = {"create_request": {**self._range(prefix), "start_revision": str(state["next"])}}
-                    conn.request("POST", "/v3/watch", body=json.dumps(body), headers=self._headers())
-                    resp = conn.getresponse()
-                    if resp.status != 200:
-                        if b"auth token" in resp.read(4096):
-                            self._forget_token()
-                        raise http.client.HTTPException(f"HTTP {resp.status}")
-                    while not stop.is_set():
-                        line = resp.readline()
-                        if not line:
-                            break
-                        doc = json.loads(line)
-                        if "error" in doc:  # e.g. the token expired while the stream was down
-                            if "auth token" in json.dumps(doc["error"]):
-                                self._forget_token()
-                            break
-                        msg = doc.get("result", {})
-                        if int(msg.get("compact_revision", 0) or 0) > 0:
-                            q.put(("error", f"etcd watch on {prefix!r} cannot resume from revision "
-                                            f"{state['next']}: history compacted up to {msg['compact_revision']}"))
-                            return
-                        if msg.get("canceled"):
-                            q.put(("error", f"etcd canceled the watch on {prefix!r}: {msg.get('cancel_reason', '')}"))
-                            return
-                        backoff = 0.2
-                        for ev in msg.get("events") or []:
-                            kv = ev["kv"]
-                            rev = int(kv.get("mod_revision", 0))
-                            key = _unb64(kv["key"]).decode()[len(self.prefix):]
-                            if ev.get("type") == "DELETE":
-                                e = Event("delete", key, None, rev)
-                            else:
-                                e = Event("put", key, _value(_unb64(kv.get("value", ""))), rev)
-                            state["next"] = rev + 1
-                            q.put(("event", e))
-                except Invalid as e:  # a wrong password or certificate: retrying will not help
-                    q.put(("invalid", str(e)))
-                    return
-                except Unavailable as e:
-                    q.put(("down", str(e)))
-                except (OSError, ValueError, http.client.HTTPException):
-                    pass
-                finally:
-                    with self._lock:
-                        self._streams.discard(conn)
-                    conn.close()
-                if not stop.is_set():
-                    self._skip(ep)  # a member that drops the stream: the next one, if there are several
-                    stop.wait(backoff)
-                    backoff = min(2.0, backoff * 2)
-
-        t = threading.Thread(target=reader, name=f"etcd-watch {prefix}", daemon=True)
-        t.start()
-        try:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while not self._closed.is_set():
-                wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-                if wait <= 0:
-                    return
-                try:
-                    kind, item = q.get(timeout=wait)
-                except queue.Empty:
-                    continue
-                if kind == "event":
-                    yield item
-                    if timeout is not None:
-                        deadline = time.monotonic() + timeout
-                elif kind == "error":
-                    raise Unavailable(item)
-                elif kind == "invalid":
-                    raise Invalid(item)
-        finally:
-            stop.set()
-            c = holder["conn"]
-            if c is not None and c.sock is not None:
-                try:
-                    c.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def open_watch(self, prefix: str, from_revision: int) -> "EtcdWatch":
+        return EtcdWatch(self, prefix, from_revision)
 
     def close(self) -> None:
         self._closed.set()
         with self._lock:
+            for c, _ep in self._idle:
+                c.close()
+            self._idle.clear()
             for c in list(self._streams):
                 if c.sock is not None:
                     try:
                         c.sock.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
+
+
+def _stale(conn: http.client.HTTPConnection) -> bool:
+    """An idle connection with something to read has been closed by etcd (or is out of step)."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+def _keepalive(sock: socket.socket) -> None:
+    idle, interval, count = KEEPALIVE
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+    except (OSError, AttributeError):
+        pass
+
+
+class EtcdWatch:
+    """One long-lived watch (Store.open_watch): a helper thread reads the gateway's stream
+    and queues each message's events; a stream that drops is reopened from the next
+    revision on the next member (backoff 0.2 s .. 2 s). Progress notifications move the
+    resume point along while nothing happens under the prefix, so a long-idle watch does
+    not resume from a compacted revision."""
+
+    def __init__(self, store: EtcdStore, prefix: str, from_revision: int) -> None:
+        self.store, self.prefix = store, prefix
+        self.next_revision = max(1, int(from_revision))  # what get() has handed over
+        self._resume = self.next_revision  # where the reader reopens the stream
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._conn: http.client.HTTPConnection | None = None
+        self._up = False
+        self._failed = False
+        self._thread = threading.Thread(target=self._reader, name=f"etcd-watch {prefix}", daemon=True)
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        return self._up
+
+    def get(self, timeout: float | None = None) -> list[Event]:
+        out: list[Event] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        closed = self.store._closed
+        block = True
+        while not closed.is_set() and not self._stop.is_set():
+            try:
+                if block:
+                    wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                    if wait <= 0:
+                        return out
+                    kind, item = self._q.get(timeout=wait)
+                else:
+                    kind, item = self._q.get_nowait()
+            except queue.Empty:
+                if not block:
+                    return out
+                continue
+            if kind == "events":
+                out.extend(item)
+                self.next_revision = item[-1].revision + 1
+                block = False  # and whatever else is queued already
+            elif kind == "progress":
+                self.next_revision = max(self.next_revision, item)
+            elif kind == "wake":
+                return out
+            elif kind == "compacted":
+                raise Compacted(item)
+            elif kind == "invalid":
+                raise Invalid(item)
+            else:
+                raise Unavailable(item)
+        return out
+
+    def wake(self) -> None:
+        self._q.put(("wake", None))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._q.put(("wake", None))
+        c = self._conn
+        if c is not None and c.sock is not None:
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _reader(self) -> None:
+        s, stop = self.store, self._stop
+        backoff = 0.2
+        while not stop.is_set() and not s._closed.is_set():
+            try:
+                conn, ep = s._connect(None)
+            except Unavailable:
+                stop.wait(backoff)
+                backoff = min(2.0, backoff * 2)
+                continue
+            except Invalid as e:
+                self._q.put(("invalid", str(e)))
+                return
+            self._conn = conn
+            _keepalive(conn.sock)
+            with s._lock:
+                s._streams.add(conn)
+            try:
+                if stop.is_set():
+                    return
+                body = {"create_request": {**s._range(self.prefix), "start_revision": str(self._resume),
+                                           "progress_notify": True}}
+                s.stats["watch_streams"] += 1
+                conn.request("POST", "/v3/watch", body=json.dumps(body), headers=s._headers())
+                resp = conn.getresponse()
+                if resp.status != 200:
+                    if b"auth token" in resp.read(4096):
+                        s._forget_token()
+                    raise http.client.HTTPException(f"HTTP {resp.status}")
+                while not stop.is_set():
+                    line = resp.readline()
+                    if not line:
+                        break
+                    s.stats["watch_bytes"] += len(line)
+                    doc = json.loads(line)
+                    if "error" in doc:  # e.g. the token expired while the stream was down
+                        if "auth token" in json.dumps(doc["error"]):
+                            s._forget_token()
+                        break
+                    msg = doc.get("result", {})
+                    if int(msg.get("compact_revision", 0) or 0) > 0:
+                        self._q.put(("compacted", f"etcd watch on {self.prefix!r} cannot resume from revision "
+                                                  f"{self._resume}: history compacted up to {msg['compact_revision']}"))
+                        return
+                    if msg.get("canceled"):
+                        self._q.put(("error", f"etcd canceled the watch on {self.prefix!r}: "
+                                              f"{msg.get('cancel_reason', '')}"))
+                        return
+                    self._up = True
+                    backoff = 0.2
+                    events = []
+                    for ev in msg.get("events") or []:
+                        kv = ev["kv"]
+                        rev = int(kv.get("mod_revision", 0))
+                        key = _unb64(kv["key"]).decode()[len(s.prefix):]
+                        if ev.get("type") == "DELETE":
+                            events.append(Event("delete", key, None, rev))
+                        else:
+                            events.append(Event("put", key, _value(_unb64(kv.get("value", ""))), rev))
+                    if events:
+                        s.stats["watch_events"] += len(events)
+                        self._resume = events[-1].revision + 1
+                        self._q.put(("events", events))
+                    elif not msg.get("created"):  # a progress notification: all before it was sent
+                        rev = int(msg.get("header", {}).get("revision", 0) or 0) + 1
+                        if rev > self._resume:
+                            self._resume = rev
+                            self._q.put(("progress", rev))
+            except Invalid as e:  # a wrong password or certificate: retrying will not help
+                self._q.put(("invalid", str(e)))
+                return
+            except (OSError, ValueError, http.client.HTTPException, Unavailable):
+                pass
+            finally:
+                self._up = False
+                with s._lock:
+                    s._streams.discard(conn)
+                conn.close()
+            if not stop.is_set():
+                s._skip(ep)  # a member that drops the stream: the next one, if there are several
+                stop.wait(backoff)
+                backoff = min(2.0, backoff * 2)
 
 
 def _reason(e: BaseException | None) -> str:

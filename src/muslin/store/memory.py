@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import threading
@@ -9,7 +10,7 @@ import time
 from typing import Any, Iterator
 
 from muslin.model.errors import Conflict, Invalid, NotFound, Unavailable
-from muslin.store.base import KV, Compare, Delete, Event, Op, Put
+from muslin.store.base import KV, Compacted, Compare, Delete, Event, Op, Put, iterate
 
 HISTORY = 10000
 
@@ -101,6 +102,12 @@ class MemoryStore:
             self._expire()
             return [copy.deepcopy(self._kv[k]) for k in sorted(self._kv) if k.startswith(prefix)]
 
+    def snapshot(self, prefix: str) -> tuple[int, list[KV]]:
+        with self._cond:
+            self._check_open()
+            self._expire()
+            return self._rev, [copy.deepcopy(self._kv[k]) for k in sorted(self._kv) if k.startswith(prefix)]
+
     def keys(self, prefix: str, limit: int = 0) -> list[str]:
         with self._cond:
             self._check_open()
@@ -148,29 +155,28 @@ class MemoryStore:
             return self._rev
 
     def watch(self, prefix: str, from_revision: int, timeout: float | None = None) -> Iterator[Event]:
-        nxt = from_revision
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                self._expire()
-                if self._compacted and nxt <= self._compacted:
-                    raise Unavailable(f"store history before revision {self._compacted + 1} was compacted; "
-                                      f"cannot watch from {nxt}")
-                batch = [e for e in self._events if e.revision >= nxt and e.key.startswith(prefix)]
-                if self._events:
-                    nxt = max(nxt, self._events[-1].revision + 1)
-                if not batch:
-                    wait = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
-                    if wait <= 0:
-                        return
-                    self._cond.wait(wait)
-                    continue
-            for e in batch:
-                yield copy.deepcopy(e)
-            if deadline is not None:
-                deadline = time.monotonic() + timeout  # type: ignore[operator]
+        return iterate(self.open_watch(prefix, from_revision), timeout)
+
+    def open_watch(self, prefix: str, from_revision: int) -> "MemoryWatch":
+        return MemoryWatch(self, prefix, from_revision)
+
+    def compact(self, revision: int) -> None:
+        with self._cond:
+            cut = bisect.bisect_left(self._events, revision, key=lambda e: e.revision)
+            if cut:
+                self._compacted = max(self._compacted, self._events[cut - 1].revision)
+                del self._events[:cut]
+            self._compacted = max(self._compacted, min(revision, self._rev + 1) - 1)
+            self._cond.notify_all()
+
+    def _events_from(self, prefix: str, nxt: int) -> tuple[list[Event], int]:
+        """(events under prefix from nxt on, the next revision); the caller holds the lock."""
+        if self._compacted and nxt <= self._compacted:
+            raise Compacted(f"store history before revision {self._compacted + 1} was compacted; "
+                            f"cannot watch from {nxt}")
+        i = bisect.bisect_left(self._events, nxt, key=lambda e: e.revision)
+        batch = [copy.deepcopy(e) for e in self._events[i:] if e.key.startswith(prefix)]
+        return batch, max(nxt, self._rev + 1)
 
     def grant_lease(self, ttl: float) -> int:
         if ttl <= 0:
@@ -213,3 +219,42 @@ class MemoryStore:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+class MemoryWatch:
+    """Store.open_watch on a MemoryStore: events are read from its history under its lock."""
+
+    def __init__(self, store: MemoryStore, prefix: str, from_revision: int) -> None:
+        self.store, self.prefix, self.next_revision = store, prefix, max(1, int(from_revision))
+        self._woken = False
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return not self.store._closed
+
+    def get(self, timeout: float | None = None) -> list[Event]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        s = self.store
+        with s._cond:
+            while not (self._closed or s._closed):
+                s._expire()
+                batch, self.next_revision = s._events_from(self.prefix, self.next_revision)
+                if batch or self._woken:
+                    self._woken = False
+                    return batch
+                wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if wait <= 0:
+                    return []
+                s._cond.wait(wait)
+        return []
+
+    def wake(self) -> None:
+        with self.store._cond:
+            self._woken = True
+            self.store._cond.notify_all()
+
+    def close(self) -> None:
+        with self.store._cond:
+            self._closed = True
+            self.store._cond.notify_all()

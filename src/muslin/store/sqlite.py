@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from muslin.model.errors import Conflict, Invalid, NotFound, Unavailable
-from muslin.store.base import KV, Compare, Delete, Event, Op, Put
+from muslin.store.base import KV, Compacted, Compare, Delete, Event, Op, Put, iterate
 
 HISTORY = 10000
 POLL = 0.05
@@ -264,41 +264,58 @@ class SqliteStore:
     def revision(self) -> int:
         return self._read(lambda: self._db.execute("SELECT revision FROM meta WHERE id = 0").fetchone()[0])
 
-    def watch(self, prefix: str, from_revision: int, timeout: float | None = None) -> Iterator[Event]:
+    def snapshot(self, prefix: str) -> tuple[int, list[KV]]:
         where, args = _prefix_sql(prefix)
-        nxt = from_revision
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                self._read(lambda: None)  # lazy lease expiry
-                db = self._db
-                try:
-                    db.execute("BEGIN")  # one snapshot for meta + events
-                    rev, compacted = db.execute("SELECT revision, compacted FROM meta WHERE id = 0").fetchone()
-                    rows = [] if compacted and nxt <= compacted else db.execute(
-                        f"SELECT rev, type, key, value FROM events WHERE rev >= ? AND rev <= ? AND {where} "
-                        "ORDER BY id", (nxt, rev, *args)).fetchall()
-                    db.execute("COMMIT")
-                except sqlite3.Error as e:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise Unavailable(f"store {self.path}: {e}") from None
-            if compacted and nxt <= compacted:
-                raise Unavailable(f"store history before revision {compacted + 1} was compacted; "
-                                  f"cannot watch from {nxt}")
-            nxt = max(nxt, rev + 1)
-            for r in rows:
-                yield Event(r[1], r[2], json.loads(r[3]) if r[3] is not None else None, r[0])
-            if rows:
-                if deadline is not None:
-                    deadline = time.monotonic() + timeout  # type: ignore[operator]
-                continue
-            wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
-            if wait <= 0:
-                return
-            time.sleep(wait)
+
+        def q() -> tuple[int, list[KV]]:
+            db = self._db
+            db.execute("BEGIN")  # one snapshot for meta + kv
+            try:
+                rev = db.execute("SELECT revision FROM meta WHERE id = 0").fetchone()[0]
+                rows = db.execute(
+                    f"SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE {where} ORDER BY key", args).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return rev, [KV(r[0], json.loads(r[1]), r[2], r[3], r[4]) for r in rows]
+        return self._read(q)
+
+    def watch(self, prefix: str, from_revision: int, timeout: float | None = None) -> Iterator[Event]:
+        return iterate(self.open_watch(prefix, from_revision), timeout)
+
+    def open_watch(self, prefix: str, from_revision: int) -> "SqliteWatch":
+        return SqliteWatch(self, prefix, from_revision)
+
+    def compact(self, revision: int) -> None:
+        def w() -> None:
+            rev, compacted = self._db.execute("SELECT revision, compacted FROM meta WHERE id = 0").fetchone()
+            cut = min(int(revision), rev + 1) - 1
+            if cut > compacted:
+                self._db.execute("DELETE FROM events WHERE rev <= ?", (cut,))
+                self._db.execute("UPDATE meta SET compacted = ? WHERE id = 0", (cut,))
+        self._write(w)
+
+    def _events_from(self, prefix: str, nxt: int) -> tuple[list[Event], int]:
+        """(events under prefix from nxt on, the next revision), from one snapshot."""
+        where, args = _prefix_sql(prefix)
+        with self._lock:
+            if self._closed:
+                return [], nxt
+            self._read(lambda: None)  # lazy lease expiry
+            db = self._db
+            try:
+                db.execute("BEGIN")  # one snapshot for meta + events
+                rev, compacted = db.execute("SELECT revision, compacted FROM meta WHERE id = 0").fetchone()
+                rows = [] if compacted and nxt <= compacted else db.execute(
+                    f"SELECT rev, type, key, value FROM events WHERE rev >= ? AND rev <= ? AND {where} "
+                    "ORDER BY id", (nxt, rev, *args)).fetchall()
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise Unavailable(f"store {self.path}: {e}") from None
+        if compacted and nxt <= compacted:
+            raise Compacted(f"store history before revision {compacted + 1} was compacted; cannot watch from {nxt}")
+        return [Event(r[1], r[2], json.loads(r[3]) if r[3] is not None else None, r[0]) for r in rows], max(nxt, rev + 1)
 
     def grant_lease(self, ttl: float) -> int:
         if ttl <= 0:
@@ -340,3 +357,37 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SqliteWatch:
+    """Store.open_watch on SQLite: the events table polled every POLL seconds (another
+    process may be the writer, so there is nothing to wait on but the file)."""
+
+    def __init__(self, store: SqliteStore, prefix: str, from_revision: int) -> None:
+        self.store, self.prefix, self.next_revision = store, prefix, max(1, int(from_revision))
+        self._wake = threading.Event()
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return not self.store._closed
+
+    def get(self, timeout: float | None = None) -> list[Event]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (self._closed or self.store._closed):
+            batch, self.next_revision = self.store._events_from(self.prefix, self.next_revision)
+            if batch or self._wake.is_set():
+                self._wake.clear()
+                return batch
+            wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+            if wait <= 0:
+                return []
+            self._wake.wait(wait)
+        return []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
