@@ -18,7 +18,11 @@ What a backend declares:
 - `publish()`: what a host puts in its record for its peers (`HostRecord.published`);
 - `owned()`: the names of the devices and nft tables it may make on a host (the agent
   observes those, and removes them when the host leaves);
-- `desired()`: the kernel state of one host.
+- `desired()`: the kernel state of one host;
+- `per_peer` and `peer_desired()`: a backend whose desired state is its host's own objects
+  (`desired(cfg, local, [])`) plus, for each peer, objects that depend on that peer alone
+  says so; then an event for one peer costs the agent that peer's objects only
+  (backends/peers.py). Others are diffed whole against what was last applied.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Backend:
     overhead: ClassVar[int] = 0
     companions: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type | None] = None
+    per_peer: ClassVar[bool] = False
 
     # -- settings ------------------------------------------------------------------------
     def options(self, cfg: ClusterConfig) -> Any:
@@ -81,4 +86,9 @@ class Backend:
         return Owned()
 
     def desired(self, cfg: ClusterConfig, local: Local, peers: list[HostRecord]) -> Desired:
+        raise NotImplementedError
+
+    def peer_desired(self, cfg: ClusterConfig, local: Local, peer: HostRecord) -> Desired:
+        """With `per_peer`: the objects (routes, neighbours, FDB entries, WireGuard peers) and
+        problems of one peer; `desired()` is the host's own objects and the union of these."""
         raise NotImplementedError

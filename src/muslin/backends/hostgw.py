@@ -23,18 +23,23 @@ def check_peer(local: Local, peer: HostRecord) -> None:
 
 class HostGw(Backend):
     name = "host-gw"
+    per_peer = True
+
+    def peer_desired(self, cfg: ClusterConfig, local: Local, p: HostRecord) -> Desired:
+        if p.hostname == local.record.hostname:
+            return Desired()
+        try:
+            check_peer(local, p)
+        except Invalid as e:
+            return Desired(problems=(str(e),))
+        return Desired(routes=frozenset({RouteSpec(p.subnet, p.underlay, local.underlay_dev)}))
 
     def desired(self, cfg: ClusterConfig, local: Local, peers: list[HostRecord]) -> Desired:
         routes, problems = set(), []
         for p in peers:
-            if p.hostname == local.record.hostname:
-                continue
-            try:
-                check_peer(local, p)
-            except Invalid as e:
-                problems.append(str(e))
-                continue
-            routes.add(RouteSpec(p.subnet, p.underlay, local.underlay_dev))
+            d = self.peer_desired(cfg, local, p)
+            routes |= d.routes
+            problems += d.problems
         return Desired(routes=frozenset(routes), network_mtu=self.network_mtu(cfg, local), problems=tuple(problems))
 
 

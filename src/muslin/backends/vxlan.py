@@ -27,6 +27,7 @@ def vtep_mac(network: str, hostname: str) -> str:
 
 class Vxlan(Backend):
     name = "vxlan"
+    per_peer = True
     overhead = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
     def publish(self, cfg: ClusterConfig, me: HostRecord, facts: Mapping[str, str]) -> dict[str, str]:
@@ -36,22 +37,27 @@ class Vxlan(Backend):
     def owned(self, network: str, facts: Mapping[str, str]) -> Owned:
         return Owned(devices=(vxlan_name(network),))
 
+    def peer_desired(self, cfg: ClusterConfig, local: Local, p: HostRecord) -> Desired:
+        if p.hostname == local.record.hostname:
+            return Desired()
+        dev = vxlan_name(cfg.network)
+        mac, ip = p.get("vtep_mac").lower(), p.get("vtep_ip")
+        if not (mac and ip and p.underlay):
+            return Desired(problems=(f"peer {p.hostname}: its record has no VTEP (not a vxlan host?); skipped",))
+        return Desired(frozenset({RouteSpec(p.subnet, ip, dev, onlink=True)}), frozenset({NeighSpec(dev, ip, mac)}),
+                       frozenset({FdbSpec(dev, mac, p.underlay), FdbSpec(dev, ZERO_MAC, p.underlay)}))
+
     def desired(self, cfg: ClusterConfig, local: Local, peers: list[HostRecord]) -> Desired:
         me = local.record
         dev = vxlan_name(cfg.network)
         mtu = self.network_mtu(cfg, local)
         routes, neighs, fdb, problems = set(), set(), set(), []
         for p in peers:
-            if p.hostname == me.hostname:
-                continue
-            mac, ip = p.get("vtep_mac").lower(), p.get("vtep_ip")
-            if not (mac and ip and p.underlay):
-                problems.append(f"peer {p.hostname}: its record has no VTEP (not a vxlan host?); skipped")
-                continue
-            routes.add(RouteSpec(p.subnet, ip, dev, onlink=True))
-            neighs.add(NeighSpec(dev, ip, mac))
-            fdb.add(FdbSpec(dev, mac, p.underlay))
-            fdb.add(FdbSpec(dev, ZERO_MAC, p.underlay))
+            d = self.peer_desired(cfg, local, p)
+            routes |= d.routes
+            neighs |= d.neighs
+            fdb |= d.fdb
+            problems += d.problems
         mine = self.publish(cfg, me, dict(local.facts))
         vx = VxlanDev(dev, cfg.vni, me.underlay, cfg.port, local.underlay_dev, mtu, mine["vtep_mac"],
                       f"{mine['vtep_ip']}/32")

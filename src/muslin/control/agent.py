@@ -11,6 +11,14 @@ routes away. Stopping never tears anything down (traffic keeps flowing across re
 leaving (SIGTERM with --leave, SIGUSR1, or `leave`) gives everything back, and peers drop
 a host whose subnet lease truly expires.
 
+What the agent knows of its peers is a local copy of the hosts' records kept current by
+one long-lived watch (store/cache.py): listed once at start, then only the events, and
+listed again when the watch reports a gap, or rarely (`relist`, minutes, jittered) as a
+check. An event for one peer changes that peer's kernel objects only (backends/peers.py:
+computed for that peer, diffed against what it had, no kernel read); the full desired-vs-
+observed diff, which reads the kernel, runs at the periodic resync (`resync`), which repairs
+drift from the local copy without asking the store.
+
 The agent treats every backend alike (backends/base.py): it probes the backend's
 companions before anything changes, gathers their host facts, publishes what the backend
 says, reconciles desired vs observed, hands the companions their configs, and asks them
@@ -26,6 +34,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -35,13 +44,18 @@ from typing import Any, Callable
 
 from muslin.backends.base import Backend
 from muslin.backends.model import NAME_MAX, ClusterConfig, Desired, HostRecord, Local, diff, owned
+from muslin.backends.peers import PeerTable
 from muslin.backends.registry import BACKENDS, get_backend
 from muslin.model import keys, names
 from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound, Unavailable
 from muslin.store.base import Compare, Delete, Put, Store
+from muslin.store.cache import Change, WatchCache
 
-DEFAULT_RESYNC = 10.0
+DEFAULT_RESYNC = 10.0  # seconds between kernel resyncs (desired from the local copy vs the kernel)
+DEFAULT_RELIST = 600.0  # seconds (jittered 0.5x .. 1.5x) between lists of the hosts: a check, not a need
 SETTLE = 0.05  # seconds: events this close together are reconciled as one batch
+TICK = 1.0  # seconds: the longest the loop sleeps (a stop is seen within it; companions are asked)
+WATCH_GRACE = 2.0  # seconds a watch may be down before the store counts as unavailable
 
 # The host side of the backends' companions (backends/base.py), by name: module, class.
 # Each has probe() (static: Unsupported before anything changes), facts(create), tick(),
@@ -115,7 +129,9 @@ def list_alive(store: Store, net: str) -> dict[str, dict[str, Any]]:
 class Agent:
     def __init__(self, store: Store, network: str, hostname: str, state_dir: str | Path,
                  underlay_dev: str = "", underlay_ip: str = "", resync: float = DEFAULT_RESYNC,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, host: Any = None, relist: float = DEFAULT_RELIST,
+                 status: bool = True) -> None:
+        """`host`: control/agent_host.py (default the real one); `status`: write the status file."""
         self.store = store
         self.network = names.check_name(network, "network name", NAME_MAX)
         self.hostname = names.check_name(hostname, "hostname", NAME_MAX)
@@ -136,6 +152,17 @@ class Agent:
         self.last_changes = ""
         self._overlay = None
         self._companions: dict[str, Any] | None = None
+        from muslin.control.agent_host import RealHost
+        self.host = host if host is not None else RealHost()
+        self.relist = relist
+        self.cache: WatchCache | None = None
+        self.table: PeerTable | None = None
+        self.status_enabled = status
+        self._status_dirty = False
+        self._status_due = 0.0
+        self._watch_down = 0.0  # since when the watch has been down (monotonic; 0: it is up)
+        self._full_due = False  # an incremental change failed: the next loop runs a full reconcile
+        self.counts = {"events": 0, "peer_reconciles": 0, "full_reconciles": 0, "relists": 0}
 
     # -- small helpers -----------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -181,8 +208,7 @@ class Agent:
 
     def overlay(self):
         if self._overlay is None:
-            from muslin.dataplane.overlay import Overlay
-            self._overlay = Overlay()
+            self._overlay = self.host.overlay()
         return self._overlay
 
     def _retry(self, what: str, fn: Callable[[], Any], stop: threading.Event) -> Any:
@@ -230,9 +256,17 @@ class Agent:
         mem = self._remembered()
         facts = self.facts()
         hkey = hosts_prefix(self.network) + self.hostname
+        sprefix = subnet_key(self.network, "")
         for _ in range(10):
-            hosts = {kv.key: kv for kv in self.store.list(f"cluster/{self.network}/")}
-            mine = hosts.get(hkey)
+            # our record, and the subnet keys (keys only: peers' values are not needed)
+            mine = self.store.get(hkey)
+            taken_keys = set(self.store.keys(sprefix))
+            held: dict[str, Any] = {}  # subnet keys of ours (ours to keep), with their revisions
+            for cand in {mine.value.get("subnet") if mine else "", mem.get("subnet", "")} - {""}:
+                k = subnet_key(self.network, cand)
+                kv = self.store.get(k) if k in taken_keys else None
+                if kv is not None and isinstance(kv.value, dict) and kv.value.get("hostname") == self.hostname:
+                    held[k] = kv
             lease = 0
             ours = {self.lease} if self.lease else set()
             if mem.get("lease") and mem.get("subnet_ttl") == cfg.subnet_ttl:
@@ -246,10 +280,7 @@ class Agent:
             if not lease:
                 lease = self.store.grant_lease(cfg.subnet_ttl)
             prefer_s = (mine.value.get("subnet") if mine else None) or mem.get("subnet")
-            taken = []
-            for k, kv in hosts.items():
-                if k.startswith(f"cluster/{self.network}/subnets/") and kv.value.get("hostname") != self.hostname:
-                    taken.append(ipaddress.ip_network(k.rsplit("/", 1)[1].replace("_", "/")))
+            taken = [ipaddress.ip_network(k.rsplit("/", 1)[1].replace("_", "/")) for k in taken_keys if k not in held]
             prefer = ipaddress.ip_network(prefer_s) if prefer_s else None
             try:
                 subnet = carve(cfg.network_cidr, cfg.host_prefix, taken, prefer=prefer)
@@ -261,7 +292,7 @@ class Agent:
             bare = HostRecord(self.hostname, str(subnet), ip, net)
             rec = replace(bare, published=self.backend.publish(cfg, bare, facts))
             skey = subnet_key(self.network, str(subnet))
-            cur_s = hosts.get(skey)
+            cur_s = held.get(skey) or (self.store.get(skey) if skey in taken_keys else None)
             published = (mine is not None and mine.lease == lease and mine.value == rec.to_dict()
                          and cur_s is not None and cur_s.lease == lease
                          and cur_s.value.get("hostname") == self.hostname)
@@ -338,8 +369,7 @@ class Agent:
                        masquerade=False, isolate=True, origin="cli", labels=(("muslin.cluster", self.network),))
 
     def muslin(self):
-        from muslin.control.service import Muslin
-        return Muslin(state_dir=self.state_dir)
+        return self.host.muslin(self.state_dir)
 
     def setup_local(self) -> None:
         """The local side: an ordinary Muslin bridge network on our subnet."""
@@ -357,29 +387,60 @@ class Agent:
                 m.repair_network(self.network)  # bridge gone by hand? make it again
         finally:
             m.close()
-        from muslin.dataplane.links import write_sysctl
-        write_sysctl("net/ipv4/ip_forward", "1")
+        self.host.forwarding()
 
     # -- reconciling ---------------------------------------------------------------------
+    def _table(self) -> PeerTable:
+        if self.table is None or self.table.backend is not self.backend:
+            self.table = PeerTable(self.backend)
+        return self.table
+
     def reconcile(self) -> None:
+        """The full diff: desired from every peer (the local copy) vs what the kernel has."""
         assert self.cfg is not None and self.local is not None
-        peers = [p for h, p in sorted(self.peers.items()) if h != self.hostname]
-        want = self.backend.desired(self.cfg, self.local, peers)
+        want = self._table().rebuild(self.cfg, self.local, self.peers)
         ov = self.overlay()
         have = ov.observe(self.backend.owned(self.network, dict(self.local.facts)))
         changes = diff(want, owned(have, self.cfg.network_cidr))
         if not changes.empty:
             ov.apply(changes)
             self.last_changes = changes.summary()
-            self.log(f"reconciled {len(peers)} peers: {self.last_changes}")
-        for name, c in self.companions().items():
-            c.ensure(want.companion_config(name))
-        if want.problems != self.problems:
-            for p in want.problems:
-                self.log(p)
-        self.problems = want.problems
+            self.log(f"reconciled {len(self.peers) - (self.hostname in self.peers)} peers: {self.last_changes}")
+        self._after(want)
+        self.counts["full_reconciles"] += 1
+
+    def reconcile_peers(self, hosts: set[str]) -> None:
+        """Only the changed peers' kernel objects: what they should be vs what they were."""
+        assert self.cfg is not None and self.local is not None
+        try:
+            want, had = self._table().update(self.cfg, self.local, self.peers, hosts)
+            changes = diff(want, had)
+            if not changes.empty:
+                self.overlay().apply(changes)
+                self.last_changes = changes.summary()
+                names = ", ".join(sorted(hosts)[:5]) + (f" and {len(hosts) - 5} more" if len(hosts) > 5 else "")
+                self.log(f"reconciled {len(hosts)} of {len(self.peers) - (self.hostname in self.peers)} peers "
+                         f"({names}): {self.last_changes}")
+        except BaseException:
+            self._full_due = True  # the table may be ahead of the kernel now: compare them soon
+            raise
+        self._after(self.table.whole() if self.backend.companions else None)  # type: ignore[union-attr]
+        self.counts["peer_reconciles"] += 1
+
+    def _after(self, want: Desired | None) -> None:
+        """The companions' configs, the problems, the status."""
+        if want is not None:
+            for name, c in self.companions().items():
+                c.ensure(want.companion_config(name))
+        problems = self.table.problems if self.table is not None else ()
+        if problems != self.problems:
+            for p in problems:
+                if p not in self.problems:
+                    self.log(p)
+        first = self.reconciles == 0 or problems != self.problems
+        self.problems = problems
         self.reconciles += 1
-        self.write_status()
+        self.write_status(now=first)
 
     def tick(self) -> bool:
         """Ask the companions whether something needs a reconcile (about once a second);
@@ -390,11 +451,15 @@ class Agent:
             self.register()
         return True
 
-    def safe_reconcile(self) -> None:
-        """Reconcile; a kernel-side failure is logged and retried at the next resync
-        (the store being away is handled by the caller)."""
+    def safe_reconcile(self, hosts: set[str] | None = None) -> None:
+        """Reconcile (all, or only `hosts`); a kernel-side failure is logged and retried at
+        the next resync (the store being away is handled by the caller)."""
         try:
-            self.reconcile()
+            if hosts is None:
+                self._full_due = False
+                self.reconcile()
+            else:
+                self.reconcile_peers(hosts)
         except Unavailable as e:
             if "etcd" in str(e) or "store" in str(e):
                 raise
@@ -407,9 +472,25 @@ class Agent:
         if line not in self.problems:
             self.log(line)
         self.problems = (line,)
-        self.write_status()
+        self.write_status(now=True)
 
-    def write_status(self) -> None:
+    # -- status --------------------------------------------------------------------------
+    def write_status(self, now: bool = False) -> None:
+        """The status file (read by `muslin lab status`, `muslin cluster status`): at once
+        when `now`, else at most every 0.2 s + 0.4 ms per peer (it lists every peer)."""
+        if not self.status_enabled:
+            return
+        self._status_dirty = True
+        if now or time.monotonic() >= self._status_due:
+            self._write_status()
+
+    def flush_status(self) -> None:
+        if self._status_dirty and time.monotonic() >= self._status_due:
+            self._write_status()
+
+    def _write_status(self) -> None:
+        self._status_dirty = False
+        self._status_due = time.monotonic() + 0.2 + 0.0004 * len(self.peers)
         st = {"hostname": self.hostname, "network": self.network, "pid": os.getpid(),
               "backend": self.cfg.backend if self.cfg else "", "lease": self.lease,
               "alive_lease": self.alive_lease,
@@ -417,7 +498,10 @@ class Agent:
               "underlay": self.local.record.underlay if self.local else "",
               "peers": {h: p.to_dict() for h, p in sorted(self.peers.items()) if h != self.hostname},
               "problems": list(self.problems), "store_ok": self.etcd_ok, "reconciles": self.reconciles,
-              "last_changes": self.last_changes, "time": time.time()}
+              "last_changes": self.last_changes, "time": time.time(), "counts": dict(self.counts)}
+        if self.cache is not None:
+            st["watch"] = {"connected": self.cache.connected, "revision": self.cache.revision,
+                           "lists": self.cache.lists, "gaps": self.cache.gaps, "events": self.cache.events}
         if self._companions:
             try:
                 st["companions"] = {n: c.status() for n, c in self._companions.items()}
@@ -431,109 +515,154 @@ class Agent:
         except OSError:
             pass
 
-    def _load_peers(self) -> int:
-        rev = self.store.revision()
-        self.peers = {h: rec for h, (rec, _lease) in list_hosts(self.store, self.network).items()}
-        return rev + 1
+    # -- the hosts' records: a local copy kept by one watch ------------------------------
+    def _decode(self, key: str, value: Any) -> HostRecord:
+        try:
+            return HostRecord.from_dict(value)
+        except (TypeError, AttributeError, KeyError):
+            self.log(f"ignoring a malformed record for host {key[len(hosts_prefix(self.network)):]!r}")
+            raise ValueError(key) from None
 
-    def _apply_event(self, ev) -> None:
-        host = ev.key[len(hosts_prefix(self.network)):]
-        if ev.type == "delete":
-            self.peers.pop(host, None)
+    def _load_peers(self) -> set[str]:
+        """List the hosts (the first time, a gap, the rare check) and watch from there;
+        returns the hosts whose record changed."""
+        if self.cache is None:
+            self.cache = WatchCache(self.store, hosts_prefix(self.network), decode=self._decode)
         else:
-            try:
-                self.peers[host] = HostRecord.from_dict(ev.value)
-            except (TypeError, AttributeError):
-                self.log(f"ignoring a malformed record for host {host!r}")
+            self.counts["relists"] += 1
+        return self._take(self.cache.load())
+
+    def _take(self, changes: list[Change]) -> set[str]:
+        n = len(hosts_prefix(self.network))
+        hosts = set()
+        for c in changes:
+            h = c.key[n:]
+            if c.new is None:
+                self.peers.pop(h, None)
+            else:
+                self.peers[h] = c.new
+            hosts.add(h)
+        self.counts["events"] += len(changes)
+        return hosts
+
+    def _relist_after(self, first: bool = False) -> float:
+        """Seconds to the next check list: 0.5x .. 1.5x `relist` (the first in 0.05x .. 1.5x,
+        so agents started together do not list together)."""
+        return self.relist * random.uniform(0.05 if first else 0.5, 1.5)
+
+    def _watch_health(self, now: float) -> None:
+        assert self.cache is not None
+        if self.cache.connected:
+            self._watch_down = 0.0
+            if not self.etcd_ok:
+                self.log("store reachable again")
+                self.etcd_ok = True
+                self.write_status(now=True)
+        elif not self._watch_down:
+            self._watch_down = now
+        elif now - self._watch_down > WATCH_GRACE and self.etcd_ok:
+            self.log("store unavailable: the watch is down; keeping the kernel as it is and retrying")
+            self.etcd_ok = False
+            self.write_status(now=True)
+
+    def wake(self) -> None:
+        """Make the loop look at once (after its stop event was set: it stops now, not within TICK)."""
+        if self.cache is not None:
+            self.cache.wake()
+
+    def _check_self(self) -> bool:
+        """Our record as we published it? Publish it again if not (True: it changed)."""
+        assert self.local is not None
+        if self.peers.get(self.hostname) == self.local.record:
+            return False
+        self.log("our record is gone or changed; publishing it again")
+        self.register()
+        return True
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         try:
             self.join(stop)
-            next_rev = self._retry("listing hosts", self._load_peers, stop)
+            self._retry("listing hosts", self._load_peers, stop)
             self._retry("publishing liveness", self.publish_alive, stop)
         except Unavailable:
             if stop.is_set():  # asked to stop while the store was away: nothing was made
                 self.close()
                 return
             raise
-        assert self.cfg is not None
+        assert self.cfg is not None and self.cache is not None
         self.reconcile()
         alive_every = max(0.5, self.cfg.lease_ttl / 3)
         subnet_every = max(0.5, min(self.cfg.subnet_ttl / 3, 600.0))
-        next_alive = time.monotonic() + alive_every
-        next_subnet = time.monotonic() + subnet_every
-        next_sync = time.monotonic() + self.resync
+        now = time.monotonic()
+        next_alive, next_subnet = now + alive_every, now + subnet_every
+        next_sync, next_relist, next_tick = now + self.resync, now + self._relist_after(first=True), now + TICK
+        ticks = bool(self.backend.companions)
         delay = 0.5
         while not stop.is_set():
             try:
-                dirty = False
-                due = min(next_alive, next_subnet, next_sync)
-                wait = max(0.05, min(1.0, due - time.monotonic()))
-                # the watch's timeout is an idle one: after the first event, take only what
-                # follows within SETTLE (a burst is one reconcile), then reconcile at once
-                for timeout in (wait, SETTLE):
-                    first = time.monotonic()
-                    for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=timeout):
-                        self._apply_event(ev)
-                        next_rev = ev.revision + 1
-                        dirty = True
-                        now = time.monotonic()
-                        if stop.is_set() or now >= due or timeout == wait or now - first > 10 * SETTLE:
-                            break
-                    if not dirty or stop.is_set():
-                        break
                 now = time.monotonic()
+                due = min(next_alive, next_subnet, next_sync, next_relist, next_tick if ticks else next_sync,
+                          self._status_due if self._status_dirty else next_sync, now + TICK)
+                hosts = self._take(self.cache.poll(max(0.0, due - now)))
+                if hosts:  # a burst is one reconcile: take what follows within SETTLE (10 SETTLE at most)
+                    first = time.monotonic()
+                    while not stop.is_set() and time.monotonic() - first < 10 * SETTLE:
+                        more = self.cache.poll(SETTLE)
+                        if not more:
+                            break
+                        hosts |= self._take(more)
+                full = self._full_due
+                now = time.monotonic()
+                if self.hostname in hosts:
+                    hosts.discard(self.hostname)
+                    full = self._check_self() or full
                 if now >= next_alive:
                     self.renew_alive()
                     next_alive = now + alive_every
                 if now >= next_subnet:
-                    dirty = self.renew_subnet() or dirty
+                    full = self.renew_subnet() or full
                     next_subnet = now + subnet_every
-                try:
-                    dirty = self.tick() or dirty
-                except MuslinError as e:
-                    if isinstance(e, Unavailable) and ("etcd" in str(e) or "store" in str(e)):
-                        raise
-                    self._reconcile_failed(e)
-                if now >= next_sync:
-                    next_rev = self._load_peers()
-                    mine = self.peers.get(self.hostname)
-                    if mine is None or mine != self.local.record:  # type: ignore[union-attr]
-                        self.log("our record is gone or changed; publishing it again")
-                        self.register()
-                        next_rev = self._load_peers()
+                if ticks and now >= next_tick:
+                    next_tick = now + TICK
+                    try:
+                        full = self.tick() or full
+                    except MuslinError as e:
+                        if isinstance(e, Unavailable) and ("etcd" in str(e) or "store" in str(e)):
+                            raise
+                        self._reconcile_failed(e)
+                if now >= next_relist:
+                    next_relist = now + self._relist_after()
+                    hosts |= self._load_peers()
+                    hosts.discard(self.hostname)
+                    full = self._check_self() or full
                     if self.store.get(alive_prefix(self.network) + self.hostname) is None:
                         self.log("our liveness key is gone; publishing it again")
                         self.publish_alive()
+                if now >= next_sync:
+                    next_sync = now + self.resync
                     try:
                         self.setup_local()
                     except Unavailable:
                         raise
                     except MuslinError as e:
                         self._reconcile_failed(e)
-                    dirty = True
-                    next_sync = now + self.resync
-                if dirty:
+                    full = True
+                if full:
                     self.safe_reconcile()
-                if not self.etcd_ok:
-                    self.log("store reachable again")
-                    self.etcd_ok = True
-                    self.write_status()
+                elif hosts:
+                    self.safe_reconcile(hosts)
+                self._watch_health(now)
+                self.flush_status()
                 delay = 0.5
             except Unavailable as e:
                 if self.etcd_ok:
                     self.log(f"store unavailable: {e}; keeping the kernel as it is and retrying")
                     self.etcd_ok = False
-                    self.write_status()
+                    self.write_status(now=True)
                 if stop.wait(delay):
                     break
                 delay = min(5.0, delay * 2)
-                if "compacted" in str(e):
-                    try:
-                        next_rev = self._load_peers()
-                    except Unavailable:
-                        pass
         if self.leave_on_stop:
             self.leave()
         self.close()
@@ -561,6 +690,9 @@ class Agent:
         self._companions = None
 
     def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
         if self._overlay is not None:
             self._overlay.close()
             self._overlay = None

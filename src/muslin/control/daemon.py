@@ -227,6 +227,7 @@ class ClusterService:
     def leave(self) -> None:
         self.agent.leave_on_stop = True
         self.ctx.stop.set()
+        self.agent.wake()
 
     def start(self) -> None:
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +237,7 @@ class ClusterService:
 
     def stop(self) -> None:
         self.ctx.stop.set()
+        self.agent.wake()
         if self.thread.is_alive():
             self.thread.join(timeout=60)
         self.agent.store.close()
