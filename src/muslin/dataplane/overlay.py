@@ -3,7 +3,12 @@ put on this host (routes, FDB and neighbour entries, a VXLAN or WireGuard device
 peers, an nft table of its own), in the current namespace (the agent runs inside the host
 it manages). Only objects the agent owns are observed: routes with protocol RTPROT_MUSLIN,
 and the devices and nft tables the backend names (model.kernel.Owned). Knows no backend:
-it speaks the specs of model/kernel.py."""
+it speaks the specs of model/kernel.py.
+
+Netlink through dataplane/rtnl.py (the standard library only: no pyroute2 to import at
+start), on a socket with strict checking, so the kernel filters the dumps: routes by table
+and protocol, neighbours and FDB entries by device. The route, neighbour and FDB changes of
+one apply() go to the kernel in one batch (one sendmsg)."""
 
 from __future__ import annotations
 
@@ -12,94 +17,123 @@ import ipaddress
 import json
 import shutil
 import socket
+import struct
 import subprocess
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from muslin.dataplane import wireguard
+from muslin.dataplane import rtnl, wireguard
+from muslin.dataplane.rtnl import NetlinkError, Request
 from muslin.model.errors import Invalid, NotFound, Unavailable, Unsupported
 from muslin.model.kernel import (RTPROT_MUSLIN, Changes, Device, EgressGuard, FdbSpec, NeighSpec, Observed, Owned,
                                  RouteSpec, VxlanDev, WgDev, WgPeer)
 
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
 AF_BRIDGE = 7
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+F_APPEND = 0x800
+NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST, MAIN = 0, 253, 1, 254
+
+_NDM = struct.Struct("=BBHiHBB")
+_RTM = struct.Struct("=BBBBBBBBI")
+_IFA = struct.Struct("=BBBBI")
+_U32 = struct.Struct("=I")
 
 
-def _attr(msg, name, default=None):
-    v = msg.get_attr(name)
-    return default if v is None else v
+def _u32(b: bytes) -> int:
+    return _U32.unpack_from(b)[0]
+
+
+def _ip4(b: bytes) -> str:
+    return str(ipaddress.IPv4Address(b[:4]))
+
+
+def _mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
 
 
 class Overlay:
     def __init__(self) -> None:
-        self.ipr = IPRoute()
+        self.nl = rtnl.Socket()
+        try:  # the kernel filters dumps by what the request names
+            self.nl.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        except OSError:
+            pass
+        self._names: dict[int, str] = {}
+        self._indexes: dict[str, int] = {}  # within one apply(): name -> ifindex
 
     def close(self) -> None:
-        self.ipr.close()
+        self.nl.close()
 
     # -- facts about the host -----------------------------------------------------------
     def index(self, name: str) -> int | None:
-        r = self.ipr.link_lookup(ifname=name)
-        return r[0] if r else None
+        link = self.nl.link(name)
+        return link.index if link is not None else None
 
     def name(self, index: int) -> str:
-        try:
-            return _attr(self.ipr.get_links(index)[0], "IFLA_IFNAME", "")
-        except NetlinkError:
+        if not index:
             return ""
+        link = self.nl.link_by_index(index)
+        return link.name if link is not None else ""
 
     def underlay(self, dev: str = "", ip: str = "") -> tuple[str, str, str, int]:
         """(device, address, connected subnet, mtu) of the underlay: the given device,
         the device holding the given address, or the device of the default route."""
         if not dev and not ip:
-            for r in self.ipr.get_routes(family=socket.AF_INET, table=254):
-                if r["dst_len"] == 0 and r.get_attr("RTA_OIF"):
-                    dev = self.name(r.get_attr("RTA_OIF"))
-                    break
-        for a in self.ipr.get_addr(family=socket.AF_INET):
-            if a["scope"] != 0:
+            oif = self.nl.default_oif(socket.AF_INET)
+            dev = self.name(oif) if oif else ""
+        for idx, text in self.nl.addresses():
+            iface = ipaddress.ip_interface(text)
+            if iface.version != 4:
                 continue
-            name = self.name(a["index"])
-            addr = _attr(a, "IFA_ADDRESS", "")
-            if (dev and name == dev) or (ip and addr == ip) or (not dev and not ip and name != "lo"):
-                iface = ipaddress.ip_interface(f"{addr}/{a['prefixlen']}")
-                mtu = _attr(self.ipr.get_links(a["index"])[0], "IFLA_MTU", 1500)
-                return name, addr, str(iface.network), mtu
+            link = self.nl.link_by_index(idx)
+            if link is None:
+                continue
+            if (dev and link.name == dev) or (ip and str(iface.ip) == ip) or (not dev and not ip and link.name != "lo"):
+                return link.name, str(iface.ip), str(iface.network), link.mtu or 1500
         what = f"device {dev}" if dev else f"address {ip}" if ip else "a default route"
         raise NotFound(f"underlay: no IPv4 address found for {what} in this namespace")
 
     # -- observe -------------------------------------------------------------------------
     def observe(self, owned: Owned) -> Observed:
+        self._names = {}
         routes = set()
-        for r in self.ipr.get_routes(family=socket.AF_INET, table=254):
-            if r["proto"] != RTPROT_MUSLIN:
+        body = _RTM.pack(socket.AF_INET, 0, 0, 0, MAIN, RTPROT_MUSLIN, 0, 0, 0)
+        for p in self.nl.one(rtnl.RTM_GETROUTE, rtnl.F_DUMP, body):
+            _f, dst_len, _s, _t, table, proto, _sc, _ty, flags = _RTM.unpack_from(p)
+            if proto != RTPROT_MUSLIN or table != MAIN:  # (a kernel without strict dumps sends them all)
                 continue
-            dst = f"{_attr(r, 'RTA_DST', '0.0.0.0')}/{r['dst_len']}"
-            routes.add(RouteSpec(dst, _attr(r, "RTA_GATEWAY", ""), self.name(_attr(r, "RTA_OIF", 0)),
-                                 bool(r["flags"] & RTNH_F_ONLINK)))
+            a = dict(rtnl.attrs(p, _RTM.size))
+            if rtnl.RTA_TABLE in a and _u32(a[rtnl.RTA_TABLE]) != MAIN:
+                continue
+            dst = f"{_ip4(a[rtnl.RTA_DST]) if rtnl.RTA_DST in a else '0.0.0.0'}/{dst_len}"
+            gw = _ip4(a[rtnl.RTA_GATEWAY]) if rtnl.RTA_GATEWAY in a else ""
+            routes.add(RouteSpec(dst, gw, self._name(_u32(a[rtnl.RTA_OIF]) if rtnl.RTA_OIF in a else 0),
+                                 bool(flags & RTNH_F_ONLINK)))
         devices: list[Device] = []
         neighs: set[NeighSpec] = set()
         fdb: set[FdbSpec] = set()
         peers: set[WgPeer] = set()
         for name in owned.devices:
-            idx = self.index(name)
-            if idx is None:
+            link = self._link_msg(name)
+            if link is None:
                 continue
-            link = self.ipr.get_links(idx)[0]
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+            idx, attrs = link
+            info = dict(rtnl.attrs(attrs[rtnl.IFLA_LINKINFO])) if rtnl.IFLA_LINKINFO in attrs else {}
+            kind = info.get(rtnl.IFLA_INFO_KIND, b"").split(b"\0", 1)[0].decode()
             if kind == "vxlan":
-                devices.append(self._vxlan(name, idx, link, info))
+                devices.append(self._vxlan(name, idx, attrs, dict(rtnl.attrs(info.get(rtnl.IFLA_INFO_DATA, b"")))))
                 neighs |= self._neighs(name, idx)
                 fdb |= self._fdb(name, idx)
             elif kind in ("wireguard", "tun"):
                 shown = wireguard.show(name)
                 if shown is None:
                     raise Invalid(f"link {name} exists but is not a WireGuard interface; remove it")
-                devices.append(WgDev(name, shown.port, _attr(link, "IFLA_MTU", 0), shown.public_key,
-                                     userspace=kind == "tun"))
+                mtu = _u32(attrs[rtnl.IFLA_MTU]) if rtnl.IFLA_MTU in attrs else 0
+                devices.append(WgDev(name, shown.port, mtu, shown.public_key, userspace=kind == "tun"))
                 peers |= set(shown.peers)
             else:
                 raise Invalid(f"link {name} exists but is not a VXLAN or WireGuard device; "
@@ -107,59 +141,93 @@ class Overlay:
         guards = tuple(g for g in (observe_guard(t) for t in owned.guards) if g is not None)
         return Observed(frozenset(routes), frozenset(neighs), frozenset(fdb), tuple(devices), frozenset(peers), guards)
 
-    def _vxlan(self, name: str, idx: int, link, info) -> VxlanDev:
-        data = info.get_attr("IFLA_INFO_DATA")
-        addrs = [f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}" for a in self.ipr.get_addr(index=idx, family=socket.AF_INET)]
-        return VxlanDev(name, _attr(data, "IFLA_VXLAN_ID", 0), _attr(data, "IFLA_VXLAN_LOCAL", ""),
-                        _attr(data, "IFLA_VXLAN_PORT", 0), self.name(_attr(data, "IFLA_VXLAN_LINK", 0)),
-                        _attr(link, "IFLA_MTU", 0), _attr(link, "IFLA_ADDRESS", ""),
+    def _name(self, index: int) -> str:
+        if index not in self._names:
+            self._names[index] = self.name(index)
+        return self._names[index]
+
+    def _link_msg(self, name: str) -> tuple[int, dict[int, bytes]] | None:
+        try:
+            got = self.nl.one(rtnl.RTM_GETLINK, 0, rtnl.ifinfo() + rtnl.string(rtnl.IFLA_IFNAME, name))
+        except NetlinkError as e:
+            if e.errno in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise
+        if not got:
+            return None
+        index = struct.unpack_from("=BxHiII", got[0])[2]
+        return index, dict(rtnl.attrs(got[0], 16))
+
+    def _vxlan(self, name: str, idx: int, link: dict[int, bytes], data: dict[int, bytes]) -> VxlanDev:
+        addrs = [text for i, text in self.nl.addresses(idx) if i == idx and ":" not in text]
+        return VxlanDev(name, _u32(data[IFLA_VXLAN_ID]) if IFLA_VXLAN_ID in data else 0,
+                        _ip4(data[IFLA_VXLAN_LOCAL]) if IFLA_VXLAN_LOCAL in data else "",
+                        struct.unpack("!H", data[IFLA_VXLAN_PORT][:2])[0] if IFLA_VXLAN_PORT in data else 0,
+                        self._name(_u32(data[IFLA_VXLAN_LINK])) if IFLA_VXLAN_LINK in data else "",
+                        _u32(link[rtnl.IFLA_MTU]) if rtnl.IFLA_MTU in link else 0,
+                        _mac(link.get(rtnl.IFLA_ADDRESS, b"")),
                         addrs[0] if len(addrs) == 1 else ",".join(addrs))
 
-    def _neighs(self, name: str, idx: int) -> set[NeighSpec]:
-        out = set()
-        for n in self.ipr.get_neighbours(family=socket.AF_INET, ifindex=idx):
-            if n["state"] & NUD_PERMANENT and n.get_attr("NDA_LLADDR"):
-                out.add(NeighSpec(name, n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR").lower()))
+    def _dump_neigh(self, family: int, idx: int) -> list[tuple[int, int, dict[int, bytes]]]:
+        """(ifindex, state, attributes) of the device's neighbours (family AF_INET) or FDB
+        entries (AF_BRIDGE), filtered by the kernel (and here, for older kernels)."""
+        if family == AF_BRIDGE:  # strict: the header's ifindex names the device
+            body = _NDM.pack(family, 0, 0, idx, 0, 0, 0)
+        else:
+            body = _NDM.pack(family, 0, 0, 0, 0, 0, 0) + rtnl.u32(NDA_IFINDEX, idx)
+        out = []
+        for p in self.nl.one(RTM_GETNEIGH, rtnl.F_DUMP, body):
+            _fam, _p1, _p2, ifindex, state, _fl, _ty = _NDM.unpack_from(p)
+            if ifindex == idx:
+                out.append((ifindex, state, dict(rtnl.attrs(p, _NDM.size))))
         return out
 
+    def _neighs(self, name: str, idx: int) -> set[NeighSpec]:
+        return {NeighSpec(name, _ip4(a[NDA_DST]), _mac(a[NDA_LLADDR]))
+                for _i, state, a in self._dump_neigh(socket.AF_INET, idx)
+                if state & NUD_PERMANENT and a.get(NDA_LLADDR) and len(a.get(NDA_DST, b"")) == 4}
+
     def _fdb(self, name: str, idx: int) -> set[FdbSpec]:
-        out = set()
-        for n in self.ipr.get_neighbours(family=AF_BRIDGE, ifindex=idx):
-            if n["ifindex"] == idx and n.get_attr("NDA_DST") and n.get_attr("NDA_LLADDR"):
-                out.add(FdbSpec(name, n.get_attr("NDA_LLADDR").lower(), n.get_attr("NDA_DST")))
-        return out
+        return {FdbSpec(name, _mac(a[NDA_LLADDR]), _ip4(a[NDA_DST]))
+                for _i, _state, a in self._dump_neigh(AF_BRIDGE, idx)
+                if a.get(NDA_LLADDR) and len(a.get(NDA_DST, b"")) == 4}
 
     # -- apply ---------------------------------------------------------------------------
     def apply(self, ch: Changes) -> None:
+        self._indexes = {}
         try:
             self._apply(ch)
         except NetlinkError as e:
-            raise Unavailable(f"kernel refused a change ({ch.summary()}): {e.args[1] if len(e.args) > 1 else e}") from None
+            raise Unavailable(f"kernel refused a change ({ch.summary()}): {e.strerror or e}") from None
+
+    def _batch(self, reqs: list[tuple[Request, int]]) -> None:
+        """One sendmsg; each request's errno that it may ignore (0: none)."""
+        if not reqs:
+            return
+        for (_req, ok), (_payloads, err) in zip(reqs, self.nl.batch_results([r for r, _ in reqs])):
+            if err and err != ok:
+                raise NetlinkError(err, errno.errorcode.get(err, str(err)))
 
     def _apply(self, ch: Changes) -> None:
         for g in ch.set_guards:  # first: nothing may leave in the clear while the rest changes
             set_guard(g)
-        for r in ch.del_routes:
-            self._ignore(errno.ESRCH, self.ipr.route, "del", **self._route(r))
+        self._batch([(self._route(r, delete=True), errno.ESRCH) for r in ch.del_routes])
         for name in ch.delete_devices:
             self.delete_device(name)
         for d in ch.create_devices:
             self.create_device(d)
         for d in ch.update_devices:
             self.update_device(d)
-        for n in ch.del_neighs:
-            self._ignore(errno.ENOENT, self.ipr.neigh, "del", dst=n.ip, lladdr=n.mac, ifindex=self._idx(n.dev))
-        for f in ch.del_fdb:
-            self._ignore(errno.ENOENT, self.ipr.fdb, "del", ifindex=self._idx(f.dev), lladdr=f.mac, dst=f.dst)
-        for f in ch.add_fdb:
-            self._ignore(errno.EEXIST, self.ipr.fdb, "append", ifindex=self._idx(f.dev), lladdr=f.mac, dst=f.dst)
-        for n in ch.add_neighs:
-            self.ipr.neigh("replace", dst=n.ip, lladdr=n.mac, ifindex=self._idx(n.dev), state=NUD_PERMANENT)
+        self._indexes = {}  # devices made again have new indexes
+        reqs = [(self._neigh(socket.AF_INET, n.dev, n.ip, n.mac, RTM_DELNEIGH), errno.ENOENT) for n in ch.del_neighs]
+        reqs += [(self._neigh(AF_BRIDGE, f.dev, f.dst, f.mac, RTM_DELNEIGH), errno.ENOENT) for f in ch.del_fdb]
+        reqs += [(self._neigh(AF_BRIDGE, f.dev, f.dst, f.mac, RTM_NEWNEIGH), errno.EEXIST) for f in ch.add_fdb]
+        reqs += [(self._neigh(socket.AF_INET, n.dev, n.ip, n.mac, RTM_NEWNEIGH), 0) for n in ch.add_neighs]
+        self._batch(reqs)
         for dev in sorted({p.dev for p in ch.del_peers + ch.set_peers}):
             wireguard.set_peers(dev, [p.public_key for p in ch.del_peers if p.dev == dev],
                                 [p for p in ch.set_peers if p.dev == dev])
-        for r in ch.add_routes:
-            self.ipr.route("replace", **self._route(r))
+        self._batch([(self._route(r), 0) for r in ch.add_routes])
         for t in ch.delete_guards:
             delete_guard(t)
 
@@ -176,65 +244,85 @@ class Overlay:
             return
         if not configured:
             wireguard.configure(d)
-        idx = self._idx(d.name)
-        self.ipr.link("set", index=idx, mtu=d.mtu)
-        self.ipr.link("set", index=idx, state="up")
+        self.nl.one(*self._set_link(self._idx(d.name), up=True, mtu=d.mtu))
 
     def delete_device(self, name: str) -> None:
-        idx = self.index(name)
-        if idx is not None:
-            link = self.ipr.get_links(idx)[0]
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
-            if kind in ("wireguard", "tun"):
-                wireguard.delete(name)
-                return
-            self.ipr.link("del", index=idx)
+        link = self._link_msg(name)
+        if link is None:
+            return
+        idx, attrs = link
+        info = dict(rtnl.attrs(attrs[rtnl.IFLA_LINKINFO])) if rtnl.IFLA_LINKINFO in attrs else {}
+        if info.get(rtnl.IFLA_INFO_KIND, b"").split(b"\0", 1)[0] in (b"wireguard", b"tun"):
+            wireguard.delete(name)
+            return
+        self.nl.delete_link(idx)
 
     def _idx(self, dev: str) -> int:
-        idx = self.index(dev)
+        idx = self._indexes.get(dev) or self.index(dev)
         if idx is None:
             raise NotFound(f"link {dev} does not exist")
+        self._indexes[dev] = idx
         return idx
 
-    def _route(self, r: RouteSpec) -> dict:
-        kw = dict(dst=r.dst, oif=self._idx(r.dev), proto=RTPROT_MUSLIN, table=254)
-        if r.gateway:
-            kw["gateway"] = r.gateway
-        else:
-            kw["scope"] = 253  # link: a device route
-        if r.onlink:
-            kw["flags"] = RTNH_F_ONLINK
-        return kw
+    def _route(self, r: RouteSpec, delete: bool = False) -> Request:
+        dst = ipaddress.IPv4Network(r.dst)
+        scope = RT_SCOPE_UNIVERSE if r.gateway else RT_SCOPE_LINK
+        body = _RTM.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN, RTPROT_MUSLIN, scope, RTN_UNICAST,
+                         RTNH_F_ONLINK if r.onlink else 0)
+        body += rtnl.ip(rtnl.RTA_DST, dst.network_address) if dst.prefixlen else b""
+        body += rtnl.u32(rtnl.RTA_OIF, self._idx(r.dev))
+        body += rtnl.ip(rtnl.RTA_GATEWAY, ipaddress.IPv4Address(r.gateway)) if r.gateway else b""
+        if delete:
+            return Request(rtnl.RTM_DELROUTE, 0, body)
+        return Request(rtnl.RTM_NEWROUTE, rtnl.F_CREATE | rtnl.F_REPLACE, body)
+
+    def _neigh(self, family: int, dev: str, ip: str, mac: str, kind: int) -> Request:
+        bridge = family == AF_BRIDGE
+        body = _NDM.pack(family, 0, 0, self._idx(dev), NUD_PERMANENT, NTF_SELF if bridge else 0, 0)
+        body += rtnl.ip(NDA_DST, ipaddress.IPv4Address(ip)) + rtnl.mac(NDA_LLADDR, mac)
+        if kind == RTM_DELNEIGH:
+            return Request(kind, 0, body)
+        return Request(kind, rtnl.F_CREATE | (F_APPEND if bridge else rtnl.F_REPLACE), body)
 
     @staticmethod
-    def _ignore(code: int, fn, *a, **kw) -> None:
-        try:
-            fn(*a, **kw)
-        except NetlinkError as e:
-            if e.code != code:
-                raise
+    def _set_link(index: int, up: bool | None = None, mtu: int = 0, address: str = "") -> tuple[int, int, bytes]:
+        r = rtnl.set_link(index, up=up, mtu=mtu, address=address)
+        return r.kind, r.flags, r.body
 
     def create_vxlan(self, v: VxlanDev) -> None:
         under = self._idx(v.underlay_dev)
+        data = rtnl.nested(rtnl.IFLA_INFO_DATA, rtnl.u32(IFLA_VXLAN_ID, v.vni),
+                           rtnl.ip(IFLA_VXLAN_LOCAL, ipaddress.IPv4Address(v.local)),
+                           rtnl.attr(IFLA_VXLAN_PORT, struct.pack("!H", v.port)),
+                           rtnl.u32(IFLA_VXLAN_LINK, under), rtnl.u8(IFLA_VXLAN_LEARNING, 0))
+        body = rtnl.ifinfo() + rtnl.string(rtnl.IFLA_IFNAME, v.name)
+        body += rtnl.nested(rtnl.IFLA_LINKINFO, rtnl.string(rtnl.IFLA_INFO_KIND, "vxlan"), data)
+        body += rtnl.mac(rtnl.IFLA_ADDRESS, v.mac) + rtnl.u32(rtnl.IFLA_MTU, v.mtu)
         try:
-            self.ipr.link("add", ifname=v.name, kind="vxlan", vxlan_id=v.vni, vxlan_local=v.local,
-                          vxlan_port=v.port, vxlan_link=under, vxlan_learning=0, address=v.mac, mtu=v.mtu)
+            self.nl.one(rtnl.RTM_NEWLINK, rtnl.F_CREATE | rtnl.F_EXCL, body)
         except NetlinkError as e:
-            if e.code in (errno.EOPNOTSUPP, errno.ENOTSUP) or "not supported" in str(e).lower():
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
                 raise Unsupported("vxlan: kernel module vxlan is not available") from None
             raise
         self.update_vxlan(v)
 
     def update_vxlan(self, v: VxlanDev) -> None:
         idx = self._idx(v.name)
-        self.ipr.link("set", index=idx, mtu=v.mtu, address=v.mac)
-        iface = ipaddress.ip_interface(v.address)
-        for a in self.ipr.get_addr(index=idx, family=socket.AF_INET):
-            if f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" != v.address:
-                self.ipr.addr("del", index=idx, address=a.get_attr("IFA_ADDRESS"), prefixlen=a["prefixlen"])
-        self._ignore(errno.EEXIST, self.ipr.addr, "add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        self.ipr.link("set", index=idx, state="up")
+        self.nl.one(*self._set_link(idx, mtu=v.mtu, address=v.mac))
+        iface = ipaddress.IPv4Interface(v.address)
+        for i, text in self.nl.addresses(idx):
+            if i == idx and ":" not in text and text != v.address:
+                self.nl.one(*_req(rtnl.address(rtnl.RTM_DELADDR, idx, ipaddress.ip_interface(text))))
+        try:
+            self.nl.one(*_req(rtnl.address(rtnl.RTM_NEWADDR, idx, iface)))
+        except NetlinkError as e:
+            if e.errno != errno.EEXIST:
+                raise
+        self.nl.one(*self._set_link(idx, up=True))
+
+
+def _req(r: Request) -> tuple[int, int, bytes]:
+    return r.kind, r.flags, r.body
 
 
 # -- egress guards: an nft table of the agent's own per guard ------------------------------
