@@ -99,6 +99,8 @@ def test_vxlan_made_is_observed_and_a_second_pass_changes_nothing(host):
     assert "10.244.7.0 lladdr 02:00:00:00:00:07 PERMANENT" in neigh
     link = sh("ip", "-n", host.name, "-d", "link", "show", "mx-ov").stdout
     assert "vxlan id 1 local 10.250.0.1 dev eth0" in link and "dstport 4789 nolearning" in link and "mtu 1450" in link
+    # no IPv6 on it: its link-local DAD, RS and MLD would be sent to every peer (the zero-MAC entries)
+    assert sh("ip", "-n", host.name, "-6", "addr", "show", "dev", "mx-ov").stdout.strip() == ""
     # what is not the agent's is not seen: another protocol's route in the CIDR, a neighbour elsewhere
     sh("ip", "-n", host.name, "route", "add", "10.244.250.0/24", "dev", "eth0")
     sh("ip", "-n", host.name, "neigh", "add", "10.250.9.9", "lladdr", "02:11:11:11:11:11", "dev", "eth0", "nud", "permanent")

@@ -308,6 +308,7 @@ class Overlay:
 
     def update_vxlan(self, v: VxlanDev) -> None:
         idx = self._idx(v.name)
+        no_ipv6(v.name)
         self.nl.one(*self._set_link(idx, mtu=v.mtu, address=v.mac))
         iface = ipaddress.IPv4Interface(v.address)
         for i, text in self.nl.addresses(idx):
@@ -319,6 +320,21 @@ class Overlay:
             if e.errno != errno.EEXIST:
                 raise
         self.nl.one(*self._set_link(idx, up=True))
+
+
+def no_ipv6(dev: str) -> None:
+    """No IPv6 on the VXLAN device (the agent routes IPv4 over it): else its link-local
+    address's DAD, router solicitations and MLD reports go to the all-zero FDB entry, which
+    sends each to every peer, and every host then resolves every peer's underlay address:
+    N x (N-1) ARP entries, which filled the kernel's machine-wide neighbour table (1,024
+    by default) in a 60-host lab, so that new hosts could not even ARP for etcd."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6", "r+") as f:
+            if f.read().strip() != "1":
+                f.seek(0)
+                f.write("1")
+    except OSError:
+        pass  # a kernel without IPv6
 
 
 def _req(r: Request) -> tuple[int, int, bytes]:
