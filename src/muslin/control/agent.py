@@ -257,7 +257,7 @@ class Agent:
         facts = self.facts()
         hkey = hosts_prefix(self.network) + self.hostname
         sprefix = subnet_key(self.network, "")
-        for _ in range(10):
+        for attempt in range(20):
             # our record, and the subnet keys (keys only: peers' values are not needed)
             mine = self.store.get(hkey)
             taken_keys = set(self.store.keys(sprefix))
@@ -282,6 +282,10 @@ class Agent:
             prefer_s = (mine.value.get("subnet") if mine else None) or mem.get("subnet")
             taken = [ipaddress.ip_network(k.rsplit("/", 1)[1].replace("_", "/")) for k in taken_keys if k not in held]
             prefer = ipaddress.ip_network(prefer_s) if prefer_s else None
+            if prefer is None and attempt:  # hosts joining together all want the first free one: spread them
+                cidr = cfg.network_cidr
+                prefer = ipaddress.ip_network((int(cidr.network_address) + (random.randrange(cfg.capacity())
+                                               << (32 - cfg.host_prefix)), cfg.host_prefix))
             try:
                 subnet = carve(cfg.network_cidr, cfg.host_prefix, taken, prefer=prefer)
             except Exhausted:
@@ -307,6 +311,7 @@ class Agent:
                 except Conflict:
                     if lease != (mine.lease if mine else 0):
                         self.store.revoke_lease(lease)
+                    time.sleep(random.uniform(0, 0.02 * attempt))
                     continue
             # leases of ours that now hold nothing (our keys moved to `lease` in the txn)
             for old in {self.lease, mine.lease if mine else 0} - {0, lease}:

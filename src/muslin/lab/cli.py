@@ -36,19 +36,54 @@ def lab() -> None:
               help="etcd over TLS with client certificates and user/password authentication (made with openssl)")
 @click.option("--option", "opts", multiple=True, metavar="KEY=VALUE",
               help="a backend option (wireguard: port, strict, keepalive, rotate_every), repeatable")
+@click.option("--wait", "wait", type=float, default=None,
+              help="seconds to wait for every host's leases and routes [default: 30 + 1 per host]")
 @one_line_errors
-def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs, tls, opts) -> None:
-    """Make lab NAME: an underlay, etcd, N hosts each running an agent."""
+def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs, tls, opts,
+       wait) -> None:
+    """Make lab NAME: an underlay, etcd, N hosts each running an agent (made in parallel).
+
+    Returns when every host holds its subnet lease, sees every peer and has a route to
+    every peer's subnet in its kernel (for bgp: installed by BIRD)."""
     from rich.console import Console
     console = Console(stderr=True)
     with console.status(f"lab {name}: starting") as status:
         st = core.up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, tuple(rrs),
-                     progress=lambda m: status.update(f"lab {name}: {m}"), subnet_ttl=subnet_ttl, tls=tls,
-                     options=key_values(opts, "--option"))
+                     progress=lambda m: status.update(f"lab {name}: {m}"), timeout=wait, subnet_ttl=subnet_ttl,
+                     tls=tls, options=key_values(opts, "--option"))
     for h in st.hosts:
         s = core.host_status(st, h)
         console.print(f"[green]✓[/] {h}  {s.get('underlay', '')}  subnet {s.get('subnet', '')}")
     click.echo(f"lab {name} is up: {len(st.hosts)} hosts, backend {backend}, etcd {st.store_url}")
+
+
+@lab.command("add-host")
+@click.argument("name")
+@click.option("--count", default=1, show_default=True, help="how many hosts to add")
+@click.option("--network", default="", help="the cluster network their agents join [default: the lab's]")
+@click.option("--wait", "wait", type=float, default=None,
+              help="seconds to wait for convergence [default: 30 + 1 per host]")
+@one_line_errors
+def add_host(name, count, network, wait) -> None:
+    """Grow a running lab: new hosts on the underlay, each with an agent; waits until every
+    host sees them and routes to them."""
+    st_hosts = core.add_hosts(name, count, network, wait=True, timeout=wait)
+    st = core.LabState.load(name)
+    for h in st_hosts:
+        s = core.host_status(st, h)
+        click.echo(f"{h} {s.get('underlay', '')} subnet {s.get('subnet', '')}")
+
+
+@lab.command("remove-host")
+@click.argument("name")
+@click.argument("hosts", nargs=-1, required=True)
+@one_line_errors
+def remove_host(name, hosts) -> None:
+    """Shrink a running lab: each HOST's agent leaves (its peers drop its routes at once),
+    then its sandboxes and namespace go."""
+    for h in hosts:
+        core.remove_host(name, h, wait=h == hosts[-1])
+        click.echo(f"{h} removed")
 
 
 @lab.command("ls")

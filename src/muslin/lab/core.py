@@ -4,6 +4,10 @@ A lab NAME is: an underlay namespace `mlab-NAME-ul` holding a bridge (10.250.0.2
 a fixed MAC so it does not change as hosts join) and etcd on that address; N host namespaces `mlab-NAME-hI` (eth0 = 10.250.0.I/24 on the
 underlay bridge), each running one Muslin agent with its own state dir; sandbox
 namespaces `mlab-NAME-s-SANDBOX` attached to a host's side of the cluster network.
+Hosts are made in parallel. Every host's eth0 has a fixed MAC too, and every host knows
+etcd's and every other host's underlay MAC as permanent neighbour entries: the kernel's
+neighbour table is one for the whole machine (1,024 ARP entries by default, shared with
+every other lab and test), and a host that cannot add an entry cannot even reach etcd.
 Nothing is made in the root namespace. Every namespace, process and file is recorded in
 <lab dir>/NAME.json; `down` removes them all, also after a crash (by exact name pattern).
 """
@@ -19,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +39,7 @@ LAB_NAME = re.compile(r"[a-z0-9]{1,16}")  # names are checked with fullmatch
 SANDBOX_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.]{0,31}")
 MAX_HOSTS = 200
 ETCD_USER = "muslin"
+PARALLEL = 16  # hosts made at once
 
 
 def lab_dir() -> Path:
@@ -386,9 +392,11 @@ def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int
 def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_prefix: int = 24,
        network: str = "net0", vni: int = 1, lease_ttl: int = 10, resync: float = 10.0,
        route_reflectors: tuple[str, ...] = (), progress: Callable[[str], None] | None = None,
-       timeout: float = 60, subnet_ttl: int = DEFAULT_SUBNET_TTL, tls: bool = False,
+       timeout: float | None = None, subnet_ttl: int = DEFAULT_SUBNET_TTL, tls: bool = False,
        options: dict[str, Any] | None = None) -> LabState:
-    """Make the lab and wait until every host holds a lease and sees every peer."""
+    """Make the lab and wait until every host holds a lease and sees every peer, and has a
+    route to every peer's subnet (bgp: installed by BIRD). `timeout`: default 30 s + 1 s per
+    host."""
     say = progress or (lambda m: None)
     cfg = validate_up(name, hosts, backend, cidr, host_prefix, options)
     cfg = ClusterConfig(network, cidr, host_prefix, backend, vni=vni, lease_ttl=lease_ttl, subnet_ttl=subnet_ttl,
@@ -414,15 +422,15 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         if tls:
             make_pki(st)
         start_etcd(st)
+        say(f"{hosts} hosts")
+        new = _make_hosts(st, hosts, spawn=False)  # while etcd starts
         wait_etcd(st)
         if st.tls:
             enable_auth(st)
         _in_ul(st, _init_config, st.store_url, cfg.to_dict(), st.etcd_options())
-        for _ in range(hosts):
-            say(f"host h{len(st.hosts) + 1}")
-            _make_host(st)
-        say("waiting for leases")
-        wait_converged(st, timeout)
+        _start_agents(st, new)
+        say("waiting for leases and routes")
+        wait_converged(st, wait_for(hosts, timeout))
         return st
     except BaseException:
         logs = _tail_logs(st)
@@ -450,22 +458,81 @@ def list_labs() -> list[dict[str, Any]]:
     return out
 
 
-def _make_host(st: LabState, network: str = "") -> str:
-    i = len(st.hosts) + 1
-    h, ul, ns = f"h{i}", ns_ul(st.name), ns_host(st.name, f"h{i}")
-    _run("ip", "netns", "add", ns)
-    st.namespaces.append(ns)
-    st.hosts.append(h)
-    if network:
-        st.settings.setdefault("host_networks", {})[h] = network
+def wait_for(hosts: int, timeout: float | None) -> float:
+    """How long to wait for `hosts` hosts to converge: given, or 30 s + 1 s per host."""
+    return timeout if timeout is not None else 30.0 + hosts
+
+
+def host_mac(name: str, host: str) -> str:
+    return stable_mac(f"mlab/{name}/{host}/eth0")
+
+
+def host_ip(host: str) -> str:
+    return str(UNDERLAY.network_address + int(host[1:]))
+
+
+def _free_indexes(st: LabState, n: int) -> list[int]:
+    used = {int(h[1:]) for h in st.hosts}
+    free = [i for i in range(1, 254) if i not in used][:n]
+    if len(free) < n or len(st.hosts) + n > MAX_HOSTS:
+        raise Exhausted(f"lab {st.name} has {len(st.hosts)} hosts; at most {MAX_HOSTS}")
+    return free
+
+
+def _make_hosts(st: LabState, n: int, network: str = "", spawn: bool = True) -> list[str]:
+    """n more hosts, made in parallel, and their agents started (unless not `spawn`);
+    returns their names. Each knows etcd's and every other host's underlay MAC (permanent
+    entries), and every other host learns its."""
+    new = [f"h{i}" for i in _free_indexes(st, n)]
+    for h in new:
+        st.namespaces.append(ns_host(st.name, h))
+        st.hosts.append(h)
+        if network:
+            st.settings.setdefault("host_networks", {})[h] = network
     st.save()
-    _run("ip", "-n", ns, "link", "set", "lo", "up")
-    _run("ip", "-n", ul, "link", "add", h, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    with ThreadPoolExecutor(min(PARALLEL, len(new))) as pool:
+        list(pool.map(lambda h: _build_host(st, h), new))
+        old = [h for h in st.hosts if h not in new]
+        list(pool.map(lambda h: _neighbours(st, h, new, add=True), old))
+    if spawn:
+        _start_agents(st, new)
+    return new
+
+
+def _start_agents(st: LabState, hosts: list[str]) -> None:
+    with ThreadPoolExecutor(min(PARALLEL, len(hosts))) as pool:
+        pids = list(pool.map(lambda h: _spawn(ns_host(st.name, h), agent_cmd(st, h), st.dir / f"{h}.log"), hosts))
+    for h, pid in zip(hosts, pids):
+        st.pids[f"agent-{h}"] = pid
+    st.save()
+
+
+def _build_host(st: LabState, h: str) -> None:
+    ul, ns = ns_ul(st.name), ns_host(st.name, h)
+    _run("ip", "netns", "add", ns)
+    _run("ip", "-n", ul, "link", "add", h, "type", "veth", "peer", "name", "eth0", "address", host_mac(st.name, h),
+         "netns", ns)
     _run("ip", "-n", ul, "link", "set", h, "master", "br0", "up")
-    _run("ip", "-n", ns, "addr", "add", f"{UNDERLAY.network_address + i}/{UNDERLAY.prefixlen}", "dev", "eth0")
-    _run("ip", "-n", ns, "link", "set", "eth0", "up")
-    start_agent(st, h)
-    return h
+    _batch(ns, ["link set lo up", f"addr add {host_ip(h)}/{UNDERLAY.prefixlen} dev eth0", "link set eth0 up"])
+    _neighbours(st, h, [x for x in st.hosts if x != h], add=True, etcd=True)
+
+
+def _neighbours(st: LabState, host: str, others: list[str], add: bool, etcd: bool = False) -> None:
+    """Permanent neighbour entries on `host`'s eth0 for the other hosts (and etcd)."""
+    lines = [f"neigh replace {host_ip(o)} lladdr {host_mac(st.name, o)} dev eth0 nud permanent" if add
+             else f"neigh del {host_ip(o)} dev eth0" for o in others if o != host]
+    if etcd:
+        lines.append(f"neigh replace {ETCD_IP} lladdr {underlay_mac(st.name)} dev eth0 nud permanent")
+    _batch(ns_host(st.name, host), lines, check=add)
+
+
+def _batch(ns: str, lines: list[str], check: bool = True) -> None:
+    if not lines:
+        return
+    r = subprocess.run(["ip", "-n", ns, "-force", "-batch", "-"], input="\n".join(lines) + "\n",
+                       capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise Unavailable(f"ip -n {ns} -batch: {(r.stderr or r.stdout).strip().splitlines()[-1:] or ['failed']}")
 
 
 def add_network(name: str, network: str, backend: str, vni: int, cidr: str = "", host_prefix: int = 0) -> None:
@@ -479,10 +546,52 @@ def add_network(name: str, network: str, backend: str, vni: int, cidr: str = "",
 
 def add_host(name: str, network: str = "") -> str:
     """One more host on the underlay, its agent joining `network` (default: the lab's)."""
+    return add_hosts(name, 1, network)[0]
+
+
+def add_hosts(name: str, n: int = 1, network: str = "", wait: bool = False,
+              timeout: float | None = None) -> list[str]:
+    """n more hosts (made in parallel); with `wait`, until they and their peers converge."""
     st = LabState.load(name)
-    if len(st.hosts) >= MAX_HOSTS:
-        raise Exhausted(f"lab {name} has {MAX_HOSTS} hosts already")
-    return _make_host(st, network)
+    if n < 1:
+        raise Invalid(f"add-host: --count {n} must be at least 1")
+    new = _make_hosts(st, n, network)
+    if wait:
+        wait_converged(st, wait_for(len(st.hosts), timeout))
+    return new
+
+
+def remove_host(name: str, host: str, wait: bool = True) -> None:
+    """Take a host out of a running lab: its sandboxes, its agent leaving the cluster
+    network (peers drop its routes at once), its namespace, its peers' entries for it."""
+    st = _lab_host(name, host)
+    for sb, info in list(st.sandboxes.items()):
+        if info["host"] == host:
+            remove_sandbox(name, sb)
+    st = LabState.load(name)
+    ns = ns_host(name, host)
+    if not kill_agent(name, host, signal.SIGUSR1):  # not running: leave from here
+        _run("ip", "netns", "exec", ns, sys.executable, "-m", "muslin.control.agent", "leave", "--store", st.store_url,
+             "--network", st.network_of(host), "--state-dir", str(st.host_dir(host)), "--hostname", host,
+             *st.etcd_flags(), check=False, timeout=60)
+    wg = host_status(st, host).get("companions", {}).get("wireguard", {}).get("ifname", "")
+    for p in _run("ip", "netns", "pids", ns, check=False).stdout.split():
+        kill_pid(int(p), signal.SIGKILL, wait=2)
+    _run("ip", "netns", "del", ns, check=False)
+    if wg:
+        (Path("/var/run/wireguard") / f"{wg}.sock").unlink(missing_ok=True)
+    st = LabState.load(name)
+    st.hosts.remove(host)
+    if ns in st.namespaces:
+        st.namespaces.remove(ns)
+    st.pids.pop(f"agent-{host}", None)
+    st.settings.get("host_networks", {}).pop(host, None)
+    st.save()
+    shutil.rmtree(st.host_dir(host), ignore_errors=True)
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        list(pool.map(lambda h: _neighbours(st, h, [host], add=False), st.hosts))
+    if wait and st.hosts:
+        wait_converged(st, wait_for(len(st.hosts), None))
 
 
 def _tail_logs(st: LabState) -> str:
@@ -498,26 +607,43 @@ def _tail_logs(st: LabState) -> str:
 
 
 def wait_converged(st: LabState, timeout: float = 60, hosts: list[str] | None = None) -> None:
-    """Every (given) host's agent holds a lease and sees every other host."""
+    """Every (given) host's agent holds a lease and sees every other host, and its kernel
+    has a route to every other host's subnet (whoever installs it: the agent, or BIRD)."""
     hosts = hosts or st.hosts
     end = time.monotonic() + timeout
-    while True:
-        pending = []
-        for h in hosts:
-            s = host_status(st, h)
-            same = [x for x in st.hosts if st.network_of(x) == st.network_of(h)]
-            pid = st.pids.get(f"agent-{h}", 0)
-            if not _alive(pid):
-                _reap(pid)
-                raise Unavailable(f"lab {st.name}: the agent of {h} exited: {_last_line(st.dir / f'{h}.log')}")
-            if s.get("pid") != pid or not s.get("subnet") or \
-                    sorted(s.get("peers", {})) != sorted(x for x in same if x != h):
-                pending.append(h)
-        if not pending:
-            return
-        if time.monotonic() > end:
-            raise Unavailable(f"lab {st.name}: hosts {', '.join(pending)} did not converge in {timeout:.0f} s")
-        time.sleep(0.2)
+    pending = list(hosts)
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        while True:
+            statuses = {h: host_status(st, h) for h in st.hosts}
+            waiting = []
+            for h in pending:
+                s = statuses[h]
+                pid = st.pids.get(f"agent-{h}", 0)
+                if not _alive(pid):
+                    _reap(pid)
+                    raise Unavailable(f"lab {st.name}: the agent of {h} exited: {_last_line(st.dir / f'{h}.log')}")
+                same = [x for x in st.hosts if st.network_of(x) == st.network_of(h)]
+                if s.get("pid") != pid or not s.get("subnet") or \
+                        sorted(s.get("peers", {})) != sorted(x for x in same if x != h):
+                    waiting.append(h)
+            if not waiting:  # everyone sees everyone: are the routes in?
+                def missing(h: str) -> bool:
+                    want = {statuses[x].get("subnet") for x in st.hosts
+                            if x != h and st.network_of(x) == st.network_of(h)}
+                    return not want <= _routed(st, h)
+                waiting = [h for h, m in zip(pending, pool.map(missing, pending)) if m]
+            if not waiting:
+                return
+            pending = waiting
+            if time.monotonic() > end:
+                raise Unavailable(f"lab {st.name}: hosts {', '.join(pending)} did not converge in {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+def _routed(st: LabState, host: str) -> set[str]:
+    """The destinations of the IPv4 routes in the host's main table."""
+    r = _run("ip", "-n", ns_host(st.name, host), "-4", "-o", "route", "show", "table", "main", check=False)
+    return {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
 
 
 def _last_line(p: Path) -> str:
