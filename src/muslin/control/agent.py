@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from muslin import events
 from muslin.backends.model import ClusterConfig, HostRecord, Local, check_name, diff, owned, vtep_mac
 from muslin.backends.registry import desired_state
 from muslin.backends.vxlan import vxlan_name
@@ -98,6 +99,7 @@ class Agent:
         self.etcd_ok = True
         self.reconciles = 0
         self.last_changes = ""
+        self.resyncing = False  # the reconcile running is a periodic resync's (metrics: drift repairs)
         self._overlay = None
         self._bird = None
 
@@ -303,12 +305,22 @@ class Agent:
 
     # -- reconciling ---------------------------------------------------------------------
     def reconcile(self) -> None:
+        t0 = time.perf_counter()
+        changes = self._reconcile()
+        events.emit("reconcile", loop="cluster", seconds=time.perf_counter() - t0, changes=changes,
+                    drift=bool(changes) and self.resyncing)
+
+    def _reconcile(self) -> int:
+        """Returns how many kernel changes it applied."""
         assert self.cfg is not None and self.local is not None
         peers = [p for h, p in sorted(self.peers.items()) if h != self.hostname]
         bird_log = str(self.state_dir / "cluster" / f"{self.network}.bird.log")
         want = desired_state(self.cfg, self.local, peers, bird_log)
         ov = self.overlay()
         changes = diff(want, owned(ov.observe(vxlan_name(self.network)), self.cfg.network_cidr))
+        n = sum(len(getattr(changes, f)) for f in ("del_routes", "add_routes", "del_neighs", "add_neighs",
+                                                    "del_fdb", "add_fdb"))
+        n += sum(1 for v in (changes.vxlan_create, changes.vxlan_delete, changes.vxlan_update) if v)
         if not changes.empty:
             ov.apply(changes)
             self.last_changes = changes.summary()
@@ -324,6 +336,7 @@ class Agent:
         self.problems = want.problems
         self.reconciles += 1
         self.write_status()
+        return n
 
     def safe_reconcile(self) -> None:
         """Reconcile; a kernel-side failure is logged and retried at the next resync
@@ -397,10 +410,12 @@ class Agent:
         delay = 0.5
         while not stop.is_set():
             try:
-                dirty = False
+                dirty = self.resyncing = False
                 due = min(next_alive, next_subnet, next_sync)
                 wait = max(0.05, min(1.0, due - time.monotonic()))
+                first_event = 0.0
                 for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=wait):
+                    first_event = first_event or time.monotonic()
                     self._apply_event(ev)
                     next_rev = ev.revision + 1
                     dirty = True
@@ -431,8 +446,11 @@ class Agent:
                         self._reconcile_failed(e)
                     dirty = True
                     next_sync = now + self.resync
+                    self.resyncing = True
                 if dirty:
                     self.safe_reconcile()
+                    if first_event:
+                        events.emit("watch_lag", network=self.network, seconds=time.monotonic() - first_event)
                 if not self.etcd_ok:
                     self.log("store reachable again")
                     self.etcd_ok = True
