@@ -419,7 +419,7 @@ def check_peers(c: ClusterFacts) -> Result:
     vx = (want.get("vxlan") or {}).get("name", "")
     lines, fix = [], []
     for p in c.peers:
-        h, subnet, under, vip, vmac = (p.get(k, "") for k in ("hostname", "subnet", "underlay", "vtep_ip", "vtep_mac"))
+        h, subnet, under, vip = (p.get(k, "") for k in ("hostname", "subnet", "underlay", "vtep_ip"))
         for r in routes:
             if r[0] == subnet:
                 lines.append(f"{h}: route to {subnet} via {r[1]} dev {r[2]} is missing")
@@ -432,7 +432,6 @@ def check_peers(c: ClusterFacts) -> Result:
             if e[1] == vip:
                 lines.append(f"{h}: neighbour {vip} lladdr {e[2]} on {e[0]} is missing")
                 fix.append(f"ip neigh replace {vip} lladdr {e[2]} dev {e[0]} nud permanent")
-        _ = vmac
     if vx and not have.get("vxlan"):
         lines.insert(0, f"the VXLAN device {vx} is missing")
     if not lines:

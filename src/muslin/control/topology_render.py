@@ -163,10 +163,8 @@ body{{font-family:sans-serif;margin:0;background:#fff;color:#222}}
 header{{padding:10px 16px;background:#1f2d3d;color:#fff;font-size:15px}}
 header span{{color:#aab7c4;margin-left:12px;font-size:13px}}
 #graph{{padding:8px;overflow:auto}}
-#summary{{padding:0 16px;color:#555;font-size:13px}}
 </style></head>
 <body><header>Muslin topology, seen from {host}<span id="updated">{count}</span></header>
-<div id="summary">{summary}</div>
 <div id="graph">{svg}</div>
 <script>
 (function () {{
@@ -191,5 +189,5 @@ header span{{color:#aab7c4;margin-left:12px;font-size:13px}}
 def to_html(t: dict[str, Any], refresh: float = 3.0) -> str:
     counts = (f"{len(t.get('hosts', []))} hosts, {len(t.get('networks', []))} networks, "
               f"{len(t.get('sandboxes', []))} sandboxes, {len(t.get('tunnels', []))} tunnels")
-    return PAGE.format(host=_x(t.get("host", "")), count=_x(counts), summary=_x(counts), svg=to_svg(t),
+    return PAGE.format(host=_x(t.get("host", "")), count=_x(counts), svg=to_svg(t),
                        refresh_ms=int(refresh * 1000))

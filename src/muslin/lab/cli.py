@@ -88,10 +88,18 @@ def exec_(name, sandbox, cmd) -> None:
 @lab.command()
 @click.argument("name")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("--open", "open_", is_flag=True,
+              help="print the URL of the topology page (muslind's, in the first host's namespace) and how to open it")
 @one_line_errors
-def status(name, output) -> None:
+def status(name, output, open_) -> None:
     """Hosts, leases, peers and health of lab NAME; exit status 7 when a host is degraded."""
     from muslin.model.errors import Unavailable
+    if open_:
+        ns, url = core.topology_url(name)
+        click.echo(url)
+        click.echo(f"# the page is served inside namespace {ns}: ip netns exec {ns} chromium --no-sandbox {url}",
+                   err=True)
+        return
     s = core.status(name)
     bad = core.degraded(s)
     if output == "json":
@@ -108,6 +116,17 @@ def status(name, output) -> None:
         click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
     if bad:
         raise Unavailable(bad)
+
+
+@lab.command()
+@click.argument("name")
+@click.argument("host")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@one_line_errors
+def doctor(name, host, output) -> None:
+    """`muslin doctor` on HOST of lab NAME (its state dir, the lab's etcd)."""
+    argv = core.doctor_argv(name, host, output)
+    os.execvp(argv[0], argv)
 
 
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "USR1": signal.SIGUSR1}
