@@ -244,6 +244,17 @@ def test_topology_page_in_headless_chromium_shows_every_host_network_and_sandbox
     shot = tmp_path / "topology.png"
     r = ns_run(ns, *args, f"--screenshot={shot}", url, timeout=120)
     assert r.returncode == 0 and shot.stat().st_size > 10_000, r.stderr[-2000:]
+    # the same graph from the command line, on the host's state dir and the lab's etcd
+    for fmt in ("json", "dot", "svg"):
+        r = ns_run(ns, sys.executable, "-m", "muslin.cli.main", "--state-dir", str(lab.st.host_dir("h1")),
+                   "topology", "--config", "", "--store", lab.st.store_url, "--format", fmt)
+        assert r.returncode == 0, r.stderr
+        if fmt == "json":
+            t = json.loads(r.stdout)
+            assert sorted(x["id"] for x in t["sandboxes"]) == ["sb:h1/a", "sb:h2/b", "sb:h3/c"]
+            assert [h["name"] for h in t["hosts"] if h["self"]] == ["h1"]
+        else:
+            assert all(f"sb:{h}/{sb}" in r.stdout for h, sb in SANDBOXES)
     keep = os.environ.get("MUSLIN_TOPOLOGY_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
