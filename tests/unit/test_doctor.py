@@ -103,12 +103,12 @@ def test_mtu_of_a_veth_and_of_the_overlay():
     f = healthy()
     f.cluster = [D.ClusterFacts("net0", "h1", config={"subnet_ttl": 100}, record={"subnet": "10.244.1.0/24"},
                                 lease_left=90, alive=["h1"], underlay_dev="eth0", underlay_mtu=1500,
-                                desired={"vxlan": {"name": "mx-net0", "mtu": 1450, "vni": 1}},
-                                observed={"vxlan": {"name": "mx-net0", "mtu": 1500, "vni": 1}})]
+                                overhead=50, desired={"device": {"name": "mx-net0", "mtu": 1450, "kind": "VxlanDev"}},
+                                observed={"device": {"name": "mx-net0", "mtu": 1500, "kind": "VxlanDev"}})]
     f.links["mx-net0"] = {"mtu": 1500, "up": True, "kind": "vxlan", "master": ""}
     f.links["eth0"] = {"mtu": 1500, "up": True, "kind": "veth", "master": ""}
     r = fails(f, "mtu")
-    assert "no room for the VXLAN overhead" in r.details[0] and "mtu 1450" in r.fix[0]
+    assert "overhead (50) on the underlay eth0" in r.details[0] and "mtu 1450" in r.fix[0]
 
 
 def test_bridge_missing_or_down():
@@ -179,11 +179,11 @@ def cluster(**kw) -> D.ClusterFacts:
                        alive=["h1", "h2"], members=[{"endpoint": "10.250.0.254:2379", "ok": True}],
                        peers=[{"hostname": "h2", "subnet": "10.244.2.0/24", "underlay": "10.250.0.2",
                                "vtep_ip": "10.244.2.0", "vtep_mac": "02:00:00:00:00:02"}],
-                       underlay_dev="eth0", underlay_mtu=1500)
+                       underlay_dev="eth0", underlay_mtu=1500, overhead=50)
     objs = {"routes": [["10.244.2.0/24", "10.244.2.0", "mx-net0", True]],
             "fdb": [["mx-net0", "00:00:00:00:00:00", "10.250.0.2"], ["mx-net0", "02:00:00:00:00:02", "10.250.0.2"]],
             "neighs": [["mx-net0", "10.244.2.0", "02:00:00:00:00:02"]],
-            "vxlan": {"name": "mx-net0", "mtu": 1450, "vni": 1}}
+            "device": {"name": "mx-net0", "mtu": 1450, "kind": "VxlanDev"}}
     c.desired, c.observed = copy.deepcopy(objs), copy.deepcopy(objs)
     for k, v in kw.items():
         setattr(c, k, v)
@@ -200,7 +200,7 @@ def with_cluster(c: D.ClusterFacts) -> D.Facts:
 def test_cluster_healthy():
     f = with_cluster(cluster())
     assert D.healthy(D.run(f)), [r for r in D.run(f) if r.status == "fail"]
-    assert by_name(f)["cluster net0: peers"].summary.startswith("1 peers: h2")
+    assert by_name(f)["cluster net0: peers"].summary.startswith("1 peers: h2 (routes, fdb, neighs present")
 
 
 def test_a_peer_route_removed():
@@ -234,3 +234,22 @@ def test_leases_not_renewed_and_etcd_member_down():
 def test_cluster_store_unreadable():
     r = by_name(with_cluster(cluster(error="etcd at 10.250.0.254:2379: connection refused")))["cluster net0: store"]
     assert r.status == "fail" and "connection refused" in r.summary
+
+
+def test_wireguard_peer_missing_and_stale_handshake():
+    c = cluster(config={"subnet_ttl": 300, "backend": "wireguard"}, overhead=80)
+    c.peers[0]["published"] = {"public_key": "KEY2", "endpoint": "10.250.0.2:51820"}
+    for d in (c.desired, c.observed):
+        d.update(fdb=[], neighs=[], routes=[["10.244.2.0/24", "", "mw-net0", False]],
+                 peers=[["mw-net0", "KEY2", "10.250.0.2:51820"]], device={"name": "mw-net0", "mtu": 1420, "kind": "WgDev"})
+    c.handshakes = {"KEY2": 20.0}
+    f = with_cluster(c)
+    f.links["mw-net0"] = {"mtu": 1420, "up": True, "kind": "tun", "master": ""}
+    assert by_name(f)["cluster net0: peers"].status == "ok", by_name(f)["cluster net0: peers"]
+    c.handshakes = {"KEY2": 600.0}
+    r = fails(f, "cluster net0: peers")
+    assert "h2: WireGuard: last handshake 600 s ago" in r.details[0] and "UDP 10.250.0.2:51820" in r.fix[0]
+    c.handshakes = {"KEY2": 1.0}
+    c.observed["peers"] = []
+    assert "h2: WireGuard peer KEY2... (10.250.0.2:51820) is missing on mw-net0" in \
+        fails(f, "cluster net0: peers").details[0]

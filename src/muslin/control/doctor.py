@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 CONNTRACK_LIMIT = 0.8  # of nf_conntrack_max
+HANDSHAKE_STALE = 180.0  # seconds: WireGuard renews a live session's handshake every 120 s
 MAX_LISTED = 8  # details listed per check (then "... and N more")
 
 
@@ -47,9 +48,12 @@ class ClusterFacts:
     peers: list[dict[str, Any]] = field(default_factory=list)  # the other hosts' records
     underlay_dev: str = ""
     underlay_mtu: int = 0
-    desired: dict[str, Any] = field(default_factory=dict)  # {"routes", "fdb", "neighs": [[...]], "vxlan": {...}}
+    desired: dict[str, Any] = field(default_factory=dict)  # {"routes", "fdb", "neighs", "peers": [[...]],
+    #                                                         "device": {"name", "mtu", "kind"} | None}
     observed: dict[str, Any] = field(default_factory=dict)  # the same shape, from the kernel
     local_mtu: int = 0  # the MTU of this host's side (the bridge network of the same name)
+    overhead: int = 0  # bytes per packet the backend takes off the underlay MTU (vxlan 50)
+    handshakes: dict[str, float | None] = field(default_factory=dict)  # wireguard: public key -> age (s)
 
 
 @dataclass
@@ -170,7 +174,7 @@ def rp_filter_paths(links: list[str]) -> list[str]:
 def _muslin_links(f: Facts) -> list[str]:
     out = [n["bridge"] for n in _bridged(f) if n["bridge"] in f.links]
     for c in f.cluster:
-        vx = (c.desired.get("vxlan") or {}).get("name")
+        vx = (c.desired.get("device") or {}).get("name")
         for d in (vx, c.underlay_dev):
             if d and d in f.links and d not in out:
                 out.append(d)
@@ -211,16 +215,16 @@ def check_mtu(f: Facts) -> Result:
                            f"network's is {want}")
                 fix.append(f"ip link set dev {e['host_ifname']} mtu {want}")
     for c in f.cluster:
-        vx = c.desired.get("vxlan")
+        vx = c.desired.get("device")
         if vx and c.underlay_mtu:
             have = f.links.get(vx["name"])
-            if have and have["mtu"] > c.underlay_mtu - 50:
-                bad.append(f"{vx['name']}: mtu {have['mtu']} leaves no room for the VXLAN overhead (50) on the "
-                           f"underlay {c.underlay_dev} (mtu {c.underlay_mtu})")
-                fix.append(f"ip link set dev {vx['name']} mtu {c.underlay_mtu - 50}")
-            limit = min(vx["mtu"], c.underlay_mtu - 50)
+            if have and have["mtu"] > c.underlay_mtu - c.overhead:
+                bad.append(f"{vx['name']}: mtu {have['mtu']} leaves no room for the {c.config.get('backend', '')} "
+                           f"overhead ({c.overhead}) on the underlay {c.underlay_dev} (mtu {c.underlay_mtu})")
+                fix.append(f"ip link set dev {vx['name']} mtu {c.underlay_mtu - c.overhead}")
+            limit = min(vx["mtu"], c.underlay_mtu - c.overhead)
         else:
-            limit = c.underlay_mtu
+            limit = c.underlay_mtu - c.overhead
         if c.local_mtu and limit and c.local_mtu > limit:
             bad.append(f"cluster network {c.network}: this host's side has mtu {c.local_mtu}, more than the "
                        f"overlay carries ({limit})")
@@ -415,8 +419,9 @@ def check_peers(c: ClusterFacts) -> Result:
     if not c.peers:
         return Result(n, "ok", "no other host")
     want, have = c.desired, c.observed
-    routes, fdb, neighs = (_entries(want, k) - _entries(have, k) for k in ("routes", "fdb", "neighs"))
-    vx = (want.get("vxlan") or {}).get("name", "")
+    routes, fdb, neighs, wg = (_entries(want, k) - _entries(have, k) for k in ("routes", "fdb", "neighs", "peers"))
+    vx = (want.get("device") or {}).get("name", "")
+    keys = {p[1]: p for p in want.get("peers", [])}
     lines, fix = [], []
     for p in c.peers:
         h, subnet, under, vip = (p.get(k, "") for k in ("hostname", "subnet", "underlay", "vtep_ip"))
@@ -432,11 +437,25 @@ def check_peers(c: ClusterFacts) -> Result:
             if e[1] == vip:
                 lines.append(f"{h}: neighbour {vip} lladdr {e[2]} on {e[0]} is missing")
                 fix.append(f"ip neigh replace {vip} lladdr {e[2]} dev {e[0]} nud permanent")
-    if vx and not have.get("vxlan"):
-        lines.insert(0, f"the VXLAN device {vx} is missing")
+        key = dict(p.get("published") or {}).get("public_key", "")
+        for e in wg:
+            if e[1] == key:
+                lines.append(f"{h}: WireGuard peer {key[:12]}... ({e[2]}) is missing on {e[0]}")
+                fix.append("(muslind's agent puts the peer back at its next resync; `wg show " + e[0] + "`)")
+        if key in keys and key not in {e[1] for e in wg} and c.handshakes:
+            age = c.handshakes.get(key)
+            if age is None or age > HANDSHAKE_STALE:
+                lines.append(f"{h}: WireGuard: " + ("no handshake yet" if age is None else
+                                                    f"last handshake {age:.0f} s ago") +
+                             f" (a live peer renews it every 2 minutes)")
+                fix.append(f"check UDP {keys[key][2]} between the hosts (firewalls, the underlay); "
+                           f"`wg show {keys[key][0]}`")
+    if vx and not have.get("device"):
+        lines.insert(0, f"the {want['device'].get('kind', 'overlay')} device {vx} is missing")
     if not lines:
         return Result(n, "ok", f"{len(c.peers)} peers: " + ", ".join(p.get("hostname", "") for p in c.peers)
-                      + " (routes" + (", FDB and neighbours" if vx else "") + " present)")
+                      + " (" + ", ".join(k for k in ("routes", "fdb", "neighs", "peers") if want.get(k))
+                      + " present" + (", handshakes fresh" if c.handshakes else "") + ")")
     fix.append("(muslind's agent puts them back at its next resync)")
     return Result(n, "fail", f"{len(lines)} entries to peers are missing: their sandboxes are unreachable",
                   _more(lines), tuple(dict.fromkeys(fix))[:MAX_LISTED + 1])

@@ -119,10 +119,9 @@ def _native(p: Path) -> bool:
 
 def cluster_facts(store: Any, network: str, hostname: str, m: Any) -> ClusterFacts:
     from muslin.backends.model import HostRecord, Local, owned
-    from muslin.backends.registry import desired_state
-    from muslin.backends.vxlan import vxlan_name
+    from muslin.backends.registry import get_backend
     from muslin.control.agent import list_alive, list_hosts, read_config
-    from muslin.control.cluster import lease_left
+    from muslin.control.cluster import lease_left, local_status
     from muslin.dataplane.overlay import Overlay
 
     c = ClusterFacts(network=network, hostname=hostname)
@@ -150,24 +149,45 @@ def cluster_facts(store: Any, network: str, hostname: str, m: Any) -> ClusterFac
     rec, lease = mine
     c.record = rec.to_dict()
     c.lease_left = lease_left(store, lease)
+    backend = get_backend(cfg.backend)
+    c.overhead = backend.overhead
+    facts: dict[str, str] = {}  # what the agent's companions found (the interface name, the public key)
+    for comp in (local_status(Path(m.state_dir), network).get("companions") or {}).values():
+        if isinstance(comp, dict):
+            facts.update({k: v for k, v in comp.items() if isinstance(v, str)})
     ov = Overlay()
     try:
         dev, _ip, _net, mtu = ov.underlay("", rec.underlay)
         c.underlay_dev, c.underlay_mtu = dev, mtu
-        want = desired_state(cfg, Local(rec, dev, mtu), [HostRecord.from_dict(p) for p in c.peers])
-        have = owned(ov.observe(vxlan_name(network)), cfg.network_cidr)
+        want = backend.desired(cfg, Local(rec, dev, mtu, tuple(sorted(facts.items()))),
+                               [HostRecord.from_dict(p) for p in c.peers])
+        have = owned(ov.observe(backend.owned(network, facts)), cfg.network_cidr)
     finally:
         ov.close()
-    c.desired = _objects(want.routes, want.fdb, want.neighs, want.vxlan)
-    c.observed = _objects(have.routes, have.fdb, have.neighs, have.vxlan)
+    c.desired, c.observed = _objects(want), _objects(have)
+    if "wireguard" in backend.companions and facts.get("ifname"):
+        c.handshakes = _handshakes(facts["ifname"])
     return c
 
 
-def _objects(routes: Any, fdb: Any, neighs: Any, vx: Any) -> dict[str, Any]:
-    return {"routes": sorted([r.dst, r.gateway, r.dev, r.onlink] for r in routes),
-            "fdb": sorted([e.dev, e.mac, e.dst] for e in fdb),
-            "neighs": sorted([n.dev, n.ip, n.mac] for n in neighs),
-            "vxlan": None if vx is None else {"name": vx.name, "mtu": vx.mtu, "vni": vx.vni}}
+def _handshakes(ifname: str) -> dict[str, float | None]:
+    """public key -> seconds since the peer's latest handshake (None: never)."""
+    from muslin.dataplane import wireguard
+
+    try:
+        shown = wireguard.show(ifname)
+    except MuslinError:
+        return {}
+    now = time.time()
+    return {k: (round(now - t, 1) if t else None) for k, t, _rx, _tx in (shown.handshakes if shown else ())}
+
+
+def _objects(d: Any) -> dict[str, Any]:
+    return {"routes": sorted([r.dst, r.gateway, r.dev, r.onlink] for r in d.routes),
+            "fdb": sorted([e.dev, e.mac, e.dst] for e in d.fdb),
+            "neighs": sorted([n.dev, n.ip, n.mac] for n in d.neighs),
+            "peers": sorted([p.dev, p.public_key, p.endpoint] for p in d.peers),
+            "device": next(({"name": x.name, "mtu": x.mtu, "kind": type(x).__name__} for x in d.devices), None)}
 
 
 def gather(m: Any, cluster_store: Any = None, networks: list[str] | None = None, hostname: str = "") -> Facts:

@@ -85,6 +85,8 @@ def build(host: str, local: dict[str, Any], cluster: list[dict[str, Any]] | None
                      "kind": backend}
                 if backend == "vxlan":
                     t.update(vni=cfg.get("vni"), port=cfg.get("port"))
+                elif backend == "wireguard":
+                    t.update(port=dict(cfg.get("options") or {}).get("port", 51820), encrypted=True)
                 tunnels.append(t)
     networks, sandboxes = [], []
     for h, s in sorted(summaries.items()):

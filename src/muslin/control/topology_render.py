@@ -82,7 +82,8 @@ def to_svg(t: dict[str, Any]) -> str:
         bx, _, bw, _ = b[tun["b"]]
         x1, x2 = ax + aw / 2, bx + bw / 2
         lift = 30 + (x2 - x1) / 12
-        label = tun["kind"] + (f" VNI {tun['vni']} udp/{tun['port']}" if tun.get("vni") is not None else "")
+        label = tun["kind"] + (f" VNI {tun['vni']}" if tun.get("vni") is not None else "") + \
+            (f" udp/{tun['port']}" if tun.get("port") else "")
         out.append(f'<g class="tunnel" id="{_x(tun["id"])}" data-a="{_x(tun["a"])}" data-b="{_x(tun["b"])}">'
                    f'<path d="M{x1:.0f},{ay} Q{(x1 + x2) / 2:.0f},{ay - lift * 2:.0f} {x2:.0f},{ay}"/>'
                    f'<text x="{(x1 + x2) / 2:.0f}" y="{ay - lift - 4:.0f}" text-anchor="middle" class="s">'
