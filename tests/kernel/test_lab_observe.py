@@ -149,7 +149,8 @@ def test_doctor_names_a_route_removed_by_hand(lab):
 
 def test_doctor_names_an_fdb_entry_removed_by_hand(lab):
     out = ns_run(lab.host_ns("h1"), "bridge", "fdb", "show", "dev", "mx-net0").stdout
-    h3 = core.store_hosts(lab.st)["h3"]
+    rec = core.store_hosts(lab.st)["h3"]
+    h3 = {"underlay": rec["underlay"], "vtep_mac": rec.get("vtep_mac") or rec["published"]["vtep_mac"]}
     line = next(x for x in out.splitlines() if x.startswith(h3["vtep_mac"]) and f"dst {h3['underlay']}" in x)
     r = ns_run(lab.host_ns("h1"), "bridge", "fdb", "del", h3["vtep_mac"], "dev", "mx-net0", "dst", h3["underlay"])
     assert r.returncode == 0, (line, r.stderr)

@@ -23,6 +23,7 @@ including `rotate-key`.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -377,9 +378,7 @@ class Agent:
         ov = self.overlay()
         have = ov.observe(self.backend.owned(self.network, dict(self.local.facts)))
         changes = diff(want, owned(have, self.cfg.network_cidr))
-        n = sum(len(getattr(changes, f)) for f in ("del_routes", "add_routes", "del_neighs", "add_neighs",
-                                                    "del_fdb", "add_fdb"))
-        n += sum(1 for v in (changes.vxlan_create, changes.vxlan_delete, changes.vxlan_update) if v)
+        n = sum(len(getattr(changes, f.name)) for f in dataclasses.fields(changes))  # metrics: changes applied
         if not changes.empty:
             ov.apply(changes)
             self.last_changes = changes.summary()

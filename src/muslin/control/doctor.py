@@ -424,7 +424,8 @@ def check_peers(c: ClusterFacts) -> Result:
     keys = {p[1]: p for p in want.get("peers", [])}
     lines, fix = [], []
     for p in c.peers:
-        h, subnet, under, vip = (p.get(k, "") for k in ("hostname", "subnet", "underlay", "vtep_ip"))
+        h, subnet, under = (p.get(k, "") for k in ("hostname", "subnet", "underlay"))
+        vip = p.get("vtep_ip") or dict(p.get("published") or {}).get("vtep_ip", "")
         for r in routes:
             if r[0] == subnet:
                 lines.append(f"{h}: route to {subnet} via {r[1]} dev {r[2]} is missing")
