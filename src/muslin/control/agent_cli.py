@@ -136,8 +136,9 @@ def leave(store_url: str, network: str, hostname: str, state_dir: str | None) ->
 @click.option("--network", required=True)
 @click.option("--id", "sandbox", required=True, help="sandbox name (the endpoint id)")
 @click.option("--netns", required=True, help="path of the sandbox's network namespace")
+@click.option("--alias", "aliases", multiple=True, help="another DNS name of the sandbox (repeatable)")
 @one_line_errors
-def attach(state_dir: str | None, network: str, sandbox: str, netns: str) -> None:
+def attach(state_dir: str | None, network: str, sandbox: str, netns: str, aliases: tuple[str, ...]) -> None:
     """Attach a sandbox to this host's side of a cluster network; prints its address."""
     from muslin.control.service import Muslin
     from muslin.model.types import AttachRequest
@@ -147,7 +148,11 @@ def attach(state_dir: str | None, network: str, sandbox: str, netns: str) -> Non
     try:
         if m.find_network(network) is None:
             raise NotFound(f"network {network!r} is not set up on this host (is its agent running?)")
-        ep = m.attach(AttachRequest(network=network, endpoint_id=sandbox, container_id=sandbox, netns=netns))
+        from muslin.model.names import check_dns_name, is_dns_name
+        for a in aliases:
+            check_dns_name(a, "--alias")
+        ep = m.attach(AttachRequest(network=network, endpoint_id=sandbox, container_id=sandbox, netns=netns,
+                                    name=sandbox if is_dns_name(sandbox) else "", aliases=aliases))
     finally:
         m.close()
     click.echo(json.dumps({"address": str(ep.addresses[0]), "mac": ep.mac, "mtu": ep.mtu}))
