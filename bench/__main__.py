@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab]`
+"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,dns]`
 
 Runs as root; every namespace it makes is throwaway and removed at the end. Prints a
 table, writes results.json, results.md and PNG plots to --out (default bench/results).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab")
+PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "dns")
 
 
 def machine() -> dict:
@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.iperf import run_iperf_lab
         log(f"iperf3 cross-host in a muslin lab ({secs}s per run)")
         res["lab"] = _part("lab", lambda: run_iperf_lab(secs, log=log), log)
+    if "dns" in only:
+        from bench.dns import run_dns
+        log("muslind DNS: latency under load, memory with 10,000 names, attach/detach followed, restart")
+        res["dns"] = _part("dns", lambda: run_dns(a.smoke or a.quick, log=log), log)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "results.json").write_text(json.dumps(res, indent=1))
     text = report.table(res)

@@ -146,3 +146,14 @@ def test_cni_bad_namespace():
     with pytest.raises(CniError) as ei:
         parse_request({**ENV, "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=Bad_NS"}, conf())
     assert ei.value.cni_code == 4 and "K8S_POD_NAMESPACE" in ei.value.message
+
+
+def test_docker_identity_from_dockerd_answers():
+    from muslin.docker.names import identity_of
+
+    net = {"Name": "web", "Containers": {"c" * 64: {"Name": "api", "EndpointID": "e1"}}}
+    ctr = {"Id": "c" * 64, "Name": "/api", "Config": {"Labels": {"app": "shop", "com.example.hash": "x" * 64}},
+           "NetworkSettings": {"Networks": {"web": {"EndpointID": "e1", "Aliases": ["cccccccccccc", "api", "db"]},
+                                            "other": {"EndpointID": "e2", "Aliases": ["elsewhere"]}}}}
+    got = identity_of(net, ctr, "e1")
+    assert got["name"] == "api" and got["aliases"] == ("cccccccccccc", "db") and got["labels"] == {"app": "shop"}

@@ -77,10 +77,14 @@ class DockerService:
         from muslin.docker.ipam import DockerIpam
         from muslin.docker.server import PluginServer, routes
 
+        from muslin.docker.names import DockerNames
+
         m = ctx.muslin
         self.ctx = ctx
         self.driver = DockerDriver(m, link_exists=hostnet.link_exists, port_free=hostnet.port_free,
                                    on_networks_changed=self.sync_rules, host_routes=hostnet.host_routes)
+        if ctx.args.docker_api:  # who each endpoint's container is (name, aliases), asked of dockerd
+            self.driver.names = DockerNames(ctx.args.docker_api, lambda n, e, who: self.driver.named(n, e, who))
         self.ipam = DockerIpam(m.store, m.ipam, m.list_networks, hostnet.host_routes)
         self.server = PluginServer(ctx.args.docker_socket, routes(self.driver, self.ipam))
         self.thread: threading.Thread | None = None
@@ -94,6 +98,10 @@ class DockerService:
     def reconcile(self) -> None:
         self.driver.cleanup_orphans()
         self.sync_rules()
+        try:
+            self.driver.fill_names()
+        except Exception as e:  # noqa: BLE001 - names are best effort
+            log.debug("docker names: %s", e)
 
     def start(self) -> None:
         from muslin.docker.server import serve_in_thread
@@ -312,12 +320,20 @@ class Reconciler:
             self.thread.join(timeout=5)
 
 
+def _docker_api() -> str:
+    from muslin.docker.names import default_socket
+
+    return default_socket()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="muslind", description="Muslin host agent: Docker plugin and CNI agent")
     p.add_argument("--docker-socket", default=os.environ.get("MUSLIN_DOCKER_SOCKET", DEFAULT_DOCKER_SOCKET),
                    help="Docker plugin socket ('' disables the Docker plugin)")
     p.add_argument("--agent-socket", default=os.environ.get("MUSLIN_AGENT_SOCKET", DEFAULT_AGENT_SOCKET),
                    help="CNI agent socket ('' disables the agent)")
+    p.add_argument("--docker-api", default=os.environ.get("MUSLIN_DOCKER_API") or _docker_api(),
+                   help="dockerd's API socket, asked for container names and aliases ('' = never ask)")
     p.add_argument("--state-dir", default=os.environ.get("MUSLIN_STATE_DIR") or None,
                    help="state directory (default $MUSLIN_STATE_DIR or /var/lib/muslin)")
     p.add_argument("--store", default=os.environ.get("MUSLIN_STORE") or None,
