@@ -93,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.cni import run_cni
         log(f"CNI ADD/DEL at {levels} endpoints, {samples} timed calls each, {par} with 8 in parallel")
         rss: dict = {}
-        samples_ = run_cni(levels, samples, par, log=log, rss=rss)
+        phases: dict = {}
+        samples_ = run_cni(levels, samples, par, log=log, rss=rss, phases=phases)
         res["cni"] = [s.to_dict() for s in samples_]
         res["muslind_rss_mb"] = {str(k): v for k, v in rss.items()}
+        res["muslind_phases"] = {str(k): v for k, v in phases.items()}
     if "podman" in only:
         from bench.podman import run_podman
         log(f"podman run network cost ({runs} runs each)")

@@ -113,6 +113,24 @@ class Setup:
                 self.daemon.wait()
         self.daemon = None
 
+    def phases(self, reset: bool = True) -> dict:
+        """muslind's phase timings since the last reset (its `stats` request, framing 1)."""
+        import socket as _s
+
+        c = _s.socket(_s.AF_UNIX, _s.SOCK_STREAM)
+        try:
+            c.connect(self.sock)
+            c.sendall(json.dumps({"plugin": "stats", "env": {}, "stdin": json.dumps({"reset": reset})}).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            c.close()
+        return json.loads(json.loads(buf)["stdout"])
+
     def rss_mb(self) -> float:
         if not self.daemon:
             return float("nan")
@@ -175,7 +193,7 @@ def grow(s: Setup, nss: Namespaces, target: int) -> None:
 
 
 def measure(s: Setup, nss: Namespaces, ways: list[Way], level: int, samples: int, par_samples: int,
-            parallel: int = 8) -> list[Sample]:
+            parallel: int = 8, phases: dict | None = None) -> list[Sample]:
     """At `level` endpoints: `samples` rounds of one ADD then one DEL per way on fresh
     namespaces, the ways alternated within each round (so the machine's load drifts over
     them alike); then per way `par_samples` ADDs and DELs with `parallel` at once. The
@@ -188,7 +206,11 @@ def measure(s: Setup, nss: Namespaces, ways: list[Way], level: int, samples: int
         for verb in ("ADD", "DEL"):
             calls += [s.call(verb, n, w) for w, n in batch]
             keys += [(w.variant, verb) for w, _ in batch]
+    if phases is not None:
+        s.phases(reset=True)
     times, _ = s.run(calls)
+    if phases is not None:  # muslind's own phases over the one-at-a-time calls only
+        phases.update(s.phases(reset=True))
     for w in ways:
         for verb in ("ADD", "DEL"):
             out.append(Sample(w.variant, level, verb, [t for t, k in zip(times, keys) if k == (w.variant, verb)]))
@@ -203,8 +225,10 @@ def measure(s: Setup, nss: Namespaces, ways: list[Way], level: int, samples: int
     return out
 
 
-def run_cni(levels: list[int], samples: int, par_samples: int, log=print, rss: dict | None = None) -> list[Sample]:
-    """The whole CNI comparison. Returns every sample; `rss[level]` gets muslind's RSS in MB."""
+def run_cni(levels: list[int], samples: int, par_samples: int, log=print, rss: dict | None = None,
+            phases: dict | None = None) -> list[Sample]:
+    """The whole CNI comparison. Returns every sample; `rss[level]` gets muslind's RSS in MB,
+    `phases[level]` muslind's own phase timings over its calls at that level."""
     nss = Namespaces(f"mb{token(4)}")
     results: list[Sample] = []
     tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-"))
@@ -228,7 +252,8 @@ def run_cni(levels: list[int], samples: int, par_samples: int, log=print, rss: d
             log(f"  {level} endpoints on each host ({time.time() - t0:.1f}s to grow)")
             room = (MAX_BRIDGE_PORTS - level) // len(ways)  # measured endpoints come on top of `level`
             for s, group in groups:
-                got = measure(s, nss, group, level, min(samples, room), min(par_samples, room))
+                ph = phases.setdefault(level, {}) if (phases is not None and group is ways) else None
+                got = measure(s, nss, group, level, min(samples, room), min(par_samples, room), phases=ph)
                 results.extend(got)
                 for w in group:
                     log("    " + "  ".join(f"{g.verb} p50 {g.p50 * 1e3:.1f}ms" for g in got

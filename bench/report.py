@@ -107,10 +107,25 @@ def other_rows(res: dict) -> list[list[str]]:
     return rows
 
 
+PHASE_HEAD = ["endpoints", "phase (inside muslind)", "p50 ms", "mean ms", "n"]
+
+
+def phase_rows(res: dict) -> list[list[str]]:
+    """muslind's own time by phase: the use-case totals, then each plan step."""
+    rows = []
+    for level, ph in (res.get("muslind_phases") or {}).items():
+        for name in sorted(ph, key=lambda n: (not n.endswith("(all)"), n)):
+            v = ph[name]
+            rows.append([level, name, f"{v['p50_ms']:.2f}", f"{v['mean_ms']:.2f}", str(v["n"])])
+    return rows
+
+
 def table(res: dict) -> str:
     out = [_fmt_table(PROC_HEAD, proc_rows(res))] if res.get("proc") else []
     if res.get("cni"):
         out.append(_fmt_table(CNI_HEAD, cni_rows(res)))
+    if res.get("muslind_phases"):
+        out.append(_fmt_table(PHASE_HEAD, phase_rows(res)))
     rows = other_rows(res)
     if rows:
         out.append(_fmt_table(["measure", "value", "detail"], rows))
@@ -126,6 +141,8 @@ def markdown(res: dict) -> str:
         parts += [_md_table(PROC_HEAD, proc_rows(res)), ""]
     if res.get("cni"):
         parts += [_md_table(CNI_HEAD, cni_rows(res)), ""]
+    if res.get("muslind_phases"):
+        parts += [_md_table(PHASE_HEAD, phase_rows(res)), ""]
     rows = other_rows(res)
     if rows:
         parts += [_md_table(["measure", "value", "detail"], rows), ""]

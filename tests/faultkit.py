@@ -4,10 +4,12 @@ writes count (and can fail) like the kernel's mutating calls, sharing one counte
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any, Callable
 
 from muslin.control.service import Muslin
 from muslin.dataplane.fake import FakeKernel
+from muslin.model import names
 from muslin.store.memory import MemoryStore
 
 
@@ -37,8 +39,18 @@ class CountingStore:
         return {kv.key: copy.deepcopy(kv.value) for kv in self.inner.list("")}
 
 
+def _macs():  # type: ignore[no-untyped-def]
+    for i in itertools.count(1):
+        yield "02:4d:00:" + ":".join(f"{b:02x}" for b in i.to_bytes(3, "big"))
+
+
 class World:
+    """The control layer on the fake kernel and a counting store. Worlds made the same way
+    are equal: the MACs Muslin would pick at random come from a sequence that restarts."""
+
     def __init__(self, state_dir) -> None:  # type: ignore[no-untyped-def]
+        seq = _macs()
+        names.random_mac = lambda: next(seq)
         self.kernel = FakeKernel()
         self.store = CountingStore(self.kernel)
         self.m = Muslin(self.store, state_dir, kernel=lambda: self.kernel)  # type: ignore[arg-type]

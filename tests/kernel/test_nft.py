@@ -79,7 +79,7 @@ DRIVER = textwrap.dedent("""
                   for n in d["networks"]),
             tuple(PortRule(p["ep"], p.get("proto", "tcp"), p.get("host_ip", ""), p["hp"],
                            ipaddress.ip_address(p["cip"]), p["cp"], p["bridge"]) for p in d["ports"]))
-        print(nft.sync(state, d["lock_dir"]))
+        print(nft.sync(state, "muslin-owner 000000000000 /test"))
     except MuslinError as e:
         print(f"{type(e).__name__}: {e}")
         sys.exit(1)
@@ -176,11 +176,11 @@ class Lab:
         return r.stdout.strip() if r.returncode == 0 else None
 
     def sync(self, nets, ports) -> str:
-        d = {"networks": nets, "ports": ports, "lock_dir": str(self.tmp / "lock")}
+        d = {"networks": nets, "ports": ports}
         return self.drive(d)
 
     def drive(self, d: dict) -> str:
-        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        env = dict(os.environ, PYTHONPATH=str(REPO / "src"), MUSLIN_NFT=self.nft)
         r = self.host.run(PY, str(self.tmp / "driver.py"), input=json.dumps(d), check=False, env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout.strip()
@@ -195,11 +195,14 @@ class Lab:
         self.f.cleanup()
 
 
-@pytest.fixture(scope="module", params=[1, 0], ids=["br_netfilter-on", "br_netfilter-off"])
+@pytest.fixture(scope="module", params=[(1, "library"), (0, "binary")],
+                ids=["br_netfilter-on-libnftables", "br_netfilter-off-nft-binary"])
 def lab(request, tmp_path_factory):
-    if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() and request.param == 1:
+    brnf, backend = request.param
+    if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() and brnf == 1:
         pytest.skip("br_netfilter is not loaded on this machine")
-    lab = Lab(request.param, tmp_path_factory.mktemp("nft"))
+    lab = Lab(brnf, tmp_path_factory.mktemp("nft"))
+    lab.nft = backend
     try:
         yield lab
     finally:

@@ -142,3 +142,61 @@ def test_none_attach(tmp_path):
 
     each_failure(tmp_path, prepare, lambda w: w.m.attach(AttachRequest("nothing", "c2/eth0", "c2",
                                                                         netns="/run/netns/c2")))
+
+
+def each_teardown_failure(tmp_path: Path, prepare: Callable[[World], Any], op: Callable[[World], Any]) -> int:
+    """Teardown is idempotent: after a failure at any of its calls, running it again ends
+    exactly where an undisturbed run ends."""
+    def fresh() -> World:
+        w = World(tmp_path / "t")  # one state dir: it is in the firewall's owner mark
+        prepare(w)
+        return w
+
+    clean = fresh()
+    op(clean)
+    expected = clean.snapshot()
+    calls = calls_of(fresh, op)
+    for i, call in enumerate(calls):
+        w = fresh()
+        w.kernel.arm(i)
+        try:
+            op(w)
+        except MuslinError:
+            pass
+        w.kernel.arm(None)
+        op(w)
+        got = w.snapshot()
+        assert got == expected, f"after failing call {i} ({call}) and again, the teardown differs"
+    return len(calls)
+
+
+def _connected(w: World) -> None:
+    w.m.create_network(net())
+    sandbox(w, "a")
+    sandboxes.connect(w.m, "n1", "a", ports=(PortMapping(8080, 80),))
+
+
+def test_disconnect_is_idempotent_after_any_failure(tmp_path):
+    each_teardown_failure(tmp_path, _connected, lambda w: sandboxes.disconnect(w.m, "n1", "a"))
+
+
+def test_disconnect_with_the_reaper_is_idempotent_after_any_failure(tmp_path):
+    from muslin.control.reaper import Reaper
+
+    def prepare(w):
+        w.m.reaper = Reaper()
+        _connected(w)
+
+    def op(w):
+        sandboxes.disconnect(w.m, "n1", "a")
+        w.m.reap()
+
+    each_teardown_failure(tmp_path, prepare, op)
+
+
+def test_network_rm_is_idempotent_after_any_failure(tmp_path):
+    def op(w):
+        if w.m.find_network("n1") is not None:
+            w.m.delete_network("n1", force=True)
+
+    each_teardown_failure(tmp_path, _connected, op)

@@ -148,6 +148,7 @@ def test_sync_rejects_bad_state_before_touching_nft(fake):
 
 
 def test_nft_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("MUSLIN_NFT", "binary")
     monkeypatch.setattr(nft.shutil, "which", lambda name: None)
     monkeypatch.setattr(nft.os, "access", lambda p, mode: False)
     with pytest.raises(Unsupported, match="nftables: nft binary not found"):

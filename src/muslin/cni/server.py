@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from muslin.cni import handler
 from muslin.cni.handler import handle, handle_ipam
@@ -41,8 +41,15 @@ def _error(code: int, msg: str) -> str:
     return json.dumps({"cniVersion": "1.1.0", "code": code, "msg": " ".join(msg.split())[:300]})
 
 
+# Requests muslind answers besides the two plugins (e.g. "stats": the phase timings for
+# `python -m bench`), registered by the daemon: name -> f(stdin) -> (stdout, rc).
+EXTRA: dict[str, Callable[[bytes], tuple[str, int]]] = {}
+
+
 def _run(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[str, int]:
     try:
+        if plugin in EXTRA:
+            return EXTRA[plugin](stdin)
         return (handle_ipam if plugin == "ipam" else handle)(env, stdin)
     except Exception as e:  # the handler never raises; this is the last resort, never a traceback
         log.exception("agent request failed")
@@ -63,7 +70,7 @@ def serve_request(line: bytes) -> bytes:
         plugin = req.get("plugin", "cni")
         env = {str(k): str(v) for k, v in dict(req["env"]).items()}
         stdin = str(req.get("stdin", "")).encode("utf-8", "surrogateescape")
-        if plugin not in ("cni", "ipam"):
+        if plugin not in ("cni", "ipam", *EXTRA):
             raise ValueError(f"unknown plugin {plugin!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         return _answer(_error(6, f"malformed agent request: {e}"), 1)
@@ -130,7 +137,7 @@ def read_request(rfile: BinaryIO) -> tuple[str, dict[str, str], bytes]:
             raise EOFError("request ends inside its magic")
         raise FramingError(f"unknown framing {magic!r}: this muslind speaks JSON lines and {MAGIC.decode()}")
     plugin = _field(rfile, "plugin", MAX_PLUGIN).decode("ascii", "replace")
-    if plugin not in ("cni", "ipam"):
+    if plugin not in ("cni", "ipam", *EXTRA):
         raise FramingError(f"unknown plugin {plugin!r}")
     env = parse_env(_field(rfile, "environment", MAX_ENV))
     return plugin, env, _field(rfile, "stdin", MAX_STDIN)

@@ -133,23 +133,51 @@ class _AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
+def warm_up() -> None:
+    """Import and load now what the first request of each kind would (~100 ms), so that no
+    CNI call pays it: the use-cases, the drivers, the kernel path, libnftables."""
+    from muslin.control import endpoints, networks  # noqa: F401
+    from muslin.dataplane import kernel, libnft  # noqa: F401
+    from muslin.drivers.base import drivers
+
+    drivers()
+    libnft.available()
+
+
 class AgentService:
     """The CNI fast path: muslin-cni forwards each request here (framing 1 or 2, cni/server.py)."""
 
     name = "agent"
 
     def __init__(self, ctx: Context) -> None:
+        from muslin.cni import server
         from muslin.cni.server import serve_one
+        from muslin.control.service import Muslin
+        from muslin.control.timings import Timings
         from muslin.dataplane import nsexec
         from muslin.docker.server import prepare_socket_path
 
         nsexec.use_helper()  # work inside sandboxes goes to one persistent helper, no fork per call
+        warm_up()
+        self.timings = Muslin.default_timings or Timings()
+        Muslin.default_timings = self.timings
+        server.EXTRA["stats"] = self.stats
 
         self.path = ctx.args.agent_socket
         prepare_socket_path(self.path)
         self.server = _AgentServer(self.path, _AgentHandler)
         self.server.serve_one = serve_one  # type: ignore[attr-defined]
         os.chmod(self.path, 0o600)
+
+    def stats(self, stdin: bytes) -> tuple[str, int]:
+        """The phase timings so far ({"reset": true} on stdin: and start again)."""
+        import json
+
+        try:
+            reset = bool(json.loads(stdin or b"{}").get("reset"))
+        except (ValueError, AttributeError):
+            reset = False
+        return json.dumps(self.timings.snapshot(reset)), 0
 
     def start(self) -> None:
         from muslin.docker.server import serve_in_thread
@@ -293,6 +321,33 @@ class DnsService:
             pass
 
 
+class ReaperService:
+    """Retired links deleted in batches (control/reaper.py); first, what a muslind that died
+    left retired."""
+
+    name = "reaper"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.control.reaper import Reaper
+        from muslin.control.service import Muslin
+        from muslin.control.timings import Timings
+
+        Muslin.default_timings = Muslin.default_timings or Timings()  # before any Muslin is made
+        self.ctx = ctx
+        self.reaper = Reaper(linger=ctx.args.reap_delay)
+        Muslin.default_reaper = self.reaper  # every Muslin of this process retires, then reaps here
+        self.thread = threading.Thread(target=self.reaper.run, args=(ctx.stop,), name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self.ctx.muslin.reap()  # the links and addresses of its state dir that a dead muslind left
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.ctx.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+
+
 class Reconciler:
     """Calls each `task` every `interval` seconds until stop (errors logged, never fatal)."""
 
@@ -338,6 +393,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="state directory (default $MUSLIN_STATE_DIR or /var/lib/muslin)")
     p.add_argument("--store", default=os.environ.get("MUSLIN_STORE") or None,
                    help="store URL (etcd://host:port, a .db path); default: the state directory")
+    p.add_argument("--reap-delay", type=float, default=0.05,
+                   help="seconds a DEL's retired veth waits for others to be deleted with it in one message")
     p.add_argument("--reconcile-interval", type=float, default=10.0,
                    help="seconds between orphan cleanups / firewall hook checks (0 = only at start)")
     p.add_argument("--log-level", default=os.environ.get("MUSLIN_LOG_LEVEL", "info"),
@@ -380,6 +437,7 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
             log.warning("CNI agent disabled: %s", e)
             return None
 
+    factories.append(lambda: ReaperService(ctx))  # first: every Muslin made later retires links
     if ctx.args.cluster_store:
         factories.append(lambda: ClusterService(ctx))
     if ctx.args.docker_socket:

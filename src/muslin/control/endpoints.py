@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Iterator
 
 from muslin.control import firewall, networks
 from muslin.control.ipam import Allocation
+from muslin.control.timings import timed
 from muslin.drivers.base import Addr, Made, get_driver
 from muslin.model import keys, names
-from muslin.model.errors import Conflict, MuslinError, NotFound
+from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound
 from muslin.model.types import AttachRequest, Endpoint, Network, PortMapping
 from muslin.plan import Step, run
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 
 
 def attach(m: Muslin, k: Kernel, req: AttachRequest) -> Endpoint:
+    with timed(m.timings, "attach (all)"):
+        return _attach(m, k, req)
+
+
+def _attach(m: Muslin, k: Kernel, req: AttachRequest) -> Endpoint:
     names.check_ifname(req.ifname)
     mac = names.check_mac(req.mac) if req.mac else ""
     req = replace(req, mac=mac)
@@ -43,7 +49,8 @@ def ensure_and_attach(m: Muslin, k: Kernel, net: Network, req: AttachRequest, jo
     """CNI: the network its config implies (or the existing one it joins), then the attach.
     The last DEL of a CNI network may remove it between the two: make it again, twice at most."""
     for attempt in range(3):
-        have, changed = (networks.get(m, net.name), None) if join else networks.ensure(m, k, net)
+        with timed(m.timings, "ensure network"):
+            have, changed = (networks.get(m, net.name), None) if join else networks.ensure(m, k, net)
         try:
             return attach(m, k, replace(req, network=have.name))
         except NotFound:
@@ -84,7 +91,13 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
         if req.addresses:
             addrs = [(a, gateway_for(net, a)) for a in req.addresses]
             return None
-        alloc = m.ipam.take(net.range_sets, owner, req.container_id, req.ifname, list(req.ips))
+        try:
+            alloc = m.ipam.take(net.range_sets, owner, req.container_id, req.ifname, list(req.ips))
+        except (Conflict, Exhausted):
+            if not m.store.keys(keys.ipam_owner(keys.REAP_OWNERS), limit=1):
+                raise
+            reap(m, k)  # a detached endpoint's retired link still held them: reap it now
+            alloc = m.ipam.take(net.range_sets, owner, req.container_id, req.ifname, list(req.ips))
         addrs = alloc.addrs
         return alloc
 
@@ -99,7 +112,7 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
             yield firewall.step(m, k, firewall.desired(m, add_endpoints=ep))
         yield Step("endpoint record", record, lambda _: m.store.delete(key))
 
-    run(plan())
+    run(plan(), m.timings)
     return ep[0]
 
 
@@ -126,6 +139,11 @@ def detach(m: Muslin, k: Kernel, network: str, endpoint_id: str, owner: str = ""
            ifname: str = "") -> None:
     """Disconnect; idempotent. Without a record (crash, never attached), the derived
     names and `owner` still find and free what an attach may have made."""
+    with timed(m.timings, "detach (all)"):
+        _detach(m, k, network, endpoint_id, owner, netns, ifname)
+
+
+def _detach(m: Muslin, k: Kernel, network: str, endpoint_id: str, owner: str, netns: str, ifname: str) -> None:
     net = m.find_network(network)
     with m.lock(network, exclusive=False):
         ep = m.find_endpoint(network, endpoint_id)
@@ -139,17 +157,36 @@ def detach(m: Muslin, k: Kernel, network: str, endpoint_id: str, owner: str = ""
 
 
 def detach_locked(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> None:
-    """Kernel first, then the firewall, then the record, then the addresses: a failure
-    half-way leaves what a retry needs, and an address is never free while a record holds it."""
-    if net is not None:
-        get_driver(net.driver).detach(k, net, ep)
-    elif ep.host_ifname:
-        k.delete_link(ep.host_ifname)
+    """Kernel first, then the firewall, then the addresses, then the record: a failure
+    half-way leaves the record, so a retry finds what is left (freeing by owner never frees
+    anyone else's address)."""
+    retired = False
+    with timed(m.timings, "detach links"):
+        if net is not None:
+            retired = get_driver(net.driver).detach(k, net, ep, retire=m.reaper is not None)
+        elif ep.host_ifname:
+            k.delete_link(ep.host_ifname)
     if ep.ports:
         firewall.sync(m, k, firewall.desired(m, drop_endpoints=[(ep.network, ep.endpoint_id)]))
-    m.store.delete(keys.endpoint(ep.network, ep.endpoint_id))
     if ep.ipam_owned and ep.owner:
-        m.ipam.release(ep.owner)
+        if retired:  # the sandbox end still holds them until the reap: no one else gets them before
+            m.ipam.hand_over(ep.owner, keys.reap_owner(ep.host_ifname))
+        else:
+            m.ipam.release(ep.owner)
+    m.store.delete(keys.endpoint(ep.network, ep.endpoint_id))
+    if retired and m.reaper is not None:
+        m.reaper.note(m)
+
+
+def reap(m: Muslin, k: Kernel) -> int:
+    """Delete every retired link in one message, then free the addresses they held.
+    Returns how many owners were freed. Owners listed before the delete are freed after it:
+    a link retired in between waits for the next reap."""
+    owners = [key[len(keys.IPAM_OWNERS):] for key in m.store.keys(keys.ipam_owner(keys.REAP_OWNERS))]
+    k.reap_links()
+    for owner in owners:
+        m.ipam.release(owner)
+    return len(owners)
 
 
 def check(m: Muslin, k: Kernel, network: str, endpoint_id: str, netns: str = "") -> Endpoint:

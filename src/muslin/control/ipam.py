@@ -266,6 +266,27 @@ class Ipam:
 
         return self._retry(f"giving back addresses of {owner}", attempt)
 
+    def hand_over(self, owner: str, new_owner: str) -> list[IPAddress]:
+        """Move every address of `owner` to `new_owner` (added to what it holds), in one txn."""
+        _check_owner(owner)
+        _check_owner(new_owner)
+
+        def attempt() -> tuple[list[Compare], list[Op], list[IPAddress]]:
+            okv, nkv = self.store.get(owner_key(owner)), self.store.get(owner_key(new_owner))
+            if okv is None:
+                return [], [], []
+            moved = _entries(okv)
+            compares = [Compare(okv.key, okv.mod_revision), Compare(owner_key(new_owner), nkv.mod_revision if nkv else 0)]
+            ops: list[Op] = [Delete(okv.key), Put(owner_key(new_owner), _index_value(_entries(nkv) + moved))]
+            for s, ip in moved:
+                kv = self.store.get(ip_key(s, ip))
+                if kv is not None and kv.value.get("owner") == owner:
+                    compares.append(Compare(kv.key, kv.mod_revision))
+                    ops.append(Put(kv.key, {**kv.value, "owner": new_owner}))
+            return compares, ops, [ip for _, ip in moved]
+
+        return self._retry(f"handing the addresses of {owner} to {new_owner}", attempt)
+
     def release_ip(self, subnet: IPNetwork, ip: IPAddress) -> bool:
         """Free one address whoever holds it; True if it was allocated."""
 

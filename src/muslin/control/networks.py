@@ -83,7 +83,7 @@ def create_noting(m: Muslin, k: Kernel, net: Network) -> tuple[Network, dict[str
 
         done = run([*driver.setup_steps(k, net, made),
                     firewall.step(m, k, firewall.desired(m, add_networks=[net])),
-                    Step("network record", put, lambda _: m.store.delete(keys.network(net.name)))])
+                    Step("network record", put, lambda _: m.store.delete(keys.network(net.name)))], m.timings)
         if driver.bridged:
             firewall.docker_user(m, k, net.bridge, present=True)
         return record["net"], done[-2]

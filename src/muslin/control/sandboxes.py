@@ -150,6 +150,5 @@ def disconnect(m: Muslin, network: str, sandbox: str, ifname: str = "") -> list[
         if ep.network == network and (not ifname or ep.ifname == ifname):
             m.detach(network, ep.endpoint_id)
             gone.append(ep.ifname)
-    if gone:
-        _update_resolv(m, sandbox)
+    _update_resolv(m, sandbox)  # also when nothing was connected: a retry after a failure here
     return gone

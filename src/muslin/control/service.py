@@ -26,6 +26,8 @@ from muslin.store import default_state_dir, open_store
 from muslin.store.base import Store
 
 if TYPE_CHECKING:
+    from muslin.control.reaper import Reaper
+    from muslin.control.timings import Timings
     from muslin.dataplane.api import Kernel
 
 
@@ -36,6 +38,12 @@ def real_kernel() -> Kernel:
 
 
 class Muslin:
+    # muslind sets one Reaper for the whole process (control/reaper.py): detached endpoints'
+    # links are then retired at once and deleted in batches; without one they go at once.
+    default_reaper: Reaper | None = None
+    # and one Timings (control/timings.py): where the time of each operation goes
+    default_timings: Timings | None = None
+
     def __init__(self, store: Store | None = None, state_dir: str | Path | None = None,
                  kernel: Callable[[], Kernel] | None = None) -> None:
         d = Path(state_dir or default_state_dir())
@@ -48,6 +56,10 @@ class Muslin:
         self._store_id = _file_id(self.store)
         self.ipam = Ipam(self.store)
         self._kernel = kernel or real_kernel
+        self.reaper = Muslin.default_reaper
+        self.timings = Muslin.default_timings
+        if self.reaper is not None and self.store.keys(keys.ipam_owner(keys.REAP_OWNERS), limit=1):
+            self.reaper.note(self)  # retired by a muslind that died before it reaped
 
     def close(self) -> None:
         self.store.close()
@@ -136,6 +148,14 @@ class Muslin:
     def gc(self, network: str, keep: set[str], owner_prefix: str = "") -> list[str]:
         with self.kernel() as k:
             return endpoints.gc(self, k, network, keep, owner_prefix)
+
+    def reap(self) -> int:
+        with self.kernel() as k:
+            return endpoints.reap(self, k)
+
+    def retired_links(self) -> list[str]:
+        with self.kernel() as k:
+            return k.retired_links()
 
     def set_ports(self, network: str, endpoint_id: str, ports: tuple[PortMapping, ...]) -> Endpoint:
         with self.kernel() as k:

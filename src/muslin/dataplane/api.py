@@ -36,8 +36,11 @@ class Kernel(Protocol):
 
     def delete_link(self, name: str) -> bool: ...
 
-    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "") -> LinkInfo:
-        """A veth pair: `name` here, `peer` in `peer_netns` ('' = here too). Returns `name`'s info."""
+    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "", bridge: str = "",
+                    hairpin: bool = False, mac: str = "") -> LinkInfo:
+        """A veth pair: `name` here with MAC `mac` (enslaved to `bridge`, in hairpin mode when
+        asked, and up, when a bridge is given), `peer` in `peer_netns` ('' = here too) with MAC
+        `peer_mac` ('' = the kernel picks). Returns `name`'s info."""
 
     def enslave(self, name: str, bridge: str, hairpin: bool = False) -> None:
         """Attach `name` to `bridge` and bring it up."""
@@ -48,6 +51,15 @@ class Kernel(Protocol):
 
     def kind_supported(self, kind: str) -> bool:
         """Does this kernel know link kind `kind`?"""
+
+    def retire_link(self, name: str) -> bool:
+        """Take a link off its bridge, down, into the reap group (deleting it costs a
+        synchronous rcu_barrier: ~20 ms); False if it is gone."""
+
+    def reap_links(self) -> bool:
+        """Delete every retired link in one message; False if there was none."""
+
+    def retired_links(self) -> list[str]: ...
 
     # -- network namespaces and what is inside them -----------------------------------
     def netns_exists(self, path: str) -> bool: ...

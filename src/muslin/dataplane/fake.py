@@ -18,6 +18,7 @@ from muslin.firewall.state import FirewallState
 from muslin.firewall.compiler import owner_path, same_owner, sysctls_for
 from muslin.model.errors import Conflict, NotFound, Unavailable
 from muslin.model.kernel import LinkInfo, SandboxConfig, SandboxResult
+from muslin.model.names import REAP_GROUP
 from muslin.model.types import IPInterface, IPNetwork, Route
 
 HOST = ""  # the host namespace's key
@@ -35,6 +36,7 @@ class FakeLink:
     alias: str = ""
     hairpin: bool = False
     promisc: bool = False
+    group: int = 0
     addresses: set = field(default_factory=set)
     peer: tuple[str, str] | None = None  # (netns, name) of a veth's other end
 
@@ -181,12 +183,16 @@ class FakeKernel:
         self._remove(HOST, name)
         return True
 
-    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "") -> LinkInfo:
+    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "", bridge: str = "",
+                    hairpin: bool = False, mac: str = "") -> LinkInfo:
         self._mut("create_veth", name, peer)
         target = self._ns(peer_netns)
+        if bridge and self._link(bridge).kind != "bridge":
+            raise Conflict(f"{bridge} is not a bridge")
         if name in self.namespaces[HOST] or peer in target or (not peer_netns and peer == name):
             raise Conflict(f"veth {name}: already exists")
-        self.add_link(HOST, name, "veth", mtu=mtu, peer=(peer_netns, peer))
+        self.add_link(HOST, name, "veth", mtu=mtu, peer=(peer_netns, peer), master=bridge, up=bool(bridge),
+                      hairpin=hairpin, mac=mac)
         self.add_link(peer_netns, peer, "veth", mtu=mtu, mac=peer_mac, peer=(HOST, name))
         return self._info(HOST, name, self.namespaces[HOST][name])
 
@@ -211,6 +217,25 @@ class FakeKernel:
 
     def kind_supported(self, kind: str) -> bool:
         return kind in KINDS
+
+    def retire_link(self, name: str) -> bool:
+        self._mut("retire_link", name)
+        lk = self.namespaces[HOST].get(name)
+        if lk is None:
+            return False
+        lk.master, lk.up, lk.group = "", False, REAP_GROUP
+        return True
+
+    def reap_links(self) -> bool:
+        self._mut("reap_links")
+        gone = [n for n, lk in self.namespaces[HOST].items() if lk.group == REAP_GROUP]
+        for n in gone:
+            if n in self.namespaces[HOST]:
+                self._remove(HOST, n)
+        return bool(gone)
+
+    def retired_links(self) -> list[str]:
+        return sorted(n for n, lk in self.namespaces[HOST].items() if lk.group == REAP_GROUP)
 
     # -- network namespaces -------------------------------------------------------------
     def netns_exists(self, path: str) -> bool:

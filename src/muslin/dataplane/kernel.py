@@ -58,8 +58,9 @@ class RealKernel:
     def delete_link(self, name: str) -> bool:
         return self.host.delete_link(name)
 
-    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "") -> LinkInfo:
-        return self.host.create_veth(name, peer, peer_netns, mtu, peer_mac)
+    def create_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str = "", bridge: str = "",
+                    hairpin: bool = False, mac: str = "") -> LinkInfo:
+        return self.host.create_veth(name, peer, peer_netns, mtu, peer_mac, bridge, hairpin, mac)
 
     def enslave(self, name: str, bridge: str, hairpin: bool = False) -> None:
         self.host.enslave(name, bridge, hairpin)
@@ -72,6 +73,15 @@ class RealKernel:
 
     def kind_supported(self, kind: str) -> bool:
         return self.host.kind_supported(kind)
+
+    def retire_link(self, name: str) -> bool:
+        return self.host.retire_link(name)
+
+    def reap_links(self) -> bool:
+        return self.host.reap_links()
+
+    def retired_links(self) -> list[str]:
+        return self.host.retired_links()
 
     # -- network namespaces -------------------------------------------------------------
     def netns_exists(self, path: str) -> bool:

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from muslin.dataplane import libnft
 from muslin.dataplane.nslock import netns_lock
 from muslin.firewall.compiler import (CHAINS, DIGEST, FAMILY, MAPS, OWNER_CHAIN, RULE_COMMENT, SET_NAMES, SETS,
                                       SKELETON, TABLE, Ruleset, compile, owner_path, same_owner, sysctls_for)
@@ -64,7 +65,21 @@ def _error(stderr: str, doing: str) -> Exception:
     return Invalid(text, stderr)
 
 
+def use_library() -> bool:
+    """libnftables in this process (the default where it loads), else the nft binary
+    (MUSLIN_NFT=binary forces the binary: the benchmarks compare both)."""
+    return os.environ.get("MUSLIN_NFT") != "binary" and libnft.available()
+
+
 def _run(args: list[str], input: str | None = None, doing: str = "") -> subprocess.CompletedProcess:
+    if use_library():
+        json_output = args[:1] == ["-j"]
+        text = input if args[-2:] == ["-f", "-"] else " ".join(args[1:] if json_output else args)
+        try:
+            rc, out, err = libnft.run(text or "", json_output)
+        except OSError as e:
+            raise Unavailable(f"nftables: {doing or ' '.join(args)}: {e}") from None
+        return subprocess.CompletedProcess(args, rc, out, err)
     cmd = [_nft_binary(), *args]
     try:
         return subprocess.run(cmd, input=input, text=True, capture_output=True, timeout=TIMEOUT)

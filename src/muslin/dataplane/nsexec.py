@@ -5,10 +5,11 @@ joins the namespace with setns(2), runs the function, sends back its result (or 
 error) through a pipe and exits.
 
 A long-lived process (muslind) calls `use_helper()` instead: the functions then run in
-ONE persistent helper process (`python -m muslin.dataplane.nsexec`, started on first use)
+ONE persistent helper process (`python -m muslin.dataplane.nsexec FD`, started with it)
 that joins the namespace, runs the function and returns to its own namespace before the
-next request, so the daemon pays neither a fork nor pyroute2's set-up per call and never
-switches namespace itself.
+next request, so the daemon pays no fork per call and never switches namespace itself.
+The hot path asks the helper only for a netlink socket in the namespace
+(`netlink_socket`), passed back over a Unix socket, and does the work itself over it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import socket
 import struct
 import subprocess
 import sys
@@ -94,18 +96,56 @@ def run_in_netns(path: str, fn: Callable[..., Any], *args: Any) -> Any:
     raise value
 
 
+# -- a netlink socket inside another namespace ----------------------------------------
+
+def _socket_here() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+
+
+def netlink_socket(path: str) -> int:
+    """The fd of a NETLINK_ROUTE socket bound to the namespace at `path`. Work inside a
+    sandbox then runs in this process, over that socket, with no fork and no pickling.
+
+    muslind gets it from its persistent helper (passed over a Unix socket): its own threads
+    never switch namespace. A short-lived process (a CNI plugin run in-process, the CLI)
+    switches its one thread there and back for the one socket() call."""
+    if _helper_wanted:
+        return _helper_socket(path)
+    nsfd = open_netns(path)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(nsfd)
+        try:
+            return _socket_here().detach()
+        finally:
+            try:
+                setns(home)
+            except OSError:
+                os._exit(3)  # never go on in the wrong namespace
+    except OSError as e:
+        raise Unavailable(f"cannot enter network namespace {path}: {e.strerror}") from None
+    finally:
+        os.close(nsfd)
+        os.close(home)
+
+
 # -- the persistent helper (for muslind) ----------------------------------------------
 
 _helper_wanted = False
-_helper: subprocess.Popen | None = None
+_helper: tuple[subprocess.Popen, socket.socket] | None = None
 _helper_lock = threading.Lock()
+SOCKET = "<netlink socket>"  # a request for a socket in the namespace, not a function call
 
 
 def use_helper(on: bool = True) -> None:
-    """Run every later `run_in_netns` in the persistent helper process (off: fork per call)."""
+    """Run every later `run_in_netns` (and `netlink_socket`) through the persistent helper
+    process (off: fork per call)."""
     global _helper_wanted
     _helper_wanted = on
-    if not on:
+    if on:
+        with _helper_lock:
+            _ensure_helper()  # started now, not on the first request
+    else:
         stop_helper()
 
 
@@ -114,12 +154,13 @@ def stop_helper() -> None:
     with _helper_lock:
         h, _helper = _helper, None
     if h is not None:
+        proc, sock = h
+        sock.close()  # EOF: the helper leaves
         try:
-            h.stdin.close()  # type: ignore[union-attr]
-            h.wait(5)
-        except (OSError, subprocess.TimeoutExpired):
-            h.kill()
-            h.wait()
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _frame(payload: Any) -> bytes:
@@ -127,41 +168,78 @@ def _frame(payload: Any) -> bytes:
     return struct.pack("!I", len(data)) + data
 
 
-def _read_frame(f: Any) -> Any | None:
-    head = f.read(4)
-    if len(head) < 4:
+def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        data, got, _flags, _addr = socket.recv_fds(sock, n - len(buf), 1)
+        fds.extend(got)
+        if not data:
+            return None
+        buf += data
+    return buf
+
+
+def _read_reply(sock: socket.socket) -> tuple[Any, list[int]] | None:
+    fds: list[int] = []
+    head = _recv_exact(sock, 4, fds)
+    if head is None:
         return None
-    (n,) = struct.unpack("!I", head)
-    data = f.read(n)
-    return pickle.loads(data) if len(data) == n else None
+    body = _recv_exact(sock, struct.unpack("!I", head)[0], fds)
+    return (pickle.loads(body), fds) if body is not None else None
 
 
-def _helper_call(path: str, fn: Callable[..., Any], args: tuple) -> Any:
+def _ensure_helper() -> tuple[subprocess.Popen, socket.socket]:
     global _helper
-    try:
-        req = _frame((path, fn, args))
-    except Exception:  # noqa: BLE001 - not picklable (e.g. a local function): fork instead
-        return _fork_call(path, fn, args)
+    if _helper is None or _helper[0].poll() is not None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        proc = subprocess.Popen([sys.executable, "-m", "muslin.dataplane.nsexec", str(theirs.fileno())],
+                                pass_fds=[theirs.fileno()], close_fds=True)
+        theirs.close()
+        _helper = (proc, mine)
+    return _helper
+
+
+def _ask_helper(path: str, request: Any) -> tuple[Any, list[int]]:
+    global _helper
     with _helper_lock:
-        if _helper is None or _helper.poll() is not None:
-            _helper = subprocess.Popen([sys.executable, "-m", "muslin.dataplane.nsexec"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, close_fds=True)
-        h = _helper
+        proc, sock = _ensure_helper()
         try:
-            h.stdin.write(req)  # type: ignore[union-attr]
-            h.stdin.flush()  # type: ignore[union-attr]
-            ans = _read_frame(h.stdout)
+            sock.sendall(_frame(request))
+            ans = _read_reply(sock)
         except OSError:
             ans = None
         if ans is None:
             _helper = None
-            h.kill()
-            h.wait()
+            sock.close()
+            proc.kill()
+            proc.wait()
             raise Unavailable(f"netns helper process died while working in {path}")
-    ok, value = ans
-    if ok:
-        return value
-    raise value
+    (ok, value), fds = ans
+    if not ok:
+        for fd in fds:
+            os.close(fd)
+        raise value
+    return value, fds
+
+
+def _helper_socket(path: str) -> int:
+    _value, fds = _ask_helper(path, (path, SOCKET, ()))
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise Unavailable(f"netns helper gave no socket for {path}")
+    return fds[0]
+
+
+def _helper_call(path: str, fn: Callable[..., Any], args: tuple) -> Any:
+    try:
+        pickle.dumps(fn)
+    except Exception:  # noqa: BLE001 - not picklable (e.g. a local function): fork instead
+        return _fork_call(path, fn, args)
+    value, fds = _ask_helper(path, (path, fn, args))
+    for fd in fds:
+        os.close(fd)
+    return value
 
 
 def _fork_call(path: str, fn: Callable[..., Any], args: tuple) -> Any:
@@ -173,22 +251,22 @@ def _fork_call(path: str, fn: Callable[..., Any], args: tuple) -> Any:
         _helper_wanted = saved
 
 
-def _serve() -> None:
-    """The helper's loop: (path, fn, args) in, (ok, value) out, one frame each; always
-    back in its own namespace before answering. Exits on EOF."""
+def _serve(fd: int) -> None:
+    """The helper's loop: (path, fn, args) in, (ok, value) out, one frame each (a SOCKET
+    request is answered with a netlink socket made in that namespace, passed along);
+    always back in its own namespace before answering. Exits on EOF."""
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    rf, wf = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but frames on the pipe
+    sock = socket.socket(fileno=fd)
     while True:
         try:
-            req = _read_frame(rf)
+            got = _read_reply(sock)
         except Exception as e:  # noqa: BLE001
-            wf.write(_frame((False, Unavailable(f"netns helper: bad request: {e}"))))
-            wf.flush()
+            sock.sendall(_frame((False, Unavailable(f"netns helper: bad request: {e}"))))
             continue
-        if req is None:
+        if got is None:
             return
-        path, fn, args = req
+        (path, fn, args), _fds = got
+        made: socket.socket | None = None
         try:
             nsfd = os.open(path, os.O_RDONLY)
         except OSError as e:
@@ -197,7 +275,11 @@ def _serve() -> None:
         else:
             try:
                 setns(nsfd)
-                payload = (True, fn(*args))
+                if fn == SOCKET:
+                    made = _socket_here()
+                    payload = (True, None)
+                else:
+                    payload = (True, fn(*args))
             except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
                 payload = (False, e if isinstance(e, MuslinError) else Unavailable(f"{path}: {type(e).__name__}: {e}"))
             finally:
@@ -210,9 +292,12 @@ def _serve() -> None:
             data = _frame(payload)
         except Exception as e:  # noqa: BLE001
             data = _frame((False, Unavailable(f"{path}: unpicklable result: {e}")))
-        wf.write(data)
-        wf.flush()
+        if made is not None:
+            socket.send_fds(sock, [data], [made.fileno()])
+            made.close()
+        else:
+            sock.sendall(data)
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(int(sys.argv[1]))

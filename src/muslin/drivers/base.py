@@ -65,8 +65,10 @@ class NetworkDriver(Protocol):
     def attach_steps(self, k: Kernel, net: Network, req: AttachRequest, addrs: list[Addr], out: Made) -> list[Step]:
         """Steps connecting a sandbox; they fill `out`."""
 
-    def detach(self, k: Kernel, net: Network, ep: Endpoint) -> None:
-        """Disconnect (idempotent; the sandbox may be gone)."""
+    def detach(self, k: Kernel, net: Network, ep: Endpoint, retire: bool = False) -> bool:
+        """Disconnect (idempotent; the sandbox may be gone). With `retire`, a link whose
+        deletion is slow may be retired for a later reap instead: True when one was, so its
+        addresses must wait for the reap."""
 
     def check_endpoint(self, k: Kernel, net: Network, ep: Endpoint) -> None:
         """Raise NotFound if the kernel disagrees with `ep`."""

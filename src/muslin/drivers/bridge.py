@@ -90,9 +90,9 @@ class BridgeDriver:
                 made.append(PROMISC)
             return True
 
-        steps = [Step(f"bridge {net.bridge}", make, unmake),
+        steps = [Step(f"bridge {net.bridge}", make, unmake, phase="bridge"),
                  Step(f"bridge {net.bridge} promiscuous", promisc,
-                      lambda done: done and k.set_link(net.bridge, promisc=False))]
+                      lambda done: done and k.set_link(net.bridge, promisc=False), phase="bridge promiscuous")]
         for gw in self.gateways(net):
             def add(gw=gw) -> bool:
                 added = k.add_address(net.bridge, gw)
@@ -104,7 +104,7 @@ class BridgeDriver:
                 if added:
                     k.remove_address(net.bridge, gw)
 
-            steps.append(Step(f"bridge address {gw}", add, remove))
+            steps.append(Step(f"bridge address {gw}", add, remove, phase="bridge address"))
         return steps
 
     def teardown(self, k: Kernel, net: Network) -> None:
@@ -127,51 +127,49 @@ class BridgeDriver:
         out.mtu = req.mtu or net.mtu or bridge.mtu
         out.host_ifname = req.host_ifname or names.host_ifname(net.name, req.endpoint_id)
         peer = req.ifname if req.netns else names.peer_ifname(net.name, req.endpoint_id)
-        host_mac = ""
+        # Muslin chooses both MACs: nothing is looked up after the veth is made
+        peer_mac, host_mac = req.mac or names.random_mac(), names.random_mac()
+        hairpin = net.hairpin or bool(req.ports)
 
         def veth() -> None:
-            nonlocal host_mac
-
-            def create():  # type: ignore[no-untyped-def]
-                return k.create_veth(out.host_ifname, peer, req.netns, out.mtu, "" if req.netns else req.mac)
+            def create() -> None:
+                k.create_veth(out.host_ifname, peer, req.netns, out.mtu, peer_mac, net.bridge, hairpin, host_mac)
 
             try:
-                info = create()
+                create()
             except Conflict:
                 leftovers = [n for n in (out.host_ifname, "" if req.netns else peer) if n and k.link(n)]
                 if not leftovers:
                     raise taken_ifname(k, req, f"veth {out.host_ifname}") from None
                 for name in leftovers:  # of a crashed attach of this endpoint: ours by their names
                     k.delete_link(name)
-                info = create()
-            host_mac = info.mac
+                create()
 
         def sandbox() -> None:
-            if req.netns:
-                cfg = SandboxConfig(req.ifname, tuple(a for a, _ in addrs), tuple(sandbox_routes(net, addrs)),
-                                    out.mtu, req.mac, req.default_route)
-                res = k.sandbox_setup(req.netns, cfg)
-                out.mac, out.routes = res.mac, res.routes
+            routes = tuple(sandbox_routes(net, addrs))
+            out.mac, out.routes = peer_mac, routes
+            if req.netns:  # (its MAC and MTU came with the veth)
+                out.routes = k.sandbox_setup(req.netns, SandboxConfig(
+                    req.ifname, tuple(a for a, _ in addrs), routes, replace_default=req.default_route)).routes
             else:  # Docker: the peer waits on the host, unconfigured, until Docker moves it
-                info = k.link(peer)
-                if info is None:
-                    raise NotFound(f"veth peer {peer} vanished")
-                out.mac, out.peer, out.routes = info.mac, peer, tuple(sandbox_routes(net, addrs))
+                out.peer = peer
             out.interfaces = [Interface(net.bridge, net.bridge_mac or bridge.mac),
                               Interface(out.host_ifname, host_mac, out.mtu),
                               Interface(req.ifname, out.mac, out.mtu, req.netns)]
 
         # Hairpin lets a container reach its own published port: with br_netfilter the
         # DNATed frame leaves through the port it came in on.
-        return [Step(f"veth {out.host_ifname}", veth, lambda _: k.delete_link(out.host_ifname)),
-                Step(f"enslave {out.host_ifname}",
-                     lambda: k.enslave(out.host_ifname, net.bridge, hairpin=net.hairpin or bool(req.ports))),
-                Step(f"sandbox {req.ifname}", sandbox)]
+        return [Step(f"veth {out.host_ifname}", veth, lambda _: k.delete_link(out.host_ifname), phase="veth"),
+                Step(f"sandbox {req.ifname}", sandbox, phase="sandbox")]
 
-    def detach(self, k: Kernel, net: Network, ep: Endpoint) -> None:
-        # Deleting the host end removes the sandbox end too, wherever it is.
+    def detach(self, k: Kernel, net: Network, ep: Endpoint, retire: bool = False) -> bool:
+        # Deleting the host end removes the sandbox end too, wherever it is; retired, it is
+        # off the bridge and down at once, and goes with the next reap.
+        if retire and ep.host_ifname and k.retire_link(ep.host_ifname):
+            return True
         if not k.delete_link(ep.host_ifname) and ep.netns:
             k.sandbox_delete_link(ep.netns, ep.ifname)
+        return False
 
     def check_endpoint(self, k: Kernel, net: Network, ep: Endpoint) -> None:
         bridge = k.link(net.bridge)

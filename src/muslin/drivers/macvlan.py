@@ -65,7 +65,7 @@ class MacvlanDriver:
                 out.mac, out.peer, out.routes = info.mac, peer, routes
                 out.interfaces = [Interface(net.parent, parent.mac), Interface(req.ifname, out.mac, out.mtu)]
 
-            return [Step(f"macvlan {peer}", make_peer, lambda _: k.delete_link(peer))]
+            return [Step(f"macvlan {peer}", make_peer, lambda _: k.delete_link(peer), phase="macvlan")]
 
         def make() -> None:
             try:
@@ -79,14 +79,16 @@ class MacvlanDriver:
             out.mac, out.routes = res.mac, res.routes
             out.interfaces = [Interface(net.parent, parent.mac), Interface(req.ifname, out.mac, out.mtu, req.netns)]
 
-        return [Step(f"macvlan {req.ifname}", make, lambda _: k.sandbox_delete_link(req.netns, req.ifname)),
-                Step(f"sandbox {req.ifname}", configure)]
+        return [Step(f"macvlan {req.ifname}", make, lambda _: k.sandbox_delete_link(req.netns, req.ifname),
+                     phase="macvlan"),
+                Step(f"sandbox {req.ifname}", configure, phase="sandbox")]
 
-    def detach(self, k: Kernel, net: Network, ep: Endpoint) -> None:
+    def detach(self, k: Kernel, net: Network, ep: Endpoint, retire: bool = False) -> bool:
         if not ep.netns:  # Docker: back on the host after Leave (or gone with its sandbox)
             k.delete_link(ep.peer or names.peer_ifname(net.name, ep.endpoint_id))
-            return
-        k.sandbox_delete_link(ep.netns, ep.ifname)
+        else:
+            k.sandbox_delete_link(ep.netns, ep.ifname)
+        return False
 
     def check_endpoint(self, k: Kernel, net: Network, ep: Endpoint) -> None:
         check_sandbox(k, ep)

@@ -47,8 +47,8 @@ class _NoLinks:
     def attach_steps(self, k: Kernel, net: Network, req: AttachRequest, addrs: list[Addr], out: Made) -> list[Step]:
         return []
 
-    def detach(self, k: Kernel, net: Network, ep: Endpoint) -> None:
-        return None
+    def detach(self, k: Kernel, net: Network, ep: Endpoint, retire: bool = False) -> bool:
+        return False
 
     def check_endpoint(self, k: Kernel, net: Network, ep: Endpoint) -> None:
         return None

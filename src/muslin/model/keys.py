@@ -123,5 +123,13 @@ def cli_owners(sandbox: str) -> str:
     return f"cli/{sandbox}/"
 
 
+REAP_OWNERS = "reap/"
+
+
+def reap_owner(host_ifname: str) -> str:
+    """Holds a detached endpoint's addresses until its retired link is really gone."""
+    return REAP_OWNERS + host_ifname
+
+
 def default_owner(network: str, endpoint_id: str) -> str:
     return f"ep/{network}/{endpoint_id}"

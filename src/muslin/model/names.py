@@ -16,6 +16,9 @@ IFNAME_MAX = 15
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 ALIAS_PREFIX = "muslin:"  # IFLA_IFALIAS of the bridges Muslin makes: muslin:<network>
+# IFLA_GROUP of the links muslind retired (off their bridge, down) and deletes later, all
+# at once: one RTM_DELLINK of a group costs one synchronous rcu_barrier, whatever its size.
+REAP_GROUP = 0x6D75736C  # "musl"
 
 
 def _digest(*parts: str, n: int = 11) -> str:

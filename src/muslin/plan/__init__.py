@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -27,6 +28,7 @@ class Step:
     name: str
     apply: Callable[[], Any]
     undo: Callable[[Any], None] = _NOTHING
+    phase: str = ""  # what timings group it under ("" = its name); names may carry an interface or address
 
 
 def failpoint(name: str) -> None:
@@ -40,15 +42,21 @@ def failpoint(name: str) -> None:
             raise Unavailable(f"failpoint {name}: injected failure")
 
 
-def run(steps: Iterable[Step]) -> list[Any]:
+def run(steps: Iterable[Step], timer: Any = None) -> list[Any]:
     """Apply the steps in order; return their results. If one fails, undo the ones that
     completed (newest first) and re-raise its error. An undo that fails is logged and named
-    in the error's details; the other undos still run."""
+    in the error's details; the other undos still run. `timer.record(phase, seconds)`, when
+    given, gets each step's duration."""
     done: list[tuple[Step, Any]] = []
     try:
         for step in steps:
             failpoint(step.name)
+            if timer is None:
+                done.append((step, step.apply()))
+                continue
+            t0 = time.perf_counter()
             done.append((step, step.apply()))
+            timer.record(step.phase or step.name, time.perf_counter() - t0)
     except BaseException as e:
         failed = undo(done)
         if failed and isinstance(e, MuslinError):
