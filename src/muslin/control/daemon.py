@@ -344,6 +344,7 @@ class ReaperService:
 
     def stop(self) -> None:
         self.ctx.stop.set()
+        self.reaper.wake.set()  # its loop waits on `wake` up to its interval (10 s): stop now
         if self.thread.is_alive():
             self.thread.join(timeout=30)
 
@@ -438,14 +439,14 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
             return None
 
     factories.append(lambda: ReaperService(ctx))  # first: every Muslin made later retires links
+    if ctx.args.dns_port:  # early: it answers soon after a restart, and stops last (its sockets go to a holder)
+        factories.append(lambda: DnsService(ctx))
     if ctx.args.cluster_store:
         factories.append(lambda: ClusterService(ctx))
     if ctx.args.docker_socket:
         factories.append(docker)
     if ctx.args.agent_socket:
         factories.append(agent)
-    if ctx.args.dns_port:
-        factories.append(lambda: DnsService(ctx))
     factories.append(lambda: Reconciler(ctx, tasks, ctx.args.reconcile_interval))
     return factories
 
