@@ -28,7 +28,7 @@ from muslin.model.types import Endpoint, IPAddress, IPNetwork, Network
 TTL = 5  # seconds: a restarted container's new address is seen soon (Docker says 600, aardvark 60)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DnsEndpoint:
     """What the table needs of one endpoint (local, or from another host of a cluster)."""
 
@@ -110,13 +110,14 @@ class Lookup:
 
 
 class NameTable:
+    """Small values on purpose (lists of endpoint keys, not dicts): ~0.9 KB per endpoint."""
+
     def __init__(self) -> None:
         self.nets: dict[str, NetInfo] = {}
         self.endpoints: dict[str, DnsEndpoint] = {}
-        # network -> lower-case name -> endpoint key -> its addresses
-        self.names: dict[str, dict[str, dict[str, tuple[IPAddress, ...]]]] = {}
-        self.by_addr: dict[IPAddress, dict[str, DnsEndpoint]] = {}  # address -> endpoint key -> endpoint
-        self.sandbox_nets: dict[str, dict[str, int]] = {}  # sandbox -> network -> endpoints there
+        self.names: dict[str, dict[str, list[str]]] = {}  # network -> lower-case name -> endpoint keys
+        self.by_addr: dict[IPAddress, list[str]] = {}  # address -> endpoint keys
+        self.sandbox_nets: dict[str, list[str]] = {}  # sandbox -> its endpoints' networks (with repeats)
         self.version = 0  # bumped at every change
 
     # -- changes ------------------------------------------------------------------------
@@ -133,11 +134,10 @@ class NameTable:
         self.endpoints[key] = ep
         per_net = self.names.setdefault(ep.network, {})
         for n in ep.names:
-            per_net.setdefault(n.lower(), {})[key] = ep.addresses
+            per_net.setdefault(n.lower(), []).append(key)
         for a in ep.addresses:
-            self.by_addr.setdefault(a, {})[key] = ep
-        counts = self.sandbox_nets.setdefault(ep.sandbox, {})
-        counts[ep.network] = counts.get(ep.network, 0) + 1
+            self.by_addr.setdefault(a, []).append(key)
+        self.sandbox_nets.setdefault(ep.sandbox, []).append(ep.network)
         self.version += 1
 
     def remove(self, key: str) -> None:
@@ -146,28 +146,24 @@ class NameTable:
             self._drop(key, old)
             self.version += 1
 
+    @staticmethod
+    def _unlist(d: dict, k: object, item: str) -> None:
+        held = d.get(k)
+        if held is not None:
+            if item in held:
+                held.remove(item)
+            if not held:
+                del d[k]
+
     def _drop(self, key: str, ep: DnsEndpoint) -> None:
         per_net = self.names.get(ep.network, {})
         for n in ep.names:
-            holders = per_net.get(n.lower())
-            if holders is not None:
-                holders.pop(key, None)
-                if not holders:
-                    del per_net[n.lower()]
+            self._unlist(per_net, n.lower(), key)
         if not per_net:
             self.names.pop(ep.network, None)
         for a in ep.addresses:
-            held = self.by_addr.get(a)
-            if held is not None:
-                held.pop(key, None)
-                if not held:
-                    del self.by_addr[a]
-        counts = self.sandbox_nets.get(ep.sandbox, {})
-        counts[ep.network] = counts.get(ep.network, 1) - 1
-        if counts[ep.network] <= 0:
-            del counts[ep.network]
-        if not counts:
-            self.sandbox_nets.pop(ep.sandbox, None)
+            self._unlist(self.by_addr, a, key)
+        self._unlist(self.sandbox_nets, ep.sandbox, ep.network)
 
     def replace_all(self, endpoints: dict[str, DnsEndpoint], prefix: str = "") -> None:
         """The endpoints whose keys start with `prefix` become exactly these."""
@@ -181,7 +177,7 @@ class NameTable:
         """The networks whose names a client may see, the one it asked on first: those of
         the sandbox owning its address; a client no endpoint owns sees the network it asked
         on when its address is in that network's subnets (the host, say), else none."""
-        sandboxes = [ep.sandbox for ep in self.by_addr.get(client, {}).values()]
+        sandboxes = [self.endpoints[k].sandbox for k in self.by_addr.get(client, ())]
         nets: set[str] = set()
         for sb in sandboxes:
             nets.update(self.sandbox_nets.get(sb, {}))
@@ -204,7 +200,8 @@ class NameTable:
             if not holders:
                 continue
             out.exists = True
-            addrs = list(dict.fromkeys(a for addrs in holders.values() for a in addrs if a.version == version))
+            addrs = list(dict.fromkeys(a for k in holders for a in self.endpoints[k].addresses
+                                       if a.version == version))
             if addrs:
                 out.addresses = addrs
                 return out
@@ -213,10 +210,10 @@ class NameTable:
     def reverse(self, ip: IPAddress, visible: list[str]) -> list[str]:
         """`<name>.<network>` of the endpoints holding `ip` on visible networks (the first
         network first), each endpoint's own name first."""
-        held = self.by_addr.get(ip, {})
+        held = [self.endpoints[k] for k in self.by_addr.get(ip, ())]
         out: list[str] = []
         for net in visible:
-            for ep in held.values():
+            for ep in held:
                 if ep.network == net and ep.names:
                     fq = f"{ep.names[0]}.{net}"
                     if fq not in out:
