@@ -90,6 +90,7 @@ class DnsServer:
         self.reading = True
         self.failed_binds: dict[tuple[str, str], str] = {}
         self.stats = {"local": 0, "forwarded": 0, "errors": 0}
+        self.debug = log.isEnabledFor(logging.DEBUG)
 
     # -- threads ----------------------------------------------------------------------
     def start(self) -> None:
@@ -194,6 +195,9 @@ class DnsServer:
                 self._sendto(lst, out, peer)
             return
         out = answer(self.table, q, lst.network, client)
+        if self.debug:
+            log.debug("DNS q %s %s type %d on %s: %s", peer[0], q.name, q.qtype, lst.network,
+                      "forward" if out is None else f"rcode {wire.rcode_of(out)}, {len(out)} bytes")
         if out is not None:
             self.stats["local"] += 1
             self._sendto(lst, out, peer)
