@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "dns")
+PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "converge", "dns")
 
 
 def machine() -> dict:
@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.iperf import run_iperf_lab
         log(f"iperf3 cross-host in a muslin lab ({secs}s per run)")
         res["lab"] = _part("lab", lambda: run_iperf_lab(secs, log=log), log)
+    if "converge" in only:
+        from bench.converge import run_converge
+        log("control-plane convergence in a 10-host muslin lab (vxlan)")
+        res["converge"] = _part("converge", lambda: run_converge(3 if a.smoke else 10, 2 if a.smoke else 10,
+                                                                  1 if a.smoke else 3, log=log), log)
     if "dns" in only:
         from bench.dns import run_dns
         log("muslind DNS: latency under load, memory with 10,000 names, attach/detach followed, restart")

@@ -102,6 +102,18 @@ def other_rows(res: dict) -> list[list[str]]:
     for k in ("skipped", "error"):
         if k in lb:
             rows.append(["iperf3 cross-host (muslin lab)", k, lb[k]])
+    cv = res.get("converge") or {}
+    if cv.get("sandbox_reachable_ms"):
+        r = cv["sandbox_reachable_ms"]
+        rows.append([f"new sandbox reachable from another lab host ({cv['hosts']} hosts)",
+                     f"{r['p50']:.0f} ms p50", f"max {r['max']:.0f} ms, {r['n']} sandboxes, {r['lost']} never"])
+    if cv.get("host_join_ms"):
+        j = cv["host_join_ms"]
+        rows.append([f"new host routed on all {j['peers']} peers", f"{j['after_record_p50']:.0f} ms p50",
+                     f"from its record in etcd (max {j['after_record_max']:.0f}); {j['p50']:.0f} ms from its agent's start"])
+    for k in ("skipped", "error"):
+        if k in cv:
+            rows.append(["lab convergence", k, cv[k]])
     for level, mb in (res.get("muslind_rss_mb") or {}).items():
         rows.append([f"muslind RSS with {level} endpoints", f"{mb:.1f} MB", ""])
     return rows

@@ -55,8 +55,12 @@ def free_subnet() -> ipaddress.IPv4Network:
 
 class Podman:
     def __init__(self, base: Path, plugin_dirs: list[str], env: dict[str, str] | None = None,
-                 backend: str = "cni") -> None:
+                 backend: str = "cni", netns: str = "") -> None:
+        """`netns`: run podman in that network namespace (nsenter --net, /sys and the cgroups
+        stay the machine's): the bridges and routes its CNI plugins make are made there, not
+        in the root namespace."""
         self.base = base
+        self.netns = netns
         self.net_dir = base / "net.d"
         self.net_dir.mkdir(parents=True, exist_ok=True)
         (base / "tmp").mkdir(exist_ok=True)
@@ -97,6 +101,8 @@ class Podman:
     def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         cmd = ["podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "run"),
                "--storage-driver", "vfs", *args]
+        if self.netns:
+            cmd = ["nsenter", f"--net=/run/netns/{self.netns}", *cmd]
         p = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from nsutil import EchoServer, Netns, sh, suffix, tcp_echo, tool
+from nsutil import EchoServer, Muslind, Netns, sh, suffix, tcp_echo, tool
+
+from muslin.model.names import REAP_GROUP
 
 pytestmark = pytest.mark.kernel
 
@@ -34,7 +36,7 @@ class Cni:
         self.plugin_dir = plugin_dir
         self.subnet = subnet  # e.g. "10.201.7"
         self.cni_path = f"{plugin_dir}:{REF}"
-        self.agent: Muslind | None = None  # when set, the plugins hand every call to it
+        self.agent: AgentMuslind | None = None  # when set, the plugins hand every call to it
 
     def conf(self, version: str = "1.1.0", name: str = "", **kw) -> dict:
         c = {"cniVersion": version, "name": name or "n" + suffix(), "type": "muslin-cni", "isGateway": True,
@@ -76,7 +78,19 @@ class Cni:
         assert rc == 0 and out is None, (cmd, out, err)
 
     # -- state of the host ----------------------------------------------------------
+    def settle(self) -> None:
+        """muslind deletes DEL'd veths a moment later (control/reaper.py): wait for that."""
+        if not self.agent:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            retired = sh("ip", "-n", self.host.name, "-o", "link", "show", "group", str(REAP_GROUP)).stdout
+            if not retired.strip() and not self._keys("ipam-owner/reap/"):
+                return
+            time.sleep(0.05)
+
     def links(self) -> list[str]:
+        self.settle()
         return sorted(self.host.links())
 
     def snapshot(self) -> tuple:
@@ -86,17 +100,20 @@ class Cni:
         nft = self.host.run("nft", "list", "ruleset").stdout
         return self.links(), addrs, nft, self.store_keys()
 
-    def store_keys(self) -> list[str]:
+    def _keys(self, *prefixes: str) -> list[str]:
         from muslin.store import open_store
 
         if not (self.state / "muslin.db").exists():
             return []
         st = open_store(str(self.state))
         try:
-            return sorted(kv.key for p in ("networks/", "endpoints/", "ipam/", "ipam-owner/") for kv in st.list(p)
-                          if not kv.key.endswith("/last"))
+            return sorted(k for p in prefixes for k in st.keys(p) if not k.endswith("/last"))
         finally:
             st.close()
+
+    def store_keys(self) -> list[str]:
+        self.settle()
+        return self._keys("networks/", "endpoints/", "ipam/", "ipam-owner/")
 
     def allocations(self) -> list[str]:
         return [k for k in self.store_keys() if k.startswith("ipam/") and "/ip/" in k]
@@ -108,37 +125,16 @@ class Cni:
         assert "muslin" not in self.host.run("nft", "list", "tables").stdout
 
 
-class Muslind:
-    """muslind serving the CNI agent socket inside the host namespace."""
+class AgentMuslind(Muslind):
+    """muslind serving the CNI agent socket inside the host namespace; `blocked` is a
+    PYTHONPATH entry that makes in-process work impossible for the plugins (no silent fallback)."""
 
     def __init__(self, host: Netns, state: Path, tmp: Path) -> None:
-        self.sock = str(tmp / "agent.sock")
         blocked = tmp / "no-in-process"
         blocked.mkdir()
         (blocked / "sitecustomize.py").write_text("import sys\nsys.modules['muslin.cni.handler'] = None\n")
         self.blocked = str(blocked)
-        self.log_path = tmp / "muslind.log"
-        log = open(self.log_path, "w")
-        self.proc = host.popen(tool("muslind"), "--docker-socket", "", "--agent-socket", self.sock, "--state-dir",
-                               str(state), "--reconcile-interval", "0", "--log-level", "warning",
-                               stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        for _ in range(150):
-            if os.path.exists(self.sock) or self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if not os.path.exists(self.sock):
-            self.stop()
-            raise AssertionError(f"muslind did not start: {self.log_path.read_text()[-800:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        assert not os.path.exists(self.sock)
+        super().__init__(host, state)
 
 
 @pytest.fixture(params=["in-process", "muslind"])
@@ -154,10 +150,11 @@ def cni(request, netns, tmp_path):
     state.mkdir()
     c = Cni(host, state, plugin_dir, f"10.{random.randint(100, 250)}.{random.randint(0, 255)}")
     if request.param == "muslind":
-        c.agent = Muslind(host, state, tmp_path)
+        c.agent = AgentMuslind(host, state, tmp_path)
     yield c
     if c.agent:
         c.agent.stop()
+        assert not os.path.exists(c.agent.sock)
 
 
 def container_addr(res: dict) -> str:

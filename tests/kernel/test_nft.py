@@ -75,7 +75,8 @@ DRIVER = textwrap.dedent("""
             sys.exit(0)
         state = FirewallState(
             tuple(NetRule(n["bridge"], tuple(ipaddress.ip_network(s) for s in n["subnets"]),
-                          n.get("masquerade", True), n.get("internal", False), n.get("isolate", True))
+                          n.get("masquerade", True), n.get("internal", False), n.get("isolate", True),
+                          tuple(n.get("gateways", ())))
                   for n in d["networks"]),
             tuple(PortRule(p["ep"], p.get("proto", "tcp"), p.get("host_ip", ""), p["hp"],
                            ipaddress.ip_address(p["cip"]), p["cp"], p["bridge"]) for p in d["ports"]))
@@ -85,9 +86,10 @@ DRIVER = textwrap.dedent("""
         sys.exit(1)
 """)
 
-NET_A = {"bridge": "mbrA", "subnets": ["10.71.0.0/24", "fd71::/64"]}
-NET_B = {"bridge": "mbrB", "subnets": ["10.72.0.0/24"], "masquerade": False, "isolate": False}
-NET_I = {"bridge": "mbrI", "subnets": ["10.73.0.0/24"], "internal": True}
+NET_A = {"bridge": "mbrA", "subnets": ["10.71.0.0/24", "fd71::/64"], "gateways": ["10.71.0.1", "fd71::1"]}
+NET_B = {"bridge": "mbrB", "subnets": ["10.72.0.0/24"], "masquerade": False, "isolate": False,
+         "gateways": ["10.72.0.1"]}
+NET_I = {"bridge": "mbrI", "subnets": ["10.73.0.0/24"], "internal": True, "gateways": ["10.73.0.1"]}
 P_C1 = {"ep": "c1", "hp": 8080, "cip": "10.71.0.2", "cp": 80, "bridge": "mbrA"}
 P_C1_V6 = {"ep": "c1", "hp": 8080, "cip": "fd71::2", "cp": 80, "bridge": "mbrA"}
 P_C2 = {"ep": "c2", "hp": 8081, "cip": "10.71.0.3", "cp": 80, "bridge": "mbrA"}
@@ -342,3 +344,17 @@ def test_concurrent_syncs_are_serialised(lab):
     assert lab.observe()["elements"]["ports4"] == ["tcp . 8080 : 10.71.0.2 . 80"]
     assert lab.connect(lab.out, "172.31.250.1", 8080) == "c1 172.31.250.2"
     lab.sync([], [])
+
+
+def test_same_bridge_traffic_is_not_tracked(lab):
+    """Within one bridge's subnet nothing needs conntrack: those flows get no entry; a flow to
+    the gateway (the host) and one across bridges stay tracked."""
+    lab.sync(ALL_NETS, ALL_PORTS)
+
+    def entries(addr: str) -> list[str]:
+        return [ln for ln in lab.host.run("cat", "/proc/net/nf_conntrack").stdout.splitlines() if addr in ln]
+
+    assert lab.c["c1"].ping("10.71.0.3")
+    assert not [e for e in entries("dst=10.71.0.3") if "src=10.71.0.2" in e]
+    assert lab.c["c2"].ping("10.71.0.1")
+    assert [e for e in entries("dst=10.71.0.1") if "src=10.71.0.3" in e]  # to the host: tracked

@@ -97,5 +97,5 @@ def test_refuses_a_socket_in_use(muslind, tmp_path):
     r = subprocess.run([str(Path(sys.executable).parent / "muslind"), "--docker-socket", dsock, "--agent-socket", "",
                         "--state-dir", str(tmp_path / "s2")], capture_output=True, text=True, timeout=20)
     assert r.returncode != 0
-    assert r.stderr.strip().splitlines()[-1] == f"muslind: another server already listens on {dsock}"
+    assert r.stderr.strip().splitlines()[-1] == f"error: another server already listens on {dsock}"
     assert os.path.exists(dsock)  # the running one keeps its socket

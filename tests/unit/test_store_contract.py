@@ -38,17 +38,43 @@ def _etcd_store(tmp: Path) -> Any:
 
 
 _ETCD = None
+_ETCD_TLS: Any = None
+
+
+def _etcd_tls_store(tmp: Path) -> Any:
+    """The same over https with a client certificate and user/password authentication (one
+    etcd with --client-cert-auth and auth enabled, certificates made with openssl)."""
+    import atexit
+    import secrets
+    import shutil
+    import tempfile
+    from etcdutil import Certs, EtcdServer
+    from muslin.store.base import EtcdOptions
+    from muslin.store.etcd import EtcdStore
+    global _ETCD_TLS
+    if _ETCD_TLS is None:
+        d = tempfile.mkdtemp(prefix="muslin-etcd-certs-")
+        certs = Certs(d)
+        srv = EtcdServer(certs=certs, auth=("muslin", "pw-" + secrets.token_hex(4))).start()
+        _ETCD_TLS = (srv, certs)
+        atexit.register(lambda: (srv.destroy(), shutil.rmtree(d, ignore_errors=True)))
+    srv, certs = _ETCD_TLS
+    opts = EtcdOptions(ca=certs.ca, cert=certs.client, key=certs.client_key, user=srv.auth[0], password=srv.auth[1])
+    return EtcdStore([srv.endpoint], prefix=f"contract-{secrets.token_hex(4)}/", options=opts, tls=True)
+
 
 BACKENDS: dict[str, Callable[[Path], Any]] = {
     "memory": lambda tmp: MemoryStore(),
     "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
     "etcd": _etcd_store,
+    "etcd-tls": _etcd_tls_store,
 }
 
 LEASE_TTL = 1.0
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.client)])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.client),
+                        pytest.param("etcd-tls", marks=pytest.mark.client)])
 def store(request, tmp_path):
     s = BACKENDS[request.param](tmp_path)
     try:

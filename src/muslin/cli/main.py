@@ -1,4 +1,7 @@
-"""The `muslin` command: networks, sandboxes, connect/disconnect, demo, lab."""
+"""The `muslin` command: networks, sandboxes, connect/disconnect, cluster, install, demo, lab.
+
+Read commands take -o table|json, -q and --format (cli/output.py); tables are plain and
+never cut when stdout is not a terminal."""
 
 from __future__ import annotations
 
@@ -10,10 +13,9 @@ from typing import Any
 
 import click
 
+from muslin.cli.guard import run, version_option
+from muslin.cli.output import OUTPUT, emit_list, emit_one, fields, list_options, one_options, table
 from muslin.model.errors import Invalid, MuslinError
-
-OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
-                      help="Output format.")
 
 
 class Ctx:
@@ -30,9 +32,36 @@ class Ctx:
         return self._muslin
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--state-dir", envvar="MUSLIN_STATE_DIR", help="State directory (default /var/lib/muslin).")
-@click.option("--host-netns", envvar="MUSLIN_HOST_NETNS", help="Do Muslin's work inside this namespace (the host).")
+class Muslin(click.Group):
+    """The root group: the bigger command groups are imported when they are used."""
+
+    LAZY = {"cluster": "muslin.control.agent_cli:cli", "install": "muslin.cli.install:install",
+            "uninstall": "muslin.cli.install:uninstall", "completion": "muslin.cli.completion:completion",
+            "lab": "muslin.lab.cli:lab", "demo": "muslin.cli.demo:demo"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name not in self.LAZY:
+            return super().get_command(ctx, name)
+        import importlib
+
+        module, attr = self.LAZY[name].split(":")
+        try:
+            cmd = getattr(importlib.import_module(module), attr)
+        except ImportError:
+            return None
+        self.add_command(cmd, name)
+        return cmd
+
+
+@click.group(cls=Muslin, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
+@click.option("--state-dir", envvar="MUSLIN_STATE_DIR", show_envvar=True, metavar="PATH",
+              help="State directory (default /var/lib/muslin).")
+@click.option("--host-netns", envvar="MUSLIN_HOST_NETNS", show_envvar=True, metavar="NAME",
+              help="Do Muslin's work inside this namespace (the host).")
 @click.pass_context
 def cli(ctx: click.Context, state_dir: str | None, host_netns: str | None) -> None:
     """Muslin: container networks on Linux (CNI, Docker, many hosts)."""
@@ -43,22 +72,25 @@ def cli(ctx: click.Context, state_dir: str | None, host_netns: str | None) -> No
     ctx.obj = Ctx(state_dir)
 
 
-def emit(data: Any, output: str, table: Any = None) -> None:
-    if output == "json":
-        click.echo(json.dumps(data, indent=2, default=str))
-        return
-    from rich.console import Console
-
-    Console().print(table if table is not None else data)
+def emit(data: Any, output: str, line: str) -> None:
+    """What a change command prints: one line, or the JSON form with -o json."""
+    click.echo(json.dumps(data, indent=2, default=str) if output == "json" else line)
 
 
-def make_table(columns: list[str], rows: list[list[Any]]):
-    from rich.table import Table
+def _complete_networks(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from muslin.cli import completion
 
-    t = Table(*columns, box=None, header_style="bold")
-    for r in rows:
-        t.add_row(*[str(c) for c in r])
-    return t
+    return completion.networks(ctx, param, incomplete)
+
+
+def _complete_sandboxes(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from muslin.cli import completion
+
+    return completion.sandboxes(ctx, param, incomplete)
+
+
+NETWORK = {"shell_complete": _complete_networks}
+SANDBOX = {"shell_complete": _complete_sandboxes}
 
 
 # -- networks ----------------------------------------------------------------------------
@@ -67,14 +99,49 @@ def network() -> None:
     """Create, list, inspect and remove networks."""
 
 
-def parse_opts(opts: tuple[str, ...]) -> dict[str, str]:
+def parse_opts(opts: tuple[str, ...], what: str = "option") -> dict[str, str]:
     out = {}
     for o in opts:
         if "=" not in o:
-            raise Invalid(f"option {o!r} is not KEY=VALUE")
+            raise Invalid(f"{what} {o!r} is not KEY=VALUE")
         k, v = o.split("=", 1)
         out[k] = v
     return out
+
+
+def parse_labels(labels: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = {}
+    for lab in labels:
+        k, _, v = lab.partition("=")
+        if not k or k != k.strip() or any(c.isspace() or c == "," for c in k):
+            raise Invalid(f"--label {lab!r}: use KEY=VALUE (a key without spaces or commas)")
+        if k.startswith("muslin."):
+            raise Invalid(f"--label {lab!r}: keys starting with 'muslin.' are Muslin's own")
+        out[k] = v
+    return tuple(sorted(out.items()))
+
+
+FILTERS = ("name", "driver", "label", "origin")
+
+
+def network_filter(filters: tuple[str, ...]) -> Any:
+    """--filter name=SUBSTRING, driver=D, origin=cli|docker|cni, label=KEY or label=KEY=VALUE (all must hold)."""
+    tests = []
+    for f in filters:
+        k, sep, v = f.partition("=")
+        if not sep or k not in FILTERS:
+            raise Invalid(f"--filter {f!r}: use KEY=VALUE with KEY one of {', '.join(FILTERS)}")
+        if k == "name":
+            tests.append(lambda n, v=v: v in n.name)
+        elif k == "driver":
+            tests.append(lambda n, v=v: n.driver == v)
+        elif k == "origin":
+            tests.append(lambda n, v=v: n.origin == v)
+        else:
+            lk, has_v, lv = v.partition("=")
+            tests.append(lambda n, lk=lk, has_v=has_v, lv=lv: lk in dict(n.labels) and
+                         (not has_v or dict(n.labels)[lk] == lv))
+    return lambda n: all(t(n) for t in tests)
 
 
 @network.command("create")
@@ -94,10 +161,11 @@ def parse_opts(opts: tuple[str, ...]) -> dict[str, str]:
 @click.option("--parent", default="", help="macvlan: parent link.")
 @click.option("--mode", default="bridge", help="macvlan mode.")
 @click.option("--opt", multiple=True, help="Driver option KEY=VALUE.")
+@click.option("--label", multiple=True, metavar="KEY=VALUE", help="A label (repeat); `ls --filter label=KEY` finds it.")
 @OUTPUT
 @click.pass_obj
 def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, reuse_bridge, mtu, internal,
-                   no_masquerade, no_isolate, hairpin, parent, mode, opt, output) -> None:
+                   no_masquerade, no_isolate, hairpin, parent, mode, opt, label, output) -> None:
     """Create network NAME."""
     from muslin.model.types import IPRange, Network
 
@@ -132,37 +200,87 @@ def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, re
     n = Network(name=name, driver=driver, bridge=bridge, range_sets=tuple(sets), mtu=mtu,
                 masquerade=not no_masquerade, internal=internal, isolate=not no_isolate, hairpin=hairpin,
                 parent=parent, mode=mode if driver == "macvlan" else "bridge", origin="cli",
-                options=tuple(sorted(opts.items())), reuse_bridge=reuse_bridge)
+                options=tuple(sorted(opts.items())), reuse_bridge=reuse_bridge, labels=parse_labels(label))
     made = obj.muslin.create_network(n)
     emit(made.to_dict(), output, f"network {made.name} created ({', '.join(map(str, made.subnets)) or made.driver})")
 
 
 @network.command("ls")
-@OUTPUT
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="name=SUBSTRING, driver=DRIVER, origin=cli|docker|cni, label=KEY[=VALUE] (repeat: all hold).")
+@list_options
 @click.pass_obj
-def network_ls(obj: Ctx, output) -> None:
+def network_ls(obj: Ctx, filters, output, quiet, template) -> None:
     """List networks."""
-    nets = obj.muslin.list_networks()
+    keep = network_filter(filters)
+    nets = [n for n in obj.muslin.list_networks() if keep(n)]
     counts = {n.name: len(obj.muslin.endpoints(n.name)) for n in nets}
-    rows = [[n.name, n.driver, n.bridge or "-", ", ".join(map(str, n.subnets)) or "-", counts[n.name], n.origin]
-            for n in nets]
-    emit([{**n.to_dict(), "endpoints": counts[n.name]} for n in nets], output,
-         make_table(["NAME", "DRIVER", "BRIDGE", "SUBNETS", "ENDPOINTS", "ORIGIN"], rows))
+    emit_list([{**n.to_dict(), "subnets": [str(s) for s in n.subnets], "endpoints": counts[n.name]} for n in nets],
+              output, quiet, template, ["NAME", "DRIVER", "BRIDGE", "SUBNETS", "ENDPOINTS", "ORIGIN"],
+              lambda i: [i["name"], i["driver"], i.get("bridge") or "-", ", ".join(i["subnets"]) or "-",
+                         i["endpoints"], i.get("origin", "")])
+
+
+def _network_view(data: dict[str, Any]) -> None:
+    flags = [k for k in ("internal", "hairpin", "reuse_bridge") if data.get(k)]
+    flags += [f"no {k}" for k in ("masquerade", "isolate") if k in data and not data[k]]
+    fields([("name", data["name"]), ("driver", data["driver"]), ("bridge", data.get("bridge")),
+            ("subnets", ", ".join(data.get("subnets", []))), ("mtu", data.get("mtu") or "host's"),
+            ("parent", data.get("parent")), ("mode", data.get("mode") if data["driver"] == "macvlan" else ""),
+            ("options", ", ".join(f"{k}={v}" for k, v in dict(data.get("options") or {}).items())),
+            ("labels", ", ".join(f"{k}={v}" for k, v in dict(data.get("labels") or {}).items())),
+            ("flags", ", ".join(flags)), ("origin", data.get("origin")),
+            ("endpoints", len(data["endpoints"]))])
+    if data["endpoints"]:
+        click.echo()
+        table(["ENDPOINT", "IFNAME", "ADDRESSES", "MAC", "NETNS"],
+              [[e.get("endpoint_id", ""), e.get("ifname", ""), ", ".join(map(str, e.get("addresses", []))),
+                e.get("mac", ""), e.get("netns", "")] for e in data["endpoints"]])
 
 
 @network.command("inspect")
-@click.argument("name")
-@OUTPUT
+@click.argument("name", **NETWORK)
+@one_options
 @click.pass_obj
-def network_inspect(obj: Ctx, name, output) -> None:
+def network_inspect(obj: Ctx, name, output, template) -> None:
     """Show a network and its endpoints."""
     net = obj.muslin.get_network(name)
-    data = {**net.to_dict(), "endpoints": [e.to_dict() for e in obj.muslin.endpoints(name)]}
-    emit(data, output, json.dumps(data, indent=2))
+    data = {**net.to_dict(), "subnets": [str(s) for s in net.subnets],
+            "endpoints": [e.to_dict() for e in obj.muslin.endpoints(name)]}
+    emit_one(data, output, template, lambda: _network_view(data))
+
+
+@network.command("prune")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Only networks matching (as in ls).")
+@click.option("--force", "-f", is_flag=True, help="Do not ask.")
+@click.pass_obj
+def network_prune(obj: Ctx, filters, force) -> None:
+    """Remove the networks made with `muslin network create` that have no endpoint.
+
+    Docker's and CNI's networks and the hosts' side of cluster networks are left alone
+    (their owners remove them)."""
+    keep = network_filter(filters)
+    gone = [n for n in obj.muslin.list_networks() if keep(n) and n.origin == "cli"
+            and "muslin.cluster" not in dict(n.labels) and not obj.muslin.has_endpoints(n.name)]
+    if not gone:
+        return
+    if not force:
+        click.confirm(f"Remove {len(gone)} unused network(s): {', '.join(n.name for n in gone)}?", abort=True,
+                      err=True)
+    first: MuslinError | None = None
+    for n in gone:
+        try:
+            obj.muslin.delete_network(n.name)
+            click.echo(n.name)
+        except MuslinError as e:
+            click.echo(f"error: {n.name}: {e}", err=True)
+            first = first or e
+    if first is not None:
+        sys.exit(first.exit_status)
 
 
 @network.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, **NETWORK)
 @click.option("--force", "-f", is_flag=True, help="Disconnect its endpoints first.")
 @click.pass_obj
 def network_rm(obj: Ctx, names, force) -> None:
@@ -197,20 +315,20 @@ def sandbox_create(obj: Ctx, name) -> None:
 
 
 @sandbox.command("ls")
-@OUTPUT
+@list_options
 @click.pass_obj
-def sandbox_ls(obj: Ctx, output) -> None:
+def sandbox_ls(obj: Ctx, output, quiet, template) -> None:
     """List sandboxes and their addresses."""
     from muslin.control import sandboxes
 
     items = sandboxes.list_all(obj.muslin)
-    rows = [[s["name"], ", ".join(f"{e['network']}:{e['ifname']}={'/'.join(e['addresses'])}" for e in s["endpoints"]) or "-"]
-            for s in items]
-    emit(items, output, make_table(["NAME", "ENDPOINTS"], rows))
+    emit_list(items, output, quiet, template, ["NAME", "ENDPOINTS"],
+              lambda s: [s["name"], ", ".join(f"{e['network']}:{e['ifname']}={'/'.join(e['addresses'])}"
+                                              for e in s["endpoints"]) or "-"])
 
 
 @sandbox.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, **SANDBOX)
 @click.pass_obj
 def sandbox_rm(obj: Ctx, names) -> None:
     """Disconnect and remove sandboxes (idempotent)."""
@@ -222,7 +340,7 @@ def sandbox_rm(obj: Ctx, names) -> None:
 
 
 @sandbox.command("exec", context_settings={"ignore_unknown_options": True})
-@click.argument("name")
+@click.argument("name", **SANDBOX)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
 def sandbox_exec(obj: Ctx, name, command) -> None:
@@ -253,8 +371,8 @@ def parse_publish(values: tuple[str, ...]):
 
 
 @cli.command()
-@click.argument("network_name", metavar="NETWORK")
-@click.argument("sandbox_name", metavar="SANDBOX")
+@click.argument("network_name", metavar="NETWORK", **NETWORK)
+@click.argument("sandbox_name", metavar="SANDBOX", **SANDBOX)
 @click.option("--ip", multiple=True, help="Requested address (repeat for dual stack).")
 @click.option("--mac", default="", help="Requested MAC address.")
 @click.option("--ifname", default=None, help="Interface name in the sandbox (default: the next free ethN).")
@@ -284,8 +402,8 @@ def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, defa
 
 
 @cli.command()
-@click.argument("network_name", metavar="NETWORK")
-@click.argument("sandbox_name", metavar="SANDBOX")
+@click.argument("network_name", metavar="NETWORK", **NETWORK)
+@click.argument("sandbox_name", metavar="SANDBOX", **SANDBOX)
 @click.option("--ifname", default="", help="Only this interface (default: all on that network).")
 @click.pass_obj
 def disconnect(obj: Ctx, network_name, sandbox_name, ifname) -> None:
@@ -296,7 +414,7 @@ def disconnect(obj: Ctx, network_name, sandbox_name, ifname) -> None:
 
 
 @cli.command()
-@click.argument("sandbox_name", metavar="SANDBOX")
+@click.argument("sandbox_name", metavar="SANDBOX", **SANDBOX)
 @click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE|KEY-...")
 @OUTPUT
 @click.pass_obj
@@ -310,41 +428,8 @@ def label(obj: Ctx, sandbox_name, changes, output) -> None:
     emit(now, output, " ".join(f"{k}={v}" for k, v in sorted(now.items())) or "(no labels)")
 
 
-def _mount_optional_groups() -> None:
-    try:
-        from muslin.cli.demo import demo
-
-        cli.add_command(demo)
-    except ImportError:
-        pass
-    try:
-        from muslin.lab.cli import lab
-
-        cli.add_command(lab)
-    except ImportError:
-        pass
-
-
-_mount_optional_groups()
-
-
-def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except MuslinError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_status)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - no traceback reaches a user
-        click.echo(f"error: internal: {type(e).__name__}: {e}", err=True)
-        sys.exit(70)
+def main(argv: list[str] | None = None) -> None:
+    run(cli, argv, prog_name="muslin")
 
 
 if __name__ == "__main__":

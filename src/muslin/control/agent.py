@@ -11,7 +11,7 @@ routes away. Stopping never tears anything down (traffic keeps flowing across re
 leaving (SIGTERM with --leave, SIGUSR1, or `leave`) gives everything back, and peers drop
 a host whose subnet lease truly expires.
 
-Entry: `python -m muslin.control.agent run|init|leave|attach|detach|hosts ...`.
+Entry: muslind (`--cluster-store`, `--cluster-network`); `muslin cluster ...` (control/agent_cli.py).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ subnet_key = keys.cluster_subnet
 def read_config(store: Store, net: str) -> ClusterConfig:
     kv = store.get(config_key(net))
     if kv is None:
-        raise NotFound(f"cluster network {net!r} has no config at {config_key(net)} (run `agent init` first)")
+        raise NotFound(f"cluster network {net!r} has no config at {config_key(net)} (run `muslin cluster init` first)")
     return ClusterConfig.from_dict({**kv.value, "network": net})
 
 

@@ -1,6 +1,13 @@
-"""Command line of the multi-host agent: `python -m muslin.control.agent ...`.
+"""`muslin cluster ...`: a cluster network's config, its status and hosts from the store, and
+this host's agent (`python -m muslin.control.agent ...` is the same command group).
 
-Every command prints one clear line on error (exit status from the error taxonomy)."""
+The store and how to reach it come from `--store URL` (etcd://h1:2379,h2:2379 or etcds://
+for TLS), the etcd flags of muslind (--etcd-ca/--etcd-cert/--etcd-key/--etcd-user/
+--etcd-password-file), their MUSLIN_* variables, or the keys of muslind's config file
+(`cluster-store`, `cluster-network`, `etcd-*`, `state-dir`, `hostname`), so on a host that
+runs muslind `muslin cluster status` needs no flag. Every command prints one clear line on
+error (exit status from the error taxonomy); `status` exits 7 when anything is degraded.
+"""
 
 from __future__ import annotations
 
@@ -11,107 +18,201 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import click
 
-from muslin.cli.guard import one_line_errors
+from muslin.backends.model import BACKENDS, DEFAULT_SUBNET_TTL
+from muslin.cli.guard import one_line_errors, run, version_option
+from muslin.cli.muslind import load_config, setting_options
+from muslin.cli.output import OUTPUT, emit_list, emit_one, list_options, table
+from muslin.control.settings import DAEMON, DEFAULT_CONFIG, ETCD, LOGGING
+from muslin.model.errors import Invalid, NotFound, Unavailable
 
-from muslin.backends.model import DEFAULT_SUBNET_TTL
-from muslin.model.errors import NotFound
 
-STORE_HELP = "cluster store URL, e.g. etcd://10.0.0.1:2379"
+def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = setting_options(ETCD)(f)
+    return click.option("--store", "--cluster-store", "cluster_store", default="", envvar="MUSLIN_CLUSTER_STORE",
+                        show_envvar=True, metavar="URL",
+                        help="cluster store: etcd://h1:2379[,h2:2379] or etcds://... (TLS)")(f)
 
 
-def _store(url: str):
+def network_option(required: bool = True, help: str = "the cluster network") -> Callable[..., Any]:
+    return click.option("--network", "--cluster-network", "cluster_network", default="", required=False,
+                        envvar="MUSLIN_CLUSTER_NETWORK", show_envvar=True, metavar="NAME",
+                        help=help + ("" if not required else " (required)"))
+
+
+def state_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--state-dir", "state_dir", default=None, envvar="MUSLIN_STATE_DIR", metavar="PATH",
+                        help="this host's state directory (default /var/lib/muslin)")(f)
+
+
+def hostname_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--hostname", default=lambda: socket.gethostname(), envvar="MUSLIN_HOSTNAME",
+                        metavar="NAME", help="this host's name in the cluster (default: the host name)")(f)
+
+
+def open_cluster_store(kw: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from muslin.control.settings import etcd_options
     from muslin.store import open_store
-    return open_store(url)
+
+    url = kw.get("cluster_store") or ""
+    if not url:
+        raise Invalid(f"no cluster store: give --store URL (or MUSLIN_CLUSTER_STORE, or cluster-store in "
+                      f"{DEFAULT_CONFIG})")
+    return open_store(url, etcd_options(SimpleNamespace(**{s.dest: kw.get(s.dest, "") for s in ETCD})))
+
+
+def need_network(kw: dict[str, Any]) -> str:
+    n = kw.get("cluster_network") or ""
+    if not n:
+        raise Invalid("no cluster network: give --network NAME (or MUSLIN_CLUSTER_NETWORK, or cluster-network "
+                      f"in {DEFAULT_CONFIG})")
+    return n
 
 
 def _state(d: str | None) -> Path:
     from muslin.store import default_state_dir
+
+    if not d:  # `muslin --state-dir X cluster ...`
+        d = click.get_current_context().find_root().params.get("state_dir")
     return Path(d) if d else default_state_dir()
 
 
-@click.group()
+def _load(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """--config: muslind's config file gives the defaults of every subcommand."""
+    path = value if value is not None else DEFAULT_CONFIG
+    values = load_config(path, DAEMON, value is not None)
+    group = ctx.command
+    ctx.default_map = {name: dict(values) for name in getattr(group, "commands", {})}
+    return path
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@version_option()
+@click.option("--config", default=None, envvar="MUSLIN_CONFIG", is_eager=True, expose_value=False, callback=_load,
+              metavar="FILE", help=f"muslind's config file (default {DEFAULT_CONFIG} if it exists; '' for none)")
 def cli() -> None:
-    """Muslin multi-host agent."""
+    """Cluster networks: one config in the store, one agent per host (in muslind)."""
 
 
 @cli.command()
-@click.option("--store", "store_url", required=True, help=STORE_HELP)
-@click.option("--network", required=True)
-@click.option("--cidr", default="10.244.0.0/16", show_default=True)
-@click.option("--host-prefix", default=24, show_default=True)
-@click.option("--backend", default="vxlan", show_default=True)
-@click.option("--vni", default=1, show_default=True)
-@click.option("--port", default=4789, show_default=True)
-@click.option("--asn", default=64512, show_default=True)
-@click.option("--route-reflector", "rrs", multiple=True, help="hostname of a BGP route reflector (repeatable)")
+@store_options
+@network_option()
+@click.option("--cidr", default="10.244.0.0/16", show_default=True, help="the cluster CIDR")
+@click.option("--host-prefix", default=24, show_default=True, help="prefix length of each host's subnet")
+@click.option("--backend", default="vxlan", show_default=True, help=" | ".join(BACKENDS))
+@click.option("--vni", default=1, show_default=True, help="vxlan: the VNI")
+@click.option("--port", default=4789, show_default=True, help="vxlan: the UDP port")
+@click.option("--asn", default=64512, show_default=True, help="bgp: the AS number")
+@click.option("--route-reflector", "rrs", multiple=True, help="bgp: hostname of a route reflector (repeatable)")
 @click.option("--lease-ttl", default=30, show_default=True,
               help="seconds: TTL of an agent's liveness key (health only, never routing)")
 @click.option("--subnet-ttl", default=DEFAULT_SUBNET_TTL, show_default=True,
               help="seconds: TTL of a host's subnet lease (renewed; peers drop a host when it expires)")
-@click.option("--mtu", default=0)
+@click.option("--mtu", default=0, help="MTU of the cluster network (default: the underlay's, less the overhead)")
+@OUTPUT
 @one_line_errors
-def init(store_url: str, network: str, cidr: str, host_prefix: int, backend: str, vni: int, port: int,
-         asn: int, rrs: tuple[str, ...], lease_ttl: int, subnet_ttl: int, mtu: int) -> None:
-    """Store a cluster network's config (cluster/<net>/config)."""
+def init(cidr: str, host_prefix: int, backend: str, vni: int, port: int, asn: int, rrs: tuple[str, ...],
+         lease_ttl: int, subnet_ttl: int, mtu: int, output: str, **kw: Any) -> None:
+    """Store a cluster network's config (the same again is fine)."""
     from muslin.backends.model import ClusterConfig
     from muslin.control.agent import init_config
-    cfg = ClusterConfig(network, cidr, host_prefix, backend, vni, port, asn, rrs, lease_ttl=lease_ttl, mtu=mtu,
-                        subnet_ttl=subnet_ttl).validate()
-    init_config(_store(store_url), cfg)
-    click.echo(json.dumps(cfg.to_dict()))
 
-
-@cli.command()
-@click.option("--store", "store_url", required=True, help=STORE_HELP)
-@click.option("--network", required=True)
-@click.option("--hostname", default=lambda: socket.gethostname())
-@click.option("--state-dir", default=None)
-@click.option("--underlay-dev", default="")
-@click.option("--underlay-ip", default="")
-@click.option("--resync", default=10.0, show_default=True, help="seconds between full resyncs")
-@click.option("--leave", "leave_on_stop", is_flag=True, help="give the subnet back on SIGTERM/SIGINT")
-@one_line_errors
-def run(store_url: str, network: str, hostname: str, state_dir: str | None, underlay_dev: str,
-        underlay_ip: str, resync: float, leave_on_stop: bool) -> None:
-    """Join a cluster network and keep this host's kernel in line with it."""
-    from muslin.control.agent import Agent
-    sd = _state(state_dir)
-    os.environ["MUSLIN_STATE_DIR"] = str(sd)
-    agent = Agent(_store(store_url), network, hostname, sd, underlay_dev, underlay_ip, resync)
-    agent.leave_on_stop = leave_on_stop
-    stop = threading.Event()
-
-    def on_term(signum, frame):  # noqa: ANN001
-        stop.set()
-
-    def on_leave(signum, frame):  # noqa: ANN001
-        agent.leave_on_stop = True
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGUSR1, on_leave)
-    pidfile = sd / "cluster" / f"{network}.agent.pid"
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
-    pidfile.write_text(str(os.getpid()))
+    cfg = ClusterConfig(need_network(kw), cidr, host_prefix, backend, vni, port, asn, rrs, lease_ttl=lease_ttl,
+                        mtu=mtu, subnet_ttl=subnet_ttl).validate()
+    st = open_cluster_store(kw)
     try:
-        agent.run(stop)
+        init_config(st, cfg)
     finally:
-        agent.store.close()
-        pidfile.unlink(missing_ok=True)
+        st.close()
+    emit_one(cfg.to_dict(), output, "", lambda: click.echo(
+        f"cluster network {cfg.network}: {cfg.backend}, {cfg.cidr} (/{cfg.host_prefix} per host), "
+        f"liveness TTL {cfg.lease_ttl} s, subnet lease {cfg.subnet_ttl} s"))
+
+
+def _status_view(s: dict[str, Any]) -> None:
+    for m in s["store"]:
+        state = f"ok ({m.get('version', '')}{', leader' if m.get('leader') else ''})" if m["ok"] else \
+            f"DOWN ({m.get('error', '')})"
+        click.echo(f"etcd {m['endpoint']}: {state}")
+    if not s["networks"]:
+        click.echo("no cluster network in the store (muslin cluster init)")
+    for name, n in s["networks"].items():
+        c = n["config"]
+        table(["HOST", "HEALTH", "SUBNET", "UNDERLAY", "LEASE", "LEFT", "AGENT", "PEERS"],
+              [[h, "ok" if d["healthy"] else "degraded", d["subnet"] or "-", d["underlay"] or "-", d["lease"] or "-",
+                "-" if d["lease_left"] is None else f"{d['lease_left']}s",
+                f"pid {d['agent'].get('pid', '?')}" if d["alive"] else "down", ",".join(d["peers"]) or "-"]
+               for h, d in n["hosts"].items()],
+              title=f"cluster network {name}: {c['backend']}, {c['cidr']} (/{c['host_prefix']} per host), "
+                    f"liveness TTL {c['lease_ttl']} s, subnet lease {c['subnet_ttl']} s, "
+                    f"{len(n['hosts'])} hosts")
+        for h, d in n["hosts"].items():
+            for r in d["reasons"]:
+                click.echo(f"  {h}: {r}")
 
 
 @cli.command()
-@click.option("--store", "store_url", required=True, help=STORE_HELP)
-@click.option("--network", required=True)
-@click.option("--hostname", default=lambda: socket.gethostname())
-@click.option("--state-dir", default=None)
+@store_options
+@network_option(required=False, help="only this cluster network (default: every one in the store)")
+@state_option
+@OUTPUT
 @one_line_errors
-def leave(store_url: str, network: str, hostname: str, state_dir: str | None) -> None:
-    """Leave a cluster network: stop the running agent (it gives everything back) or do it here."""
+def status(state_dir: str | None, output: str, **kw: Any) -> None:
+    """Health, subnet leases and peers of each host.
+
+    Per cluster network (or only --network), each host's health (its agent's liveness key),
+    subnet lease and the time it has left, and peers; the etcd members. Exit 7 when
+    anything is degraded."""
+    from muslin.control import cluster
+
+    st = open_cluster_store(kw)
+    try:
+        s = cluster.status(st, kw.get("cluster_network") or "", _state(state_dir))
+    finally:
+        st.close()
+    emit_one(s, output, "", lambda: _status_view(s))
+    bad = cluster.degraded(s)
+    if bad:
+        raise Unavailable(bad)
+
+
+@cli.command()
+@store_options
+@network_option()
+@list_options
+@one_line_errors
+def hosts(output: str, quiet: bool, template: str, **kw: Any) -> None:
+    """List a cluster network's hosts (subnet, underlay, lease, agent)."""
+    from muslin.control import cluster
+
+    st = open_cluster_store(kw)
+    try:
+        n = cluster.network_status(st, need_network(kw))
+    finally:
+        st.close()
+    items = [{"name": h, **{k: d[k] for k in ("subnet", "underlay", "lease", "lease_left", "alive", "healthy")}}
+             for h, d in n["hosts"].items()]
+    emit_list(items, output, quiet, template, ["HOST", "SUBNET", "UNDERLAY", "LEASE", "ALIVE"],
+              lambda i: [i["name"], i["subnet"] or "-", i["underlay"] or "-", i["lease"] or "-",
+                         "yes" if i["alive"] else "no"])
+
+
+@cli.command()
+@store_options
+@network_option()
+@hostname_option
+@state_option
+@one_line_errors
+def leave(hostname: str, state_dir: str | None, **kw: Any) -> None:
+    """Leave a cluster network (this host).
+
+    Tells this host's running agent (it gives its subnet back and removes what it made), or
+    does it here when none runs."""
+    network = need_network(kw)
     sd = _state(state_dir)
     pidfile = sd / "cluster" / f"{network}.agent.pid"
     try:
@@ -125,23 +226,72 @@ def leave(store_url: str, network: str, hostname: str, state_dir: str | None) ->
     except (OSError, ValueError):
         pass
     from muslin.control.agent import Agent
+
     os.environ["MUSLIN_STATE_DIR"] = str(sd)
-    a = Agent(_store(store_url), network, hostname, sd)
+    a = Agent(open_cluster_store(kw), network, hostname, sd)
     a.leave()
     click.echo(f"{hostname} left {network}")
 
 
-@cli.command()
-@click.option("--state-dir", default=None)
-@click.option("--network", required=True)
+@cli.command("run", hidden=True)
+@store_options
+@network_option()
+@hostname_option
+@state_option
+@click.option("--underlay-dev", default="")
+@click.option("--underlay-ip", default="")
+@click.option("--resync", default=10.0, show_default=True, help="seconds between full resyncs")
+@click.option("--leave", "leave_on_stop", is_flag=True, help="give the subnet back on SIGTERM/SIGINT")
+@setting_options(LOGGING)
+@one_line_errors
+def run_agent(hostname: str, state_dir: str | None, underlay_dev: str, underlay_ip: str, resync: float,
+              leave_on_stop: bool, log_level: str, third_party_log_level: str, log_format: str, **kw: Any) -> None:
+    """Run this host's agent in the foreground, without muslind (muslind runs it as a service)."""
+    import logging
+
+    from muslin.cli import logs
+    from muslin.control.agent import Agent
+
+    logs.setup(log_level, third_party_log_level, log_format, "muslin-cluster")
+    sd = _state(state_dir)
+    os.environ["MUSLIN_STATE_DIR"] = str(sd)
+    network = need_network(kw)
+    agent = Agent(open_cluster_store(kw), network, hostname, sd, underlay_dev, underlay_ip, resync,
+                  log=logging.getLogger("muslin.agent").info)
+    agent.leave_on_stop = leave_on_stop
+    stop = threading.Event()
+
+    def on_leave(signum, frame):  # noqa: ANN001
+        agent.leave_on_stop = True
+        stop.set()
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, on_leave)
+    pidfile = sd / "cluster" / f"{network}.agent.pid"
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(str(os.getpid()))
+    try:
+        agent.run(stop)
+    finally:
+        agent.store.close()
+        pidfile.unlink(missing_ok=True)
+
+
+
+@cli.command(hidden=True)
+@state_option
+@network_option()
 @click.option("--id", "sandbox", required=True, help="sandbox name (the endpoint id)")
 @click.option("--netns", required=True, help="path of the sandbox's network namespace")
 @click.option("--alias", "aliases", multiple=True, help="another DNS name of the sandbox (repeatable)")
 @one_line_errors
-def attach(state_dir: str | None, network: str, sandbox: str, netns: str, aliases: tuple[str, ...]) -> None:
-    """Attach a sandbox to this host's side of a cluster network; prints its address."""
+def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, ...], **kw: Any) -> None:
+    """Attach a sandbox to this host's side of a cluster network; prints its address (muslin lab)."""
     from muslin.control.service import Muslin
     from muslin.model.types import AttachRequest
+
+    network = need_network(kw)
     sd = _state(state_dir)
     os.environ["MUSLIN_STATE_DIR"] = str(sd)
     m = Muslin(state_dir=sd)
@@ -158,38 +308,24 @@ def attach(state_dir: str | None, network: str, sandbox: str, netns: str, aliase
     click.echo(json.dumps({"address": str(ep.addresses[0]), "mac": ep.mac, "mtu": ep.mtu}))
 
 
-@cli.command()
-@click.option("--state-dir", default=None)
-@click.option("--network", required=True)
+@cli.command(hidden=True)
+@state_option
+@network_option()
 @click.option("--id", "sandbox", required=True)
 @one_line_errors
-def detach(state_dir: str | None, network: str, sandbox: str) -> None:
-    """Detach a sandbox (idempotent)."""
+def detach(state_dir: str | None, sandbox: str, **kw: Any) -> None:
+    """Detach a sandbox (idempotent; muslin lab)."""
     from muslin.control.service import Muslin
+
     sd = _state(state_dir)
     os.environ["MUSLIN_STATE_DIR"] = str(sd)
     m = Muslin(state_dir=sd)
     try:
-        m.detach(network, sandbox)
+        m.detach(need_network(kw), sandbox)
     finally:
         m.close()
 
 
-@cli.command()
-@click.option("--store", "store_url", required=True, help=STORE_HELP)
-@click.option("--network", required=True)
-@one_line_errors
-def hosts(store_url: str, network: str) -> None:
-    """The hosts of a cluster network, their subnet leases and whether their agent is alive, as JSON."""
-    from muslin.control.agent import list_alive, list_hosts, read_config
-    st = _store(store_url)
-    cfg = read_config(st, network)
-    alive = list_alive(st, network)
-    out = {"config": cfg.to_dict(),
-           "hosts": {h: {**rec.to_dict(), "lease": lease, "alive": h in alive}
-                     for h, (rec, lease) in list_hosts(st, network).items()}}
-    click.echo(json.dumps(out))
+def main(argv: list[str] | None = None) -> None:
+    run(cli, argv, prog_name="muslin cluster")
 
-
-def main() -> None:
-    cli(prog_name="muslin-agent")

@@ -12,26 +12,29 @@ Runs several services in threads that share one stop event:
 SIGHUP re-reads the upstream resolvers and reloads the name table. SIGTERM/SIGINT stop everything and remove the sockets (the cluster agent keeps its lease
 and kernel state, so traffic goes on; with --leave it gives them back). SIGUSR1: leave
 the cluster network and stop. Logs go to stderr.
+
+The settings (flags, environment, config file) are parsed by cli/muslind.py from the one
+table in control/settings.py; `serve(args)` runs with their values as attributes. Under
+systemd: READY=1 once every socket answers a real request (control/systemd.py), the CNI
+socket systemd passes (socket activation) is used as it is and left in place at the end.
+A new service: a class with name/start/stop here, one line in service_factories, and its
+settings in control/settings.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
-import socket
 import socketserver
-import sys
 import threading
 from typing import Any, Callable, Protocol
 
+from muslin.control import systemd
+from muslin.control.settings import DEFAULT_AGENT_SOCKET, DEFAULT_DOCKER_SOCKET, etcd_options  # noqa: F401
 from muslin.model.errors import MuslinError
 
 log = logging.getLogger("muslind")
-
-DEFAULT_DOCKER_SOCKET = "/run/docker/plugins/muslin.sock"
-DEFAULT_AGENT_SOCKET = "/run/muslin/muslind.sock"
 
 
 class Service(Protocol):
@@ -45,10 +48,12 @@ class Service(Protocol):
 class Context:
     """What services share: parsed args, the stop event, and a lazily built control layer."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: Any) -> None:
         self.args = args
         self.stop = threading.Event()
         self.exit_status = 0  # set by a service that fails fatally
+        self.error = ""  # and its one line
+        self.inherited: dict[str, Any] = {}  # sockets systemd passed, by path (socket activation)
         self._muslin: Any = None
         self._lock = threading.Lock()
 
@@ -59,7 +64,7 @@ class Context:
                 from muslin.control.service import Muslin
                 from muslin.store import open_store
 
-                store = open_store(self.args.store) if self.args.store else None
+                store = open_store(self.args.store, etcd_options(self.args)) if self.args.store else None
                 self._muslin = Muslin(store=store, state_dir=self.args.state_dir)
             return self._muslin
 
@@ -164,10 +169,17 @@ class AgentService:
         server.EXTRA["stats"] = self.stats
 
         self.path = ctx.args.agent_socket
-        prepare_socket_path(self.path)
-        self.server = _AgentServer(self.path, _AgentHandler)
+        passed = ctx.inherited.pop(self.path, None)  # socket activation: systemd's socket, left in place
+        self.owned = passed is None
+        if passed is None:
+            prepare_socket_path(self.path)
+            self.server = _AgentServer(self.path, _AgentHandler)
+            os.chmod(self.path, 0o600)
+        else:
+            self.server = _AgentServer(self.path, _AgentHandler, bind_and_activate=False)
+            self.server.socket.close()
+            self.server.socket = passed
         self.server.serve_one = serve_one  # type: ignore[attr-defined]
-        os.chmod(self.path, 0o600)
 
     def stats(self, stdin: bytes) -> tuple[str, int]:
         """The phase timings so far ({"reset": true} on stdin: and start again)."""
@@ -183,14 +195,15 @@ class AgentService:
         from muslin.docker.server import serve_in_thread
 
         serve_in_thread(self.server, "cni-agent")
-        log.info("CNI agent on %s", self.path)
+        log.info("CNI agent on %s%s", self.path, "" if self.owned else " (passed by systemd)")
 
     def stop(self) -> None:
         from muslin.docker.server import remove_socket
 
         self.server.shutdown()
         self.server.server_close()
-        remove_socket(self.path)
+        if self.owned:
+            remove_socket(self.path)
 
 
 class ClusterService:
@@ -207,10 +220,10 @@ class ClusterService:
         a = ctx.args
         self.ctx = ctx
         state_dir = Path(a.state_dir) if a.state_dir else default_state_dir()
-        self.agent = Agent(open_store(a.cluster_store), a.cluster_network, a.hostname, state_dir,
-                           a.underlay_dev, a.underlay_ip, a.resync)
+        self.agent = Agent(open_store(a.cluster_store, etcd_options(a)), a.cluster_network, a.hostname, state_dir,
+                           a.underlay_dev, a.underlay_ip, a.resync, log=logging.getLogger("muslin.agent").info)
         self.agent.leave_on_stop = a.leave
-        # `python -m muslin.control.agent leave` finds the running agent through this file.
+        # `muslin cluster leave` finds the running agent through this file.
         self.pidfile = state_dir / "cluster" / f"{a.cluster_network}.agent.pid"
         self.thread = threading.Thread(target=self._run, name="cluster", daemon=True)
 
@@ -218,7 +231,7 @@ class ClusterService:
         try:
             self.agent.run(self.ctx.stop)
         except MuslinError as e:  # e.g. no subnet left: one line, and muslind exits with its status
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            self.ctx.error = str(e)
             self.ctx.exit_status = e.exit_status
             self.ctx.stop.set()
 
@@ -344,7 +357,7 @@ class ReaperService:
 
     def stop(self) -> None:
         self.ctx.stop.set()
-        self.reaper.wake.set()  # its loop waits on `wake` up to its interval (10 s): stop now
+        self.reaper.wake.set()  # it may sleep up to its interval (10 s) waiting for work
         if self.thread.is_alive():
             self.thread.join(timeout=30)
 
@@ -374,51 +387,6 @@ class Reconciler:
         self.ctx.stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout=5)
-
-
-def _docker_api() -> str:
-    from muslin.docker.names import default_socket
-
-    return default_socket()
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="muslind", description="Muslin host agent: Docker plugin and CNI agent")
-    p.add_argument("--docker-socket", default=os.environ.get("MUSLIN_DOCKER_SOCKET", DEFAULT_DOCKER_SOCKET),
-                   help="Docker plugin socket ('' disables the Docker plugin)")
-    p.add_argument("--agent-socket", default=os.environ.get("MUSLIN_AGENT_SOCKET", DEFAULT_AGENT_SOCKET),
-                   help="CNI agent socket ('' disables the agent)")
-    p.add_argument("--docker-api", default=os.environ.get("MUSLIN_DOCKER_API") or _docker_api(),
-                   help="dockerd's API socket, asked for container names and aliases ('' = never ask)")
-    p.add_argument("--state-dir", default=os.environ.get("MUSLIN_STATE_DIR") or None,
-                   help="state directory (default $MUSLIN_STATE_DIR or /var/lib/muslin)")
-    p.add_argument("--store", default=os.environ.get("MUSLIN_STORE") or None,
-                   help="store URL (etcd://host:port, a .db path); default: the state directory")
-    p.add_argument("--reap-delay", type=float, default=0.05,
-                   help="seconds a DEL's retired veth waits for others to be deleted with it in one message")
-    p.add_argument("--reconcile-interval", type=float, default=10.0,
-                   help="seconds between orphan cleanups / firewall hook checks (0 = only at start)")
-    p.add_argument("--log-level", default=os.environ.get("MUSLIN_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
-    c = p.add_argument_group("cluster agent (multi-host)")
-    c.add_argument("--cluster-store", default="", help="cluster store URL, e.g. etcd://10.0.0.1:2379")
-    c.add_argument("--cluster-network", default="", help="the cluster network this host joins")
-    c.add_argument("--hostname", default=socket.gethostname(), help="this host's name in the cluster")
-    c.add_argument("--underlay-dev", default="", help="underlay link (default: the default route's)")
-    c.add_argument("--underlay-ip", default="", help="underlay address (default: the underlay link's)")
-    c.add_argument("--resync", type=float, default=10.0, help="seconds between full resyncs")
-    c.add_argument("--leave", action="store_true", help="give the subnet back on SIGTERM/SIGINT")
-    d = p.add_argument_group("DNS")
-    d.add_argument("--dns-port", type=int, default=int(os.environ.get("MUSLIN_DNS_PORT") or 53),
-                   help="port of the DNS server on each bridge network's gateway (0 disables DNS)")
-    d.add_argument("--resolv-conf", default=os.environ.get("MUSLIN_RESOLV_CONF") or "/etc/resolv.conf",
-                   help="where the upstream resolvers are listed (re-read when it changes)")
-    d.add_argument("--dns-handover", type=float, default=60.0,
-                   help="seconds a holder keeps the DNS sockets for the next muslind after a stop (0: none)")
-    args = p.parse_args(argv)
-    if bool(args.cluster_store) != bool(args.cluster_network):
-        p.error("--cluster-store and --cluster-network go together")
-    return args
 
 
 def service_factories(ctx: Context) -> list[Callable[[], Any]]:
@@ -451,14 +419,22 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
     return factories
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s muslind %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
-    if args.state_dir:
-        os.environ["MUSLIN_STATE_DIR"] = args.state_dir
+def probes(started: list[Any]) -> list[tuple[str, Callable[[], None]]]:
+    """A real request per socket muslind serves (READY waits for each)."""
+    out: list[tuple[str, Callable[[], None]]] = []
+    for svc in started:
+        if isinstance(svc, AgentService):
+            out.append((f"the CNI agent socket {svc.path}", lambda p=svc.path: systemd.probe_agent(p)))
+        elif isinstance(svc, DockerService):
+            out.append((f"the Docker plugin socket {svc.server.path}",
+                        lambda p=svc.server.path: systemd.probe_docker(p)))
+    return out
+
+
+def serve(args: Any) -> tuple[int, str]:
+    """Run the services until a signal or a fatal error: (exit status, its one line or '')."""
     ctx = Context(args)
+    ctx.inherited = systemd.listen_fds()
     started: list[Any] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: ctx.stop.set())
@@ -484,20 +460,25 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             started.append(svc)  # stop() undoes the constructor's socket even if start fails
             svc.start()
-        log.info("muslind ready (pid %d)", os.getpid())
+        for path, sock in ctx.inherited.items():
+            log.warning("systemd passed a socket for %s, which no service uses; closing it", path)
+            sock.close()
+        systemd.wait_answering(probes(started))
+        names = ", ".join(getattr(s, "name", "?") for s in started)
+        systemd.notify("READY=1", f"STATUS=serving: {names}", f"MAINPID={os.getpid()}")
+        log.info("muslind ready (pid %d): %s", os.getpid(), names)
         while not ctx.stop.wait(1.0):
             pass
         log.info("stopping")
-        return ctx.exit_status
+        return ctx.exit_status, ctx.error
     except MuslinError as e:
-        print(f"muslind: {e}", file=sys.stderr)
-        return e.exit_status
+        return e.exit_status, str(e)
     except Exception as e:
         log.debug("startup failed", exc_info=True)
-        print(f"muslind: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        return 1, f"{type(e).__name__}: {' '.join(str(e).split())}"
     finally:
         ctx.stop.set()
+        systemd.notify("STOPPING=1")
         for svc in reversed(started):
             try:
                 svc.stop()
@@ -506,5 +487,12 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
 
 
+def main(argv: list[str] | None = None) -> None:
+    """`python -m muslin.control.daemon` = `muslind` (cli/muslind.py parses the settings)."""
+    from muslin.cli.muslind import main as cli_main
+
+    cli_main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -29,7 +29,8 @@ def desired(m: Muslin, add_networks: Iterable[Network] = (), drop_networks: Iter
     bridged = [n for n in nets.values() if get_driver(n.driver).bridged]
     bridge_of = {n.name: n.bridge for n in bridged}
     rules = tuple(NetRule(bridge=n.bridge, subnets=tuple(n.subnets), masquerade=n.masquerade and not n.internal,
-                          internal=n.internal, isolate=n.isolate) for n in bridged)
+                          internal=n.internal, isolate=n.isolate,
+                          gateways=tuple(g.ip for g in get_driver(n.driver).gateways(n))) for n in bridged)
     eps = {(e.network, e.endpoint_id): e for e in m.endpoints()}
     eps.update({(e.network, e.endpoint_id): e for e in add_endpoints})
     ports = []

@@ -325,7 +325,8 @@ class Ipam:
 
     # --- pool status -------------------------------------------------------------------
     def free_in(self, rs: RangeSet) -> int:
-        """How many addresses of the range set are free (stops counting at the first > 0)."""
+        """How many addresses of the range set are free or soon free (stops counting at the
+        first > 0)."""
         total = 0
         for r in rs:
             r = normalize_range(r)
@@ -336,7 +337,9 @@ class Ipam:
             if r.subnet.version == 4:
                 size -= sum(1 for a in (r.subnet.network_address, r.subnet.broadcast_address)
                             if range_contains(r, a))
-            used = sum(1 for ip in self._used_ips(r.subnet) if range_contains(r, ip) and ip != r.gateway)
+            # an address a retired link still holds counts as free: asking for it reaps at once
+            used = sum(1 for ip, owner in self.owners(r.subnet).items()
+                       if range_contains(r, ip) and ip != r.gateway and not owner.startswith(keys.REAP_OWNERS))
             total += max(0, size - used)
             if total > 0:
                 return total

@@ -64,6 +64,11 @@ def endpoints_of(m: Muslin, name: str) -> list[Endpoint]:
     return [e for e in m.endpoints() if e.netns == path_of(name)]
 
 
+def sandbox_names(m: Muslin) -> list[str]:
+    """The sandboxes' names, from the store only (shell completion)."""
+    return sorted(kv.value["name"] for kv in m.store.list(keys.SANDBOXES))
+
+
 def list_all(m: Muslin) -> list[dict]:
     eps = m.endpoints()
     out = []

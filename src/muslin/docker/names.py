@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -28,11 +27,6 @@ log = logging.getLogger("muslin.docker.names")
 API_VERSION = "v1.41"
 LOOKUP_FOR = 60.0  # seconds a lookup keeps trying
 MAX_LOOKUPS = 16  # at once
-
-
-def default_socket() -> str:
-    host = os.environ.get("DOCKER_HOST", "")
-    return host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock"
 
 
 class _Unix(http.client.HTTPConnection):

@@ -55,6 +55,9 @@ class NetworkDriver(Protocol):
     def ready(self, k: Kernel, net: Network) -> bool:
         """True when the network's shared kernel objects are there (cheap)."""
 
+    def gateways(self, net: Network) -> list[IPInterface]:
+        """The host's addresses on the network's shared link (a bridge's gateways)."""
+
     def setup_steps(self, k: Kernel, net: Network, made: list[str]) -> list[Step]:
         """Steps making the network's shared kernel objects; `made` collects what Muslin
         adds to objects it did not make (so teardown removes exactly that)."""
@@ -86,6 +89,9 @@ class MissingDriver:
 
     def check(self, net: Network) -> Network:
         return net
+
+    def gateways(self, net: Network) -> list:
+        return []
 
     def preflight(self, k: Kernel, net: Network) -> None:
         if not k.kind_supported(self.kind):

@@ -38,6 +38,9 @@ class _NoLinks:
     def ready(self, k: Kernel, net: Network) -> bool:
         return True
 
+    def gateways(self, net: Network) -> list:
+        return []
+
     def setup_steps(self, k: Kernel, net: Network, made: list[str]) -> list[Step]:
         return []
 

@@ -46,6 +46,8 @@ SETS: tuple[tuple[str, str], ...] = (
     ("own6", "type ipv6_addr . ifname; flags interval"),
     ("mapped4", "type ipv4_addr"),
     ("mapped6", "type ipv6_addr"),
+    ("gws4", "type ipv4_addr"),
+    ("gws6", "type ipv6_addr"),
 )
 MAPS: tuple[tuple[str, str], ...] = (
     ("ports4", "type inet_proto . inet_service : ipv4_addr . inet_service"),
@@ -59,7 +61,16 @@ MAP_NAMES: frozenset[str] = frozenset(n for n, _ in MAPS)
 _NOT_SELF = "iifname . oifname != @pairs"
 # chain name -> (base chain header or "", rules)
 CHAINS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    # Same-subnet traffic on one bridge needs no connection tracking (nothing NATs or
+    # filters it by state): untracked, it costs a set lookup instead of a conntrack entry.
+    # Traffic to the gateway (the host: DNAT of published ports, DNS) stays tracked.
+    ("raw", "type filter hook prerouting priority raw; policy accept;", (
+        "ip daddr . iifname @own4 ip saddr . iifname @own4 ip daddr != @gws4 notrack",
+        "ip6 daddr . iifname @own6 ip6 saddr . iifname @own6 ip6 daddr != @gws6 notrack",
+    )),
     ("forward", "type filter hook forward priority filter; policy accept;", (
+        # the common case first: within one bridge (bridged, through br_netfilter)
+        "iifname . oifname @pairs accept",
         f"iifname @internal {_NOT_SELF} drop",
         f"oifname @internal {_NOT_SELF} drop",
         "ct status dnat oifname @bridges accept",
@@ -230,6 +241,8 @@ def compile(state: FirewallState, owner: str = "") -> Ruleset:  # noqa: A001 - t
             els[f"own{v}"].add(f"{e} . {br}")
             if n.masquerade and not n.internal:
                 els[f"masq{v}"].add(e)
+        for g in n.gateways:
+            els[f"gws{g.version}"].add(str(g))
     keys: dict[tuple[str, str], tuple[str, PortRule]] = {}
     for p in state.ports:
         v = p.family

@@ -33,6 +33,7 @@ class NetRule:
     masquerade: bool = True
     internal: bool = False
     isolate: bool = True
+    gateways: tuple[IPAddress, ...] = ()  # the host's own addresses on the bridge
 
     def __post_init__(self) -> None:
         check_ifname(self.bridge)
@@ -43,6 +44,10 @@ class NetRule:
             except ValueError as e:
                 raise Invalid(f"firewall: network on {self.bridge}: bad subnet {s!r}: {e}") from None
         object.__setattr__(self, "subnets", tuple(subnets))
+        try:
+            object.__setattr__(self, "gateways", tuple(ipaddress.ip_address(g) for g in self.gateways))
+        except ValueError as e:
+            raise Invalid(f"firewall: network on {self.bridge}: bad gateway: {e}") from None
 
 
 @dataclass(frozen=True)

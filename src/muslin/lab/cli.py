@@ -8,11 +8,13 @@ import signal
 
 import click
 
-from muslin.cli.guard import one_line_errors
+from muslin.cli.guard import one_line_errors, run, version_option
+from muslin.cli.output import emit_list, list_options, table
 from muslin.lab import core
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
 def lab() -> None:
     """Virtual multi-host clusters made of network namespaces."""
 
@@ -30,18 +32,32 @@ def lab() -> None:
               help="seconds: TTL of a host's subnet lease (peers drop a host when it expires)")
 @click.option("--resync", default=10.0, show_default=True)
 @click.option("--route-reflector", "rrs", multiple=True)
+@click.option("--tls", is_flag=True,
+              help="etcd over TLS with client certificates and user/password authentication (made with openssl)")
 @one_line_errors
-def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs) -> None:
+def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs, tls) -> None:
     """Make lab NAME: an underlay, etcd, N hosts each running an agent."""
     from rich.console import Console
     console = Console(stderr=True)
     with console.status(f"lab {name}: starting") as status:
         st = core.up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, tuple(rrs),
-                     progress=lambda m: status.update(f"lab {name}: {m}"), subnet_ttl=subnet_ttl)
+                     progress=lambda m: status.update(f"lab {name}: {m}"), subnet_ttl=subnet_ttl, tls=tls)
     for h in st.hosts:
         s = core.host_status(st, h)
         console.print(f"[green]✓[/] {h}  {s.get('underlay', '')}  subnet {s.get('subnet', '')}")
     click.echo(f"lab {name} is up: {len(st.hosts)} hosts, backend {backend}, etcd {st.store_url}")
+
+
+@lab.command("ls")
+@list_options
+@one_line_errors
+def ls(output, quiet, template) -> None:
+    """The labs on this machine: backend, hosts (agents running), sandboxes, etcd."""
+    items = core.list_labs()
+    emit_list(items, output, quiet, template, ["NAME", "BACKEND", "NETWORK", "HOSTS", "AGENTS", "SANDBOXES", "ETCD"],
+              lambda i: [i["name"], i["backend"], f"{i['network']} {i['cidr']}", len(i["hosts"]),
+                         f"{len(i['agents_running'])}/{len(i['hosts'])}", ",".join(i["sandboxes"]) or "-",
+                         f"{i['etcd']} ({'running' if i['etcd_running'] else 'DOWN'})"])
 
 
 @lab.command()
@@ -85,16 +101,11 @@ def status(name, output) -> None:
         if bad:
             raise Unavailable(bad)
         return
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=f"lab {name} ({s['backend']}, {s['cidr']}, etcd {'ok' if s['etcd']['healthy'] else 'DOWN'})")
-    for col in ("host", "underlay", "subnet", "agent", "alive", "peers", "health"):
-        t.add_column(col)
-    for h, d in s["hosts"].items():
-        t.add_row(h, d["underlay"], d["subnet"], f"{d['agent_pid']}" + ("" if d["agent_alive"] else " (dead)"),
-                  "yes" if d["alive"] else "[red]no[/]", ",".join(d["peers"]),
-                  "[green]ok[/]" if d["healthy"] else "[red]degraded[/]")
-    Console().print(t)
+    table(["HOST", "UNDERLAY", "SUBNET", "AGENT", "ALIVE", "PEERS", "HEALTH"],
+          [[h, d["underlay"], d["subnet"], f"{d['agent_pid']}" + ("" if d["agent_alive"] else " (dead)"),
+            "yes" if d["alive"] else "no", ",".join(d["peers"]), "ok" if d["healthy"] else "degraded"]
+           for h, d in s["hosts"].items()],
+          title=f"lab {name} ({s['backend']}, {s['cidr']}, etcd {'ok' if s['etcd']['healthy'] else 'DOWN'})")
     for sb, d in s["sandboxes"].items():
         click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
     if bad:
@@ -137,5 +148,5 @@ def down(name) -> None:
     click.echo(f"lab {name} is down ({len(removed)} namespaces removed)")
 
 
-def main() -> None:
-    lab(prog_name="muslin lab")
+def main(argv: list[str] | None = None) -> None:
+    run(lab, argv, prog_name="muslin lab")

@@ -32,6 +32,7 @@ ETCD_PORT = 2379
 LAB_NAME = re.compile(r"^[a-z0-9]{1,16}$")
 SANDBOX_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.]{0,31}$")
 MAX_HOSTS = 200
+ETCD_USER = "muslin"
 
 
 def lab_dir() -> Path:
@@ -94,8 +95,33 @@ class LabState:
         return lab_dir() / f"{self.name}.json"
 
     @property
+    def tls(self) -> bool:
+        return bool(self.settings.get("tls"))
+
+    @property
     def store_url(self) -> str:
-        return f"etcd://{ETCD_IP}:{ETCD_PORT}"
+        return f"{'etcds' if self.tls else 'etcd'}://{ETCD_IP}:{ETCD_PORT}"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.dir / "pki"
+
+    def etcd_options(self) -> Any:
+        """How the lab's agents reach etcd: with --tls, its CA, a client certificate and a user."""
+        from muslin.store.base import EtcdOptions
+        if not self.tls:
+            return EtcdOptions()
+        d = self.pki_dir
+        return EtcdOptions(ca=str(d / "ca.pem"), cert=str(d / "client.pem"), key=str(d / "client.key"),
+                           user=ETCD_USER, password=(d / "password").read_text())
+
+    def etcd_flags(self) -> list[str]:
+        """The same as muslind / `muslin cluster` flags."""
+        if not self.tls:
+            return []
+        o, d = self.etcd_options(), self.pki_dir
+        return ["--etcd-ca", o.ca, "--etcd-cert", o.cert, "--etcd-key", o.key, "--etcd-user", o.user,
+                "--etcd-password-file", str(d / "password")]
 
     def host_dir(self, host: str) -> Path:
         return self.dir / host
@@ -173,32 +199,65 @@ def _spawn(ns: str, cmd: list[str], log: Path) -> int:
     return p.pid
 
 
+def make_pki(st: LabState) -> None:
+    """--tls: a CA, etcd's certificate for its address, the agents' client certificate, and
+    the password of the etcd user the agents log in as."""
+    import secrets
+    from muslin.lab import pki
+    pki.make(st.pki_dir, (ETCD_IP, "127.0.0.1"))
+    pw = st.pki_dir / "password"
+    pw.write_text(secrets.token_hex(12))
+    pw.chmod(0o600)
+
+
 def start_etcd(st: LabState) -> int:
-    c = f"http://{ETCD_IP}:{ETCD_PORT}"
+    scheme = "https" if st.tls else "http"
+    c = f"{scheme}://{ETCD_IP}:{ETCD_PORT}"
     p = f"http://{ETCD_IP}:2380"
+    d = st.pki_dir
+    tls = ["--cert-file", str(d / "server.pem"), "--key-file", str(d / "server.key"), "--trusted-ca-file",
+           str(d / "ca.pem"), "--client-cert-auth"] if st.tls else []
     pid = _spawn(ns_ul(st.name), ["etcd", "--name", "lab", "--data-dir", str(st.dir / "etcd"),
                                   "--listen-client-urls", c, "--advertise-client-urls", c,
                                   "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
-                                  "--initial-cluster", f"lab={p}"], st.dir / "etcd.log")
+                                  "--initial-cluster", f"lab={p}", *tls], st.dir / "etcd.log")
     st.pids["etcd"] = pid
     st.save()
     return pid
 
 
-def _etcd_health(url: str) -> bool:
+def _etcd_health(url: str, opts: Any = None) -> bool:
+    import ssl
     import urllib.request
+    ctx = None
+    if opts is not None and opts.tls:
+        ctx = ssl.create_default_context(cafile=opts.ca)
+        ctx.load_cert_chain(opts.cert, opts.key)
     try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as r:
+        with urllib.request.urlopen(url + "/health", timeout=1, context=ctx) as r:
             return b"true" in r.read()
     except OSError:
         return False
 
 
+def enable_auth(st: LabState) -> None:
+    """--tls: etcd's root user, the agents' user with read-write on every key, authentication on."""
+    o = st.etcd_options()
+    ctl = ["ip", "netns", "exec", ns_ul(st.name), "etcdctl", "--endpoints", f"https://{ETCD_IP}:{ETCD_PORT}",
+           "--cacert", o.ca, "--cert", o.cert, "--key", o.key]
+    for args in (["user", "add", f"root:{o.password}-root"], ["user", "grant-role", "root", "root"],
+                 ["user", "add", f"{ETCD_USER}:{o.password}"], ["role", "add", ETCD_USER],
+                 ["role", "grant-permission", ETCD_USER, "--prefix=true", "readwrite", ""],
+                 ["user", "grant-role", ETCD_USER, ETCD_USER], ["auth", "enable"]):
+        _run(*ctl, *args)
+
+
 def wait_etcd(st: LabState, timeout: float = 20) -> None:
     from muslin.dataplane.nsexec import run_in_netns
     end = time.monotonic() + timeout
+    url = f"{'https' if st.tls else 'http'}://{ETCD_IP}:{ETCD_PORT}"
     while time.monotonic() < end:
-        if run_in_netns(f"/run/netns/{ns_ul(st.name)}", _etcd_health, f"http://{ETCD_IP}:{ETCD_PORT}"):
+        if run_in_netns(f"/run/netns/{ns_ul(st.name)}", _etcd_health, url, st.etcd_options()):
             return
         if not _alive(st.pids.get("etcd", 0)):
             raise Unavailable(f"lab {st.name}: etcd exited, see {st.dir / 'etcd.log'}")
@@ -212,7 +271,7 @@ def agent_cmd(st: LabState, host: str) -> list[str]:
             "--agent-socket", str(st.host_dir(host) / "muslind.sock"), "--state-dir", str(st.host_dir(host)),
             "--reconcile-interval", "0", "--cluster-store", st.store_url, "--cluster-network", st.network_of(host),
             "--hostname", host, "--underlay-dev", "eth0", "--resync", str(st.settings.get("resync", 10.0)),
-            "--resolv-conf", str(st.dir / "resolv.conf")]
+            "--config", "", *st.etcd_flags(), "--resolv-conf", str(st.dir / "resolv.conf")]
 
 
 def start_agent(st: LabState, host: str, extra: tuple[str, ...] = ()) -> int:
@@ -276,28 +335,30 @@ def _in_ul(st: LabState, fn: Callable[..., Any], *args: Any) -> Any:
     return run_in_netns(f"/run/netns/{ns_ul(st.name)}", fn, *args)
 
 
-def _init_config(url: str, cfg: dict[str, Any]) -> None:
+def _init_config(url: str, cfg: dict[str, Any], opts: Any = None) -> None:
     from muslin.control.agent import init_config
-    from muslin.store.etcd import EtcdStore
-    init_config(EtcdStore([url.removeprefix("etcd://")]), ClusterConfig.from_dict(cfg))
+    from muslin.store import open_store
+    init_config(open_store(url, opts), ClusterConfig.from_dict(cfg))
 
 
-def _hosts(url: str, network: str) -> tuple[dict[str, Any], list[str]]:
+def _hosts(url: str, network: str, opts: Any = None) -> tuple[dict[str, Any], list[str]]:
     from muslin.control.agent import list_alive, list_hosts
+    from muslin.store import etcd_endpoints
     from muslin.store.etcd import EtcdStore
-    s = EtcdStore([url.removeprefix("etcd://")], timeout=2)
+    endpoints, tls = etcd_endpoints(url)
+    s = EtcdStore(endpoints, timeout=2, options=opts, tls=tls)
     hosts = {h: {**rec.to_dict(), "lease": lease} for h, (rec, lease) in list_hosts(s, network).items()}
     return hosts, sorted(list_alive(s, network))
 
 
 def store_hosts(st: LabState) -> dict[str, Any]:
     """The host records in etcd (present while a host holds its subnet lease)."""
-    return _in_ul(st, _hosts, st.store_url, st.network)[0]
+    return _in_ul(st, _hosts, st.store_url, st.network, st.etcd_options())[0]
 
 
 def store_alive(st: LabState) -> list[str]:
     """The hosts whose agent holds its liveness key."""
-    return _in_ul(st, _hosts, st.store_url, st.network)[1]
+    return _in_ul(st, _hosts, st.store_url, st.network, st.etcd_options())[1]
 
 
 # -- up / down -----------------------------------------------------------------------------
@@ -324,7 +385,7 @@ def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int
 def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_prefix: int = 24,
        network: str = "net0", vni: int = 1, lease_ttl: int = 10, resync: float = 10.0,
        route_reflectors: tuple[str, ...] = (), progress: Callable[[str], None] | None = None,
-       timeout: float = 60, subnet_ttl: int = DEFAULT_SUBNET_TTL) -> LabState:
+       timeout: float = 60, subnet_ttl: int = DEFAULT_SUBNET_TTL, tls: bool = False) -> LabState:
     """Make the lab and wait until every host holds a lease and sees every peer."""
     say = progress or (lambda m: None)
     cfg = validate_up(name, hosts, backend, cidr, host_prefix)
@@ -332,7 +393,7 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
                         route_reflectors=tuple(route_reflectors)).validate()
     st = LabState(name, backend, network, cidr, host_prefix, settings={"resync": resync, "vni": vni,
                                                                         "lease_ttl": lease_ttl,
-                                                                        "subnet_ttl": subnet_ttl})
+                                                                        "subnet_ttl": subnet_ttl, "tls": tls})
     shutil.rmtree(st.dir, ignore_errors=True)
     st.dir.mkdir(parents=True)
     st.save()
@@ -348,9 +409,13 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         _run("ip", "-n", ul, "addr", "add", f"{ETCD_IP}/{UNDERLAY.prefixlen}", "dev", "br0")
         _run("ip", "-n", ul, "link", "set", "br0", "up")
         say("etcd")
+        if tls:
+            make_pki(st)
         start_etcd(st)
         wait_etcd(st)
-        _in_ul(st, _init_config, st.store_url, cfg.to_dict())
+        if st.tls:
+            enable_auth(st)
+        _in_ul(st, _init_config, st.store_url, cfg.to_dict(), st.etcd_options())
         for _ in range(hosts):
             say(f"host h{len(st.hosts) + 1}")
             _make_host(st)
@@ -363,6 +428,24 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         if logs:
             raise Unavailable(f"lab {name} did not come up: {logs}") from None
         raise
+
+
+def list_labs() -> list[dict[str, Any]]:
+    """Every lab with a state file: name, backend, network, hosts, sandboxes, etcd running."""
+    out = []
+    d = lab_dir()
+    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+        if not LAB_NAME.match(p.stem):
+            continue
+        try:
+            st = LabState.load(p.stem)
+        except MuslinError:
+            continue
+        agents = [h for h in st.hosts if _alive(st.pids.get(f"agent-{h}", 0))]
+        out.append({"name": st.name, "backend": st.backend, "network": st.network, "cidr": st.cidr,
+                    "hosts": st.hosts, "agents_running": agents, "sandboxes": sorted(st.sandboxes),
+                    "etcd": st.store_url, "etcd_running": _alive(st.pids.get("etcd", 0)), "tls": st.tls})
+    return out
 
 
 def _make_host(st: LabState, network: str = "") -> str:
@@ -389,7 +472,7 @@ def add_network(name: str, network: str, backend: str, vni: int, cidr: str = "",
     cfg = ClusterConfig(network, cidr or st.cidr, host_prefix or st.host_prefix, backend, vni=vni,
                         lease_ttl=st.settings.get("lease_ttl", 10),
                         subnet_ttl=st.settings.get("subnet_ttl", DEFAULT_SUBNET_TTL)).validate()
-    _in_ul(st, _init_config, st.store_url, cfg.to_dict())
+    _in_ul(st, _init_config, st.store_url, cfg.to_dict(), st.etcd_options())
 
 
 def add_host(name: str, network: str = "") -> str:
@@ -569,7 +652,7 @@ def status(name: str) -> dict[str, Any]:
     is degraded while it keeps its lease, and so its routes."""
     st = LabState.load(name)
     try:
-        leases, alive_keys = _in_ul(st, _hosts, st.store_url, st.network)
+        leases, alive_keys = _in_ul(st, _hosts, st.store_url, st.network, st.etcd_options())
         etcd_ok = True
     except MuslinError as e:
         leases, alive_keys, etcd_ok = {}, [], False

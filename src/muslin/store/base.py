@@ -101,3 +101,21 @@ class Store(Protocol):
     def revoke_lease(self, lease: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """How to reach etcd beyond its URL (docs/multihost.md, "Store URL and options"):
+    `ca` the CA file that signed the members' certificates (etcds:// without it: the
+    system's CAs), `cert`/`key` this client's certificate and key (etcd's
+    --client-cert-auth), `user`/`password` etcd's own authentication."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    user: str = ""
+    password: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca or self.cert or self.key)

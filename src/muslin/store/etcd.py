@@ -5,6 +5,15 @@ layer over http.client: every call is one POST. Watches are long-lived streamed 
 read by a helper thread; a dropped stream is reopened from the next revision with
 backoff, so resuming loses nothing (a compacted revision raises Unavailable).
 Values are stored as JSON text. An unreachable etcd raises Unavailable with one line.
+
+TLS (https endpoints, `etcds://` in open_store): a CA file, a client certificate and key;
+etcd's user/password authentication: a token from /v3/auth/authenticate sent as the
+Authorization header, fetched again when etcd says it is no longer valid. Several
+endpoints: a call goes to the last one that answered; when it cannot be reached the
+next is tried, and a read (or another call that is safe to repeat) also moves on when a
+member fails in the middle or answers that it cannot serve (no leader, timed out).
+Misconfiguration (an untrusted certificate, no client certificate where etcd asks for
+one, a wrong password, a user without permission) raises Invalid naming the cause.
 """
 
 from __future__ import annotations
@@ -14,15 +23,19 @@ import http.client
 import json
 import queue
 import socket
+import ssl
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 from urllib.parse import urlsplit
 
 from muslin.model.errors import Conflict, Invalid, NotFound, Unavailable
-from muslin.store.base import KV, Compare, Delete, Event, Op, Put
+from muslin.store.base import KV, Compare, Delete, EtcdOptions, Event, Op, Put
 
 CALL_TIMEOUT = 5.0
+HEALTH_TIMEOUT = 2.0
+# gRPC codes etcd puts in its JSON errors
+UNAUTHENTICATED, PERMISSION_DENIED, DEADLINE_EXCEEDED, UNAVAILABLE = 16, 7, 4, 14
 
 
 def _b64(s: str | bytes) -> str:
@@ -44,13 +57,26 @@ def _prefix_end(prefix: str) -> str:
     return _b64(b"\0")  # every key
 
 
-def _endpoint(e: str) -> tuple[str, int]:
+class Endpoint(NamedTuple):
+    tls: bool
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _endpoint(e: str, tls: bool = False) -> Endpoint:
     if "://" not in e:
-        e = "http://" + e
+        e = ("https://" if tls else "http://") + e
     u = urlsplit(e)
-    if u.scheme != "http" or not u.hostname:
-        raise Invalid(f"etcd endpoint {e!r} is not of the form http://host:port (only plain http is supported)")
-    return u.hostname, u.port or 2379
+    try:
+        port = u.port or 2379
+    except ValueError:
+        port = 0
+    if u.scheme not in ("http", "https") or not u.hostname or not port or u.path not in ("", "/"):
+        raise Invalid(f"etcd endpoint {e!r} is not of the form http://host:port or https://host:port")
+    return Endpoint(u.scheme == "https", u.hostname, port)
 
 
 def _value(raw: bytes) -> Any:
@@ -68,65 +94,285 @@ def _kv(d: dict[str, Any]) -> KV:
               lease=int(d.get("lease", 0)))
 
 
-class EtcdStore:
-    """Store on etcd 3.4. `endpoints`: ["host:port", "http://host:port", ...]."""
+def ssl_context(o: EtcdOptions) -> ssl.SSLContext:
+    """The client's TLS context: the CA file (else the system's CAs), the client certificate."""
+    try:
+        ctx = ssl.create_default_context(cafile=o.ca or None)
+    except FileNotFoundError:
+        raise Invalid(f"etcd CA file {o.ca}: no such file") from None
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise Invalid(f"etcd CA file {o.ca}: not a PEM CA certificate ({_ssl_reason(e)})") from None
+    if o.key and not o.cert:
+        raise Invalid(f"etcd client key {o.key} given without its certificate")
+    if o.cert:
+        try:
+            ctx.load_cert_chain(o.cert, o.key or None)
+        except FileNotFoundError as e:
+            raise Invalid(f"etcd client certificate or key: {e.filename or o.cert}: no such file") from None
+        except (ssl.SSLError, OSError) as e:
+            raise Invalid(f"etcd client certificate {o.cert} and key {o.key or o.cert} do not load: "
+                          f"{_ssl_reason(e)}") from None
+    return ctx
 
-    def __init__(self, endpoints: list[str] | str, timeout: float = CALL_TIMEOUT, prefix: str = "") -> None:
+
+def _ssl_reason(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return e.verify_message or str(e)
+    if isinstance(e, ssl.SSLError) and e.reason:
+        return e.reason.lower().replace("_", " ")
+    return str(e) or type(e).__name__
+
+
+REFUSALS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN", "HANDSHAKE_FAILURE",
+            "ACCESS_DENIED", "UNSUPPORTED_CERTIFICATE", "DECRYPT_ERROR")
+
+
+class EtcdStore:
+    """Store on etcd 3.4. `endpoints`: ["host:port", "http://host:port", "https://host:port", ...]
+    (bare host:port: https when `tls`); `options`: CA, client certificate, user and password."""
+
+    def __init__(self, endpoints: list[str] | str, timeout: float = CALL_TIMEOUT, prefix: str = "",
+                 options: EtcdOptions | None = None, tls: bool = False) -> None:
         """`prefix` namespaces every key (several stores can share one etcd)."""
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
         if not endpoints:
             raise Invalid("etcd store: no endpoint given")
-        self.endpoints = [_endpoint(e) for e in endpoints]
+        self.options = options or EtcdOptions()
+        tls = tls or self.options.tls
+        self.endpoints = [_endpoint(e.strip(), tls) for e in endpoints]
+        plain = [str(e) for e in self.endpoints if not e.tls]
+        if self.options.tls and plain:
+            raise Invalid(f"etcd TLS options given, but {', '.join(plain)} is plain http (use etcds://)")
+        if self.options.user and not self.options.password:
+            raise Invalid(f"etcd user {self.options.user!r} has no password")
+        if self.options.password and not self.options.user:
+            raise Invalid("an etcd password was given without a user")
+        self._ssl = ssl_context(self.options) if any(e.tls for e in self.endpoints) else None
         self.timeout = timeout
         self.prefix = prefix
         self._cur = 0
+        self._token = ""
+        self._auth_lock = threading.RLock()
         self._closed = threading.Event()
         self._streams: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
 
     # -- transport ---------------------------------------------------------------------
     def _where(self) -> str:
-        return ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        return ",".join(map(str, self.endpoints))
 
-    def _connect(self, timeout: float | None) -> tuple[http.client.HTTPConnection, tuple[str, int]]:
+    def _new_conn(self, ep: Endpoint, timeout: float) -> http.client.HTTPConnection:
+        if ep.tls:
+            return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=self._ssl)
+        return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
+
+    def _tls_problem(self, e: BaseException, ep: Endpoint) -> str:
+        """One line for a TLS failure that is a matter of configuration, else ''."""
+        if not ep.tls or not isinstance(e, ssl.SSLError):
+            return ""
+        if isinstance(e, ssl.SSLCertVerificationError):
+            msg = e.verify_message or str(e)
+            if "mismatch" in msg.lower() or "not valid for" in msg.lower():
+                return f"etcd at {ep}: its TLS certificate is not valid for {ep.host} ({msg})"
+            by = f"the CA in {self.options.ca}" if self.options.ca else "the system's CAs"
+            return f"etcd at {ep}: its TLS certificate is not trusted by {by} ({msg})"
+        reason = (e.reason or "").upper()
+        if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER_FAILURE" in reason:
+            return f"etcd at {ep} does not speak TLS (use etcd:// for it)"
+        if any(r in reason for r in REFUSALS):
+            return self._refused(ep, _ssl_reason(e))
+        return ""
+
+    def _refused(self, ep: Endpoint, why: str) -> str:
+        if not self.options.cert:
+            return f"etcd at {ep} requires a client certificate, and none was given"
+        return f"etcd at {ep} refused the client certificate {self.options.cert} ({why}; is it signed by a CA etcd trusts?)"
+
+    def _connect(self, timeout: float | None) -> tuple[http.client.HTTPConnection, Endpoint]:
+        """A connected HTTP(S) connection to the first endpoint that takes one, from the last good."""
         last: Exception | None = None
+        problem = ""
         n = len(self.endpoints)
+        start = self._cur
         for i in range(n):
-            ep = self.endpoints[(self._cur + i) % n]
-            conn = http.client.HTTPConnection(ep[0], ep[1], timeout=self.timeout)
+            idx = (start + i) % n
+            ep = self.endpoints[idx]
+            conn = self._new_conn(ep, self.timeout)
             try:
                 conn.connect()
                 conn.sock.settimeout(timeout)  # None for watch streams: they wait for events
             except OSError as e:
-                last = e
                 conn.close()
+                problem = problem or self._tls_problem(e, ep) or self._speaks_plain(e, ep)
+                last = e
                 continue
-            self._cur = (self._cur + i) % n
+            self._cur = idx
             return conn, ep
+        if problem:
+            raise Invalid(problem)
         raise Unavailable(f"etcd at {self._where()} is unreachable: {_reason(last)}")
 
-    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        conn, ep = self._connect(self.timeout)
+    def _skip(self, ep: Endpoint) -> None:
+        """Prefer the endpoint after `ep` from now on (it failed in the middle of a call)."""
         try:
-            conn.request("POST", "/v3/" + path, body=json.dumps(body), headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise Unavailable(f"etcd at {ep[0]}:{ep[1]} did not answer {path}: {_reason(e)}") from None
-        finally:
-            conn.close()
-        try:
-            out = json.loads(data or b"{}")
+            i = self.endpoints.index(ep)
         except ValueError:
-            raise Unavailable(f"etcd at {ep[0]}:{ep[1]} sent a non-JSON answer to {path} (HTTP {resp.status})") from None
-        if resp.status != 200 or "error" in out:
-            msg = out.get("message") or out.get("error") or f"HTTP {resp.status}"
+            return
+        if self._cur == i:
+            self._cur = (i + 1) % len(self.endpoints)
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self.options.user:
+            token = self._auth_token()
+            if token:
+                h["Authorization"] = token
+        return h
+
+    def _auth_token(self) -> str:
+        with self._auth_lock:
+            if not self._token:
+                out = self._call("auth/authenticate", {"name": self.options.user, "password": self.options.password},
+                                 auth=False)
+                self._token = out.get("token", "") or "-"  # "-": etcd has authentication off
+            return "" if self._token == "-" else self._token
+
+    def _call(self, path: str, body: dict[str, Any], safe: bool = True, auth: bool = True) -> dict[str, Any]:
+        """One POST, with failover. `safe`: repeating it after a failure in the middle does no
+        harm (reads, unconditional puts, lease calls), so it may go on to the next endpoint."""
+        n = len(self.endpoints)
+        failures = 0
+        reauthed = False
+        while True:
+            headers = self._headers() if auth else {"Content-Type": "application/json"}
+            conn, ep = self._connect(self.timeout)
+            try:
+                conn.request("POST", "/v3/" + path, body=json.dumps(body), headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                problem = self._tls_problem(e, ep) or self._silent_refusal(e, ep)
+                if problem:
+                    raise Invalid(problem) from None
+                self._skip(ep)
+                failures += 1
+                if safe and failures < n:
+                    continue
+                raise Unavailable(f"etcd at {ep} did not answer {path}: {_reason(e)}") from None
+            finally:
+                conn.close()
+            try:
+                out = json.loads(data or b"{}")
+            except ValueError:
+                if b"HTTP request to an HTTPS server" in data:
+                    raise Invalid(f"etcd at {ep} speaks TLS (use etcds:// for it)") from None
+                if resp.status == 400 and b"CommonName" in data:
+                    raise Invalid(f"etcd at {ep} refuses a client certificate with a CommonName on its JSON "
+                                  f"gateway (etcd 3.4): use a certificate without CN for Muslin") from None
+                raise Unavailable(f"etcd at {ep} sent a non-JSON answer to {path} (HTTP {resp.status})") from None
+            if resp.status == 200 and "error" not in out:
+                return out
+            msg = str(out.get("message") or out.get("error") or f"HTTP {resp.status}")
+            code = int(out.get("code") or 0) if str(out.get("code", "")).isdigit() else 0
+            if code == UNAUTHENTICATED and auth and self.options.user and not reauthed:
+                with self._auth_lock:  # the token expired or a member does not know it: a new one
+                    self._token = ""
+                reauthed = True
+                continue
             if "lease not found" in msg:
                 raise NotFound(f"etcd lease not found: {msg}")
-            if resp.status >= 500 or out.get("code") in (4, 14):  # DEADLINE_EXCEEDED, UNAVAILABLE
-                raise Unavailable(f"etcd at {ep[0]}:{ep[1]} failed {path}: {msg}")
-            raise Invalid(f"etcd rejected {path}: {msg}")
+            if resp.status >= 500 or code in (DEADLINE_EXCEEDED, UNAVAILABLE):
+                self._skip(ep)
+                failures += 1
+                if safe and failures < n:
+                    continue
+                raise Unavailable(f"etcd at {ep} failed {path}: {msg}")
+            raise Invalid(self._rejection(ep, path, msg, code))
+
+    def _rejection(self, ep: Endpoint, path: str, msg: str, code: int) -> str:
+        user = self.options.user
+        if "authentication failed" in msg:
+            return f"etcd at {ep} refused user {user!r}: {msg.removeprefix('etcdserver: ')}"
+        if "user name is empty" in msg or (code == PERMISSION_DENIED and not user):
+            return f"etcd at {ep} requires a user and password ({msg.removeprefix('etcdserver: ')})"
+        if code == PERMISSION_DENIED:
+            return f"etcd at {ep} denied {path} to user {user!r} ({msg.removeprefix('etcdserver: ')}: give it a role)"
+        return f"etcd rejected {path}: {msg}"
+
+    def _silent_refusal(self, e: BaseException, ep: Endpoint) -> str:
+        """etcd (Go, TLS 1.3) closes the connection after the handshake, without an alert Python
+        reports, when it wants a client certificate it did not get or does not trust. Tell that
+        from a member going away by asking once more on a fresh connection."""
+        if not isinstance(e, (ssl.SSLError, ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)):
+            return ""
+        if not ep.tls:
+            return self._speaks_tls(ep)
+        conn = self._new_conn(ep, self.timeout)
+        try:
+            conn.connect()
+            conn.request("POST", "/v3/maintenance/status", body="{}", headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+            return ""
+        except ssl.SSLError as again:
+            return self._tls_problem(again, ep) or self._refused(ep, _ssl_reason(again))
+        except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as again:
+            return self._refused(ep, _reason(again))
+        except (OSError, http.client.HTTPException):
+            return ""
+        finally:
+            conn.close()
+
+    def _speaks_tls(self, ep: Endpoint) -> str:
+        """etcd serving https closes a plain http request without an answer: say so when a TLS
+        handshake with it works."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # only asking whether it speaks TLS at all
+        try:
+            with socket.create_connection((ep.host, ep.port), timeout=self.timeout) as raw:
+                with ctx.wrap_socket(raw, server_hostname=ep.host):
+                    return f"etcd at {ep} speaks TLS (use etcds:// for it)"
+        except (OSError, ValueError):
+            return ""
+
+    def _speaks_plain(self, e: BaseException, ep: Endpoint) -> str:
+        """etcd serving plain http drops a TLS handshake: say so when plain http gets an answer."""
+        if not ep.tls or not isinstance(e, ssl.SSLError) or "EOF" not in (e.reason or type(e).__name__).upper():
+            return ""
+        conn = http.client.HTTPConnection(ep.host, ep.port, timeout=self.timeout)
+        try:
+            conn.request("GET", "/version")
+            conn.getresponse().read()
+            return f"etcd at {ep} does not speak TLS (use etcd:// for it)"
+        except (OSError, http.client.HTTPException):
+            return ""
+        finally:
+            conn.close()
+
+    def _forget_token(self) -> None:
+        with self._auth_lock:
+            self._token = ""
+
+    def health(self) -> list[dict[str, Any]]:
+        """Each endpoint: {"endpoint", "ok", "version", "leader"} or {"endpoint", "ok": False, "error"}."""
+        out = []
+        for ep in self.endpoints:
+            conn = self._new_conn(ep, HEALTH_TIMEOUT)
+            try:
+                conn.connect()
+                conn.request("POST", "/v3/maintenance/status", body="{}", headers=self._headers())
+                r = conn.getresponse()
+                d = json.loads(r.read() or b"{}")
+                if r.status != 200 or "error" in d:
+                    raise Unavailable(str(d.get("message") or d.get("error") or f"HTTP {r.status}"))
+                out.append({"endpoint": str(ep), "ok": True, "version": d.get("version", ""),
+                            "leader": d.get("leader") == d.get("header", {}).get("member_id")})
+            except (OSError, ValueError, http.client.HTTPException, Unavailable, Invalid) as e:
+                why = self._tls_problem(e, ep) if isinstance(e, ssl.SSLError) else ""
+                out.append({"endpoint": str(ep), "ok": False, "error": why or _reason(e)})
+            finally:
+                conn.close()
         return out
 
     # -- reads -------------------------------------------------------------------------
@@ -172,7 +418,7 @@ class EtcdStore:
         return {"key": self._k(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
 
     def _txn(self, compares: list[dict[str, Any]], success: list[dict[str, Any]], what: str) -> dict[str, Any]:
-        out = self._call("kv/txn", {"compare": compares, "success": success})
+        out = self._call("kv/txn", {"compare": compares, "success": success}, safe=False)
         if not out.get("succeeded"):
             raise Conflict(f"{what}: changed concurrently (compare failed)")
         return out
@@ -226,6 +472,11 @@ class EtcdStore:
         except NotFound:
             pass
 
+    def lease_ttl(self, lease: int) -> tuple[int, int]:
+        """(seconds left, granted TTL) of a lease; seconds left is -1 when it is gone."""
+        out = self._call("lease/timetolive", {"ID": str(lease)})
+        return int(out.get("TTL", -1)), int(out.get("grantedTTL", 0))
+
     # -- watch -------------------------------------------------------------------------
     def watch(self, prefix: str, from_revision: int, timeout: float | None = None) -> Iterator[Event]:
         """Events under prefix from from_revision on. A dropped stream is reopened from the
@@ -245,20 +496,30 @@ class EtcdStore:
                     stop.wait(backoff)
                     backoff = min(2.0, backoff * 2)
                     continue
+                except Invalid as e:
+                    q.put(("invalid", str(e)))
+                    return
                 holder["conn"] = conn
                 with self._lock:
                     self._streams.add(conn)
                 try:
                     body = {"create_request": {**self._range(prefix), "start_revision": str(state["next"])}}
-                    conn.request("POST", "/v3/watch", body=json.dumps(body))
+                    conn.request("POST", "/v3/watch", body=json.dumps(body), headers=self._headers())
                     resp = conn.getresponse()
                     if resp.status != 200:
+                        if b"auth token" in resp.read(4096):
+                            self._forget_token()
                         raise http.client.HTTPException(f"HTTP {resp.status}")
                     while not stop.is_set():
                         line = resp.readline()
                         if not line:
                             break
-                        msg = json.loads(line).get("result", {})
+                        doc = json.loads(line)
+                        if "error" in doc:  # e.g. the token expired while the stream was down
+                            if "auth token" in json.dumps(doc["error"]):
+                                self._forget_token()
+                            break
+                        msg = doc.get("result", {})
                         if int(msg.get("compact_revision", 0) or 0) > 0:
                             q.put(("error", f"etcd watch on {prefix!r} cannot resume from revision "
                                             f"{state['next']}: history compacted up to {msg['compact_revision']}"))
@@ -277,6 +538,11 @@ class EtcdStore:
                                 e = Event("put", key, _value(_unb64(kv.get("value", ""))), rev)
                             state["next"] = rev + 1
                             q.put(("event", e))
+                except Invalid as e:  # a wrong password or certificate: retrying will not help
+                    q.put(("invalid", str(e)))
+                    return
+                except Unavailable as e:
+                    q.put(("down", str(e)))
                 except (OSError, ValueError, http.client.HTTPException):
                     pass
                 finally:
@@ -284,6 +550,7 @@ class EtcdStore:
                         self._streams.discard(conn)
                     conn.close()
                 if not stop.is_set():
+                    self._skip(ep)  # a member that drops the stream: the next one, if there are several
                     stop.wait(backoff)
                     backoff = min(2.0, backoff * 2)
 
@@ -305,6 +572,8 @@ class EtcdStore:
                         deadline = time.monotonic() + timeout
                 elif kind == "error":
                     raise Unavailable(item)
+                elif kind == "invalid":
+                    raise Invalid(item)
         finally:
             stop.set()
             c = holder["conn"]

@@ -191,6 +191,15 @@ class MemoryStore:
             ttl, _ = self._leases[lease]
             self._leases[lease] = (ttl, time.time() + ttl)
 
+    def lease_ttl(self, lease: int) -> tuple[int, int]:
+        """(seconds left, granted TTL); -1 seconds left when the lease is gone."""
+        with self._cond:
+            self._expire()
+            if lease not in self._leases:
+                return -1, 0
+            ttl, until = self._leases[lease]
+            return max(0, int(until - time.time())), int(ttl)
+
     def revoke_lease(self, lease: int) -> None:
         with self._cond:
             self._check_open()

@@ -1,0 +1,95 @@
+"""Control-plane convergence in a `muslin lab` (issue 9's last two goals):
+
+- a new sandbox is reachable from a sandbox on another host how soon after its ADD returns
+  (pings from the other host every 5 ms, started the moment the ADD returns);
+- a new host's routes are on every peer how soon after its agent starts (each peer's
+  kernel polled every 20 ms for a route to the new host's subnet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ns import token
+
+
+def _first_reply_ms(ns: str, addr: str, interval: float = 0.005, deadline: int = 3) -> float | None:
+    """Ping from `ns` every `interval` s; ms from the start to the first reply (None: none)."""
+    t0 = time.perf_counter()
+    p = subprocess.run(["ip", "netns", "exec", ns, "ping", "-n", "-i", str(interval), "-W", "0.2", "-w",
+                        str(deadline), "-c", "1", addr], capture_output=True, text=True)
+    if p.returncode != 0:
+        return None
+    m = re.search(r"icmp_seq=(\d+)", p.stdout)
+    seq = int(m.group(1)) if m else 1
+    # the reply to request `seq` came at about (seq-1)*interval after the first request
+    return min((seq - 1) * interval * 1e3 + 1.0, (time.perf_counter() - t0) * 1e3)
+
+
+def _has_route(ns: str, subnet: str) -> bool:
+    out = subprocess.run(["ip", "-n", ns, "-j", "route", "show", subnet], capture_output=True, text=True).stdout
+    return bool(json.loads(out or "[]"))
+
+
+def run_converge(hosts: int = 10, sandboxes: int = 10, joins: int = 3, backend: str = "vxlan",
+                 log=print) -> dict:
+    from muslin.lab import core as lab
+
+    tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-conv-"))
+    saved = os.environ.get("MUSLIN_LAB_DIR")
+    os.environ["MUSLIN_LAB_DIR"] = str(tmp)
+    name = f"mc{token(4)}"
+    out: dict = {"hosts": hosts, "backend": backend}
+    try:
+        lab.up(name, hosts, backend)
+        far = lab.sandbox(name, f"h{hosts}", "far")
+        reach = []
+        for i in range(sandboxes):
+            sb = lab.sandbox(name, "h1", f"s{i}")  # returns when its ADD has returned
+            ms = _first_reply_ms(far["netns"], str(sb["address"]).split("/")[0])
+            if ms is not None:
+                reach.append(ms)
+        if not reach:
+            raise RuntimeError(f"no new sandbox answered a ping from h{hosts} within 3 s")
+        out["sandbox_reachable_ms"] = {"n": len(reach), "p50": statistics.median(reach), "max": max(reach),
+                                       "lost": sandboxes - len(reach)}
+        log(f"  a new sandbox on h1 answers a ping from h{hosts}: p50 {statistics.median(reach):.0f} ms, "
+            f"max {max(reach):.0f} ms ({len(reach)}/{sandboxes})")
+        join = []
+        for _ in range(joins):
+            st = lab.LabState.load(name)
+            t0 = time.perf_counter()
+            h = lab.add_host(name)
+            st = lab.LabState.load(name)
+            peers = [lab.ns_host(name, p) for p in st.hosts if p != h]
+            subnet, leased = "", None
+            while time.perf_counter() - t0 < 30:
+                subnet = lab.host_status(st, h).get("subnet", "")
+                if subnet and leased is None:
+                    leased = time.perf_counter()  # its record is in etcd
+                if subnet and all(_has_route(p, subnet) for p in peers):
+                    break
+                time.sleep(0.02)
+            end = time.perf_counter()
+            join.append(((end - t0) * 1e3, (end - (leased or end)) * 1e3))
+        total, after = [t for t, _ in join], [a for _, a in join]
+        out["host_join_ms"] = {"n": len(join), "p50": statistics.median(total), "max": max(total),
+                               "after_record_p50": statistics.median(after), "after_record_max": max(after),
+                               "peers": hosts + joins - 1}
+        log(f"  a new host's subnet routed on all its peers: p50 {statistics.median(total):.0f} ms from its agent's "
+            f"start, {statistics.median(after):.0f} ms from its record in etcd (max {max(after):.0f})")
+        return out
+    finally:
+        lab.down(name)
+        if saved is None:
+            os.environ.pop("MUSLIN_LAB_DIR", None)
+        else:
+            os.environ["MUSLIN_LAB_DIR"] = saved
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
