@@ -68,6 +68,13 @@ class Context:
                 self._muslin = Muslin(store=store, state_dir=self.args.state_dir)
             return self._muslin
 
+    def local_store(self) -> Any:
+        """Another connection to this host's store (for a service's own thread)."""
+        from muslin.store import open_store
+
+        a = self.args
+        return open_store(a.store, etcd_options(a)) if a.store else open_store(str(self.muslin.state_dir))
+
     def close(self) -> None:
         if self._muslin is not None:
             self._muslin.close()
@@ -252,7 +259,7 @@ class ClusterService:
         from muslin.store import open_store
 
         a = self.ctx.args
-        pub = EndpointPublisher(open_store(a.cluster_store), open_store(a.store or str(self.ctx.muslin.state_dir)),
+        pub = EndpointPublisher(open_store(a.cluster_store, etcd_options(a)), self.ctx.local_store(),
                                 self.agent.network, self.agent.hostname, lambda: self.agent.lease)
         pub.start()
         return pub
@@ -292,11 +299,10 @@ class DnsService:
 
         a = self.ctx.args
         self.server.start()
-        self.feeds.append(LocalFeed(open_store(a.store or str(self.ctx.muslin.state_dir)), self.server.change,
-                                    self.stop_feeds))
+        self.feeds.append(LocalFeed(self.ctx.local_store(), self.server.change, self.stop_feeds))
         if a.cluster_store:
-            self.feeds.append(ClusterFeed(open_store(a.cluster_store), self.server.change, self.stop_feeds,
-                                          a.cluster_network, a.hostname))
+            self.feeds.append(ClusterFeed(open_store(a.cluster_store, etcd_options(a)), self.server.change,
+                                          self.stop_feeds, a.cluster_network, a.hostname))
         for f in self.feeds:
             f.start()
         self.feeds[0].loaded.wait(10)  # serve the names there are before saying ready
