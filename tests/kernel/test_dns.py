@@ -122,6 +122,12 @@ def test_names_on_one_network_not_across_networks_and_upstream_forwarding(w):
     w.connect(other, far)
     w.muslind("--dns-handover", "0")
     gw = str(sub[1])
+    # labels: set at connect, changed at once on every network with `muslin label`
+    assert w.muslin("label", srv, "tier=db", "app-").stdout.strip() == "tier=db"
+    (rec,) = [e for e in json.loads(w.muslin("network", "inspect", web, "-o", "json").stdout)["endpoints"]
+              if e["name"] == srv]
+    assert rec["labels"] == {"tier": "db"} and rec["aliases"] == ["api"] and rec["namespace"] == "default"
+    assert w.muslin("label", srv, "bad key=x", check=False).returncode == 2
     # the sandbox's resolv.conf names its network's DNS (muslind on the gateway)
     rc = Path(f"/etc/netns/{cli}/resolv.conf").read_text()
     assert f"nameserver {gw}" in rc and f"search {web}" in rc
