@@ -165,6 +165,9 @@ def test_names_on_one_network_not_across_networks_and_upstream_forwarding(w):
     assert up["answers"] == ["192.0.2.7"] and "upstream.test A" in w.upstream.questions()
     # TTL at most 5 s
     assert all(t <= 5 for t in query(w.sb(cli), gw, "api")["ttl"])
+    # the sandbox's resolv.conf goes with it
+    w.muslin("sandbox", "rm", cli)
+    assert not Path(f"/etc/netns/{cli}").exists()
 
 
 def gw_of(w: World, net: str) -> str:
