@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,dns]`
+"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,converge,wireguard,dns]`
 
 Runs as root; every namespace it makes is throwaway and removed at the end. Prints a
 table, writes results.json, results.md and PNG plots to --out (default bench/results).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "converge", "dns")
+PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "converge", "wireguard", "dns")
 
 
 def machine() -> dict:
@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.iperf import run_iperf_lab
         log(f"iperf3 cross-host in a muslin lab ({secs}s per run)")
         res["lab"] = _part("lab", lambda: run_iperf_lab(secs, log=log), log)
+    if "wireguard" in only:
+        from bench.wireguard import run_wireguard
+        log(f"wireguard vs host-gw on the same two lab hosts ({secs}s per TCP run)")
+        res["wireguard"] = _part("wireguard", lambda: run_wireguard(secs, 1 if a.smoke else 3, 60 if a.smoke else 300,
+                                                                     2 if a.smoke else 10, log=log), log)
     if "converge" in only:
         from bench.converge import run_converge
         log("control-plane convergence in a 10-host muslin lab (vxlan)")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.ns import Namespaces, run, token
+from bench.ns import Namespaces, token
 
 REF_DIR = "/usr/lib/cni"
 MAX_BRIDGE_PORTS = 1023  # Linux bridge limit (BR_MAX_PORTS): beyond it "exchange full"
@@ -114,22 +113,11 @@ class Setup:
         self.daemon = None
 
     def phases(self, reset: bool = True) -> dict:
-        """muslind's phase timings since the last reset (its `stats` request, framing 1)."""
-        import socket as _s
+        """muslind's phase timings since the last reset (its `stats` request)."""
+        from bench.worker import _raw
 
-        c = _s.socket(_s.AF_UNIX, _s.SOCK_STREAM)
-        try:
-            c.connect(self.sock)
-            c.sendall(json.dumps({"plugin": "stats", "env": {}, "stdin": json.dumps({"reset": reset})}).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = c.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        finally:
-            c.close()
-        return json.loads(json.loads(buf)["stdout"])
+        _rc, out = _raw(self.sock, {}, json.dumps({"reset": reset}).encode(), plugin=b"stats")
+        return json.loads(out)
 
     def rss_mb(self) -> float:
         if not self.daemon:

@@ -23,7 +23,7 @@ from bench.ns import token
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "clients"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from podman_util import Podman, free_subnet  # noqa: E402  (the client tests' harness)
+from podman_util import Podman, drop_empty_tables, free_subnet, iptables_save, nft_tables  # noqa: E402  (the client tests' harness)
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -35,17 +35,6 @@ def run_true(pm: Podman, network: str) -> float:
     return time.perf_counter() - t0
 
 
-def _nft_tables() -> set[str]:
-    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    return {ln.strip() for ln in out.splitlines() if ln.startswith("table ")}
-
-
-def _iptables_save(binary: str = "iptables-save") -> str:
-    if not shutil.which(binary):
-        return ""
-    return subprocess.run([binary], capture_output=True, text=True).stdout
-
-
 def undo_netavark(before_save: str, before_tables: set[str]) -> None:
     """netavark leaves its NETAVARK* iptables chains (and the jumps to them) after its last
     network is gone: remove them when they were not there before, and an ip nat/filter
@@ -55,38 +44,25 @@ def undo_netavark(before_save: str, before_tables: set[str]) -> None:
     import shlex
 
     table = ""
-    for line in _iptables_save().splitlines():
+    for line in iptables_save().splitlines():
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith("-A ") and "NETAVARK" in line and not line.split()[1].startswith("NETAVARK"):
             args = shlex.split(line)
             subprocess.run(["iptables", "-w", "5", "-t", table, "-D", *args[1:]], capture_output=True)
     table = ""
-    for line in _iptables_save().splitlines():
+    for line in iptables_save().splitlines():
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith(":NETAVARK"):
             chain = line[1:].split()[0]
             subprocess.run(["iptables", "-w", "5", "-t", table, "-F", chain], capture_output=True)
-    for line in _iptables_save().splitlines():
+    for line in iptables_save().splitlines():
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith(":NETAVARK"):
             subprocess.run(["iptables", "-w", "5", "-t", table, "-X", line[1:].split()[0]], capture_output=True)
     drop_empty_tables(before_tables)
-
-
-def drop_empty_tables(before_tables: set[str]) -> None:
-    """Remove an ip nat/filter table that was not there before and holds no rule now
-    (iptables-nft leaves its base chains behind)."""
-    save = _iptables_save()
-    for t in ("nat", "filter"):
-        name = f"table ip {t}"
-        if name in before_tables or name not in _nft_tables():
-            continue
-        block = save.split(f"*{t}\n", 1)[1].split("COMMIT", 1)[0] if f"*{t}\n" in save else ""
-        if not any(ln.startswith("-A ") for ln in block.splitlines()):
-            subprocess.run(["nft", "delete", "table", "ip", t], capture_output=True)
 
 
 def _cost(pm: Podman, network: str, runs: int) -> dict:
@@ -105,7 +81,7 @@ def _reference(tmp: Path, pms: list, runs: int) -> dict:
     name, bridge = f"mbr{token(4)}", f"mbr{token(4)}"
     pm = Podman(tmp / "r", ["/usr/lib/cni"])
     pms.append(pm)
-    before_tables = _nft_tables()
+    before_tables = nft_tables()
     (pm.net_dir / f"{name}.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": [{
         "type": "bridge", "bridge": bridge, "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
         "ipam": {"type": "host-local", "ranges": [[{"subnet": str(free_subnet())}]], "dataDir": str(tmp / "hl")}}]}))
@@ -121,8 +97,15 @@ def run_podman(runs: int, log=print) -> dict:
     """{"muslin-agent", "muslin-inproc", "reference", "netavark": {...}} (cost_s = network cost)."""
     if not shutil.which("podman"):
         return {"skipped": "podman is not installed"}
+    from docker_util import root_ns_lock  # podman works in the root namespace: one user of it at a time
+
+    with root_ns_lock():
+        return _run_podman(runs, log)
+
+
+def _run_podman(runs: int, log=print) -> dict:
     out: dict = {}
-    start_tables = _nft_tables()
+    start_tables = nft_tables()
     tmp = Path(tempfile.mkdtemp(prefix="mbp", dir="/tmp"))  # podman wants a short runroot
     agent = None
     pms: list[Podman] = []
@@ -157,7 +140,7 @@ def run_podman(runs: int, log=print) -> dict:
         pm = Podman(tmp / "n", ["/usr/lib/cni"], backend="netavark")
         pms.append(pm)
         nname = f"mbn{token(4)}"
-        before_save, before_tables = _iptables_save(), _nft_tables()
+        before_save, before_tables = iptables_save(), nft_tables()
         pm("network", "create", "--subnet", str(free_subnet()), nname)
         try:
             out["netavark"] = _cost(pm, nname, runs)

@@ -102,6 +102,17 @@ def other_rows(res: dict) -> list[list[str]]:
     for k in ("skipped", "error"):
         if k in lb:
             rows.append(["iperf3 cross-host (muslin lab)", k, lb[k]])
+    wg = res.get("wireguard") or {}
+    if "tcp_ratio" in wg:
+        rows.append(["single-stream TCP, wireguard (wireguard-go) vs host-gw, same two lab hosts",
+                     f"{wg['wireguard_tcp_gbps']:.2f} vs {wg['host-gw_tcp_gbps']:.2f} Gbit/s",
+                     f"{wg['tcp_ratio'] * 100:.0f}% of host-gw"])
+        rows.append(["RTT p50, wireguard vs host-gw", f"{wg['wireguard_rtt_p50_ms']:.3f} vs "
+                     f"{wg['host-gw_rtt_p50_ms']:.3f} ms", f"+{wg['added_rtt_p50_ms']:.3f} ms"])
+        rows.append(["a new WireGuard peer programmed after its record appears",
+                     f"{wg['new_peer_p50_s'] * 1000:.0f} ms p50", f"max {wg['new_peer_max_s'] * 1000:.0f} ms"])
+    elif wg:
+        rows.append(["wireguard", "", str(wg)[:200]])
     cv = res.get("converge") or {}
     if cv.get("sandbox_reachable_ms"):
         r = cv["sandbox_reachable_ms"]

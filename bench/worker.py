@@ -17,13 +17,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 
-def _raw(sock: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
+def _raw(sock: str, env: dict[str, str], stdin: bytes, plugin: bytes = b"cni") -> tuple[int, bytes]:
     """The request muslin-cni would send (framing 2, cni/server.py), from this process."""
     block = b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(sock)
-        s.sendall(b"MSL2" + struct.pack(">I", 3) + b"cni" + struct.pack(">I", len(block)) + block
+        s.sendall(b"MSL2" + struct.pack(">I", len(plugin)) + plugin + struct.pack(">I", len(block)) + block
                   + struct.pack(">I", len(stdin)) + stdin)
         buf = b""
         while len(buf) < 12 or len(buf) < 12 + struct.unpack_from(">I", buf, 8)[0]:

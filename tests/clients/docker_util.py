@@ -78,9 +78,18 @@ def root_ns_lock(timeout: float = 900):
                 if time.monotonic() > end:
                     raise AssertionError(f"{ROOT_NS_LOCK} held by another root-namespace test for {timeout}s")
                 time.sleep(0.5)
+        before = _root_tables()
         yield
+        left = sorted(_root_tables() - before)
+        assert not left, f"the root namespace kept nftables tables this test made: {left}"
     finally:
         os.close(fd)
+
+
+def _root_tables() -> set[str]:
+    """The root namespace's nftables tables (no one else changes them while the lock is held)."""
+    r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    return {line.strip() for line in r.stdout.splitlines() if line.strip()}
 
 
 class UnixHTTP(http.client.HTTPConnection):

@@ -53,6 +53,30 @@ def free_subnet() -> ipaddress.IPv4Network:
     raise RuntimeError("no free 10.X.Y.0/24 subnet")
 
 
+def nft_tables() -> set[str]:
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return {ln.strip() for ln in out.splitlines() if ln.startswith("table ")}
+
+
+def iptables_save(binary: str = "iptables-save") -> str:
+    if not shutil.which(binary):
+        return ""
+    return subprocess.run([binary], capture_output=True, text=True).stdout
+
+
+def drop_empty_tables(before_tables: set[str]) -> None:
+    """Remove an ip nat/filter table that was not there before and holds no rule now
+    (iptables-nft leaves its base chains behind)."""
+    save = iptables_save()
+    for t in ("nat", "filter"):
+        name = f"table ip {t}"
+        if name in before_tables or name not in nft_tables():
+            continue
+        block = save.split(f"*{t}\n", 1)[1].split("COMMIT", 1)[0] if f"*{t}\n" in save else ""
+        if not any(ln.startswith("-A ") for ln in block.splitlines()):
+            subprocess.run(["nft", "delete", "table", "ip", t], capture_output=True)
+
+
 class Podman:
     def __init__(self, base: Path, plugin_dirs: list[str], env: dict[str, str] | None = None,
                  backend: str = "cni", netns: str = "") -> None:

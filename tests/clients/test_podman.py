@@ -18,7 +18,7 @@ import pytest
 
 from nsutil import suffix, tool
 from docker_util import root_ns_lock
-from podman_util import Podman, free_port, free_subnet
+from podman_util import Podman, drop_empty_tables, free_port, free_subnet, nft_tables
 
 from muslin.model import names
 
@@ -135,6 +135,7 @@ def test_podman_reference_bridge_with_muslin_ipam(env):
     name = "mpib" + suffix()
     bridge = "mpb" + suffix()
     had_fw = sh("iptables", "-S", "CNI-FORWARD").returncode == 0
+    tables = nft_tables()
     pm.add_network({"cniVersion": "1.0.0", "name": name, "plugins": [
         {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False, "hairpinMode": True,
          "ipam": {"type": "muslin-ipam", "ranges": [[{"subnet": str(sub)}]], "routes": [{"dst": "0.0.0.0/0"}],
@@ -162,3 +163,4 @@ def test_podman_reference_bridge_with_muslin_ipam(env):
                 sh("iptables", "-F", chain)
             for chain in ("CNI-FORWARD", "CNI-ADMIN"):
                 sh("iptables", "-X", chain)
+            drop_empty_tables(tables)  # and the ip filter table iptables-nft made for them

@@ -79,9 +79,7 @@ class Cni:
 
     # -- state of the host ----------------------------------------------------------
     def settle(self) -> None:
-        """muslind deletes DEL'd veths a moment later (control/reaper.py): wait for that."""
-        if not self.agent:
-            return
+        """A muslind deletes DEL'd veths a moment later (control/reaper.py): wait for that."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             retired = sh("ip", "-n", self.host.name, "-o", "link", "show", "group", str(REAP_GROUP)).stdout

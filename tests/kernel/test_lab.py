@@ -553,7 +553,7 @@ def test_bad_input_one_line_and_nothing_made(lab_dir):
     assert r.stderr.startswith("error: cluster CIDR 10.244.0.0/23 holds only 2 /24 host subnets")
     r = lab_cli("up", name, "--hosts", "2", "--backend", "geneve")
     assert r.returncode == 2 and r.stderr.strip() == \
-        "error: unknown backend 'geneve': expected one of vxlan, host-gw, bgp"
+        "error: unknown backend 'geneve': expected one of vxlan, host-gw, bgp, wireguard"
     r = lab_cli("up", name, "--hosts", "2", "--lease-ttl", "10", "--subnet-ttl", "3")
     assert r.returncode == 2 and r.stderr.strip() == \
         "error: subnet lease TTL 3 must be at least the liveness lease TTL 10"

@@ -72,3 +72,17 @@ for i in range(5):
 print(s.delete_link(group=4242), s.delete_link(group=4242), [l.name for l in s.links() if l.name.startswith("tg")])
 """
     assert h.run(sys.executable, "-c", script).stdout.split() == ["True", "False", "[]"]
+
+
+def test_a_macvlan_on_loopback_is_invalid_not_unavailable(netns):
+    h, c = netns("h"), netns("c")
+    script = f"""
+from muslin.dataplane import links
+from muslin.model.errors import MuslinError
+try:
+    links.Host().create_macvlan("mv0", "lo", "bridge", "{c.path}", 0)
+except MuslinError as e:
+    print(type(e).__name__, e)
+"""
+    out = h.run(sys.executable, "-c", script).stdout
+    assert out.startswith("Invalid ") and "Ethernet device" in out, out

@@ -272,6 +272,7 @@ def test_unexpected_exception_is_code_999_one_line(monkeypatch):
         raise RuntimeError("kaboom\nsecond line")
 
     monkeypatch.setattr(h, "_open", boom)
+    monkeypatch.setattr(h, "_check_netns", lambda netns: None)  # ENV's netns is made up
     out, rc = h.handle(ENV, conf())
     d = json.loads(out)
     assert rc == 1 and d["code"] == 999 and d["msg"] == "internal error: kaboom second line"
@@ -359,9 +360,242 @@ def test_own_netns_refused(tmp_path):
     assert not (tmp_path / "muslin.db").exists()
 
 
-def test_delegation_needs_cni_path(tmp_path):
+def test_delegation_needs_cni_path(tmp_path, monkeypatch):
+    import muslin.cni.handler as h
+
+    monkeypatch.setattr(h, "_check_netns", lambda netns: None)  # a made-up netns: the delegation is refused first
     env = {**ENV, "CNI_NETNS": "/run/netns/none-such"}
     env.pop("CNI_PATH")
     out, rc = handle(env, conf(dataDir=str(tmp_path), ipam={"type": "host-local", "subnet": "10.3.0.0/24"}))
     d = json.loads(out)
     assert rc == 1 and d["code"] == 4 and "CNI_PATH" in d["msg"], d
+
+
+# ---------------------------------------------------------------- input that must be refused (issue 8, bug 7)
+
+RANGES = {"type": "muslin-ipam", "ranges": [[{"subnet": "10.88.0.0/24"}]]}
+
+
+@pytest.mark.parametrize("env,kw,code,needle", [
+    ({"CNI_CONTAINERID": "abc\n"}, {}, 4, "CNI_CONTAINERID"),
+    ({}, {"name": "net1\n"}, 7, "name"),
+    ({}, {"network": "net1\n"}, 7, "network"),
+    ({"CNI_IFNAME": "eth\x010"}, {}, 4, "CNI_IFNAME"),
+])
+def test_id_or_name_with_a_trailing_newline_is_refused(env, kw, code, needle):
+    c, msg = code_of({**ENV, **env}, conf(**kw))
+    assert c == code and needle in msg
+
+
+@pytest.mark.parametrize("ipam,needle", [
+    ({"type": "muslin-ipam", "ranges": [[{"subnet": "0.0.0.0/0"}]]}, "ipam.ranges[0][0].subnet 0.0.0.0/0"),
+    ({"type": "muslin-ipam", "ranges": [[{"subnet": "::/0"}]]}, "ipam.ranges[0][0].subnet ::/0"),
+    ({"type": "muslin-ipam", "subnet": "0.0.0.0/0"}, "ipam.subnet 0.0.0.0/0"),
+    ({"type": "host-local", "subnet": "::/0"}, "ipam.subnet ::/0"),
+    ({"type": "muslin-ipam", "ranges": [[{"subnet": "10.88.0.0/24\n"}]]}, "ipam.ranges[0][0].subnet"),
+    ({"type": "muslin-ipam", "subnet": "10.88.0.0/24\n"}, "ipam.subnet"),
+    ({"type": "muslin-ipam", "subnet": " 10.88.0.0/24"}, "ipam.subnet"),
+    ({"type": "muslin-ipam", "ranges": [[{"subnet": "10.88.0.0/24", "gateway": "10.88.0.1\n"}]]}, "gateway"),
+    ({"type": "muslin-ipam", "ranges": [[{"subnet": "0.0.0.0/1"}]]}, "0.0.0.0/8"),
+    ({"type": "muslin-ipam", "ranges": [[{"subnet": "127.0.0.0/24"}]]}, "loopback"),
+    ({"type": "muslin-ipam", "ranges": [[{"subnet": "224.1.0.0/24"}]]}, "multicast"),
+    ({"type": "muslin-ipam", "ranges": [[{"subnet": "ff02::/64"}]]}, "multicast"),
+])
+def test_subnet_of_every_address_or_with_a_newline_is_code_7(ipam, needle):
+    c, msg = code_of(ENV, conf(ipam=ipam))
+    assert c == 7 and needle in msg, msg
+
+
+def test_runtime_ip_ranges_of_every_address_is_code_7():
+    c, msg = code_of(ENV, conf(runtimeConfig={"ipRanges": [[{"subnet": "0.0.0.0/0"}]]}))
+    assert c == 7 and "runtimeConfig.ipRanges[0][0].subnet 0.0.0.0/0" in msg
+
+
+@pytest.mark.parametrize("key,value", [
+    ("gateway", 5), ("gateway", ["10.88.0.1"]), ("dataDir", 5), ("dataDir", True), ("resolvConf", 5),
+    ("resolvConf", {"x": 1}), ("rangeStart", 7), ("agentSocket", 3),
+])
+def test_ipam_key_of_the_wrong_type_is_code_2(key, value):
+    c, msg = code_of(ENV, conf(ipam={**RANGES, key: value}))
+    assert c == 2 and f"ipam.{key}=" in msg, msg
+
+
+def test_ipam_gateway_without_a_subnet_is_refused():
+    c, msg = code_of(ENV, conf(ipam={**RANGES, "gateway": "10.88.0.9"}))
+    assert c == 7 and "ipam.gateway" in msg
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"dataDir": "rel/dir"}, "dataDir 'rel/dir' is not an absolute path"),
+    ({"dataDir": "."}, "dataDir '.'"),
+    ({"ipam": {**RANGES, "dataDir": "state"}}, "ipam.dataDir 'state' is not an absolute path"),
+    ({"dataDir": "/a/b\x00"}, "control characters"),
+    ({"agentSocket": "muslind.sock"}, "agentSocket 'muslind.sock'"),
+    ({"ipam": {**RANGES, "resolvConf": "resolv.conf"}}, "ipam.resolvConf 'resolv.conf'"),
+    ({"dataDir": "/a", "ipam": {**RANGES, "dataDir": "/b"}}, "differ"),
+])
+def test_relative_paths_are_code_7(kw, needle):
+    c, msg = code_of(ENV, conf(**kw))
+    assert c == 7 and needle in msg, msg
+
+
+def test_null_data_dir_is_unset_and_a_delegated_ipams_data_dir_is_not_muslins():
+    assert parse_request(ENV, conf(dataDir=None)).data_dir == ""
+    assert parse_request(ENV, conf(dataDir="/s", ipam={**RANGES, "dataDir": "/s/"})).data_dir == "/s"
+    r = parse_request(ENV, conf(ipam={"type": "host-local", "subnet": "10.3.0.0/24", "dataDir": "/hl"}))
+    assert r.data_dir == ""
+    r = parse_request(ENV, conf(ipam={**RANGES, "dataDir": "/own"}))
+    assert r.data_dir == "/own"
+
+
+def test_missing_resolv_conf_is_refused_before_any_allocation(tmp_path):
+    state = tmp_path / "state"
+    for path in (str(tmp_path / "missing"), str(tmp_path)):  # absent, or a directory
+        out, rc = handle_ipam(ENV, conf(dataDir=str(state), ipam={**RANGES, "resolvConf": path}))
+        err = json.loads(out)
+        assert rc == 1 and err["code"] == 7 and "ipam.resolvConf" in err["msg"], err
+        assert not state.exists() or list(state.iterdir()) == []  # no store made, nothing allocated
+
+
+def test_resolv_conf_read_into_the_ipam_result(tmp_path):
+    rc_file = tmp_path / "resolv.conf"
+    rc_file.write_text("nameserver 10.0.0.53\nsearch a.example\n")
+    out, rc = handle_ipam(ENV, conf(dataDir=str(tmp_path / "s"), ipam={**RANGES, "resolvConf": str(rc_file)}))
+    assert rc == 0 and json.loads(out)["dns"] == {"nameservers": ["10.0.0.53"], "search": ["a.example"]}
+
+
+@pytest.mark.parametrize("args,needle", [
+    ({"cni": {"ips": "10.88.0.5"}}, 'args.cni.ips="10.88.0.5"'),
+    ({"cni": {"ips": {"a": 1}}}, "args.cni.ips="),
+    ({"cni": {"ips": [5]}}, "args.cni.ips[0]=5"),
+    ({"cni": {"mac": 5}}, "args.cni.mac=5"),
+    ({"cni": "x"}, 'args.cni="x"'),
+    ({"cni": {"ips": [], "mac": ["02:00:00:00:00:01"]}}, "args.cni.mac="),
+])
+def test_args_cni_of_the_wrong_type_is_code_2(args, needle):
+    c, msg = code_of(ENV, conf(args=args))
+    assert c == 2 and needle in msg, msg
+
+
+@pytest.mark.parametrize("cni_args,needle", [
+    ("IP=10.88.0.5/8", "CNI_ARGS IP 10.88.0.5/8 does not match the prefix of its subnet 10.88.0.0/24"),
+    ("IP=10.88.0.5;;MAC=02:00:00:00:00:01", "empty item"),
+    (";;", "empty item"),
+    ("IP=10.88.0.5;", "empty item"),
+    ("IP=", "CNI_ARGS IP= is empty"),
+    ("MAC=", "CNI_ARGS MAC= is empty"),
+    ("IP=10.88.0.5,", "empty address"),
+    ("IP=10.88.0.5,10.88.0.5", "10.88.0.5 twice"),
+    ("IP=10.88.0.5;IP=10.88.0.6", "gives IP twice"),
+    ("IP=10.88.0.5 ", "is not an IP address"),
+    ("IP=10.88.0.5\n", "is not an IP address"),
+])
+def test_malformed_cni_args_is_code_4(cni_args, needle):
+    c, msg = code_of({**ENV, "CNI_ARGS": cni_args}, conf())
+    assert c == 4 and needle in msg, msg
+    assert "\n" not in msg
+
+
+def test_requested_address_with_its_subnets_prefix_is_fine():
+    r = parse_request({**ENV, "CNI_ARGS": "IP=10.88.0.5/24"}, conf(args={"cni": {"ips": ["10.88.0.5/24"]}}))
+    assert [str(i) for i in r.ips] == ["10.88.0.5"]
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"args": {"cni": {"ips": ["10.88.0.5/16"]}}}, "args.cni.ips[0] 10.88.0.5/16 does not match"),
+    ({"args": {"cni": {"ips": ["10.88.0.5", "10.88.0.5"]}}}, "10.88.0.5 twice"),
+    ({"runtimeConfig": {"ips": ["10.88.0.5\n"]}}, "runtimeConfig.ips[0]"),
+    ({"runtimeConfig": {"ips": ["10.88.0.7/25", "10.88.0.7"]}}, "twice"),
+])
+def test_malformed_requested_addresses_in_the_config_are_code_7(kw, needle):
+    c, msg = code_of(ENV, conf(**kw))
+    assert c == 7 and needle in msg, msg
+
+
+@pytest.mark.parametrize("att,needle", [
+    ({"ifname": "eth0"}, "[0].containerID is missing"),
+    ({"containerID": "c1"}, "[0].ifname is missing"),
+    ({"containerID": "", "ifname": "eth0"}, "[0].containerID is missing"),
+])
+def test_gc_valid_attachment_missing_containerid_or_ifname_is_code_7(att, needle):
+    c, msg = code_of({"CNI_COMMAND": "GC"}, conf(**{"cni.dev/valid-attachments": [{"containerID": "ok",
+                                                                                    "ifname": "eth0"}, att]}))
+    assert c == 7 and needle.replace("[0]", "[1]") in msg, msg
+
+
+@pytest.mark.parametrize("mac", ["zz", "01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00",
+                                 "02:00:00:00:00:01\n", "02-00-00-00-00-01", "02:00:00:00:00:0", "02:00:00:00:00:011"])
+@pytest.mark.parametrize("where", ["CNI_ARGS MAC", "args.cni.mac", "runtimeConfig.mac"])
+def test_invalid_or_multicast_mac_is_refused_naming_where(mac, where):
+    env, kw = dict(ENV), {}
+    if where == "CNI_ARGS MAC":
+        env["CNI_ARGS"] = f"MAC={mac}"
+    elif where == "args.cni.mac":
+        kw["args"] = {"cni": {"mac": mac}}
+    else:
+        kw["runtimeConfig"] = {"mac": mac}
+    c, msg = code_of(env, conf(**kw))
+    assert c == (4 if where == "CNI_ARGS MAC" else 7) and msg.startswith(where), msg
+    assert "ValueError" not in msg and "\n" not in msg
+
+
+def test_deeply_nested_config_is_code_6_not_internal():
+    deep = b'{"a": ' * 5000 + b"1" + b"}" * 5000
+    for fn in (handle, handle_ipam):
+        out, rc = fn(ENV, deep)
+        err = json.loads(out)
+        assert rc == 1 and err["code"] == 6 and "nested too deeply" in err["msg"], err
+    out, rc = handle({"CNI_COMMAND": "VERSION"}, deep)
+    assert rc == 0 and json.loads(out)["cniVersion"] == T.CURRENT_VERSION
+
+
+def test_huge_value_is_quoted_back_shortened_on_one_line():
+    out, rc = handle(ENV, conf(pad="z" * 300000, bogus="a\nb"))
+    err = json.loads(out)
+    assert rc == 1 and err["code"] == 2 and "pad=" in err["msg"] and "not a key this plugin knows" in err["msg"]
+    assert len(err["msg"]) <= 600 and "\n" not in err["msg"], len(err["msg"])
+
+
+def test_mtu_below_ipv6_minimum_with_an_ipv6_range_is_code_7():
+    dual = {"type": "muslin-ipam", "ranges": [[{"subnet": "10.88.0.0/24"}], [{"subnet": "fd00:88::/64"}]]}
+    c, msg = code_of(ENV, conf(mtu=1000, ipam=dual))
+    assert c == 7 and "mtu 1000" in msg and "IPv6" in msg
+    assert parse_request(ENV, conf(mtu=1000)).mtu == 1000  # IPv4 only: fine
+
+
+@pytest.mark.parametrize("what", ["mnt-namespace", "directory", "dev-null", "fifo", "missing"])
+def test_cni_netns_that_is_not_a_network_namespace_is_refused_before_any_work(tmp_path, what):
+    import os
+
+    from muslin.cni import handler
+
+    path = {"mnt-namespace": "/proc/self/ns/mnt", "directory": str(tmp_path), "dev-null": "/dev/null",
+            "fifo": str(tmp_path / "fifo"), "missing": str(tmp_path / "gone")}[what]
+    if what == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(CniError) as ei:
+        handler._check_netns(path)  # what ADD and CHECK run right after parsing
+    want = (3, "does not exist") if what == "missing" else (4, "is not a network namespace")
+    assert (ei.value.cni_code, want[1] in ei.value.message) == (want[0], True), ei.value.message
+
+
+def test_relative_cni_netns_is_code_4():
+    c, msg = code_of({**ENV, "CNI_NETNS": "run/netns/x"}, conf())
+    assert c == 4 and "CNI_NETNS" in msg and "absolute" in msg
+
+
+@pytest.mark.parametrize("bridge", ["Í", "br*", "a\nb", ".", "..", "x" * 16, "a b", "a/b"])
+def test_bridge_name_the_firewall_cannot_hold_is_code_7(bridge):
+    # "Í" was accepted, made the bridge, then failed in the nft sync (and hung: issue 8 bug 2)
+    c, msg = code_of(ENV, conf(bridge=bridge))
+    assert c == 7 and msg.startswith("bridge "), msg
+
+
+def test_data_dir_that_is_a_file_is_code_7_and_left_alone(tmp_path):
+    f = tmp_path / "plain"
+    f.write_text("not a store\n")
+    out, rc = handle_ipam({"CNI_COMMAND": "GC"}, conf(cniVersion="1.1.0", dataDir=str(f),
+                                                      **{"cni.dev/valid-attachments": []}))
+    err = json.loads(out)
+    assert rc == 1 and err["code"] == 7 and err["msg"] == f"dataDir {f} is not a directory", err
+    assert f.read_text() == "not a store\n"

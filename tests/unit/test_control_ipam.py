@@ -177,3 +177,11 @@ def test_parallel_processes_never_share_an_address(tmp_path):
     for ip, owner in owners.items():
         assert ipam.allocated(owner) == [(N("10.50.0.0/24"), ip)]
     st.close()
+
+
+@pytest.mark.parametrize("ip,what", [("10.1.0.0", "network"), ("10.1.0.255", "broadcast")])
+def test_requested_network_or_broadcast_address_says_so(ipam, ip, what):
+    # the path of `muslin connect --ip` and CNI IP=: not "outside the range" (issue 8, bug 7)
+    with pytest.raises(Invalid, match=f"{ip} is the {what} address of 10.1.0.0/24"):
+        ipam.allocate([V4], "cli/sb/eth0", requested=[A(ip)])
+    assert ipam.allocated("cli/sb/eth0") == []

@@ -288,3 +288,34 @@ def test_parse_empty():
 def test_parse_errors(ipam, msg):
     with pytest.raises(Invalid, match=msg):
         parse_ipam_ranges(ipam)
+
+
+# -- issue 8, bug 7 ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("subnet,needle", [
+    ("0.0.0.0/0", "is every address"), ("::/0", "is every address"), ("0.0.0.0/1", "0.0.0.0/8"),
+    ("128.0.0.0/1", "multicast"), ("127.0.0.0/24", "loopback"), ("::/64", "loopback"), ("ff00::/64", "multicast"),
+])
+def test_subnet_of_every_address_or_reserved_is_invalid(subnet, needle):
+    # normalize_range is what create_network runs: the CLI's --subnet and Docker's pools too.
+    with pytest.raises(Invalid, match=needle):
+        normalize_range(IPRange(N(subnet)))
+
+
+@pytest.mark.parametrize("value", ["10.1.0.0/24\n", " 10.1.0.0/24", "10.1.0.0/24 ", "0.0.0.0/0", "::/0"])
+def test_parsed_subnet_with_whitespace_or_of_every_address_is_invalid(value):
+    with pytest.raises(Invalid, match=r"ipam\.subnet"):
+        parse_ipam_ranges({"subnet": value})
+    with pytest.raises(Invalid, match=r"ipam\.ranges\[0\]\[0\]\.subnet"):
+        parse_ipam_ranges({"ranges": [[{"subnet": value}]]})
+
+
+@pytest.mark.parametrize("ip,what", [("10.1.0.0", "network"), ("10.1.0.255", "broadcast")])
+def test_requested_network_or_broadcast_address_says_so(ip, what):
+    with pytest.raises(Invalid, match=f"{ip} is the {what} address of 10.1.0.0/24"):
+        next_free((normalize_range(IPRange(N("10.1.0.0/24"))),), set(), None, A(ip))
+
+
+def test_requested_v6_network_address_says_so():
+    with pytest.raises(Invalid, match="fd00:1:: is the network address of fd00:1::/64"):
+        next_free((normalize_range(IPRange(N("fd00:1::/64"))),), set(), None, A("fd00:1::"))

@@ -1,9 +1,11 @@
-"""bgp backend: a real BIRD 2 per host announces the host's subnet over iBGP (full mesh,
-or to route reflectors) and installs the peers' subnets with its kernel protocol. The
-agent only renders BIRD's config (pure, here) and asks BIRD to load it."""
+"""bgp backend: a real BIRD 2 per host (companion "bird", control/agent_bird.py) announces
+the host's subnet over iBGP (full mesh, or to route reflectors) and installs the peers'
+subnets with its kernel protocol. The backend renders BIRD's config (pure, here); the
+companion loads it."""
 
 from __future__ import annotations
 
+from muslin.backends.base import Backend
 from muslin.backends.model import ClusterConfig, Desired, HostRecord, Local
 
 TIMERS = "connect delay time 1; connect retry time 2; hold time 9; keepalive time 3; error wait time 1, 5;"
@@ -55,9 +57,13 @@ def bird_config(cfg: ClusterConfig, local: Local, peers: list[HostRecord], log_p
     return "\n".join(line for line in out if line) + "\n"
 
 
-def network_mtu(cfg: ClusterConfig, local: Local) -> int:
-    return cfg.mtu or local.underlay_mtu
+class Bgp(Backend):
+    name = "bgp"
+    companions = ("bird",)
+
+    def desired(self, cfg: ClusterConfig, local: Local, peers: list[HostRecord]) -> Desired:
+        conf = bird_config(cfg, local, peers, local.fact("bird_log"))
+        return Desired(companions=(("bird", conf),), network_mtu=self.network_mtu(cfg, local))
 
 
-def desired(cfg: ClusterConfig, local: Local, peers: list[HostRecord], log_path: str = "") -> Desired:
-    return Desired(bird_config=bird_config(cfg, local, peers, log_path), network_mtu=network_mtu(cfg, local))
+BACKEND = Bgp()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from muslin.backends.base import Backend
 from muslin.backends.model import ClusterConfig, Desired, HostRecord, Local
-from muslin.model.kernel import RouteSpec
 from muslin.model.errors import Invalid
+from muslin.model.kernel import RouteSpec
 
 
 def check_peer(local: Local, peer: HostRecord) -> None:
@@ -20,19 +21,21 @@ def check_peer(local: Local, peer: HostRecord) -> None:
                       f"underlay subnet {net} of {local.record.hostname}; use the vxlan or bgp backend")
 
 
-def network_mtu(cfg: ClusterConfig, local: Local) -> int:
-    return cfg.mtu or local.underlay_mtu
+class HostGw(Backend):
+    name = "host-gw"
+
+    def desired(self, cfg: ClusterConfig, local: Local, peers: list[HostRecord]) -> Desired:
+        routes, problems = set(), []
+        for p in peers:
+            if p.hostname == local.record.hostname:
+                continue
+            try:
+                check_peer(local, p)
+            except Invalid as e:
+                problems.append(str(e))
+                continue
+            routes.add(RouteSpec(p.subnet, p.underlay, local.underlay_dev))
+        return Desired(routes=frozenset(routes), network_mtu=self.network_mtu(cfg, local), problems=tuple(problems))
 
 
-def desired(cfg: ClusterConfig, local: Local, peers: list[HostRecord]) -> Desired:
-    routes, problems = set(), []
-    for p in peers:
-        if p.hostname == local.record.hostname:
-            continue
-        try:
-            check_peer(local, p)
-        except Invalid as e:
-            problems.append(str(e))
-            continue
-        routes.add(RouteSpec(p.subnet, p.underlay, local.underlay_dev))
-    return Desired(routes=frozenset(routes), network_mtu=network_mtu(cfg, local), problems=tuple(problems))
+BACKEND = HostGw()

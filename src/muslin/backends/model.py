@@ -1,30 +1,27 @@
-"""Plain data of a cluster network: its config, one host's record, and the kernel
-objects a host should have (routes, FDB and neighbour entries, a VXLAN device).
+"""Plain data of a cluster network: its config, one host's record, what the agent knows
+about its own host, and the kernel state a host should have (Desired); diff() turns
+what the kernel has (model.kernel.Observed) into it.
 
-Pure: no I/O. The agent observes the kernel into the same shapes and applies diff().
+Nothing here belongs to one backend: a backend's own settings are `ClusterConfig.options`
+(checked by the backend), what a host publishes for its peers is `HostRecord.published`.
+Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
 from typing import Any
 
+from muslin.model import names
 from muslin.model.errors import Invalid
-from muslin.model.kernel import Changes, FdbSpec, NeighSpec, Observed, RouteSpec, VxlanDev
+from muslin.model.kernel import (Changes, Device, EgressGuard, FdbSpec, NeighSpec, Observed, RouteSpec,
+                                 WgPeer)
 
-BACKENDS = ("vxlan", "host-gw", "bgp")
-VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 DEFAULT_SUBNET_TTL = 86400  # a host's subnet lease (renewed), like flannel's 24 h
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
-
-
-def check_name(what: str, name: str) -> str:
-    if not _NAME.match(name or ""):
-        raise Invalid(f"{what} {name!r} is not valid: use 1-32 letters, digits, '.', '_' or '-'")
-    return name
+NAME_MAX = 32  # cluster network and host names: they become parts of keys and device names
 
 
 @dataclass(frozen=True)
@@ -44,11 +41,22 @@ class ClusterConfig:
     # the subnet lease: TTL of a host's record and subnet key (renewed); peers drop a host
     # only when it leaves or this expires. Configs stored without it get the default.
     subnet_ttl: int = DEFAULT_SUBNET_TTL
+    # the backend's own settings (the backend checks them), as sorted (key, value) pairs;
+    # vni/port (vxlan) and asn/route_reflectors (bgp) predate this and stay where they were
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        opts = self.options.items() if isinstance(self.options, Mapping) else self.options
+        object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in opts)))
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
 
     def validate(self) -> ClusterConfig:
-        check_name("network name", self.network)
-        if self.backend not in BACKENDS:
-            raise Invalid(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        from muslin.backends.registry import get_backend  # the registry imports this module
+
+        names.check_name(self.network, "network name", NAME_MAX)
+        backend = get_backend(self.backend)
         try:
             net = ipaddress.ip_network(self.cidr)
         except ValueError as e:
@@ -69,6 +77,7 @@ class ClusterConfig:
         if self.subnet_ttl < self.lease_ttl:
             raise Invalid(f"subnet lease TTL {self.subnet_ttl} must be at least the liveness lease TTL "
                           f"{self.lease_ttl}")
+        backend.check(self)
         return self
 
     @property
@@ -81,6 +90,9 @@ class ClusterConfig:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["route_reflectors"] = list(self.route_reflectors)
+        d["options"] = dict(self.options)
+        if not d["options"]:  # configs without options read the same in older agents
+            del d["options"]
         return d
 
     @classmethod
@@ -91,6 +103,9 @@ class ClusterConfig:
             raise Invalid(f"cluster config: unknown key(s) {', '.join(unknown)}")
         kw = dict(d)
         kw["route_reflectors"] = tuple(d.get("route_reflectors", ()))
+        if not isinstance(d.get("options", {}), dict):
+            raise Invalid("cluster config: options must be an object")
+        kw["options"] = d.get("options", {})
         try:
             return cls(**kw).validate()
         except TypeError as e:
@@ -105,83 +120,122 @@ class HostRecord:
     subnet: str
     underlay: str  # underlay address
     underlay_net: str = ""  # the underlay's connected subnet (host-gw reachability)
-    vtep_mac: str = ""
-    vtep_ip: str = ""
+    # what this host's backend publishes for its peers (vxlan: vtep_mac, vtep_ip; wireguard:
+    # public_key, endpoint), as sorted (key, value) pairs
+    published: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        pub = self.published.items() if isinstance(self.published, Mapping) else self.published
+        object.__setattr__(self, "published", tuple(sorted((str(k), str(v)) for k, v in pub)))
+
+    def get(self, key: str, default: str = "") -> str:
+        return dict(self.published).get(key, default)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"hostname": self.hostname, "subnet": self.subnet, "underlay": self.underlay,
+                "underlay_net": self.underlay_net, "published": dict(self.published)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HostRecord:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """Also reads the records of older agents, which had vtep_mac/vtep_ip at the top."""
+        pub = dict(d.get("published") or {})
+        for legacy in LEGACY_PUBLISHED:
+            if d.get(legacy) and legacy not in pub:
+                pub[legacy] = d[legacy]
+        return cls(d["hostname"], d["subnet"], d["underlay"], d.get("underlay_net", ""), pub)
+
+
+LEGACY_PUBLISHED = ("vtep_mac", "vtep_ip")
 
 
 @dataclass(frozen=True)
 class Local:
-    """What the agent knows about its own host."""
+    """What the agent knows about its own host: its record, its underlay, and the facts its
+    backend's companions found (key file, interface name, ...: never published)."""
 
     record: HostRecord
     underlay_dev: str
     underlay_mtu: int = 1500
+    facts: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        f = self.facts.items() if isinstance(self.facts, Mapping) else self.facts
+        object.__setattr__(self, "facts", tuple(sorted((str(k), str(v)) for k, v in f)))
+
+    def fact(self, key: str, default: str = "") -> str:
+        return dict(self.facts).get(key, default)
 
 
 @dataclass(frozen=True)
 class Desired:
+    """The kernel state a host should have for one cluster network, plus the configs of the
+    backend's companion processes (e.g. ("bird", <BIRD's config>))."""
+
     routes: frozenset[RouteSpec] = frozenset()
     neighs: frozenset[NeighSpec] = frozenset()
     fdb: frozenset[FdbSpec] = frozenset()
-    vxlan: VxlanDev | None = None
-    bird_config: str = ""
+    devices: tuple[Device, ...] = ()
+    peers: frozenset[WgPeer] = frozenset()
+    guards: tuple[EgressGuard, ...] = ()
+    companions: tuple[tuple[str, str], ...] = ()
     network_mtu: int = 1500
     problems: tuple[str, ...] = ()  # peers that cannot be reached, one line each
 
+    def companion_config(self, name: str) -> str:
+        return dict(self.companions).get(name, "")
 
-def diff(desired: Desired, observed: Observed) -> Changes:
-    """The smallest set of changes from observed to desired (pure)."""
-    vx_create = vx_update = None
-    vx_delete = ""
-    want, have = desired.vxlan, observed.vxlan
-    if want is not None:
-        if have is None:
-            vx_create = want
-        elif (have.vni, have.local, have.port, have.underlay_dev) != (want.vni, want.local, want.port, want.underlay_dev):
-            vx_delete, vx_create = have.name, want
-        elif (have.mtu, have.mac.lower(), have.address) != (want.mtu, want.mac.lower(), want.address):
-            vx_update = want
-    elif have is not None:
-        vx_delete = have.name
-    # a recreated device loses its FDB and neighbours: program them all again
-    fresh = vx_create is not None
-    obs_neighs = frozenset() if fresh else observed.neighs
-    obs_fdb = frozenset() if fresh else observed.fdb
-    obs_routes = frozenset(r for r in observed.routes if not (fresh and want and r.dev == want.name))
+
+def diff(desired: Desired | Observed, observed: Observed) -> Changes:
+    """The smallest set of changes from observed to desired (pure). A device whose
+    immutable part differs is recreated, and what lived on it (neighbours, FDB entries,
+    WireGuard peers, routes through it) is programmed again; WireGuard peers are known by
+    their public key: a new key is the old peer removed and a new one set."""
+    want = {d.name: d for d in desired.devices}
+    have = {d.name: d for d in observed.devices}
+    create, delete, update = [], [], []
+    for name, d in sorted(want.items()):
+        h = have.get(name)
+        if h is None:
+            create.append(d)
+        elif type(h) is not type(d) or h.immutable() != d.immutable():
+            delete.append(name)
+            create.append(d)
+        elif h.mutable() != d.mutable():
+            update.append(d)
+    delete += sorted(n for n in have if n not in want)
+    gone = set(delete) | {d.name for d in create}
+    obs_routes = frozenset(r for r in observed.routes if r.dev not in gone)
+    obs_neighs = frozenset(n for n in observed.neighs if n.dev not in gone)
+    obs_fdb = frozenset(f for f in observed.fdb if f.dev not in gone)
+    obs_peers = frozenset(p for p in observed.peers if p.dev not in gone)
+    want_keys = {(p.dev, p.public_key) for p in desired.peers}
+    want_guards = {g.table: g for g in desired.guards}
+    have_guards = {g.table: g for g in observed.guards}
     return Changes(
-        del_routes=tuple(sorted(obs_routes - desired.routes)),
-        add_routes=tuple(sorted(desired.routes - obs_routes)),
+        set_guards=tuple(g for t, g in sorted(want_guards.items()) if have_guards.get(t) != g),
+        del_routes=tuple(sorted(obs_routes - desired.routes)),  # routes via a gone device go with it
+        delete_devices=tuple(delete), create_devices=tuple(create), update_devices=tuple(update),
         del_neighs=tuple(sorted(obs_neighs - desired.neighs)),
         add_neighs=tuple(sorted(desired.neighs - obs_neighs)),
         del_fdb=tuple(sorted(obs_fdb - desired.fdb)),
         add_fdb=tuple(sorted(desired.fdb - obs_fdb)),
-        vxlan_create=vx_create, vxlan_delete=vx_delete, vxlan_update=vx_update,
+        del_peers=tuple(sorted(p for p in obs_peers if (p.dev, p.public_key) not in want_keys)),
+        set_peers=tuple(sorted(desired.peers - obs_peers)),
+        add_routes=tuple(sorted(desired.routes - obs_routes)),
+        delete_guards=tuple(sorted(t for t in have_guards if t not in want_guards)),
     )
 
 
 def owned(observed: Observed, cidr: ipaddress.IPv4Network) -> Observed:
     """Only the routes of one cluster network (inside its CIDR); other networks' stay."""
-    return Observed(frozenset(r for r in observed.routes if ipaddress.ip_network(r.dst).subnet_of(cidr)),
-                    observed.neighs, observed.fdb, observed.vxlan)
+    return replace(observed, routes=frozenset(r for r in observed.routes
+                                              if ipaddress.ip_network(r.dst).subnet_of(cidr)))
 
 
 def stable_mac(text: str) -> str:
     """A locally administered unicast MAC derived from text (the same text, the same MAC)."""
     h = hashlib.sha256(text.encode()).digest()
     return ":".join(f"{b:02x}" for b in (bytes([(h[0] & 0xFC) | 0x02]) + h[1:6]))
-
-
-def vtep_mac(network: str, hostname: str) -> str:
-    """A stable, locally administered unicast MAC for a host's VTEP."""
-    return stable_mac(f"{network}/{hostname}")
 
 
 def device_name(prefix: str, network: str) -> str:

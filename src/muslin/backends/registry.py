@@ -1,17 +1,20 @@
-"""Backend by name: desired(cfg, local, peers) -> Desired and the network MTU."""
+"""Backends by name. Adding one: its own module under backends/, and one entry here."""
 
 from __future__ import annotations
 
-from muslin.backends import bgp, hostgw, vxlan
-from muslin.backends.model import BACKENDS, ClusterConfig, Desired, HostRecord, Local
+from muslin.backends import bgp, hostgw, vxlan, wireguard
+from muslin.backends.base import Backend
 from muslin.model.errors import Invalid
 
+BACKENDS: dict[str, Backend] = {b.name: b for b in (vxlan.BACKEND, hostgw.BACKEND, bgp.BACKEND, wireguard.BACKEND)}
 
-def desired_state(cfg: ClusterConfig, local: Local, peers: list[HostRecord], bird_log: str = "") -> Desired:
-    if cfg.backend == "vxlan":
-        return vxlan.desired(cfg, local, peers)
-    if cfg.backend == "host-gw":
-        return hostgw.desired(cfg, local, peers)
-    if cfg.backend == "bgp":
-        return bgp.desired(cfg, local, peers, bird_log)
-    raise Invalid(f"unknown backend {cfg.backend!r}: expected one of {', '.join(BACKENDS)}")
+
+def names() -> tuple[str, ...]:
+    return tuple(BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise Invalid(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}") from None

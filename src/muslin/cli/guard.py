@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from muslin.model.errors import MuslinError
+from muslin.model.errors import Invalid, MuslinError
 
 
 def version() -> str:
@@ -93,3 +93,16 @@ def run(cmd: click.Command, argv: list[str] | None = None, prog_name: str | None
         click.echo(f"error: internal: {type(e).__name__}: {e}", err=True)
         sys.exit(70)
     sys.exit(rv if type(rv) is int else 0)
+
+
+def key_values(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs of a repeatable option: true/false are booleans, digits integers,
+    anything else text (Invalid, naming the flag, for a pair without '=')."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Invalid(f"{flag} {pair!r}: expected KEY=VALUE")
+        low = value.lower()
+        out[key] = True if low == "true" else False if low == "false" else int(value) if value.isdigit() else value
+    return out

@@ -10,6 +10,7 @@ changes the namespace of the process it runs in.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any, Callable
 from muslin.cni import result as R
 from muslin.cni.types import (
     CURRENT_VERSION, E_CONFIG, E_ENV, E_INTERNAL, E_STATUS, E_TRY_AGAIN, SUPPORTED_VERSIONS, CniError,
-    CniRequest, error_code, parse_request,
+    CniRequest, check_requested_prefixes, error_code, parse_request,
 )
 from muslin.model.errors import Exhausted, MuslinError, NotFound
 from muslin.model.types import Endpoint, IPInterface, IPRange, Network, RangeSet
@@ -40,15 +41,27 @@ def _request_version(stdin: bytes) -> str:
         return CURRENT_VERSION
 
 
+MSG_MAX, WORD_MAX = 600, 100
+
+
+def one_line(text: str) -> str:
+    """A message as one readable line: whitespace collapsed, a huge value (a 300 kB config
+    value quoted back) shortened in the middle, the whole capped."""
+    words = [w if len(w) <= WORD_MAX else f"{w[:WORD_MAX - 30]}...({len(w)} chars)...{w[-10:]}"
+             for w in text.split()]
+    s = " ".join(words)
+    return s if len(s) <= MSG_MAX else s[:MSG_MAX - 3] + "..."
+
+
 def _guarded(fn: Callable[[], dict[str, Any] | None], stdin: bytes) -> tuple[str, int]:
     try:
         out = fn()
         return (json.dumps(out) if out is not None else ""), 0
     except MuslinError as e:
-        msg = " ".join(str(e.message).split()) or type(e).__name__
-        return json.dumps(R.error(error_code(e), msg, e.details, _request_version(stdin))), 1
+        msg = one_line(str(e.message)) or type(e).__name__
+        return json.dumps(R.error(error_code(e), msg, one_line(str(e.details)), _request_version(stdin))), 1
     except BaseException as e:  # noqa: BLE001 - last resort: one line, never a traceback
-        text = " ".join(str(e).split())[:300] or type(e).__name__
+        text = one_line(str(e))[:300] or type(e).__name__
         return json.dumps(R.error(E_INTERNAL, f"internal error: {text}", type(e).__name__,
                                   _request_version(stdin))), 1
 
@@ -91,6 +104,9 @@ def _open(req: CniRequest, env: dict[str, str]):
         if kept is not None:  # the db file was replaced: drop the stale connection
             KEEP_OPEN.pop((url, d), None)
             kept.close()
+    if not url and not d.endswith(".db") and os.path.exists(d) and not os.path.isdir(d):
+        where = "dataDir" if req.data_dir else "MUSLIN_STATE_DIR"
+        raise CniError(E_CONFIG, f"{where} {d} is not a directory")
     try:
         m = open_muslin(url or d, d)
     except MuslinError:
@@ -102,12 +118,31 @@ def _open(req: CniRequest, env: dict[str, str]):
     return m
 
 
-def _refuse_own_netns(netns: str) -> None:
-    """skel's rule: the container netns must not be the plugin's own (code 8)."""
+NS_GET_NSTYPE, CLONE_NEWNET = 0xB703, 0x40000000
+
+
+def _check_netns(netns: str) -> None:
+    """CNI_NETNS of an ADD/CHECK, before any work: a network namespace (not a mount
+    namespace, a directory or /dev/null: code 4), and not the plugin's own (skel's rule,
+    code 8). A missing one is code 3."""
+    import fcntl
+
     try:
-        a, b = os.stat(netns), os.stat("/proc/self/ns/net")
-    except OSError:
-        return  # a missing netns is reported by the attach itself
+        fd = os.open(netns, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # NONBLOCK: a FIFO must not block
+    except FileNotFoundError:
+        raise CniError(3, f"network namespace {netns} does not exist") from None
+    except OSError as e:
+        raise CniError(E_ENV, f"CNI_NETNS {netns}: {e.strerror}") from None
+    try:
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError:
+            kind = 0
+        if kind != CLONE_NEWNET:
+            raise CniError(E_ENV, f"CNI_NETNS {netns} is not a network namespace")
+        a, b = os.fstat(fd), os.stat("/proc/self/ns/net")
+    finally:
+        os.close(fd)
     if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
         raise CniError(8, f"CNI_NETNS {netns} is the plugin's own network namespace, not a container's")
 
@@ -225,8 +260,11 @@ def _main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
     req = parse_request(env, stdin)
     if req.command == "VERSION":
         return version_answer(req.version)
+    resolv = _resolv_dns(req)  # before any work: a missing file changes nothing
+    if resolv and not req.dns:
+        req = dataclasses.replace(req, dns=resolv)
     if req.command in ("ADD", "CHECK"):
-        _refuse_own_netns(req.env.netns)
+        _check_netns(req.env.netns)
     m = _open_for(req, env)
     try:
         return {"ADD": _add, "DEL": _del, "CHECK": _check, "GC": _gc, "STATUS": _status}[req.command](
@@ -245,6 +283,10 @@ def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any
         addresses: tuple[IPInterface, ...] = ()
         if learned is not None:
             addresses = tuple(ipaddress.ip_interface(ip["address"]) for ip in learned.get("ips", []))
+        if req.join:  # the subnets are known now: a requested 10.1.0.5/8 on a /24 is refused
+            joined = m.find_network(req.join)
+            if joined is not None:
+                check_requested_prefixes(req.requested, joined.range_sets)
         try:
             ep = m.ensure_and_attach(_network_of(req, learned), AttachRequest(
                 network=req.network_name, endpoint_id=req.endpoint_id, container_id=req.env.container_id,
@@ -365,11 +407,26 @@ def _ipam_gc(ipam, req: CniRequest) -> list[str]:
     return ipam.gc(subnets, valid, owner_prefix="cni/") if subnets else []
 
 
+RESOLV_CONF_MAX = 65536
+
+
+def _resolv_dns(req: CniRequest) -> dict[str, Any]:
+    """The DNS settings of ipam.resolvConf for an ADD whose IPAM is Muslin's (a delegated
+    IPAM plugin reads its own); {} otherwise."""
+    if req.command != "ADD" or req.delegates_ipam:
+        return {}
+    return _resolv_conf(str(req.ipam.get("resolvConf") or ""))
+
+
 def _resolv_conf(path: str) -> dict[str, Any]:
     if not path:
         return {}
     try:
-        text = Path(path).read_text()
+        p = Path(path)
+        if not p.is_file():  # not a FIFO, device or directory: reading one could block or never end
+            raise CniError(E_CONFIG, f"ipam.resolvConf {path} is not a file that exists")
+        with p.open("rb") as f:
+            text = f.read(RESOLV_CONF_MAX).decode("utf-8", "replace")
     except OSError as e:
         raise CniError(E_CONFIG, f"ipam.resolvConf {path}: {e.strerror}") from None
     dns: dict[str, Any] = {}
@@ -392,12 +449,13 @@ def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
     req = parse_request(env, stdin, ipam_plugin=True)
     if req.command == "VERSION":
         return version_answer(req.version)
+    dns = _resolv_dns(req)  # before any allocation: a missing file changes nothing
     m = _open_for(req, env)
     try:
         ipam = m.ipam
         cmd = req.command
         if cmd == "ADD":
-            return _ipam_add(ipam, req)
+            return _ipam_add(ipam, req, dns)
         if cmd == "DEL":
             ipam.release(req.owner)
             return None
@@ -417,7 +475,7 @@ def _ipam_main(env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
             m.close()
 
 
-def _ipam_add(ipam, req: CniRequest) -> dict[str, Any]:
+def _ipam_add(ipam, req: CniRequest, dns: dict[str, Any]) -> dict[str, Any]:
     from muslin.ipam.ranges import describe_range_set
 
     held = {s for s, _ in ipam.allocated(req.owner)}
@@ -432,5 +490,4 @@ def _ipam_add(ipam, req: CniRequest) -> dict[str, Any]:
     addrs = ipam.allocate(req.range_sets, req.owner, req.env.container_id, req.env.ifname, list(req.ips))
     ips = [R.ip_entry(a, gw) for a, gw in addrs]
     routes = [r.to_dict() for r in req.ipam_routes]
-    dns = _resolv_conf(str(req.ipam.get("resolvConf") or ""))
     return R.to_version(R.build([], ips, routes, dns), req.version)

@@ -65,9 +65,7 @@ CURRENT_VERSION = "1.1.0"
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 MUSLIN_IPAM = "muslin-ipam"
 
-_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_VERSION_RE = re.compile(r"\d+(\.\d+){0,2}")  # fullmatch (re.match + $ accepts a trailing newline)
 
 # CNI error codes
 E_VERSION, E_FIELD, E_UNKNOWN_CONTAINER, E_ENV, E_IO, E_DECODE, E_CONFIG = 1, 2, 3, 4, 5, 6, 7
@@ -109,26 +107,31 @@ class CniEnv:
 def validate_ifname(name: str) -> None:
     if not name:
         raise CniError(E_ENV, "CNI_IFNAME is empty: an interface name is required")
-    if len(name.encode()) > 15:
-        raise CniError(E_ENV, f"CNI_IFNAME {name!r} is longer than 15 bytes")
-    if name in (".", ".."):
-        raise CniError(E_ENV, f"CNI_IFNAME {name!r} is not a valid interface name")
-    if any(c in name for c in "/:") or any(c.isspace() for c in name):
-        raise CniError(E_ENV, f"CNI_IFNAME {name!r} must not contain '/', ':' or whitespace")
+    try:
+        names.check_ifname(name, "CNI_IFNAME")
+    except Invalid as e:
+        raise CniError(E_ENV, e.message) from None
 
 
 def parse_cni_args(text: str) -> tuple[tuple[str, str], ...]:
-    """CNI_ARGS 'K1=V1;K2=V2' (libcni LoadArgs). Only IP, MAC and IgnoreUnknown are used;
-    other keys are an error unless IgnoreUnknown=1/true is present."""
+    """CNI_ARGS 'K1=V1;K2=V2' (libcni LoadArgs: every item exactly KEY=VALUE, so no empty
+    item as in 'A=1;;B=2'). Only IP, MAC and IgnoreUnknown are used; other keys are an
+    error unless IgnoreUnknown=1/true is present. A key given twice, or IP=/MAC= with an
+    empty value, is an error."""
     if not text:
         return ()
     pairs: list[tuple[str, str]] = []
     for item in text.split(";"):
         if item == "":
-            continue
+            raise CniError(E_ENV, f"CNI_ARGS {text!r} has an empty item (';;' or a ';' at an end): "
+                                  f"items are KEY=VALUE separated by one ';'")
         kv = item.split("=")
         if len(kv) != 2 or not kv[0]:
             raise CniError(E_ENV, f"CNI_ARGS item {item!r} is not of the form KEY=VALUE")
+        if any(k == kv[0] for k, _ in pairs):
+            raise CniError(E_ENV, f"CNI_ARGS gives {kv[0]} twice")
+        if kv[0] in ("IP", "MAC") and kv[1] == "":
+            raise CniError(E_ENV, f"CNI_ARGS {kv[0]}= is empty: give a value or leave the key out")
         pairs.append((kv[0], kv[1]))
     keys = dict(pairs)
     ignore = keys.get("IgnoreUnknown", "").lower() in ("1", "true")
@@ -152,13 +155,15 @@ def parse_env(env: dict[str, str]) -> CniEnv:
     cid = env.get("CNI_CONTAINERID", "")
     if not cid:
         raise CniError(E_ENV, "CNI_CONTAINERID is not set")
-    if not _ID_RE.match(cid):
+    if not names.valid_name(cid):
         raise CniError(E_ENV, f"CNI_CONTAINERID {cid!r} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
     ifname = env.get("CNI_IFNAME", "")
     validate_ifname(ifname)
     netns = env.get("CNI_NETNS", "")
     if cmd in ("ADD", "CHECK") and not netns:
         raise CniError(E_ENV, f"CNI_NETNS is required for {cmd}")
+    if cmd in ("ADD", "CHECK") and not netns.startswith("/"):
+        raise CniError(E_ENV, f"CNI_NETNS {netns!r} is not an absolute path")
     return CniEnv(cmd, cid, netns, ifname, parse_cni_args(env.get("CNI_ARGS", "")), path)
 
 
@@ -204,7 +209,7 @@ def parse_version(v: Any, key: str = "cniVersion") -> str:
     """A supported version string; code 6 if it is not a version, 1 if unsupported."""
     if v is None or v == "":
         return "0.1.0"  # libcni: a config without cniVersion is 0.1.0
-    if not isinstance(v, str) or not _VERSION_RE.match(v):
+    if not isinstance(v, str) or not _VERSION_RE.fullmatch(v):
         raise CniError(E_DECODE, f"{key} {json.dumps(v)} is not a version string (like \"1.1.0\")")
     if v not in SUPPORTED_VERSIONS:
         raise CniError(E_VERSION, f"incompatible CNI version {v}: this plugin supports "
@@ -225,7 +230,7 @@ def _ip(key: str, value: Any) -> IPAddress:
     if not isinstance(value, str):
         raise _fail(key, value, "an IP address string")
     try:
-        return ipaddress.ip_interface(value.strip()).ip
+        return ipaddress.ip_interface(value).ip  # no strip: "10.0.0.5\n" is not an address
     except ValueError:
         raise CniError(E_CONFIG, f"{key} {value!r} is not an IP address") from None
 
@@ -233,11 +238,10 @@ def _ip(key: str, value: Any) -> IPAddress:
 def _mac(key: str, value: Any, code: int = E_CONFIG) -> str:
     if not isinstance(value, str):
         raise _fail(key, value, "a MAC address string")
-    if not _MAC_RE.match(value):
-        raise CniError(code, f"{key} {value!r} is not a MAC address (like 02:42:0a:00:00:05)")
-    if int(value[:2], 16) & 1:
-        raise CniError(code, f"{key} {value} is a multicast MAC address")
-    return value.lower()
+    try:
+        return names.check_mac(value, key)
+    except Invalid as e:
+        raise CniError(code, e.message) from None
 
 
 # --------------------------------------------------------------------------- the request
@@ -266,6 +270,7 @@ class CniRequest:
     range_sets: tuple[RangeSet, ...] = ()
     ipam_routes: tuple[Route, ...] = ()
     ips: tuple[IPAddress, ...] = ()
+    requested: tuple[Requested, ...] = ()  # the same addresses, with where each came from
     mac: str = ""
     ports: tuple[PortMapping, ...] = ()
     aliases: tuple[str, ...] = ()
@@ -312,51 +317,87 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
         conf = json.loads(text)
     except ValueError as e:
         raise CniError(E_DECODE, f"config on stdin is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CniError(E_DECODE, "config on stdin is nested too deeply to decode") from None
     if not isinstance(conf, dict):
         raise CniError(E_DECODE, f"config on stdin must be a JSON object, got {type(conf).__name__}")
     return conf
 
 
 def _args_cni(conf: dict[str, Any]) -> dict[str, Any]:
-    """`args.cni` (unknown content under `args` is ignored, as the conventions ask)."""
-    args = _dict(conf, "args")
-    return args["cni"] if isinstance(args.get("cni"), dict) else {}
+    """`args.cni` (other content under `args` is ignored, as the conventions ask; what is
+    under `args.cni` is the conventions' and must have their types)."""
+    return _dict(_dict(conf, "args"), "cni", "args.")
 
 
-def _requested_ips(env: CniEnv, conf: dict[str, Any]) -> tuple[IPAddress, ...]:
-    out: list[IPAddress] = []
+# A requested address: (where it came from, the address, its prefix length or None, the
+# CNI code for an error about it).
+Requested = tuple[str, IPAddress, int | None, int]
+
+
+def _requested_one(where: str, text: str, code: int) -> Requested:
+    try:
+        iface = ipaddress.ip_interface(text)  # no strip: "10.0.0.5\n" is not an address
+    except ValueError:
+        raise CniError(code, f"{where} {text!r} is not an IP address") from None
+    return where, iface.ip, (iface.network.prefixlen if "/" in text else None), code
+
+
+def _requested(env: CniEnv, conf: dict[str, Any]) -> tuple[Requested, ...]:
+    """Every requested address, in order: CNI_ARGS IP=, args.cni.ips, runtimeConfig.ips.
+    One source naming an address twice is an error; several sources may agree."""
+    out: list[Requested] = []
+
+    def add(source: list[Requested]) -> None:
+        for i, a in enumerate(source):
+            if any(b[1] == a[1] for b in source[:i]):
+                raise CniError(a[3], f"{a[0]} names {a[1]} twice")
+        out.extend(a for a in source if all(b[1] != a[1] for b in out))
+
     ip_arg = env.arg("IP")
-    if ip_arg:
-        for part in ip_arg.split(","):
-            if part.strip():
-                try:
-                    out.append(ipaddress.ip_interface(part.strip()).ip)
-                except ValueError:
-                    raise CniError(E_ENV, f"CNI_ARGS IP={part!r} is not an IP address") from None
-    cni_args = _args_cni(conf)
-    if isinstance(cni_args.get("ips"), list):
-        for i, v in enumerate(cni_args["ips"]):
-            out.append(_ip(f"args.cni.ips[{i}]", v))
-    rc = _dict(conf, "runtimeConfig")
-    for i, v in enumerate(_list(rc, "ips", "runtimeConfig.")):
-        out.append(_ip(f"runtimeConfig.ips[{i}]", v))
-    seen: list[IPAddress] = []
-    for ip in out:
-        if ip not in seen:
-            seen.append(ip)
-    return tuple(seen)
+    if ip_arg is not None:
+        parts = ip_arg.split(",")
+        if any(p == "" for p in parts):
+            raise CniError(E_ENV, f"CNI_ARGS IP={ip_arg!r} has an empty address in its list")
+        add([_requested_one("CNI_ARGS IP", p, E_ENV) for p in parts])
+    add(_ip_list(_args_cni(conf), "ips", "args.cni."))
+    add(_ip_list(_dict(conf, "runtimeConfig"), "ips", "runtimeConfig."))
+    return tuple(out)
+
+
+def _ip_list(d: dict[str, Any], key: str, where: str) -> list[Requested]:
+    out: list[Requested] = []
+    for i, v in enumerate(_list(d, key, where)):
+        w = f"{where}{key}[{i}]"
+        if not isinstance(v, str):
+            raise _fail(w, v, "an IP address string")
+        out.append(_requested_one(w, v, E_CONFIG))
+    return out
+
+
+def check_requested_prefixes(requested: tuple[Requested, ...], sets: tuple[RangeSet, ...]) -> None:
+    """A requested address written with a prefix ('10.1.0.5/24') must carry the prefix of
+    the subnet it falls in: 'IP=10.1.0.5/8' on 10.1.0.0/24 is an error."""
+    for where, ip, plen, code in requested:
+        if plen is None:
+            continue
+        for rs in sets:
+            subnet = next((r.subnet for r in rs if r.subnet.version == ip.version and ip in r.subnet), None)
+            if subnet is not None and subnet.prefixlen != plen:
+                raise CniError(code, f"{where} {ip}/{plen} does not match the prefix of its subnet {subnet} "
+                                     f"(give {ip} or {ip}/{subnet.prefixlen})")
 
 
 def _requested_mac(env: CniEnv, conf: dict[str, Any]) -> str:
     mac = ""
     m = env.arg("MAC")
-    if m:
+    if m is not None:
         mac = _mac("CNI_ARGS MAC", m, E_ENV)
     cni_args = _args_cni(conf)
-    if isinstance(cni_args.get("mac"), str) and cni_args["mac"]:
+    if _str(cni_args, "mac", "", "args.cni."):  # "" or null: not given
         mac = _mac("args.cni.mac", cni_args["mac"])
     rc = _dict(conf, "runtimeConfig")
-    if rc.get("mac"):
+    if _get(rc, "mac", str, "a MAC address string", "", "runtimeConfig."):
         mac = _mac("runtimeConfig.mac", rc["mac"])
     return mac
 
@@ -448,7 +489,12 @@ def _valid_attachments(conf: dict[str, Any]) -> tuple[tuple[str, str], ...] | No
     for i, a in enumerate(v):
         if not isinstance(a, dict):
             raise _fail(f"{key}[{i}]", a, "an object {containerID, ifname}")
-        out.append((_str(a, "containerID", "", f"{key}[{i}]."), _str(a, "ifname", "", f"{key}[{i}].")))
+        cid, ifname = _str(a, "containerID", "", f"{key}[{i}]."), _str(a, "ifname", "", f"{key}[{i}].")
+        for k, val in (("containerID", cid), ("ifname", ifname)):
+            if not val:
+                raise CniError(E_CONFIG, f"{key}[{i}].{k} is missing: every valid attachment needs a "
+                                         f"containerID and an ifname")
+        out.append((cid, ifname))
     return tuple(out)
 
 
@@ -512,7 +558,7 @@ def parse_request(env: dict[str, str], stdin: bytes, ipam_plugin: bool = False) 
             conf = json.loads(stdin.decode("utf-8") or "{}")
             v = conf.get("cniVersion") if isinstance(conf, dict) else None
             version = v if isinstance(v, str) and v in SUPPORTED_VERSIONS else CURRENT_VERSION
-        except ValueError:
+        except (ValueError, RecursionError):
             version = CURRENT_VERSION
         return CniRequest(env=cenv, version=version)
     conf = decode_config(stdin)
@@ -525,7 +571,7 @@ def parse_request(env: dict[str, str], stdin: bytes, ipam_plugin: bool = False) 
     name = _str(conf, "name")
     if not name:
         raise CniError(E_CONFIG, "name is missing: the network configuration needs a name")
-    if not _ID_RE.match(name):
+    if not names.valid_name(name):
         raise CniError(E_CONFIG, f"name {name!r} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
     ptype = _str(conf, "type")
     for k in ("disableCheck", "disableGC", "loadOnlyInlinedPlugins"):
@@ -546,23 +592,31 @@ def parse_request(env: dict[str, str], stdin: bytes, ipam_plugin: bool = False) 
         ipam_type = ipam_type or MUSLIN_IPAM
     _check_known(conf, allowed)
     dns = _dict(conf, "dns")
-    data_dir = _str(conf, "dataDir") or _str(ipam, "dataDir", "", "ipam.")
-    if ipam_plugin and data_dir == "/var/lib/cni/networks":
-        data_dir = ""  # host-local's default dir is not Muslin's state dir
+    data_dir = _data_dir(conf, ipam, ipam_type, ipam_plugin)
+    _path(conf, "agentSocket")
+    if ipam_type in (MUSLIN_IPAM, "host-local"):  # keys whose meaning Muslin knows
+        _path(ipam, "agentSocket", "ipam.")
+        _str(ipam, "gateway", "", "ipam.")
+        _str(ipam, "rangeStart", "", "ipam.")
+        _str(ipam, "rangeEnd", "", "ipam.")
+        _path(ipam, "resolvConf", "ipam.")
     req = dict(
         env=cenv, version=version, name=name, plugin_type=ptype, config=conf, ipam=ipam, ipam_type=ipam_type,
         dns=dns, prev_result=prev, data_dir=data_dir,
         valid_attachments=_valid_attachments(conf) if cenv.command == "GC" else None,
     )
-    if cenv.command in ("ADD", "CHECK", "DEL"):
-        pod_name, namespace = _identity(cenv)
-        req.update(ips=_requested_ips(cenv, conf), mac=_requested_mac(cenv, conf), ports=_ports(conf),
-                   aliases=_aliases(conf, name), pod_name=pod_name, namespace=namespace, labels=_labels(conf))
     routes: tuple[Route, ...] = ()
     sets: tuple[RangeSet, ...] = ()
     if ipam_type in (MUSLIN_IPAM, "host-local"):  # same config format: Muslin knows the subnets
         routes = _ipam_routes(ipam)
         sets = _range_sets(ipam, rc)
+    if cenv.command in ("ADD", "CHECK", "DEL"):
+        requested = _requested(cenv, conf)
+        check_requested_prefixes(requested, sets)
+        pod_name, namespace = _identity(cenv)
+        req.update(ips=tuple(a[1] for a in requested), requested=requested, mac=_requested_mac(cenv, conf),
+                   ports=_ports(conf), aliases=_aliases(conf, name), pod_name=pod_name, namespace=namespace,
+                   labels=_labels(conf))
     if ipam_plugin:
         if not sets:
             raise CniError(E_CONFIG, "ipam.ranges is missing: muslin-ipam needs at least one range set "
@@ -571,6 +625,30 @@ def parse_request(env: dict[str, str], stdin: bytes, ipam_plugin: bool = False) 
     network, join, mtu = _network(conf, name, sets, routes)
     return CniRequest(**req, range_sets=sets, ipam_routes=routes, network=network, join=join,  # type: ignore[arg-type]
                       mtu=mtu)
+
+
+def _path(d: dict[str, Any], key: str, where: str = "") -> str:
+    """An absolute path (a relative one would resolve against the caller's working
+    directory); null or "" = not given."""
+    v = _str(d, key, "", where)
+    if v and not v.startswith("/"):
+        raise CniError(E_CONFIG, f"{where}{key} {v!r} is not an absolute path")
+    if v and not v.isprintable():
+        raise CniError(E_CONFIG, f"{where}{key} {v!r} contains control characters")
+    return v
+
+
+def _data_dir(conf: dict[str, Any], ipam: dict[str, Any], ipam_type: str, ipam_plugin: bool) -> str:
+    """Muslin's state dir from the config: top-level dataDir, or ipam.dataDir when the IPAM is
+    Muslin's own (a delegated IPAM plugin's dataDir is that plugin's, not Muslin's)."""
+    top = _path(conf, "dataDir")
+    own = ipam_plugin or ipam_type == MUSLIN_IPAM
+    low = _path(ipam, "dataDir", "ipam.") if own or ipam_type == "host-local" else ""
+    if not own or (ipam_plugin and low == "/var/lib/cni/networks"):
+        low = ""  # host-local's default dir is not Muslin's state dir
+    if top and low and top.rstrip("/") != low.rstrip("/"):
+        raise CniError(E_CONFIG, f"dataDir {top} and ipam.dataDir {low} differ: Muslin keeps one state directory")
+    return top or low
 
 
 def _extra_ipam_keys(ipam: dict[str, Any]) -> set[str]:
@@ -585,17 +663,19 @@ def _network(conf: dict[str, Any], name: str, sets: tuple[RangeSet, ...],
     if driver not in driver_names():
         raise CniError(E_CONFIG, f"driver {driver!r} is not one of {', '.join(driver_names())}")
     join = _str(conf, "network")
-    if join and not _ID_RE.match(join):
+    if join and not names.valid_name(join):
         raise CniError(E_CONFIG, f"network {join!r} is not a valid network name")
     bridge = _str(conf, "bridge")
     if bridge:
         try:
-            validate_ifname(bridge)
-        except CniError as e:
-            raise CniError(E_CONFIG, e.message.replace("CNI_IFNAME", "bridge")) from None
+            names.check_bridge_name(bridge, "bridge")  # what the kernel and the nft sets both take
+        except Invalid as e:
+            raise CniError(E_CONFIG, e.message) from None
     mtu = _int(conf, "mtu", 0)
     if mtu and not 68 <= mtu <= 65535:
         raise CniError(E_CONFIG, f"mtu {mtu} is out of range (68-65535)")
+    if mtu and mtu < 1280 and any(r.subnet.version == 6 for rs in sets for r in rs):
+        raise CniError(E_CONFIG, f"mtu {mtu} is too small for IPv6, which needs at least 1280")
     is_default_gw = _bool(conf, "isDefaultGateway", False)
     is_gw = _bool(conf, "isGateway", False) or is_default_gw
     hairpin = _bool(conf, "hairpinMode", False)

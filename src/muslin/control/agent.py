@@ -11,7 +11,14 @@ routes away. Stopping never tears anything down (traffic keeps flowing across re
 leaving (SIGTERM with --leave, SIGUSR1, or `leave`) gives everything back, and peers drop
 a host whose subnet lease truly expires.
 
-Entry: muslind (`--cluster-store`, `--cluster-network`); `muslin cluster ...` (control/agent_cli.py).
+The agent treats every backend alike (backends/base.py): it probes the backend's
+companions before anything changes, gathers their host facts, publishes what the backend
+says, reconciles desired vs observed, hands the companions their configs, and asks them
+about once a second whether something needs a reconcile (a dead wireguard-go or BIRD, a
+rotated key).
+
+Entry: muslind (`--cluster-store`, `--cluster-network`); `muslin cluster ...` (control/agent_cli.py),
+including `rotate-key`.
 """
 
 from __future__ import annotations
@@ -22,17 +29,43 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from muslin.backends.model import ClusterConfig, HostRecord, Local, check_name, diff, owned, vtep_mac
-from muslin.backends.registry import desired_state
-from muslin.backends.vxlan import vxlan_name
-from muslin.model import keys
+from muslin.backends.base import Backend
+from muslin.backends.model import NAME_MAX, ClusterConfig, Desired, HostRecord, Local, diff, owned
+from muslin.backends.registry import BACKENDS, get_backend
+from muslin.model import keys, names
 from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound, Unavailable
 from muslin.store.base import Compare, Delete, Put, Store
 
 DEFAULT_RESYNC = 10.0
+SETTLE = 0.05  # seconds: events this close together are reconciled as one batch
+
+# The host side of the backends' companions (backends/base.py), by name: module, class.
+# Each has probe() (static: Unsupported before anything changes), facts(create), tick(),
+# ensure(config), status() and stop().
+COMPANIONS = {"bird": ("muslin.control.agent_bird", "Bird"),
+              "wireguard": ("muslin.dataplane.wireguard", "WireGuardHost")}
+
+
+def companion_class(name: str) -> Any:
+    import importlib
+
+    module, cls = COMPANIONS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def probe_backend(backend: Backend) -> None:
+    """Unsupported, naming what is missing, when this host cannot run the backend."""
+    for name in backend.companions:
+        companion_class(name).probe()
+
+
+def companion_options(backend: Backend, cfg: ClusterConfig | None) -> dict[str, Any]:
+    opts = backend.options(cfg) if cfg is not None and backend.Options is not None else None
+    return dict(opts.__dict__) if opts is not None else {}
 
 
 config_key, hosts_prefix, alive_prefix = keys.cluster_config, keys.cluster_hosts, keys.cluster_alive
@@ -46,9 +79,12 @@ def read_config(store: Store, net: str) -> ClusterConfig:
     return ClusterConfig.from_dict({**kv.value, "network": net})
 
 
-def init_config(store: Store, cfg: ClusterConfig) -> ClusterConfig:
-    """Store a cluster network's config; an identical one is fine, a different one conflicts."""
+def init_config(store: Store, cfg: ClusterConfig, probe: bool = True) -> ClusterConfig:
+    """Store a cluster network's config; an identical one is fine, a different one conflicts.
+    With `probe`, a backend this host cannot run is refused (Unsupported) first."""
     cfg.validate()
+    if probe:
+        probe_backend(get_backend(cfg.backend))
     kv = store.get(config_key(cfg.network))
     if kv is not None:
         if ClusterConfig.from_dict({**kv.value, "network": cfg.network}) == cfg:
@@ -81,8 +117,8 @@ class Agent:
                  underlay_dev: str = "", underlay_ip: str = "", resync: float = DEFAULT_RESYNC,
                  log: Callable[[str], None] | None = None) -> None:
         self.store = store
-        self.network = check_name("network name", network)
-        self.hostname = check_name("hostname", hostname)
+        self.network = names.check_name(network, "network name", NAME_MAX)
+        self.hostname = names.check_name(hostname, "hostname", NAME_MAX)
         self.state_dir = Path(state_dir)
         self.underlay_dev = underlay_dev
         self.underlay_ip = underlay_ip
@@ -99,7 +135,7 @@ class Agent:
         self.reconciles = 0
         self.last_changes = ""
         self._overlay = None
-        self._bird = None
+        self._companions: dict[str, Any] | None = None
 
     # -- small helpers -----------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -124,6 +160,24 @@ class Agent:
         tmp = self.memory_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**self._remembered(), **kw}))
         tmp.replace(self.memory_path)
+
+    @property
+    def backend(self) -> Backend:
+        assert self.cfg is not None
+        return get_backend(self.cfg.backend)
+
+    def companions(self) -> dict[str, Any]:
+        if self._companions is None:
+            opts = companion_options(self.backend, self.cfg)
+            self._companions = {n: companion_class(n)(self.state_dir, self.network, self.log, opts)
+                                for n in self.backend.companions}
+        return self._companions
+
+    def facts(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for c in self.companions().values():
+            out.update(c.facts())
+        return out
 
     def overlay(self):
         if self._overlay is None:
@@ -153,7 +207,9 @@ class Agent:
     # -- joining -------------------------------------------------------------------------
     def join(self, stop: threading.Event) -> None:
         self.cfg = self._retry("reading the cluster config", lambda: read_config(self.store, self.network), stop)
+        probe_backend(self.backend)  # before anything changes
         dev, ip, net, mtu = self.overlay().underlay(self.underlay_dev, self.underlay_ip)
+        self._remember(backend=self.cfg.backend)
         self.underlay_dev = dev
         self._retry("leasing a subnet", lambda: self.register(ip, net, mtu), stop)
         self.setup_local()
@@ -172,6 +228,7 @@ class Agent:
         if self.local is not None:
             ip, net, mtu = self.local.record.underlay, self.local.record.underlay_net, self.local.underlay_mtu
         mem = self._remembered()
+        facts = self.facts()
         hkey = hosts_prefix(self.network) + self.hostname
         for _ in range(10):
             hosts = {kv.key: kv for kv in self.store.list(f"cluster/{self.network}/")}
@@ -201,8 +258,8 @@ class Agent:
                     self.store.revoke_lease(lease)
                 raise Exhausted(f"cluster network {self.network}: no free /{cfg.host_prefix} left in {cfg.cidr} "
                                 f"for host {self.hostname} ({len(taken)} hosts hold one)") from None
-            rec = HostRecord(self.hostname, str(subnet), ip, net, vtep_mac(self.network, self.hostname),
-                             str(subnet.network_address))
+            bare = HostRecord(self.hostname, str(subnet), ip, net)
+            rec = replace(bare, published=self.backend.publish(cfg, bare, facts))
             skey = subnet_key(self.network, str(subnet))
             cur_s = hosts.get(skey)
             published = (mine is not None and mine.lease == lease and mine.value == rec.to_dict()
@@ -230,7 +287,9 @@ class Agent:
             if self.local is None or self.local.record.subnet != rec.subnet:
                 how = "kept" if published else "leased"
                 self.log(f"{how} {subnet} (underlay {ip}, lease {lease:x}, ttl {cfg.subnet_ttl}s)")
-            self.local = Local(rec, self.underlay_dev, mtu)
+            if self.local is not None and self.local.record.published != rec.published:
+                self.log(f"published {', '.join(f'{k} {v}' for k, v in rec.published)}")
+            self.local = Local(rec, self.underlay_dev, mtu, facts)
             if (mem.get("subnet"), mem.get("lease"), mem.get("subnet_ttl")) != (str(subnet), lease, cfg.subnet_ttl):
                 self._remember(subnet=str(subnet), lease=lease, subnet_ttl=cfg.subnet_ttl)
             return
@@ -273,7 +332,7 @@ class Agent:
     def local_network(self):
         from muslin.model.types import IPRange, Network
         assert self.cfg is not None and self.local is not None
-        mtu = desired_state(self.cfg, self.local, []).network_mtu
+        mtu = self.backend.network_mtu(self.cfg, self.local)
         subnet = ipaddress.ip_network(self.local.record.subnet)
         return Network(name=self.network, driver="bridge", range_sets=((IPRange(subnet),),), mtu=mtu,
                        masquerade=False, isolate=True, origin="cli", labels=(("muslin.cluster", self.network),))
@@ -305,25 +364,31 @@ class Agent:
     def reconcile(self) -> None:
         assert self.cfg is not None and self.local is not None
         peers = [p for h, p in sorted(self.peers.items()) if h != self.hostname]
-        bird_log = str(self.state_dir / "cluster" / f"{self.network}.bird.log")
-        want = desired_state(self.cfg, self.local, peers, bird_log)
+        want = self.backend.desired(self.cfg, self.local, peers)
         ov = self.overlay()
-        changes = diff(want, owned(ov.observe(vxlan_name(self.network)), self.cfg.network_cidr))
+        have = ov.observe(self.backend.owned(self.network, dict(self.local.facts)))
+        changes = diff(want, owned(have, self.cfg.network_cidr))
         if not changes.empty:
             ov.apply(changes)
             self.last_changes = changes.summary()
             self.log(f"reconciled {len(peers)} peers: {self.last_changes}")
-        if self.cfg.backend == "bgp":
-            if self._bird is None:
-                from muslin.control.agent_bird import Bird
-                self._bird = Bird(self.state_dir / "cluster", self.network, self.log)
-            self._bird.ensure(want.bird_config)
+        for name, c in self.companions().items():
+            c.ensure(want.companion_config(name))
         if want.problems != self.problems:
             for p in want.problems:
                 self.log(p)
         self.problems = want.problems
         self.reconciles += 1
         self.write_status()
+
+    def tick(self) -> bool:
+        """Ask the companions whether something needs a reconcile (about once a second);
+        facts that changed (a rotated key) are published first."""
+        if not any([c.tick() for c in self.companions().values()]):
+            return False
+        if self.local is not None and dict(self.local.facts) != self.facts():
+            self.register()
+        return True
 
     def safe_reconcile(self) -> None:
         """Reconcile; a kernel-side failure is logged and retried at the next resync
@@ -353,6 +418,11 @@ class Agent:
               "peers": {h: p.to_dict() for h, p in sorted(self.peers.items()) if h != self.hostname},
               "problems": list(self.problems), "store_ok": self.etcd_ok, "reconciles": self.reconciles,
               "last_changes": self.last_changes, "time": time.time()}
+        if self._companions:
+            try:
+                st["companions"] = {n: c.status() for n, c in self._companions.items()}
+            except MuslinError as e:
+                st["companions"] = {"error": str(e)}
         try:
             self.status_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.status_path.with_suffix(".tmp")
@@ -400,11 +470,18 @@ class Agent:
                 dirty = False
                 due = min(next_alive, next_subnet, next_sync)
                 wait = max(0.05, min(1.0, due - time.monotonic()))
-                for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=wait):
-                    self._apply_event(ev)
-                    next_rev = ev.revision + 1
-                    dirty = True
-                    if stop.is_set() or time.monotonic() >= due:
+                # the watch's timeout is an idle one: after the first event, take only what
+                # follows within SETTLE (a burst is one reconcile), then reconcile at once
+                for timeout in (wait, SETTLE):
+                    first = time.monotonic()
+                    for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=timeout):
+                        self._apply_event(ev)
+                        next_rev = ev.revision + 1
+                        dirty = True
+                        now = time.monotonic()
+                        if stop.is_set() or now >= due or timeout == wait or now - first > 10 * SETTLE:
+                            break
+                    if not dirty or stop.is_set():
                         break
                 now = time.monotonic()
                 if now >= next_alive:
@@ -413,6 +490,12 @@ class Agent:
                 if now >= next_subnet:
                     dirty = self.renew_subnet() or dirty
                     next_subnet = now + subnet_every
+                try:
+                    dirty = self.tick() or dirty
+                except MuslinError as e:
+                    if isinstance(e, Unavailable) and ("etcd" in str(e) or "store" in str(e)):
+                        raise
+                    self._reconcile_failed(e)
                 if now >= next_sync:
                     next_rev = self._load_peers()
                     mine = self.peers.get(self.hostname)
@@ -470,12 +553,12 @@ class Agent:
                            + ([Delete(subnet_key(self.network, mem["subnet"]))] if mem.get("subnet") else []))
         except Unavailable as e:
             self.log(f"could not reach the store to give the subnet back ({e}); it expires with the subnet lease")
-        teardown_local(self.state_dir, self.network, self.cfg.cidr if self.cfg else "")
+        backend = self.cfg.backend if self.cfg else mem.get("backend", "")
+        teardown_local(self.state_dir, self.network, self.cfg.cidr if self.cfg else "", backend, self.log)
         if mem:
             self._remember(lease=0, alive_lease=0)
         self.lease = self.alive_lease = 0
-        if self._bird is not None:
-            self._bird = None
+        self._companions = None
 
     def close(self) -> None:
         if self._overlay is not None:
@@ -483,21 +566,35 @@ class Agent:
             self._overlay = None
 
 
-def teardown_local(state_dir: Path, network: str, cidr: str = "") -> None:
-    """Remove this host's side of a cluster network: our routes, the VXLAN device,
-    BIRD, the local bridge network and the remembered subnet. Idempotent."""
-    from muslin.control.agent_bird import Bird
+def teardown_local(state_dir: Path, network: str, cidr: str = "", backend: str = "",
+                   log: Callable[[str], None] | None = None) -> None:
+    """Remove this host's side of a cluster network: what its backend made (reconciled to
+    nothing: our routes, its devices and peers, its nft tables), its companions, the local
+    bridge network. With the backend unknown, every backend's objects are looked for.
+    Idempotent. The remembered subnet and a WireGuard key stay (a host that joins again
+    prefers the subnet; the key is its identity)."""
     from muslin.control.service import Muslin
     from muslin.dataplane.overlay import Overlay
 
-    Bird(state_dir / "cluster", network, lambda m: None).stop()
+    say = log or (lambda m: None)
     ov = Overlay()
     try:
-        obs = ov.observe(vxlan_name(network))
-        if cidr:
-            obs = owned(obs, ipaddress.ip_network(cidr))
-        ov.delete_routes(r for r in obs.routes if cidr or r.dev == vxlan_name(network))
-        ov.delete_vxlan(vxlan_name(network))
+        for b in ([get_backend(backend)] if backend else list(BACKENDS.values())):
+            comps = {n: companion_class(n)(state_dir, network, say, {}) for n in b.companions}
+            facts: dict[str, str] = {}
+            for c in comps.values():
+                facts.update(c.facts(create=False))
+            names = b.owned(network, facts)
+            have = ov.observe(names)
+            if cidr:
+                have = owned(have, ipaddress.ip_network(cidr))
+            else:  # only routes through the backend's own devices can be told apart
+                have = replace(have, routes=frozenset(r for r in have.routes if r.dev in names.devices))
+            changes = diff(Desired(), have)
+            if not changes.empty:
+                ov.apply(changes)
+            for c in comps.values():
+                c.stop()
     finally:
         ov.close()
     m = Muslin(state_dir=state_dir)
@@ -506,9 +603,17 @@ def teardown_local(state_dir: Path, network: str, cidr: str = "") -> None:
             m.delete_network(network, force=True)
     finally:
         m.close()
-    # the remembered subnet stays: a host that joins again prefers it
-    for p in (state_dir / "cluster" / f"{network}.status.json", state_dir / "cluster" / f"{network}.bird.log"):
+    for p in (state_dir / "cluster" / f"{network}.status.json",):
         p.unlink(missing_ok=True)
+
+
+def rotate_key(state_dir: str | Path) -> str:
+    """Give this host a new WireGuard key pair (<state>/wireguard.key, 0600); its running
+    agents load it within a second and publish the new public key, and their peers follow.
+    Returns the new public key."""
+    from muslin.dataplane.wireguard import rotate_key as rotate
+
+    return rotate(Path(state_dir))
 
 
 def main() -> None:

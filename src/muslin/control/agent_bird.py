@@ -1,6 +1,7 @@
-"""BIRD 2 for the agent's bgp backend: one bird per (host, network), config written by
-the agent and loaded with `birdc configure`. Stopping the agent leaves bird running
-(routes stay); leaving stops it by the PID in its pidfile."""
+"""BIRD 2 for the agent's bgp backend (companion "bird"): one bird per (host, network),
+config rendered by the backend, written by the agent and loaded with `birdc configure`.
+Stopping the agent leaves bird running (routes stay); a bird that died is started again
+at the next tick; leaving stops it by the PID in its pidfile."""
 
 from __future__ import annotations
 
@@ -10,19 +11,42 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 from muslin.model.errors import Invalid, Unavailable, Unsupported
 
 
 class Bird:
-    def __init__(self, directory: Path, network: str, log: Callable[[str], None]) -> None:
-        self.dir = Path(directory)
+    def __init__(self, state_dir: Path, network: str, log: Callable[[str], None],
+                 options: Mapping[str, Any] | None = None) -> None:
+        self.dir = Path(state_dir) / "cluster"
         self.conf = self.dir / f"{network}.bird.conf"
         self.sock = self.dir / f"{network}.bird.ctl"
         self.pidfile = self.dir / f"{network}.bird.pid"
+        self.bird_log = self.dir / f"{network}.bird.log"
         self.log = log
         self.applied = ""
+
+    @staticmethod
+    def probe() -> str:
+        if shutil.which("bird") is None or shutil.which("birdc") is None:
+            raise Unsupported("bgp backend: BIRD 2 is not installed (apt-get install bird2)")
+        return "bird"
+
+    def facts(self, create: bool = True) -> dict[str, str]:
+        return {"bird_log": str(self.bird_log)}
+
+    def tick(self) -> bool:
+        """True when a bird we configured is gone (it is started again by the reconcile)."""
+        if self.applied and not self.pid():
+            self.log("bird is not running; starting it again")
+            self.applied = ""
+            return True
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {"pid": self.pid()}
 
     def pid(self) -> int:
         try:
@@ -33,8 +57,7 @@ class Bird:
         return pid if b"bird" in cmd and str(self.conf).encode() in cmd else 0
 
     def ensure(self, config: str) -> None:
-        if shutil.which("bird") is None:
-            raise Unsupported("bgp backend: BIRD 2 is not installed (apt-get install bird2)")
+        self.probe()
         running = self.pid()
         current = self.conf.read_text() if self.conf.exists() else ""
         if running and config == current and self.applied == config:
@@ -81,5 +104,5 @@ class Bird:
             end = time.monotonic() + 5
             while time.monotonic() < end and Path(f"/proc/{pid}").exists():
                 time.sleep(0.05)
-        for p in (self.pidfile, self.sock, self.conf):
+        for p in (self.pidfile, self.sock, self.conf, self.bird_log):
             p.unlink(missing_ok=True)

@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 import click
 
-from muslin.backends.model import BACKENDS, DEFAULT_SUBNET_TTL
-from muslin.cli.guard import one_line_errors, run, version_option
+from muslin.backends.model import DEFAULT_SUBNET_TTL
+from muslin.backends.registry import names as backend_names
+from muslin.cli.guard import key_values, one_line_errors, run, version_option
 from muslin.cli.muslind import load_config, setting_options
 from muslin.cli.output import OUTPUT, emit_list, emit_one, list_options, table
 from muslin.control.settings import DAEMON, DEFAULT_CONFIG, ETCD, LOGGING
@@ -103,7 +104,7 @@ def cli() -> None:
 @network_option()
 @click.option("--cidr", default="10.244.0.0/16", show_default=True, help="the cluster CIDR")
 @click.option("--host-prefix", default=24, show_default=True, help="prefix length of each host's subnet")
-@click.option("--backend", default="vxlan", show_default=True, help=" | ".join(BACKENDS))
+@click.option("--backend", default="vxlan", show_default=True, help=" | ".join(backend_names()))
 @click.option("--vni", default=1, show_default=True, help="vxlan: the VNI")
 @click.option("--port", default=4789, show_default=True, help="vxlan: the UDP port")
 @click.option("--asn", default=64512, show_default=True, help="bgp: the AS number")
@@ -113,16 +114,18 @@ def cli() -> None:
 @click.option("--subnet-ttl", default=DEFAULT_SUBNET_TTL, show_default=True,
               help="seconds: TTL of a host's subnet lease (renewed; peers drop a host when it expires)")
 @click.option("--mtu", default=0, help="MTU of the cluster network (default: the underlay's, less the overhead)")
+@click.option("--option", "opts", multiple=True, metavar="KEY=VALUE",
+              help="a backend option (wireguard: port, strict, keepalive, rotate_every), repeatable")
 @OUTPUT
 @one_line_errors
 def init(cidr: str, host_prefix: int, backend: str, vni: int, port: int, asn: int, rrs: tuple[str, ...],
-         lease_ttl: int, subnet_ttl: int, mtu: int, output: str, **kw: Any) -> None:
+         lease_ttl: int, subnet_ttl: int, mtu: int, opts: tuple[str, ...], output: str, **kw: Any) -> None:
     """Store a cluster network's config (the same again is fine)."""
     from muslin.backends.model import ClusterConfig
     from muslin.control.agent import init_config
 
     cfg = ClusterConfig(need_network(kw), cidr, host_prefix, backend, vni, port, asn, rrs, lease_ttl=lease_ttl,
-                        mtu=mtu, subnet_ttl=subnet_ttl).validate()
+                        mtu=mtu, subnet_ttl=subnet_ttl, options=key_values(opts, "--option")).validate()
     st = open_cluster_store(kw)
     try:
         init_config(st, cfg)
@@ -324,6 +327,16 @@ def detach(state_dir: str | None, sandbox: str, **kw: Any) -> None:
         m.detach(need_network(kw), sandbox)
     finally:
         m.close()
+
+
+@cli.command("rotate-key")
+@state_option
+@one_line_errors
+def rotate_key(state_dir: str | None) -> None:
+    """Give this host a new WireGuard key pair; its running agents publish it within a second."""
+    from muslin.control.agent import rotate_key as rotate
+
+    click.echo(json.dumps({"public_key": rotate(_state(state_dir))}))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,6 +44,8 @@ def netlink_error(e: OSError, what: str, kind: str = "") -> Exception:
         return Invalid(f"{what}: value out of range (e.g. MTU)")
     if code == errno.EADDRNOTAVAIL:
         return Invalid(f"{what}: address not available (e.g. an invalid MAC)")
+    if code == errno.EINVAL and kind == "macvlan":
+        return Invalid(f"{what}: the kernel refused it: a macvlan parent must be an Ethernet device")
     return Unavailable(f"{what}: {os.strerror(code) if code > 0 else e}")
 
 

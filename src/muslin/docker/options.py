@@ -6,10 +6,10 @@ Pure: no I/O.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 
 from muslin.docker.types import CreateNetworkRequest, IPAMData
+from muslin.model import names
 from muslin.model.errors import Invalid
 from muslin.model.types import IPRange, Network
 
@@ -17,8 +17,6 @@ MTU_KEYS = ("mtu", "com.docker.network.driver.mtu")
 KNOWN = (*MTU_KEYS, "muslin.network", "muslin.mode", "muslin.parent", "muslin.isolate",
          "muslin.bridge", "muslin.reuse_bridge", "muslin.masquerade")
 MODES = ("bridge", "macvlan")
-_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_NETNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -59,21 +57,15 @@ def parse_options(generic: dict[str, str]) -> NetworkOptions:
                 raise Invalid(f"option {key}={mtu} is out of range 68-65535")
             kw["mtu"] = mtu
     if "muslin.network" in generic:
-        name = generic["muslin.network"]
-        if not _NETNAME.match(name):
-            raise Invalid(f"option muslin.network={name!r} is not a valid network name")
-        kw["network"] = name
+        kw["network"] = names.check_name(generic["muslin.network"], "option muslin.network", 64)
     if "muslin.mode" in generic:
         mode = generic["muslin.mode"]
         if mode not in MODES:
             raise Invalid(f"option muslin.mode={mode!r} must be one of {', '.join(MODES)}")
         kw["mode"] = mode
-    for key in ("muslin.parent", "muslin.bridge"):
+    for key, check in (("muslin.parent", names.check_ifname), ("muslin.bridge", names.check_bridge_name)):
         if key in generic:
-            v = generic[key]
-            if not _IFNAME.match(v):
-                raise Invalid(f"option {key}={v!r} is not a valid interface name (1-15 chars)")
-            kw[key.split(".")[1]] = v
+            kw[key.split(".")[1]] = check(generic[key], f"option {key}")
     for key in ("muslin.isolate", "muslin.masquerade", "muslin.reuse_bridge"):
         if key in generic:
             kw[key.split(".")[1]] = _bool(key, generic[key])

@@ -36,7 +36,7 @@ class BridgeDriver:
 
     def check(self, net: Network) -> Network:
         net = net.evolve(bridge=net.bridge or names.bridge_name(net.name))
-        names.check_ifname(net.bridge, "bridge name")
+        names.check_bridge_name(net.bridge)
         if not net.range_sets:
             raise Invalid(f"network {net.name}: the bridge driver needs at least one subnet")
         if net.mtu and not 68 <= net.mtu <= 65535:

@@ -6,22 +6,20 @@ Bad input raises `Invalid` with one line naming the field and the reason.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 
+from muslin.model import names
 from muslin.model.errors import Invalid
 from muslin.model.types import IPAddress, IPNetwork
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 # Interface names we put into nft sets: kernel limit of 15 bytes, and only characters
 # that need no escaping inside an nft string ("*" would be a wildcard).
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-
-
 def check_ifname(name: str, what: str = "bridge") -> None:
-    if not _IFNAME.match(name or ""):
-        raise Invalid(f"firewall: {what} name {name!r} is not a valid interface name "
-                      "(1-15 characters of A-Z a-z 0-9 _ . -)")
+    try:
+        names.check_bridge_name(name, f"{what} name")
+    except Invalid as e:
+        raise Invalid(f"firewall: {e.message}") from None
 
 
 @dataclass(frozen=True)

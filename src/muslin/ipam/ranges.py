@@ -25,7 +25,7 @@ from muslin.model.types import IPAddress, IPNetwork, IPRange, RangeSet
 __all__ = [
     "normalize_range", "validate_range_sets", "next_free", "carve", "pick_pool",
     "parse_ipam_ranges", "parse_range_sets", "describe_range", "describe_range_set",
-    "range_contains", "range_set_of",
+    "range_contains", "range_set_of", "check_subnet",
 ]
 
 
@@ -55,11 +55,30 @@ def describe_range_set(rs: RangeSet) -> str:
     return ", ".join(describe_range(r) for r in rs)
 
 
+# Address blocks a container subnet must not overlap (a /0 or /1 always does).
+_RESERVED = tuple((ipaddress.ip_network(n), what) for n, what in (
+    ("0.0.0.0/8", "the 'this network' block 0.0.0.0/8"), ("127.0.0.0/8", "the loopback block 127.0.0.0/8"),
+    ("224.0.0.0/4", "the multicast block 224.0.0.0/4"), ("::/127", "the unspecified and loopback addresses ::/127"),
+    ("ff00::/8", "the multicast block ff00::/8")))
+
+
+def check_subnet(net: IPNetwork, what: str = "subnet") -> None:
+    """A subnet containers can live in: not 0.0.0.0/0 or ::/0, not overlapping loopback,
+    multicast or 0.0.0.0/8. Raises Invalid."""
+    if net.prefixlen == 0:
+        raise Invalid(f"{what} {net} is every address: a container subnet must be a real block "
+                      f"(like {'10.88.0.0/16' if net.version == 4 else 'fd00:88::/64'})")
+    for block, name in _RESERVED:
+        if block.version == net.version and net.overlaps(block):  # type: ignore[arg-type]
+            raise Invalid(f"{what} {net} overlaps {name}: containers cannot use it")
+
+
 def normalize_range(r: IPRange) -> IPRange:
     """Fill in host-local defaults and validate one range; raises Invalid."""
     net = r.subnet
     if not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         raise Invalid(f"subnet {net!r} is not an IP network")
+    check_subnet(net)
     if net.max_prefixlen - net.prefixlen < 2:
         raise Invalid(f"subnet {net} is too small to allocate from: it needs at least 2 host bits")
     first = int(net.network_address)
@@ -128,10 +147,22 @@ def range_contains(r: IPRange, ip: IPAddress) -> bool:
     return lo <= int(ip) <= hi
 
 
+def _network_or_broadcast(r: IPRange, ip: IPAddress) -> bool:
+    net = r.subnet
+    return ip.version == net.version and (ip == net.network_address or
+                                          (net.version == 4 and ip == net.broadcast_address))
+
+
 def range_set_of(sets: Iterable[RangeSet], ip: IPAddress) -> int | None:
-    """Index of the range set one of whose ranges contains ip, or None."""
+    """Index of the range set one of whose ranges contains ip, or None. The network or
+    broadcast address of a range's subnet also belongs to that set (so that `next_free`
+    says why it cannot be handed out, instead of 'outside the range')."""
+    sets = list(sets)
     for i, rs in enumerate(sets):
         if any(range_contains(r, ip) for r in rs):
+            return i
+    for i, rs in enumerate(sets):
+        if any(_network_or_broadcast(r, ip) for r in rs):
             return i
     return None
 
@@ -187,6 +218,10 @@ def next_free(range_set: RangeSet, used: Iterable[IPAddress], last: IPAddress | 
                 if n in used_ints:
                     raise Conflict(f"{requested} is already in use in {r.subnet}")
                 return requested, r
+        for r in ranges:
+            if _network_or_broadcast(r, requested):
+                what = "network" if requested == r.subnet.network_address else "broadcast"
+                raise Invalid(f"{requested} is the {what} address of {r.subnet} and cannot be assigned")
         raise Invalid(f"{requested} is outside the range {describe_range_set(ranges)}")
     for n, r in _candidates(ranges, last):
         if n in used_ints or _skip(r, n):
@@ -247,7 +282,7 @@ def _parse_ip(where: str, value: Any) -> IPAddress:
     if not isinstance(value, str):
         raise Invalid(f"{where} must be an IP address string, got {value!r}")
     try:
-        return ipaddress.ip_address(value.strip())
+        return ipaddress.ip_address(value)  # no strip: "10.0.0.1\n" is not an address
     except ValueError:
         raise Invalid(f"{where} {value!r} is not an IP address") from None
 
@@ -256,13 +291,14 @@ def _parse_subnet(where: str, value: Any) -> IPNetwork:
     if not isinstance(value, str):
         raise Invalid(f"{where} must be a CIDR string, got {value!r}")
     try:
-        net = ipaddress.ip_network(value.strip(), strict=False)
+        net = ipaddress.ip_network(value, strict=False)  # no strip: "10.0.0.0/24\n" is refused
     except ValueError:
         raise Invalid(f"{where} {value!r} is not a CIDR subnet") from None
     if "/" not in value:
         raise Invalid(f"{where} {value!r} needs a prefix length (e.g. {net.network_address}/24)")
-    if ipaddress.ip_interface(value.strip()).ip != net.network_address:
+    if ipaddress.ip_interface(value).ip != net.network_address:
         raise Invalid(f"{where} {value} has host bits set (did you mean {net}?)")
+    check_subnet(net, where)
     return net
 
 
@@ -308,8 +344,11 @@ def parse_ipam_ranges(ipam: Mapping[str, Any]) -> tuple[RangeSet, ...]:
     sets: list[RangeSet] = []
     if ipam.get("subnet") not in (None, ""):
         sets.append((_parse_range("ipam", {k: ipam.get(k) for k in ("subnet", "rangeStart", "rangeEnd", "gateway")}),))
-    elif any(ipam.get(k) not in (None, "") for k in ("rangeStart", "rangeEnd")):
-        raise Invalid("ipam.subnet is missing (rangeStart/rangeEnd need a subnet)")
+    else:
+        for k in ("rangeStart", "rangeEnd", "gateway"):
+            if ipam.get(k) not in (None, ""):
+                raise Invalid(f"ipam.subnet is missing: ipam.{k} needs a subnet "
+                              f"(or put it into a range of ipam.ranges)")
     if "ranges" in ipam and ipam["ranges"] is not None:
         sets.extend(parse_range_sets(ipam["ranges"], "ipam.ranges"))
     return validate_range_sets(sets)

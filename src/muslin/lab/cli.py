@@ -8,7 +8,7 @@ import signal
 
 import click
 
-from muslin.cli.guard import one_line_errors, run, version_option
+from muslin.cli.guard import key_values, one_line_errors, run, version_option
 from muslin.cli.output import emit_list, list_options, table
 from muslin.lab import core
 
@@ -22,7 +22,7 @@ def lab() -> None:
 @lab.command()
 @click.argument("name")
 @click.option("--hosts", default=3, show_default=True)
-@click.option("--backend", default="vxlan", show_default=True, help="vxlan | host-gw | bgp")
+@click.option("--backend", default="vxlan", show_default=True, help="vxlan | host-gw | bgp | wireguard")
 @click.option("--cidr", default="10.244.0.0/16", show_default=True)
 @click.option("--host-prefix", default=24, show_default=True)
 @click.option("--network", default="net0", show_default=True)
@@ -34,14 +34,17 @@ def lab() -> None:
 @click.option("--route-reflector", "rrs", multiple=True)
 @click.option("--tls", is_flag=True,
               help="etcd over TLS with client certificates and user/password authentication (made with openssl)")
+@click.option("--option", "opts", multiple=True, metavar="KEY=VALUE",
+              help="a backend option (wireguard: port, strict, keepalive, rotate_every), repeatable")
 @one_line_errors
-def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs, tls) -> None:
+def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs, tls, opts) -> None:
     """Make lab NAME: an underlay, etcd, N hosts each running an agent."""
     from rich.console import Console
     console = Console(stderr=True)
     with console.status(f"lab {name}: starting") as status:
         st = core.up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, tuple(rrs),
-                     progress=lambda m: status.update(f"lab {name}: {m}"), subnet_ttl=subnet_ttl, tls=tls)
+                     progress=lambda m: status.update(f"lab {name}: {m}"), subnet_ttl=subnet_ttl, tls=tls,
+                     options=key_values(opts, "--option"))
     for h in st.hosts:
         s = core.host_status(st, h)
         console.print(f"[green]✓[/] {h}  {s.get('underlay', '')}  subnet {s.get('subnet', '')}")
@@ -58,6 +61,7 @@ def ls(output, quiet, template) -> None:
               lambda i: [i["name"], i["backend"], f"{i['network']} {i['cidr']}", len(i["hosts"]),
                          f"{len(i['agents_running'])}/{len(i['hosts'])}", ",".join(i["sandboxes"]) or "-",
                          f"{i['etcd']} ({'running' if i['etcd_running'] else 'DOWN'})"])
+
 
 
 @lab.command()
@@ -106,10 +110,25 @@ def status(name, output) -> None:
             "yes" if d["alive"] else "no", ",".join(d["peers"]), "ok" if d["healthy"] else "degraded"]
            for h, d in s["hosts"].items()],
           title=f"lab {name} ({s['backend']}, {s['cidr']}, etcd {'ok' if s['etcd']['healthy'] else 'DOWN'})")
+    for h, d in s["hosts"].items():
+        if "wireguard" in d:
+            click.echo(_wireguard_lines(h, d["wireguard"]))
     for sb, d in s["sandboxes"].items():
         click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
     if bad:
         raise Unavailable(bad)
+
+
+def _wireguard_lines(host: str, wg: dict) -> str:
+    """A host's WireGuard interface and, one line each, its peers and their last handshake."""
+    if not wg.get("up"):
+        return f"{host} wireguard {wg.get('ifname') or '?'}: DOWN"
+    out = [f"{host} wireguard {wg['ifname']} port {wg['listen_port']}: {len(wg['peers'])} peers"]
+    for p, v in sorted(wg["peers"].items()):
+        age = v["handshake_age"]
+        out.append(f"  peer {p} {v['endpoint']} allowed-ips {','.join(v['allowed_ips'])} "
+                   f"last handshake {'never' if age is None else f'{age:.0f} s ago'}")
+    return "\n".join(out)
 
 
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "USR1": signal.SIGUSR1}

@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from muslin.backends.model import BACKENDS, DEFAULT_SUBNET_TTL, ClusterConfig, stable_mac
+from muslin.backends.model import DEFAULT_SUBNET_TTL, ClusterConfig, stable_mac
+from muslin.backends.registry import get_backend
 from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound, Unavailable
 
 UNDERLAY = ipaddress.IPv4Network("10.250.0.0/24")
 ETCD_IP = "10.250.0.254"
 ETCD_PORT = 2379
-LAB_NAME = re.compile(r"^[a-z0-9]{1,16}$")
-SANDBOX_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.]{0,31}$")
+LAB_NAME = re.compile(r"[a-z0-9]{1,16}")  # names are checked with fullmatch
+SANDBOX_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.]{0,31}")
 MAX_HOSTS = 200
 ETCD_USER = "muslin"
 
@@ -52,11 +53,11 @@ def ns_sandbox(name: str, sandbox: str) -> str:
 
 
 def _ns_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^mlab-{re.escape(name)}-(ul|h\d+|s-[A-Za-z0-9_.]+)$")
+    return re.compile(rf"mlab-{re.escape(name)}-(ul|h\d+|s-[A-Za-z0-9_.]+)")
 
 
 def check_lab_name(name: str) -> str:
-    if not LAB_NAME.match(name or ""):
+    if not LAB_NAME.fullmatch(name or ""):
         raise Invalid(f"lab name {name!r} is not valid: use 1-16 lowercase letters or digits")
     return name
 
@@ -367,13 +368,16 @@ def underlay_mac(name: str) -> str:
     return stable_mac(f"mlab/{name}/br0")
 
 
-def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int) -> ClusterConfig:
+def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int,
+                options: dict[str, Any] | None = None) -> ClusterConfig:
+    from muslin.control.agent import probe_backend
+
     check_lab_name(name)
-    if backend not in BACKENDS:
-        raise Invalid(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    get_backend(backend)
     if not 1 <= hosts <= MAX_HOSTS:
         raise Invalid(f"--hosts {hosts}: a lab has 1 to {MAX_HOSTS} hosts")
-    cfg = ClusterConfig("net0", cidr, host_prefix, backend).validate()
+    cfg = ClusterConfig("net0", cidr, host_prefix, backend, options=options or {}).validate()
+    probe_backend(get_backend(backend))  # Unsupported before anything is made
     if cfg.capacity() < hosts:
         raise Exhausted(f"cluster CIDR {cidr} holds only {cfg.capacity()} /{host_prefix} host subnets, "
                         f"{hosts} hosts asked")
@@ -385,12 +389,13 @@ def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int
 def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_prefix: int = 24,
        network: str = "net0", vni: int = 1, lease_ttl: int = 10, resync: float = 10.0,
        route_reflectors: tuple[str, ...] = (), progress: Callable[[str], None] | None = None,
-       timeout: float = 60, subnet_ttl: int = DEFAULT_SUBNET_TTL, tls: bool = False) -> LabState:
+       timeout: float = 60, subnet_ttl: int = DEFAULT_SUBNET_TTL, tls: bool = False,
+       options: dict[str, Any] | None = None) -> LabState:
     """Make the lab and wait until every host holds a lease and sees every peer."""
     say = progress or (lambda m: None)
-    cfg = validate_up(name, hosts, backend, cidr, host_prefix)
+    cfg = validate_up(name, hosts, backend, cidr, host_prefix, options)
     cfg = ClusterConfig(network, cidr, host_prefix, backend, vni=vni, lease_ttl=lease_ttl, subnet_ttl=subnet_ttl,
-                        route_reflectors=tuple(route_reflectors)).validate()
+                        route_reflectors=tuple(route_reflectors), options=options or {}).validate()
     st = LabState(name, backend, network, cidr, host_prefix, settings={"resync": resync, "vni": vni,
                                                                         "lease_ttl": lease_ttl,
                                                                         "subnet_ttl": subnet_ttl, "tls": tls})
@@ -539,9 +544,15 @@ def down(name: str) -> list[str]:
             if _alive(pid) and _cmd_of(pid) and ("muslin" in _cmd_of(pid) or "etcd" in _cmd_of(pid)):
                 kill_pid(pid, signal.SIGTERM, wait=3)
             _reap(pid)
+    sockets = []
+    if st is not None:
+        for h in st.hosts:
+            wg = host_status(st, h).get("companions", {}).get("wireguard", {}).get("ifname", "")
+            if wg:
+                sockets.append(Path("/var/run/wireguard") / f"{wg}.sock")
     pat = _ns_pattern(name)
     for ns in netns_list():
-        if not pat.match(ns):
+        if not pat.fullmatch(ns):
             continue
         pids = _run("ip", "netns", "pids", ns, check=False).stdout.split()
         for p in pids:
@@ -549,6 +560,8 @@ def down(name: str) -> list[str]:
         _run("ip", "netns", "del", ns, check=False)
         _sandbox_resolv(ns, None)
         removed.append(ns)
+    for sock in sockets:  # a killed wireguard-go leaves its UAPI socket behind
+        sock.unlink(missing_ok=True)
     shutil.rmtree(lab_dir() / name, ignore_errors=True)
     (lab_dir() / f"{name}.json").unlink(missing_ok=True)
     return removed
@@ -567,7 +580,7 @@ def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = ()) -> dic
     st = LabState.load(name)
     if host not in st.hosts:
         raise NotFound(f"lab {name} has no host {host!r} (hosts: {', '.join(st.hosts)})")
-    if not SANDBOX_NAME.match(sb or ""):
+    if not SANDBOX_NAME.fullmatch(sb or ""):
         raise Invalid(f"sandbox name {sb!r} is not valid: use up to 32 letters, digits, '_' or '.'")
     if sb in st.sandboxes:
         raise Conflict(f"lab {name} already has a sandbox {sb!r} (on {st.sandboxes[sb]['host']})")
@@ -646,6 +659,32 @@ def bgp_sessions(st: LabState, host: str) -> dict[str, str]:
     return out
 
 
+def wireguard_status(st: LabState, host: str, records: dict[str, Any]) -> dict[str, Any]:
+    """The host's WireGuard interface as `wg show` has it now: its peers by hostname (their
+    public keys looked up in the store's records), endpoint, allowed-ips, last handshake."""
+    from muslin.dataplane.wireguard import parse_dump
+
+    name = host_status(st, host).get("companions", {}).get("wireguard", {}).get("ifname", "")
+    out: dict[str, Any] = {"ifname": name, "up": False, "peers": {}}
+    if not name:
+        return out
+    r = _run("ip", "netns", "exec", ns_host(st.name, host), "wg", "show", name, "dump", check=False, timeout=10)
+    if r.returncode != 0:
+        return out
+    shown = parse_dump(name, r.stdout)
+    by_key = {rec.get("published", {}).get("public_key"): h for h, rec in records.items()}
+    hs = {k: (t, rx, tx) for k, t, rx, tx in shown.handshakes}
+    now = time.time()
+    for p in shown.peers:
+        t, rx, tx = hs.get(p.public_key, (0, 0, 0))
+        out["peers"][by_key.get(p.public_key, "key " + p.public_key)] = {
+            "public_key": p.public_key, "endpoint": p.endpoint, "allowed_ips": list(p.allowed_ips),
+            "keepalive": p.keepalive, "latest_handshake": t, "handshake_age": round(now - t, 1) if t else None,
+            "rx": rx, "tx": tx}
+    out.update(up=True, public_key=shown.public_key, listen_port=shown.port)
+    return out
+
+
 def status(name: str) -> dict[str, Any]:
     """Per host: `leased` (its record is in etcd: peers route to it), `alive` (its agent
     holds its liveness key), `healthy` and, when not, `reasons`. A host whose agent died
@@ -673,13 +712,19 @@ def status(name: str) -> dict[str, Any]:
         if sorted(s.get("peers", {})) != sorted(x for x in leases if x != h):
             reasons.append("peers differ from etcd")
         reasons += s.get("problems", [])
+        hosts_bgp: dict[str, Any] = {}
         if st.backend == "bgp":
             bgp = bgp_sessions(st, h)
             hosts_bgp = {"bgp_sessions": bgp}
             if not bgp or not all(v == "Established" for v in bgp.values()):
                 reasons.append("BGP sessions not all established")
-        else:
-            hosts_bgp = {}
+        elif st.backend == "wireguard":
+            wg = wireguard_status(st, h, leases)
+            hosts_bgp = {"wireguard": wg}
+            if not wg.get("up"):
+                reasons.append(f"wireguard interface {wg.get('ifname') or '?'} is missing")
+            elif sorted(wg["peers"]) != sorted(x for x in leases if x != h):
+                reasons.append("wireguard peers differ from etcd")
         hosts[h] = {**hosts_bgp, "netns": ns_host(name, h), "agent_pid": pid, "agent_alive": running,
                     "alive": h in alive_keys,
                     "subnet": lease.get("subnet") or s.get("subnet", ""), "underlay": lease.get("underlay", ""),

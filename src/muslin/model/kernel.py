@@ -6,7 +6,7 @@ Pure: no I/O. The real dataplane (muslin.dataplane.kernel) and the in-memory one
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from muslin.model.types import IPInterface, Route
 
@@ -49,7 +49,7 @@ RTPROT_MUSLIN = 77  # routes the agent owns carry this protocol number
 @dataclass(frozen=True, order=True)
 class RouteSpec:
     dst: str
-    gateway: str
+    gateway: str  # "" = a device route (e.g. through a WireGuard interface)
     dev: str
     onlink: bool = False
 
@@ -79,45 +79,113 @@ class VxlanDev:
     mac: str
     address: str  # vtep address with /32
 
+    def immutable(self) -> tuple:
+        """What cannot change in place: a difference recreates the device."""
+        return (self.vni, self.local, self.port, self.underlay_dev)
+
+    def mutable(self) -> tuple:
+        return (self.mtu, self.mac.lower(), self.address)
+
+
+@dataclass(frozen=True)
+class WgDev:
+    """A WireGuard interface: in the kernel, or a TUN device served by wireguard-go."""
+
+    name: str
+    port: int  # UDP listen port
+    mtu: int
+    public_key: str  # of the private key it holds (observed: what `wg show` says)
+    userspace: bool = True  # wireguard-go (TUN) rather than the kernel module
+    key_file: str = field(default="", compare=False)  # where the private key is read from (never its content)
+    log: str = field(default="", compare=False)  # wireguard-go's log file
+
+    def immutable(self) -> tuple:
+        return (self.userspace,)
+
+    def mutable(self) -> tuple:
+        return (self.port, self.mtu, self.public_key)
+
+
+Device = VxlanDev | WgDev
+
+
+@dataclass(frozen=True, order=True)
+class WgPeer:
+    """One peer of a WireGuard interface, known by its public key."""
+
+    dev: str
+    public_key: str
+    endpoint: str  # "address:port"
+    allowed_ips: tuple[str, ...]
+    keepalive: int = 0  # persistent keepalive in seconds, 0 = off
+
+
+@dataclass(frozen=True, order=True)
+class EgressGuard:
+    """An nft table of the agent's own (`inet <table>`): traffic from `src` to `dst`, but not
+    to `src` itself, that would leave by any interface other than `via` is dropped. The
+    wireguard backend's strict mode: pod traffic never leaves unencrypted."""
+
+    table: str
+    src: str
+    dst: str
+    via: str
+
 
 @dataclass(frozen=True)
 class Observed:
     routes: frozenset[RouteSpec] = frozenset()
     neighs: frozenset[NeighSpec] = frozenset()
     fdb: frozenset[FdbSpec] = frozenset()
-    vxlan: VxlanDev | None = None
+    devices: tuple[Device, ...] = ()
+    peers: frozenset[WgPeer] = frozenset()
+    guards: tuple[EgressGuard, ...] = ()
+
+
+@dataclass(frozen=True)
+class Owned:
+    """The names of what a backend may have made on a host: the agent observes those only."""
+
+    devices: tuple[str, ...] = ()
+    guards: tuple[str, ...] = ()  # nft tables (family inet)
 
 
 @dataclass(frozen=True)
 class Changes:
-    """What to do to turn observed into desired. Deletions first, then additions."""
+    """What to do to turn observed into desired. Applied in this order: guards set, routes
+    deleted, devices deleted, created, updated, neighbours and FDB entries deleted then
+    added, WireGuard peers removed and set (one `wg set` per device), routes added, guards
+    deleted."""
 
+    set_guards: tuple[EgressGuard, ...] = ()
     del_routes: tuple[RouteSpec, ...] = ()
-    add_routes: tuple[RouteSpec, ...] = ()
+    delete_devices: tuple[str, ...] = ()
+    create_devices: tuple[Device, ...] = ()  # create (or, after a delete, recreate)
+    update_devices: tuple[Device, ...] = ()  # fix what can change in place
     del_neighs: tuple[NeighSpec, ...] = ()
     add_neighs: tuple[NeighSpec, ...] = ()
     del_fdb: tuple[FdbSpec, ...] = ()
     add_fdb: tuple[FdbSpec, ...] = ()
-    vxlan_create: VxlanDev | None = None  # create (or recreate) the device
-    vxlan_delete: str = ""  # delete the device of this name first
-    vxlan_update: VxlanDev | None = None  # fix mtu / mac / address in place
-    notes: tuple[str, ...] = field(default=())
+    del_peers: tuple[WgPeer, ...] = ()
+    set_peers: tuple[WgPeer, ...] = ()  # added or changed
+    add_routes: tuple[RouteSpec, ...] = ()
+    delete_guards: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.del_routes or self.add_routes or self.del_neighs or self.add_neighs or self.del_fdb
-                    or self.add_fdb or self.vxlan_create or self.vxlan_delete or self.vxlan_update)
+        return not any(getattr(self, f.name) for f in fields(self))
 
     def summary(self) -> str:
         parts = []
-        for name in ("del_routes", "add_routes", "del_neighs", "add_neighs", "del_fdb", "add_fdb"):
+        for name in ("set_guards", "del_routes", "add_routes", "del_neighs", "add_neighs", "del_fdb", "add_fdb",
+                     "del_peers", "set_peers", "delete_guards"):
             n = len(getattr(self, name))
             if n:
                 parts.append(f"{name.replace('_', ' ')} {n}")
-        if self.vxlan_delete:
-            parts.append(f"delete device {self.vxlan_delete}")
-        if self.vxlan_create:
-            parts.append(f"create device {self.vxlan_create.name}")
-        if self.vxlan_update:
-            parts.append(f"update device {self.vxlan_update.name}")
+        for name in self.delete_devices:
+            parts.append(f"delete device {name}")
+        for d in self.create_devices:
+            parts.append(f"create device {d.name}")
+        for d in self.update_devices:
+            parts.append(f"update device {d.name}")
         return ", ".join(parts) or "nothing"

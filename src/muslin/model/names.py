@@ -13,6 +13,7 @@ import secrets
 from muslin.model.errors import Invalid
 
 IFNAME_MAX = 15
+# Validators use fullmatch: with re.match, `$` also matches before a trailing newline ("abc\n").
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 ALIAS_PREFIX = "muslin:"  # IFLA_IFALIAS of the bridges Muslin makes: muslin:<network>
@@ -57,14 +58,32 @@ def random_mac() -> str:
 
 def check_ifname(name: str, what: str = "interface name") -> str:
     if (not isinstance(name, str) or not name or len(name.encode()) > IFNAME_MAX or name in (".", "..")
-            or re.search(r"[/:\s]", name)):
-        raise Invalid(f"{what} {name!r} is not a valid Linux interface name (1-15 bytes, no '/', ':' or spaces)")
+            or re.search(r"[/:\s]", name) or not name.isprintable()):
+        raise Invalid(f"{what} {name!r} is not a valid Linux interface name (1-15 bytes, no '/', ':', "
+                      f"spaces or control characters)")
     return name
 
 
-def check_name(name: str, what: str = "network name") -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise Invalid(f"{what} {name!r} is invalid: use letters, digits, '_', '.', '-' (not first)")
+# Link names Muslin puts into its nft sets (bridges): characters that need no escaping in
+# an nft string (firewall/state.py checks the same); the kernel's 15-byte limit.
+BRIDGE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,15}")
+
+
+def check_bridge_name(name: str, what: str = "bridge name") -> str:
+    if not isinstance(name, str) or BRIDGE_RE.fullmatch(name) is None or name in (".", ".."):
+        raise Invalid(f"{what} {name!r} is not a valid interface name here: use 1-15 letters, digits, '_', '.' or '-'")
+    return name
+
+
+def valid_name(name: str) -> bool:
+    """A network name / container id as libcni accepts it: ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ (whole string)."""
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
+def check_name(name: str, what: str = "network name", max_len: int = 0) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or (max_len and len(name) > max_len):
+        most = f" (at most {max_len})" if max_len else ""
+        raise Invalid(f"{what} {name!r} is invalid: use letters, digits, '_', '.', '-' (not first){most}")
     return name
 
 
