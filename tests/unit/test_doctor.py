@@ -253,3 +253,15 @@ def test_wireguard_peer_missing_and_stale_handshake():
     c.observed["peers"] = []
     assert "h2: WireGuard peer KEY2... (10.250.0.2:51820) is missing on mw-net0" in \
         fails(f, "cluster net0: peers").details[0]
+
+
+def test_dns_canary():
+    f = healthy()
+    assert by_name(f)["dns"].status == "info"  # no DNS for this state dir
+    f.dns = {"pid": 1, "port": 53, "alive": True, "answers": {"web 10.1.0.1:53": "rcode 3"}}
+    assert by_name(f)["dns"].status == "ok"
+    f.dns["answers"]["web 10.1.0.1:53"] = "no answer (timed out)"
+    r = fails(f, "dns")
+    assert r.details == ("web 10.1.0.1:53: no answer (timed out)",) and "dig @GATEWAY -p 53" in r.fix[0]
+    f.dns = {"pid": 99999999, "port": 53, "alive": False, "answers": {}}
+    assert "which is gone" in fails(f, "dns").summary

@@ -61,7 +61,7 @@ def test_events_feed_the_metrics_and_stop_when_closed():
     assert s[("muslin_drift_repairs_total", (("loop", "cluster"),))] == 1
     assert s[("muslin_store_request_failures_total", (("backend", "etcd"), ("op", "txn")))] == 1
     assert s[("muslin_watch_lag_seconds_count", (("network", "net0"),))] == 1
-    assert s[("muslin_dns_queries_total", (("qtype", "A"), ("rcode", "NOERROR")))] == 1
+    assert s[("muslin_dns_queries_total", (("answered", "local"), ("qtype", "A"), ("rcode", "NOERROR")))] == 1
     assert s[("muslin_policy_drops_total", (("network", "web"),))] == 5
     assert not events.LISTENERS
     events.emit("error", source="cni", kind="invalid")  # nobody listens: nothing happens

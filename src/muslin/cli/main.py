@@ -394,18 +394,25 @@ def parse_publish(values: tuple[str, ...]):
 @click.option("--publish", "-p", multiple=True, help="[HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
 @click.option("--default-route", is_flag=True,
               help="Route the sandbox's default traffic through this network (else only its first network does).")
+@click.option("--alias", multiple=True, help="Another DNS name of the sandbox on this network (repeatable).")
+@click.option("--label", "labels", multiple=True, help="A label KEY=VALUE of the sandbox (repeatable).")
 @OUTPUT
 @click.pass_obj
-def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, default_route, output) -> None:
+def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, default_route, alias, labels,
+            output) -> None:
     """Connect SANDBOX to NETWORK."""
     from muslin.control import sandboxes
+    from muslin.model.names import parse_label_changes
 
     try:
         ips = tuple(ipaddress.ip_address(i.strip()) for i in ip)
     except ValueError as e:
         raise Invalid(f"--ip: {e}") from None
+    sets, drops = parse_label_changes(labels, "--label")
+    if drops:
+        raise Invalid(f"--label {drops[0]}-: connect sets labels (KEY=VALUE); remove them with muslin label")
     ep = sandboxes.connect(obj.muslin, network_name, sandbox_name, ifname, ips, mac, parse_publish(publish),
-                           default_route)
+                           default_route, alias, sets)
     emit(ep.to_dict(), output, f"{sandbox_name}:{ep.ifname} {' '.join(map(str, ep.addresses))} mac {ep.mac}")
 
 
@@ -419,6 +426,21 @@ def disconnect(obj: Ctx, network_name, sandbox_name, ifname) -> None:
     from muslin.control import sandboxes
 
     sandboxes.disconnect(obj.muslin, network_name, sandbox_name, ifname)
+
+
+@cli.command()
+@click.argument("sandbox_name", metavar="SANDBOX", **SANDBOX)
+@click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE|KEY-...")
+@OUTPUT
+@click.pass_obj
+def label(obj: Ctx, sandbox_name, changes, output) -> None:
+    """Set (KEY=VALUE) or remove (KEY-) labels of SANDBOX on all its networks, at once."""
+    from muslin.control import sandboxes
+    from muslin.model.names import parse_label_changes
+
+    sets, drops = parse_label_changes(changes)
+    now = sandboxes.label(obj.muslin, sandbox_name, sets, drops)
+    emit(now, output, " ".join(f"{k}={v}" for k, v in sorted(now.items())) or "(no labels)")
 
 
 def main(argv: list[str] | None = None) -> None:

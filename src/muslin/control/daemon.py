@@ -5,12 +5,15 @@ Runs several services in threads that share one stop event:
 - agent: the CNI fast path (framings in cni/server.py) on /run/muslin/muslind.sock;
 - cluster: the multi-host agent for one cluster network (with --cluster-store and
   --cluster-network): subnet lease, peers, routes/FDB/BIRD reconciled (control/agent.py);
+- dns: the resolver of Muslin's networks on port 53 of each bridge network's gateway
+  (dns/server.py), fed from the store (control/dns_feed.py); its sockets are handed over
+  to the next muslind across a restart (dns/handover.py);
 - reconcile: periodic orphan cleanup and Docker DOCKER-USER rules;
 - metrics (with --metrics-address): Prometheus text at /metrics (control/metrics.py) and the
   topology page at /topology (control/topology.py), read-only HTTP (control/web.py);
 - topology: with a cluster agent, this host's networks and sandboxes published in the
   cluster store, so every host's topology shows the whole cluster.
-SIGTERM/SIGINT stop everything and remove the sockets (the cluster agent keeps its lease
+SIGHUP re-reads the upstream resolvers and reloads the name table. SIGTERM/SIGINT stop everything and remove the sockets (the cluster agent keeps its lease
 and kernel state, so traffic goes on; with --leave it gives them back). SIGUSR1: leave
 the cluster network and stop. Logs go to stderr.
 
@@ -70,6 +73,13 @@ class Context:
                 self._muslin = Muslin(store=store, state_dir=self.args.state_dir)
             return self._muslin
 
+    def local_store(self) -> Any:
+        """Another connection to this host's store (for a service's own thread)."""
+        from muslin.store import open_store
+
+        a = self.args
+        return open_store(a.store, etcd_options(a)) if a.store else open_store(str(self.muslin.state_dir))
+
     def close(self) -> None:
         if self._muslin is not None:
             self._muslin.close()
@@ -84,10 +94,14 @@ class DockerService:
         from muslin.docker.ipam import DockerIpam
         from muslin.docker.server import PluginServer, routes
 
+        from muslin.docker.names import DockerNames
+
         m = ctx.muslin
         self.ctx = ctx
         self.driver = DockerDriver(m, link_exists=hostnet.link_exists, port_free=hostnet.port_free,
                                    on_networks_changed=self.sync_rules, host_routes=hostnet.host_routes)
+        if ctx.args.docker_api:  # who each endpoint's container is (name, aliases), asked of dockerd
+            self.driver.names = DockerNames(ctx.args.docker_api, lambda n, e, who: self.driver.named(n, e, who))
         self.ipam = DockerIpam(m.store, m.ipam, m.list_networks, hostnet.host_routes)
         self.server = PluginServer(ctx.args.docker_socket, routes(self.driver, self.ipam))
         self.thread: threading.Thread | None = None
@@ -101,6 +115,10 @@ class DockerService:
     def reconcile(self) -> None:
         self.driver.cleanup_orphans()
         self.sync_rules()
+        try:
+            self.driver.fill_names()
+        except Exception as e:  # noqa: BLE001 - names are best effort
+            log.debug("docker names: %s", e)
 
     def start(self) -> None:
         from muslin.docker.server import serve_in_thread
@@ -238,14 +256,94 @@ class ClusterService:
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(str(os.getpid()))
         self.thread.start()
+        self.names = self._publisher()
         log.info("cluster agent for %s as %s", self.agent.network, self.agent.hostname)
+
+    def _publisher(self) -> Any:
+        """This host's endpoints on the cluster network, published for the other hosts."""
+        from muslin.control.cluster_names import EndpointPublisher
+        from muslin.store import open_store
+
+        a = self.ctx.args
+        pub = EndpointPublisher(open_store(a.cluster_store, etcd_options(a)), self.ctx.local_store(),
+                                self.agent.network, self.agent.hostname, lambda: self.agent.lease)
+        pub.start()
+        return pub
 
     def stop(self) -> None:
         self.ctx.stop.set()
+        names = getattr(self, "names", None)
+        if names is not None:
+            names.stop()
         if self.thread.is_alive():
             self.thread.join(timeout=60)
         self.agent.store.close()
         self.pidfile.unlink(missing_ok=True)
+
+
+class DnsService:
+    """DNS for Muslin's networks (dns/server.py), fed from the stores (control/dns_feed.py)."""
+
+    name = "dns"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.dns import handover
+        from muslin.dns.server import DnsServer
+
+        a = ctx.args
+        self.ctx = ctx
+        m = ctx.muslin
+        self.owner_id = m.owner_id
+        self.marker = m.state_dir / "dns.pid"  # muslin-cni gives containers this DNS while it exists
+        self.server = DnsServer(a.dns_port, a.resolv_conf, adopt=lambda: handover.take(self.owner_id))
+        self.stop_feeds = threading.Event()
+        self.feeds: list[Any] = []
+
+    def start(self) -> None:
+        from muslin.control.dns_feed import ClusterFeed, LocalFeed
+        from muslin.store import open_store
+
+        a = self.ctx.args
+        self.server.start()
+        self.feeds.append(LocalFeed(self.ctx.local_store(), self.server.change, self.stop_feeds))
+        if a.cluster_store:
+            self.feeds.append(ClusterFeed(open_store(a.cluster_store, etcd_options(a)), self.server.change,
+                                          self.stop_feeds, a.cluster_network, a.hostname))
+        for f in self.feeds:
+            f.start()
+        self.feeds[0].loaded.wait(10)  # serve the names there are before saying ready
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(f"{os.getpid()} {a.dns_port}\n")
+        log.info("DNS on port %d of the bridge networks' gateways (upstream servers from %s)",
+                 a.dns_port, a.resolv_conf)
+
+    def reload(self) -> None:
+        self.server.call(lambda: self.server.upstreams.reload(force=True))
+
+    def stop(self) -> None:
+        from muslin.dns import handover
+
+        self.stop_feeds.set()
+        socks = self.server.stop()
+        for f in self.feeds:
+            f.join()
+            f.store.close()
+        if socks and self.ctx.args.dns_handover > 0:
+            pid = handover.hold(self.owner_id, socks, self.ctx.args.dns_handover)
+            if pid:
+                log.info("DNS sockets handed to holder %d for the next muslind", pid)
+        else:
+            pid = 0
+        for sock in socks.values():
+            sock.close()
+        try:  # while a holder keeps the sockets, DNS is still this state dir's (the next muslind answers)
+            if self.marker.read_text().split()[0] == str(os.getpid()):
+                if pid:
+                    self.marker.write_text(f"{pid} {self.ctx.args.dns_port}\n")
+                else:
+                    self.marker.unlink()
+        except (OSError, IndexError):
+            pass
 
 
 class ReaperService:
@@ -431,6 +529,8 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
     if getattr(ctx.args, "metrics_address", ""):
         factories.append(lambda: MetricsService(ctx))  # first: it listens before anything is measured
     factories.append(lambda: ReaperService(ctx))  # then: every Muslin made later retires links
+    if ctx.args.dns_port:  # early: it answers soon after a restart, and stops last (its sockets go to a holder)
+        factories.append(lambda: DnsService(ctx))
     if ctx.args.cluster_store:
         factories.append(lambda: ClusterService(ctx))
         factories.append(lambda: TopologyService(ctx))
@@ -469,6 +569,13 @@ def serve(args: Any) -> tuple[int, str]:
         ctx.stop.set()
 
     signal.signal(signal.SIGUSR1, on_leave)
+
+    def on_reload(*_: Any) -> None:
+        for svc in started:
+            if hasattr(svc, "reload"):
+                svc.reload()
+
+    signal.signal(signal.SIGHUP, on_reload)
     try:
         for make in service_factories(ctx):
             svc = make()

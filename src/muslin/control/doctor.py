@@ -76,6 +76,7 @@ class Facts:
     store_write: str = ""  # "" = ok, else why the probe failed
     conntrack: tuple[int, int] | None = None  # (count, max)
     probes: dict[str, bool] = field(default_factory=dict)  # feature -> present
+    dns: dict[str, Any] | None = None  # {"pid", "port", "alive", "answers": {"NET GW:PORT": "rcode N" | why not}}
     cluster: list[ClusterFacts] = field(default_factory=list)
     extra: list[Result] = field(default_factory=list)  # checks of parts not on this host yet (hooks)
 
@@ -343,6 +344,25 @@ def check_conntrack(f: Facts) -> Result:
                   (f"sysctl -w net.netfilter.nf_conntrack_max={limit * 2}",))
 
 
+def check_dns(f: Facts) -> Result:
+    d = f.dns
+    if d is None:
+        return Result("dns", "info", "muslind's DNS does not run for this state dir (containers get the host's "
+                      "resolvers)")
+    if not d.get("alive"):
+        return Result("dns", "fail", f"muslind's DNS marker names process {d.get('pid')}, which is gone: "
+                      "containers are given a resolver that does not answer", (),
+                      ("start muslind (it serves DNS again with the same sockets' port)",))
+    bad = {k: v for k, v in d.get("answers", {}).items() if not v.startswith("rcode")}
+    if not bad:
+        return Result("dns", "ok", f"a canary query answered on {len(d.get('answers', {}))} gateways (port "
+                      f"{d.get('port')})")
+    return Result("dns", "fail", "muslind's DNS does not answer a canary query on every gateway",
+                  tuple(f"{k}: {v}" for k, v in sorted(bad.items())),
+                  (f"dig @GATEWAY -p {d.get('port')} NAME   # and muslind's log; a restart of muslind binds "
+                   "the gateways again",))
+
+
 FALLBACKS = {
     "bridge": "none: the bridge driver cannot work",
     "veth": "none: no sandbox can be connected",
@@ -464,7 +484,7 @@ def check_peers(c: ClusterFacts) -> Result:
 
 CHECKS: list[Callable[[Facts], Result]] = [
     check_firewall, check_sysctls, check_bridge_netfilter, check_rp_filter, check_mtu, check_bridges,
-    check_bridge_ports, check_orphans, check_reaper, check_store, check_conntrack, check_probes,
+    check_bridge_ports, check_orphans, check_reaper, check_store, check_conntrack, check_probes, check_dns,
 ]
 
 

@@ -102,11 +102,51 @@ def local_facts(m: Any) -> Facts:
     bridges = [n["bridge"] for n in f.networks if n.get("bridge")]
     for p in list(f.sysctls_desired) + [BRIDGE_NF] + rp_filter_paths(bridges + list(f.links)):
         f.sysctls[p] = _read(p)
+    f.dns = dns_facts(Path(m.state_dir), f.networks)
     count = _read("/proc/sys/net/netfilter/nf_conntrack_count")
     limit = _read("/proc/sys/net/netfilter/nf_conntrack_max")
     if count is not None and limit is not None:
         f.conntrack = (int(count), int(limit))
     return f
+
+
+CANARY = "muslin-doctor-canary.invalid"
+
+
+def dns_facts(state_dir: Path, networks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """muslind's DNS for this state dir (its marker <state>/dns.pid: "PID PORT"): whether its
+    process lives, and per bridge network's gateway whether a canary query gets an answer."""
+    import socket
+
+    try:
+        pid_s, port_s = (state_dir / "dns.pid").read_text().split()[:2]
+        pid, port = int(pid_s), int(port_s)
+    except (OSError, ValueError):
+        return None
+    out: dict[str, Any] = {"pid": pid, "port": port, "alive": Path(f"/proc/{pid}").exists(), "answers": {}}
+    qid = os.getpid() & 0xFFFF
+    query = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(
+        bytes([len(p)]) + p.encode() for p in CANARY.split(".")) + b"\x00\x00\x01\x00\x01"
+    for n in networks:
+        if n.get("driver") != "bridge" or n.get("internal"):
+            continue
+        for rs in n.get("range_sets", []):
+            for r in rs:
+                gw = r.get("gateway")
+                if not gw or ":" in gw:
+                    continue
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.settimeout(2.0)
+                try:
+                    s.sendto(query, (gw, port))
+                    data = s.recv(512)
+                    ok = data[:2] == query[:2]
+                    out["answers"][f"{n['name']} {gw}:{port}"] = (f"rcode {data[3] & 0x0F}" if ok else "a wrong reply")
+                except OSError as e:
+                    out["answers"][f"{n['name']} {gw}:{port}"] = f"no answer ({e.strerror or e})"
+                finally:
+                    s.close()
+    return out
 
 
 def _native(p: Path) -> bool:

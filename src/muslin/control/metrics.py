@@ -64,9 +64,10 @@ class Metrics:
         self.watch_lag = Histogram("muslin_watch_lag_seconds", "from the store's watch delivering a host event "
                                    "to the kernel reconciled with it, by cluster network", ["network"],
                                    buckets=SLOW, registry=r)
-        # hooks: these appear once the DNS server / network policy emit (muslin/events.py)
-        self.dns_queries = Counter("muslin_dns_queries", "DNS queries answered, by type and rcode",
-                                   ["qtype", "rcode"], registry=r)
+        # DNS (dns/server.py emits); policy drops: a hook for network policy (muslin/events.py)
+        self.dns_queries = Counter("muslin_dns_queries", "DNS queries answered, by type, rcode and how "
+                                   "(local: from Muslin's names; forwarded: by an upstream resolver)",
+                                   ["qtype", "rcode", "answered"], registry=r)
         self.dns_seconds = Histogram("muslin_dns_query_duration_seconds", "time to answer a DNS query",
                                      buckets=FAST, registry=r)
         self.policy_drops = Counter("muslin_policy_drops", "packets dropped by network policy, by network",
@@ -124,8 +125,8 @@ class Metrics:
     def _on_watch_lag(self, network: str, seconds: float) -> None:
         self.watch_lag.labels(network).observe(seconds)
 
-    def _on_dns_query(self, qtype: str, rcode: str, seconds: float) -> None:
-        self.dns_queries.labels(qtype, rcode).inc()
+    def _on_dns_query(self, qtype: str, rcode: str, seconds: float, answered: str = "local") -> None:
+        self.dns_queries.labels(qtype, rcode, answered).inc()
         self.dns_seconds.observe(seconds)
 
     def _on_policy_drop(self, network: str, n: int = 1) -> None:

@@ -68,10 +68,12 @@ def ls(output, quiet, template) -> None:
 @click.argument("name")
 @click.argument("host")
 @click.argument("sandbox")
+@click.option("--alias", "aliases", multiple=True, help="Another DNS name of the sandbox (repeatable).")
 @one_line_errors
-def sandbox(name, host, sandbox) -> None:
-    """Make a sandbox namespace on HOST attached to the cluster network; print its address."""
-    info = core.sandbox(name, host, sandbox)
+def sandbox(name, host, sandbox, aliases) -> None:
+    """Make a sandbox namespace on HOST attached to the cluster network; print its address.
+    Other sandboxes of the lab find it by name (DNS of muslind on each host)."""
+    info = core.sandbox(name, host, sandbox, tuple(aliases))
     click.echo(info["address"])
 
 
