@@ -125,6 +125,7 @@ def test_doctor_is_green_on_a_fresh_lab(lab):
         assert checks["cluster net0: lease"]["status"] == "ok"
         assert checks["cluster net0: etcd"]["status"] == "ok"
         assert checks["firewall"]["status"] == "ok" and checks["bridge ports"]["status"] == "ok"
+        assert checks["dns"]["status"] == "ok" and "canary query answered on 1 gateways" in checks["dns"]["summary"]
     r = lab_cli("doctor", lab.name, "h1")
     assert r.returncode == 0 and "all checks hold" in r.stdout
 
