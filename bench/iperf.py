@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.ns import Namespaces, run, token
+from bench.ns import Namespaces, lab_dir, run, token
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -131,6 +131,11 @@ def run_iperf(seconds: int, log=print) -> dict:
 
 
 def run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw"), log=print) -> dict:
+    with lab_dir("muslin-bench-lab-"):
+        return _run_iperf_lab(seconds, backends, log)
+
+
+def _run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw"), log=print) -> dict:
     """Cross-host throughput in a `muslin lab` of two hosts per backend (sandbox on h1 to
     sandbox on h2), next to a raw veth pair measured in the same run."""
     try:
@@ -138,11 +143,6 @@ def run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw")
     except ImportError as e:
         return {"skipped": f"muslin lab is not available: {e}"}
     out: dict = {"seconds": seconds}
-    tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-lab-"))
-    import os
-
-    saved = os.environ.get("MUSLIN_LAB_DIR")
-    os.environ["MUSLIN_LAB_DIR"] = str(tmp)
     nss = Namespaces(f"mi{token(4)}")
     try:
         a, b = raw_pair(nss)
@@ -168,8 +168,3 @@ def run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw")
         return out
     finally:
         nss.cleanup()
-        if saved is None:
-            os.environ.pop("MUSLIN_LAB_DIR", None)
-        else:
-            os.environ["MUSLIN_LAB_DIR"] = saved
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
