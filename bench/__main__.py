@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,converge,wireguard]`
+"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,converge,wireguard,dns]`
 
 Runs as root; every namespace it makes is throwaway and removed at the end. Prints a
 table, writes results.json, results.md and PNG plots to --out (default bench/results).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "converge", "wireguard")
+PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "converge", "wireguard", "dns")
 
 
 def machine() -> dict:
@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         log("control-plane convergence in a 10-host muslin lab (vxlan)")
         res["converge"] = _part("converge", lambda: run_converge(3 if a.smoke else 10, 2 if a.smoke else 10,
                                                                   1 if a.smoke else 3, log=log), log)
+    if "dns" in only:
+        from bench.dns import run_dns
+        log("muslind DNS: latency under load, memory with 10,000 names, attach/detach followed, restart")
+        res["dns"] = _part("dns", lambda: run_dns(a.smoke or a.quick, log=log), log)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "results.json").write_text(json.dumps(res, indent=1))
     text = report.table(res)

@@ -48,6 +48,19 @@ class Netns:
         out = sh("ip", "-n", self.name, "-o", "link", "show").stdout
         return [line.split(": ")[1].split("@")[0] for line in out.splitlines()]
 
+    def links_after_reap(self, timeout: float = 10) -> list[str]:
+        """links(), once a muslind has deleted the veths it retired here (control/reaper.py)."""
+        import time
+
+        from muslin.model.names import REAP_GROUP
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not sh("ip", "-n", self.name, "-o", "link", "show", "group", str(REAP_GROUP)).stdout.strip():
+                break
+            time.sleep(0.05)
+        return self.links()
+
     def delete(self) -> None:
         # Kill anything still running inside, then remove the namespace.
         pids = sh("ip", "netns", "pids", self.name, check=False).stdout.split()

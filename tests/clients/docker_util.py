@@ -298,9 +298,15 @@ class DockerEnv:
         self.logs.append(self.dir / "muslind.log")
         muslind = str(VENV_BIN / "muslind") if (VENV_BIN / "muslind").exists() else "muslind"
         env = dict(os.environ, MUSLIN_STATE_DIR=str(self.state))
+        # Its DNS forwards to no real resolver: the upstream list is this test's (empty unless a test
+        # writes one), and it asks our dockerd (DOCKER_HOST) for container names.
+        self.resolv_conf = self.dir / "upstream-resolv.conf"
+        if not self.resolv_conf.exists():
+            self.resolv_conf.write_text("# no upstream resolvers in tests\n")
         self.muslind = subprocess.Popen(
             [muslind, "--docker-socket", self.plugin_sock, "--agent-socket", self.agent_sock,
-             "--state-dir", str(self.state), "--log-level", "debug", "--reconcile-interval", "2"],
+             "--state-dir", str(self.state), "--log-level", "debug", "--reconcile-interval", "2",
+             "--resolv-conf", str(self.resolv_conf), "--docker-api", self.api_sock, "--dns-handover", "0"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         wait_for(lambda: Path(self.plugin_sock).exists() or self.muslind.poll() is not None, 20, "muslind socket")
         if self.muslind.poll() is not None:

@@ -1,4 +1,5 @@
-"""The `muslin` command: networks, sandboxes, connect/disconnect, cluster, install, demo, lab.
+"""The `muslin` command: networks, sandboxes, connect/disconnect, cluster, install, demo, lab,
+doctor, topology.
 
 Read commands take -o table|json, -q and --format (cli/output.py); tables are plain and
 never cut when stdout is not a terminal."""
@@ -37,7 +38,8 @@ class Muslin(click.Group):
 
     LAZY = {"cluster": "muslin.control.agent_cli:cli", "install": "muslin.cli.install:install",
             "uninstall": "muslin.cli.install:uninstall", "completion": "muslin.cli.completion:completion",
-            "lab": "muslin.lab.cli:lab", "demo": "muslin.cli.demo:demo"}
+            "lab": "muslin.lab.cli:lab", "demo": "muslin.cli.demo:demo", "doctor": "muslin.cli.diagnose:doctor",
+            "topology": "muslin.cli.diagnose:topology"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
@@ -279,6 +281,19 @@ def network_prune(obj: Ctx, filters, force) -> None:
         sys.exit(first.exit_status)
 
 
+@network.command("repair")
+@click.argument("names", nargs=-1, **NETWORK)
+@click.pass_obj
+def network_repair(obj: Ctx, names) -> None:
+    """Put back what was changed by hand (all networks, or those named): a missing bridge,
+    veths off their bridge, the firewall table and its sysctls, DOCKER-USER pairs, and
+    retired links not yet deleted. `muslin doctor` says when to run it."""
+    from muslin.control.repair import repair
+
+    for line in repair(obj.muslin, list(names) or None):
+        click.echo(line)
+
+
 @network.command("rm")
 @click.argument("names", nargs=-1, required=True, **NETWORK)
 @click.option("--force", "-f", is_flag=True, help="Disconnect its endpoints first.")
@@ -379,18 +394,25 @@ def parse_publish(values: tuple[str, ...]):
 @click.option("--publish", "-p", multiple=True, help="[HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
 @click.option("--default-route", is_flag=True,
               help="Route the sandbox's default traffic through this network (else only its first network does).")
+@click.option("--alias", multiple=True, help="Another DNS name of the sandbox on this network (repeatable).")
+@click.option("--label", "labels", multiple=True, help="A label KEY=VALUE of the sandbox (repeatable).")
 @OUTPUT
 @click.pass_obj
-def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, default_route, output) -> None:
+def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, default_route, alias, labels,
+            output) -> None:
     """Connect SANDBOX to NETWORK."""
     from muslin.control import sandboxes
+    from muslin.model.names import parse_label_changes
 
     try:
         ips = tuple(ipaddress.ip_address(i.strip()) for i in ip)
     except ValueError as e:
         raise Invalid(f"--ip: {e}") from None
+    sets, drops = parse_label_changes(labels, "--label")
+    if drops:
+        raise Invalid(f"--label {drops[0]}-: connect sets labels (KEY=VALUE); remove them with muslin label")
     ep = sandboxes.connect(obj.muslin, network_name, sandbox_name, ifname, ips, mac, parse_publish(publish),
-                           default_route)
+                           default_route, alias, sets)
     emit(ep.to_dict(), output, f"{sandbox_name}:{ep.ifname} {' '.join(map(str, ep.addresses))} mac {ep.mac}")
 
 
@@ -404,6 +426,21 @@ def disconnect(obj: Ctx, network_name, sandbox_name, ifname) -> None:
     from muslin.control import sandboxes
 
     sandboxes.disconnect(obj.muslin, network_name, sandbox_name, ifname)
+
+
+@cli.command()
+@click.argument("sandbox_name", metavar="SANDBOX", **SANDBOX)
+@click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE|KEY-...")
+@OUTPUT
+@click.pass_obj
+def label(obj: Ctx, sandbox_name, changes, output) -> None:
+    """Set (KEY=VALUE) or remove (KEY-) labels of SANDBOX on all its networks, at once."""
+    from muslin.control import sandboxes
+    from muslin.model.names import parse_label_changes
+
+    sets, drops = parse_label_changes(changes)
+    now = sandboxes.label(obj.muslin, sandbox_name, sets, drops)
+    emit(now, output, " ".join(f"{k}={v}" for k, v in sorted(now.items())) or "(no labels)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from muslin import events
 from muslin.cni import result as R
 from muslin.cni.types import (
     CURRENT_VERSION, E_CONFIG, E_ENV, E_INTERNAL, E_STATUS, E_TRY_AGAIN, SUPPORTED_VERSIONS, CniError,
@@ -58,9 +59,11 @@ def _guarded(fn: Callable[[], dict[str, Any] | None], stdin: bytes) -> tuple[str
         out = fn()
         return (json.dumps(out) if out is not None else ""), 0
     except MuslinError as e:
+        events.emit("error", source="cni", kind=e.kind)
         msg = one_line(str(e.message)) or type(e).__name__
         return json.dumps(R.error(error_code(e), msg, one_line(str(e.details)), _request_version(stdin))), 1
     except BaseException as e:  # noqa: BLE001 - last resort: one line, never a traceback
+        events.emit("error", source="cni", kind="internal")
         text = one_line(str(e))[:300] or type(e).__name__
         return json.dumps(R.error(E_INTERNAL, f"internal error: {text}", type(e).__name__,
                                   _request_version(stdin))), 1
@@ -232,6 +235,19 @@ def endpoint_result(ep: Endpoint, dns: dict[str, Any]) -> dict[str, Any]:
     return R.build(ifaces, ips, routes, dns)
 
 
+def _muslin_dns(m, network: str, req: CniRequest, env: dict[str, str]) -> dict[str, Any]:
+    """muslind's DNS for this network (nameserver = its gateway, search = its name), when a
+    muslind serves DNS for this state dir."""
+    from muslin.control.dns_feed import serving
+    from muslin.dns.records import client_config
+
+    net = m.find_network(network)
+    if net is None or not serving(str(m.state_dir)):
+        return {}
+    servers, search = client_config([net])
+    return {"nameservers": servers, "search": search} if servers else {}
+
+
 def _network_of(req: CniRequest, learned: dict[str, Any] | None) -> Network:
     """The network this config implies (or, with the `network` key, the one it joins)."""
     if req.join:
@@ -279,14 +295,14 @@ def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any
                 network=req.network_name, endpoint_id=req.endpoint_id, container_id=req.env.container_id,
                 ifname=req.env.ifname, netns=req.env.netns, ips=() if learned is not None else req.ips,
                 mac=req.mac, ports=req.ports, aliases=req.aliases, addresses=addresses, mtu=req.mtu,
-                owner=req.owner), join=bool(req.join))
+                owner=req.owner, name=req.pod_name, labels=req.labels, namespace=req.namespace), join=bool(req.join))
         except NotFound as e:
             if req.join and m.find_network(req.join) is None:
                 raise CniError(E_CONFIG, f"network {req.join!r} (config key network) does not exist in Muslin") \
                     from None
             raise e
         try:
-            dns = req.dns or (learned or {}).get("dns") or {}
+            dns = req.dns or (learned or {}).get("dns") or _muslin_dns(m, ep.network, req, env)
             res = endpoint_result(ep, dns)
             if learned is not None and learned.get("routes") and not ep.routes:
                 res["routes"] = learned["routes"]

@@ -38,6 +38,12 @@ Runtime-provided inputs: requested IPs from CNI_ARGS `IP=` (comma-separated allo
 `args.cni.ips` and `runtimeConfig.ips` (all are used, duplicates once); the MAC from
 CNI_ARGS `MAC=` < `args.cni.mac` < `runtimeConfig.mac`; `runtimeConfig.portMappings`;
 `runtimeConfig.aliases` (a list, or Podman's {network: [names]}).
+Who the container is (DNS names, and labels for services and policy): its name from CNI_ARGS
+`K8S_POD_NAME` (Podman puts the container name there), its namespace from
+`K8S_POD_NAMESPACE` (default "default"), labels from `args.cni.labels`
+([{"key", "value"}], Kubernetes label syntax) over containerd's
+`runtimeConfig["io.kubernetes.cri.pod-annotations"]` (annotations that are not valid
+labels are left out: a pod never fails on an annotation).
 A network implied by a CNI config gets origin "cni" and is removed with its last endpoint.
 """
 
@@ -273,6 +279,9 @@ class CniRequest:
     valid_attachments: tuple[tuple[str, str], ...] | None = None
     data_dir: str = ""
     mtu: int = 0
+    pod_name: str = ""  # K8S_POD_NAME: the container's (pod's) name
+    namespace: str = "default"  # K8S_POD_NAMESPACE
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def command(self) -> str:
@@ -393,6 +402,20 @@ def _requested_mac(env: CniEnv, conf: dict[str, Any]) -> str:
     return mac
 
 
+def _go_keys(d: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Keys matched as Go's encoding/json matches struct fields: exact first, else ignoring
+    case. containerd 1.6 (go-cni) sends portMappings as {"HostPort", "ContainerPort",
+    "Protocol", "HostIP"}, which the reference portmap plugin reads that way."""
+    out = dict(d)
+    for n in names:
+        if n not in out:
+            for k in d:
+                if k.lower() == n.lower():
+                    out[n] = d[k]
+                    break
+    return out
+
+
 def _ports(conf: dict[str, Any]) -> tuple[PortMapping, ...]:
     rc = _dict(conf, "runtimeConfig")
     out: list[PortMapping] = []
@@ -400,6 +423,7 @@ def _ports(conf: dict[str, Any]) -> tuple[PortMapping, ...]:
         where = f"runtimeConfig.portMappings[{i}]"
         if not isinstance(p, dict):
             raise _fail(where, p, "an object")
+        p = _go_keys(p, ("hostPort", "containerPort", "protocol", "hostIP"))
         hp = _int(p, "hostPort", 0, where + ".")
         cp = _int(p, "containerPort", 0, where + ".")
         proto = _str(p, "protocol", "tcp", where + ".").lower() or "tcp"
@@ -424,7 +448,47 @@ def _aliases(conf: dict[str, Any], name: str) -> tuple[str, ...]:
         a = a.get(name) or []
     if not isinstance(a, list) or not all(isinstance(x, str) for x in a):
         raise _fail("runtimeConfig.aliases", rc.get("aliases"), "a list of names")
-    return tuple(a)
+    for x in a:
+        if not names.is_dns_name(x):
+            raise CniError(E_CONFIG, f"runtimeConfig.aliases: {x!r} is not a DNS name (labels of letters, digits, "
+                                     "'_', '-', 1-63 characters each, separated by '.')")
+    return tuple(dict.fromkeys(a))
+
+
+POD_ANNOTATIONS = "io.kubernetes.cri.pod-annotations"
+
+
+def _labels(conf: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    out: dict[str, str] = {}
+    rc = _dict(conf, "runtimeConfig")
+    ann = rc.get(POD_ANNOTATIONS)
+    if isinstance(ann, dict):
+        for k, v in ann.items():
+            if isinstance(v, str) and names.is_label_key(k) and names.is_label_value(v):
+                out[k] = v
+    raw = _args_cni(conf).get("labels")
+    if raw is not None:
+        if not isinstance(raw, list):
+            raise _fail("args.cni.labels", raw, 'a list of {"key": ..., "value": ...}')
+        for i, item in enumerate(raw):
+            where = f"args.cni.labels[{i}]"
+            if not isinstance(item, dict) or not isinstance(item.get("key"), str) \
+                    or not isinstance(item.get("value", ""), str):
+                raise _fail(where, item, 'an object {"key": string, "value": string}')
+            try:
+                k, v = names.check_label(item["key"], item.get("value", ""), where)
+            except Invalid as e:
+                raise CniError(E_CONFIG, e.message) from None
+            out[k] = v
+    return tuple(sorted(out.items()))
+
+
+def _identity(env: CniEnv) -> tuple[str, str]:
+    """(name, namespace) from K8S_POD_NAME / K8S_POD_NAMESPACE."""
+    ns = env.arg("K8S_POD_NAMESPACE") or "default"
+    if not names.NAMESPACE_RE.fullmatch(ns):
+        raise CniError(E_ENV, f"CNI_ARGS K8S_POD_NAMESPACE={ns!r} is not a Kubernetes namespace name")
+    return env.arg("K8S_POD_NAME") or "", ns
 
 
 def _valid_attachments(conf: dict[str, Any]) -> tuple[tuple[str, str], ...] | None:
@@ -564,8 +628,10 @@ def parse_request(env: dict[str, str], stdin: bytes, ipam_plugin: bool = False) 
     if cenv.command in ("ADD", "CHECK", "DEL"):
         requested = _requested(cenv, conf)
         check_requested_prefixes(requested, sets)
+        pod_name, namespace = _identity(cenv)
         req.update(ips=tuple(a[1] for a in requested), requested=requested, mac=_requested_mac(cenv, conf),
-                   ports=_ports(conf), aliases=_aliases(conf, name))
+                   ports=_ports(conf), aliases=_aliases(conf, name), pod_name=pod_name, namespace=namespace,
+                   labels=_labels(conf))
     if ipam_plugin:
         if not sets:
             raise CniError(E_CONFIG, "ipam.ranges is missing: muslin-ipam needs at least one range set "

@@ -31,6 +31,7 @@ including `rotate-key`.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -42,6 +43,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from muslin import events
 from muslin.backends.base import Backend
 from muslin.backends.model import NAME_MAX, ClusterConfig, Desired, HostRecord, Local, diff, owned
 from muslin.backends.peers import PeerTable
@@ -150,6 +152,7 @@ class Agent:
         self.etcd_ok = True
         self.reconciles = 0
         self.last_changes = ""
+        self.resyncing = False  # the reconcile running is a periodic resync's (metrics: drift repairs)
         self._overlay = None
         self._companions: dict[str, Any] | None = None
         from muslin.control.agent_host import RealHost
@@ -402,24 +405,35 @@ class Agent:
 
     def reconcile(self) -> None:
         """The full diff: desired from every peer (the local copy) vs what the kernel has."""
+        t0 = time.perf_counter()
+        changes = self._reconcile()
+        events.emit("reconcile", loop="cluster", seconds=time.perf_counter() - t0, changes=changes,
+                    drift=bool(changes) and self.resyncing)
+
+    def _reconcile(self) -> int:
+        """Returns how many kernel changes it applied."""
         assert self.cfg is not None and self.local is not None
         want = self._table().rebuild(self.cfg, self.local, self.peers)
         ov = self.overlay()
         have = ov.observe(self.backend.owned(self.network, dict(self.local.facts)))
         changes = diff(want, owned(have, self.cfg.network_cidr))
+        n = sum(len(getattr(changes, f.name)) for f in dataclasses.fields(changes))  # metrics: changes applied
         if not changes.empty:
             ov.apply(changes)
             self.last_changes = changes.summary()
             self.log(f"reconciled {len(self.peers) - (self.hostname in self.peers)} peers: {self.last_changes}")
         self._after(want)
         self.counts["full_reconciles"] += 1
+        return n
 
     def reconcile_peers(self, hosts: set[str]) -> None:
         """Only the changed peers' kernel objects: what they should be vs what they were."""
         assert self.cfg is not None and self.local is not None
+        t0 = time.perf_counter()
         try:
             want, had = self._table().update(self.cfg, self.local, self.peers, hosts)
             changes = diff(want, had)
+            n = sum(len(getattr(changes, f.name)) for f in dataclasses.fields(changes))
             if not changes.empty:
                 self.overlay().apply(changes)
                 self.last_changes = changes.summary()
@@ -431,6 +445,7 @@ class Agent:
             raise
         self._after(self.table.whole() if self.backend.companions else None)  # type: ignore[union-attr]
         self.counts["peer_reconciles"] += 1
+        events.emit("reconcile", loop="cluster", seconds=time.perf_counter() - t0, changes=n)
 
     def _after(self, want: Desired | None) -> None:
         """The companions' configs, the problems, the status."""
@@ -606,10 +621,12 @@ class Agent:
         delay = 0.5
         while not stop.is_set():
             try:
+                self.resyncing = False
                 now = time.monotonic()
                 due = min(next_alive, next_subnet, next_sync, next_relist, next_tick if ticks else next_sync,
                           self._status_due if self._status_dirty else next_sync, now + TICK)
                 hosts = self._take(self.cache.poll(max(0.0, due - now)))
+                first_event = time.monotonic() if hosts else 0.0
                 if hosts:  # a burst is one reconcile: take what follows within SETTLE (10 SETTLE at most)
                     first = time.monotonic()
                     while not stop.is_set() and time.monotonic() - first < 10 * SETTLE:
@@ -653,10 +670,13 @@ class Agent:
                     except MuslinError as e:
                         self._reconcile_failed(e)
                     full = True
+                    self.resyncing = True
                 if full:
                     self.safe_reconcile()
                 elif hosts:
                     self.safe_reconcile(hosts)
+                if first_event:
+                    events.emit("watch_lag", network=self.network, seconds=time.monotonic() - first_event)
                 self._watch_health(now)
                 self.flush_status()
                 delay = 0.5

@@ -287,8 +287,9 @@ def run_agent(hostname: str, state_dir: str | None, underlay_dev: str, underlay_
 @network_option()
 @click.option("--id", "sandbox", required=True, help="sandbox name (the endpoint id)")
 @click.option("--netns", required=True, help="path of the sandbox's network namespace")
+@click.option("--alias", "aliases", multiple=True, help="another DNS name of the sandbox (repeatable)")
 @one_line_errors
-def attach(state_dir: str | None, sandbox: str, netns: str, **kw: Any) -> None:
+def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, ...], **kw: Any) -> None:
     """Attach a sandbox to this host's side of a cluster network; prints its address (muslin lab)."""
     from muslin.control.service import Muslin
     from muslin.model.types import AttachRequest
@@ -300,7 +301,11 @@ def attach(state_dir: str | None, sandbox: str, netns: str, **kw: Any) -> None:
     try:
         if m.find_network(network) is None:
             raise NotFound(f"network {network!r} is not set up on this host (is its agent running?)")
-        ep = m.attach(AttachRequest(network=network, endpoint_id=sandbox, container_id=sandbox, netns=netns))
+        from muslin.model.names import check_dns_name, is_dns_name
+        for a in aliases:
+            check_dns_name(a, "--alias")
+        ep = m.attach(AttachRequest(network=network, endpoint_id=sandbox, container_id=sandbox, netns=netns,
+                                    name=sandbox if is_dns_name(sandbox) else "", aliases=aliases))
     finally:
         m.close()
     click.echo(json.dumps({"address": str(ep.addresses[0]), "mac": ep.mac, "mtu": ep.mtu}))

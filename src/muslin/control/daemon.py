@@ -5,8 +5,15 @@ Runs several services in threads that share one stop event:
 - agent: the CNI fast path (framings in cni/server.py) on /run/muslin/muslind.sock;
 - cluster: the multi-host agent for one cluster network (with --cluster-store and
   --cluster-network): subnet lease, peers, routes/FDB/BIRD reconciled (control/agent.py);
-- reconcile: periodic orphan cleanup and Docker DOCKER-USER rules.
-SIGTERM/SIGINT stop everything and remove the sockets (the cluster agent keeps its lease
+- dns: the resolver of Muslin's networks on port 53 of each bridge network's gateway
+  (dns/server.py), fed from the store (control/dns_feed.py); its sockets are handed over
+  to the next muslind across a restart (dns/handover.py);
+- reconcile: periodic orphan cleanup and Docker DOCKER-USER rules;
+- metrics (with --metrics-address): Prometheus text at /metrics (control/metrics.py) and the
+  topology page at /topology (control/topology.py), read-only HTTP (control/web.py);
+- topology: with a cluster agent, this host's networks and sandboxes published in the
+  cluster store, so every host's topology shows the whole cluster.
+SIGHUP re-reads the upstream resolvers and reloads the name table. SIGTERM/SIGINT stop everything and remove the sockets (the cluster agent keeps its lease
 and kernel state, so traffic goes on; with --leave it gives them back). SIGUSR1: leave
 the cluster network and stop. Logs go to stderr.
 
@@ -51,6 +58,7 @@ class Context:
         self.exit_status = 0  # set by a service that fails fatally
         self.error = ""  # and its one line
         self.inherited: dict[str, Any] = {}  # sockets systemd passed, by path (socket activation)
+        self.cluster_agent: Any = None  # the cluster service's Agent, when it runs
         self._muslin: Any = None
         self._lock = threading.Lock()
 
@@ -64,6 +72,13 @@ class Context:
                 store = open_store(self.args.store, etcd_options(self.args)) if self.args.store else None
                 self._muslin = Muslin(store=store, state_dir=self.args.state_dir)
             return self._muslin
+
+    def local_store(self) -> Any:
+        """Another connection to this host's store (for a service's own thread)."""
+        from muslin.store import open_store
+
+        a = self.args
+        return open_store(a.store, etcd_options(a)) if a.store else open_store(str(self.muslin.state_dir))
 
     def close(self) -> None:
         if self._muslin is not None:
@@ -79,10 +94,14 @@ class DockerService:
         from muslin.docker.ipam import DockerIpam
         from muslin.docker.server import PluginServer, routes
 
+        from muslin.docker.names import DockerNames
+
         m = ctx.muslin
         self.ctx = ctx
         self.driver = DockerDriver(m, link_exists=hostnet.link_exists, port_free=hostnet.port_free,
                                    on_networks_changed=self.sync_rules, host_routes=hostnet.host_routes)
+        if ctx.args.docker_api:  # who each endpoint's container is (name, aliases), asked of dockerd
+            self.driver.names = DockerNames(ctx.args.docker_api, lambda n, e, who: self.driver.named(n, e, who))
         self.ipam = DockerIpam(m.store, m.ipam, m.list_networks, hostnet.host_routes)
         self.server = PluginServer(ctx.args.docker_socket, routes(self.driver, self.ipam))
         self.thread: threading.Thread | None = None
@@ -96,6 +115,10 @@ class DockerService:
     def reconcile(self) -> None:
         self.driver.cleanup_orphans()
         self.sync_rules()
+        try:
+            self.driver.fill_names()
+        except Exception as e:  # noqa: BLE001 - names are best effort
+            log.debug("docker names: %s", e)
 
     def start(self) -> None:
         from muslin.docker.server import serve_in_thread
@@ -212,6 +235,7 @@ class ClusterService:
         self.agent = Agent(open_store(a.cluster_store, etcd_options(a)), a.cluster_network, a.hostname, state_dir,
                            a.underlay_dev, a.underlay_ip, a.resync, log=logging.getLogger("muslin.agent").info)
         self.agent.leave_on_stop = a.leave
+        ctx.cluster_agent = self.agent  # metrics (peers) and the topology publisher read it
         # `muslin cluster leave` finds the running agent through this file.
         self.pidfile = state_dir / "cluster" / f"{a.cluster_network}.agent.pid"
         self.thread = threading.Thread(target=self._run, name="cluster", daemon=True)
@@ -233,15 +257,95 @@ class ClusterService:
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(str(os.getpid()))
         self.thread.start()
+        self.names = self._publisher()
         log.info("cluster agent for %s as %s", self.agent.network, self.agent.hostname)
+
+    def _publisher(self) -> Any:
+        """This host's endpoints on the cluster network, published for the other hosts."""
+        from muslin.control.cluster_names import EndpointPublisher
+        from muslin.store import open_store
+
+        a = self.ctx.args
+        pub = EndpointPublisher(open_store(a.cluster_store, etcd_options(a)), self.ctx.local_store(),
+                                self.agent.network, self.agent.hostname, lambda: self.agent.lease)
+        pub.start()
+        return pub
 
     def stop(self) -> None:
         self.ctx.stop.set()
         self.agent.wake()
+        names = getattr(self, "names", None)
+        if names is not None:
+            names.stop()
         if self.thread.is_alive():
             self.thread.join(timeout=60)
         self.agent.store.close()
         self.pidfile.unlink(missing_ok=True)
+
+
+class DnsService:
+    """DNS for Muslin's networks (dns/server.py), fed from the stores (control/dns_feed.py)."""
+
+    name = "dns"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.dns import handover
+        from muslin.dns.server import DnsServer
+
+        a = ctx.args
+        self.ctx = ctx
+        m = ctx.muslin
+        self.owner_id = m.owner_id
+        self.marker = m.state_dir / "dns.pid"  # muslin-cni gives containers this DNS while it exists
+        self.server = DnsServer(a.dns_port, a.resolv_conf, adopt=lambda: handover.take(self.owner_id))
+        self.stop_feeds = threading.Event()
+        self.feeds: list[Any] = []
+
+    def start(self) -> None:
+        from muslin.control.dns_feed import ClusterFeed, LocalFeed
+        from muslin.store import open_store
+
+        a = self.ctx.args
+        self.server.start()
+        self.feeds.append(LocalFeed(self.ctx.local_store(), self.server.change, self.stop_feeds))
+        if a.cluster_store:
+            self.feeds.append(ClusterFeed(open_store(a.cluster_store, etcd_options(a)), self.server.change,
+                                          self.stop_feeds, a.cluster_network, a.hostname))
+        for f in self.feeds:
+            f.start()
+        self.feeds[0].loaded.wait(10)  # serve the names there are before saying ready
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(f"{os.getpid()} {a.dns_port}\n")
+        log.info("DNS on port %d of the bridge networks' gateways (upstream servers from %s)",
+                 a.dns_port, a.resolv_conf)
+
+    def reload(self) -> None:
+        self.server.call(lambda: self.server.upstreams.reload(force=True))
+
+    def stop(self) -> None:
+        from muslin.dns import handover
+
+        self.stop_feeds.set()
+        socks = self.server.stop()
+        for f in self.feeds:
+            f.join()
+            f.store.close()
+        if socks and self.ctx.args.dns_handover > 0:
+            pid = handover.hold(self.owner_id, socks, self.ctx.args.dns_handover)
+            if pid:
+                log.info("DNS sockets handed to holder %d for the next muslind", pid)
+        else:
+            pid = 0
+        for sock in socks.values():
+            sock.close()
+        try:  # while a holder keeps the sockets, DNS is still this state dir's (the next muslind answers)
+            if self.marker.read_text().split()[0] == str(os.getpid()):
+                if pid:
+                    self.marker.write_text(f"{pid} {self.ctx.args.dns_port}\n")
+                else:
+                    self.marker.unlink()
+        except (OSError, IndexError):
+            pass
 
 
 class ReaperService:
@@ -272,6 +376,108 @@ class ReaperService:
             self.thread.join(timeout=30)
 
 
+class MetricsService:
+    """/metrics and /topology on --metrics-address. Made first: it listens to the events
+    (muslin/events.py) before any store is opened or request served."""
+
+    name = "metrics"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.control import metrics
+        from muslin.control.web import WebServer
+
+        self.ctx = ctx
+        self.metrics = metrics.Metrics()
+        self.metrics.listen()
+        self.metrics.sources.add(metrics.local_source(lambda: ctx.muslin))
+        self.metrics.sources.add(self._cluster_rows)
+        self._cluster_store: Any = None
+        try:
+            self.server = WebServer(ctx.args.metrics_address, {
+                "/metrics": lambda: (metrics.CONTENT_TYPE, self.metrics.render()),
+                "/topology": lambda: ("text/html; charset=utf-8", self._draw("html")),
+                "/topology.svg": lambda: ("image/svg+xml", self._draw("svg")),
+                "/topology.json": lambda: ("application/json", self._draw("json")),
+                "/topology.dot": lambda: ("text/vnd.graphviz; charset=utf-8", self._draw("dot")),
+                "/": lambda: ("text/html; charset=utf-8",
+                              b'<!doctype html><a href="/metrics">/metrics</a> <a href="/topology">/topology</a>'),
+            })
+        except BaseException:
+            self.metrics.close()
+            raise
+
+    def _cluster_rows(self) -> list[Any]:
+        from muslin.control import metrics
+
+        agent = getattr(self.ctx, "cluster_agent", None)
+        return metrics.cluster_source(agent)() if agent is not None else []
+
+    def topology(self) -> dict[str, Any]:
+        from muslin.control import topology
+
+        a = self.ctx.args
+        if a.cluster_store and self._cluster_store is None:
+            from muslin.store import open_store
+
+            self._cluster_store = open_store(a.cluster_store, etcd_options(a))
+        nets = [a.cluster_network] if a.cluster_network else None
+        return topology.gather(self.ctx.muslin, a.hostname, self._cluster_store, nets)
+
+    def _draw(self, fmt: str) -> bytes:
+        import json
+
+        from muslin.control import topology_render as r
+
+        t = self.topology()
+        text = {"html": r.to_html, "svg": r.to_svg, "dot": r.to_dot}.get(fmt)
+        return (text(t) if text else json.dumps(t, indent=1)).encode()
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("metrics on %s/metrics, topology on %s/topology", self.server.url, self.server.url)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.metrics.close()
+        if self._cluster_store is not None:
+            self._cluster_store.close()
+
+
+class TopologyService:
+    """This host's summary (networks, sandboxes) in the cluster store under its subnet
+    lease, written when it changes (control/topology.py)."""
+
+    name = "topology"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.control.topology import Publisher
+
+        self.ctx = ctx
+        self.publisher: Any = None
+        self.thread = threading.Thread(target=self._run, name="topology", daemon=True)
+        self._publisher = Publisher
+
+    def _run(self) -> None:
+        while not self.ctx.stop.wait(2.0):
+            agent = getattr(self.ctx, "cluster_agent", None)
+            if agent is None:
+                continue
+            if self.publisher is None:
+                self.publisher = self._publisher(lambda: self.ctx.muslin, agent)
+            try:
+                self.publisher.publish_once()
+            except Exception as e:  # noqa: BLE001 - the store away: next round
+                log.debug("topology publish: %s", e)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.ctx.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+
 class Reconciler:
     """Calls each `task` every `interval` seconds until stop (errors logged, never fatal)."""
 
@@ -282,12 +488,18 @@ class Reconciler:
         self.thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
 
     def _run(self) -> None:
+        import time
+
+        from muslin import events
+
         while not self.ctx.stop.wait(self.interval):
+            t0 = time.perf_counter()
             for task in self.tasks:
                 try:
                     task()
                 except Exception as e:
                     log.warning("reconcile: %s", " ".join(str(e).split()))
+            events.emit("reconcile", loop="orphans", seconds=time.perf_counter() - t0)
 
     def start(self) -> None:
         if self.interval > 0 and self.tasks:
@@ -316,9 +528,14 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
             log.warning("CNI agent disabled: %s", e)
             return None
 
-    factories.append(lambda: ReaperService(ctx))  # first: every Muslin made later retires links
+    if getattr(ctx.args, "metrics_address", ""):
+        factories.append(lambda: MetricsService(ctx))  # first: it listens before anything is measured
+    factories.append(lambda: ReaperService(ctx))  # then: every Muslin made later retires links
+    if ctx.args.dns_port:  # early: it answers soon after a restart, and stops last (its sockets go to a holder)
+        factories.append(lambda: DnsService(ctx))
     if ctx.args.cluster_store:
         factories.append(lambda: ClusterService(ctx))
+        factories.append(lambda: TopologyService(ctx))
     if ctx.args.docker_socket:
         factories.append(docker)
     if ctx.args.agent_socket:
@@ -354,6 +571,13 @@ def serve(args: Any) -> tuple[int, str]:
         ctx.stop.set()
 
     signal.signal(signal.SIGUSR1, on_leave)
+
+    def on_reload(*_: Any) -> None:
+        for svc in started:
+            if hasattr(svc, "reload"):
+                svc.reload()
+
+    signal.signal(signal.SIGHUP, on_reload)
     try:
         for make in service_factories(ctx):
             svc = make()

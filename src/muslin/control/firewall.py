@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Iterable
 
+from muslin.control.timings import NFT_PHASE, timed
 from muslin.drivers.base import get_driver
 from muslin.firewall.state import FirewallState, NetRule, PortRule
 from muslin.model.types import Endpoint, Network
@@ -48,8 +49,10 @@ def desired(m: Muslin, add_networks: Iterable[Network] = (), drop_networks: Iter
 
 
 def sync(m: Muslin, k: Kernel, state: FirewallState | None = None) -> dict[str, str]:
-    """Returns the previous value of each sysctl the sync changed."""
-    return k.firewall_sync(state if state is not None else desired(m), m.owner)
+    """Returns the previous value of each sysctl the sync changed. Timed as the phase
+    `nft transaction` (muslind's metrics: its time and failures)."""
+    with timed(m.timings, NFT_PHASE):
+        return k.firewall_sync(state if state is not None else desired(m), m.owner)
 
 
 def step(m: Muslin, k: Kernel, state: FirewallState) -> Step:

@@ -2,10 +2,17 @@
 
 A sandbox joins a network once (Docker's rule); its next network gets the next free ethN;
 the first network keeps the default route unless a connect asks for it.
+
+Its endpoints carry its name (a DNS name on each network), the aliases given at connect and
+its labels (kept in the sandbox record too, so `label` changes every copy at once). Its
+/etc/netns/NAME/resolv.conf (what `ip netns exec NAME` shows) names the DNS servers of its
+networks (muslind on each bridge network's gateway), made with the sandbox, rewritten at each
+connect and disconnect, removed with it.
 """
 
 from __future__ import annotations
 
+from muslin.control import identity
 from muslin.control.service import Muslin
 from muslin.model import keys, names
 from muslin.model.errors import Conflict, NotFound
@@ -23,7 +30,25 @@ def create(m: Muslin, name: str) -> None:
         if k.netns_exists(path_of(name)):
             raise Conflict(f"sandbox {name!r} already exists")
         run([Step("netns", lambda: k.create_netns(name), lambda _: k.delete_netns(name)),
+             Step("resolv.conf", lambda: k.netns_resolv_conf(name, resolv_text(m, [])),
+                  lambda old: k.netns_resolv_conf(name, old)),
              Step("sandbox record", lambda: m.store.put(keys.sandbox(name), {"name": name, "netns": path_of(name)}))])
+
+
+def resolv_text(m: Muslin, networks: list[str]) -> str:
+    """resolv.conf for a sandbox on these networks (its first network's DNS first)."""
+    from muslin.dns.records import client_config
+
+    nets = [n for n in (m.find_network(name) for name in dict.fromkeys(networks)) if n is not None]
+    servers, search = client_config(nets)
+    lines = ["# muslin: the DNS servers of this sandbox's networks (muslind)"]
+    lines += [f"nameserver {s}" for s in servers] + ([f"search {' '.join(search)}"] if search else [])
+    return "\n".join(lines) + "\n"
+
+
+def _update_resolv(m: Muslin, name: str) -> None:
+    with m.kernel() as k:
+        k.netns_resolv_conf(name, resolv_text(m, [e.network for e in endpoints_of(m, name)]))
 
 
 def require(m: Muslin, name: str) -> str:
@@ -65,6 +90,7 @@ def remove(m: Muslin, name: str) -> None:
         m.detach(ep.network, ep.endpoint_id)
     with m.kernel() as k:
         k.delete_netns(name)
+        k.netns_resolv_conf(name, None)
     for key in m.store.keys(keys.ipam_owner(keys.cli_owners(name))):
         m.ipam.release(key[len(keys.IPAM_OWNERS):])
     m.store.delete(keys.sandbox(name))
@@ -75,7 +101,12 @@ def next_ifname(taken: set[str]) -> str:
 
 
 def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ips: tuple[IPAddress, ...] = (),
-            mac: str = "", ports: tuple[PortMapping, ...] = (), default_route: bool = False) -> Endpoint:
+            mac: str = "", ports: tuple[PortMapping, ...] = (), default_route: bool = False,
+            aliases: tuple[str, ...] = (), labels: dict[str, str] | None = None) -> Endpoint:
+    for a in aliases:
+        names.check_dns_name(a, "--alias")
+    for k_, v_ in (labels or {}).items():
+        names.check_label(k_, v_, "--label")
     path = require(m, sandbox)
     m.get_network(network)
     mine = endpoints_of(m, sandbox)
@@ -85,9 +116,33 @@ def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ip
         with m.kernel() as k:
             ifname = next_ifname(set(k.sandbox_links(path)) | {e.ifname for e in mine})
     eid = f"{sandbox}/{ifname}"
-    return m.attach(AttachRequest(network=network, endpoint_id=eid, container_id=sandbox, ifname=ifname,
-                                  netns=path, ips=ips, mac=mac, ports=ports,
-                                  owner=keys.cli_owner(sandbox, network, ifname), default_route=default_route))
+    rec = m.store.get(keys.sandbox(sandbox))
+    mine_labels = identity.merged_labels(dict((rec.value if rec else {}).get("labels") or {}).items(), labels)
+    req = AttachRequest(network=network, endpoint_id=eid, container_id=sandbox, ifname=ifname,
+                        netns=path, ips=ips, mac=mac, ports=ports, aliases=tuple(dict.fromkeys(aliases)),
+                        owner=keys.cli_owner(sandbox, network, ifname), default_route=default_route,
+                        name=sandbox if names.is_dns_name(sandbox) else "", labels=mine_labels)
+    ep: list[Endpoint] = []
+    text = resolv_text(m, [e.network for e in mine] + [network])
+    with m.kernel() as k:
+        run([Step("resolv.conf", lambda: k.netns_resolv_conf(sandbox, text),
+                  lambda old: k.netns_resolv_conf(sandbox, old)),
+             Step("attach", lambda: ep.append(m.attach(req)))])  # its own plan undoes itself
+    return ep[0]
+
+
+def label(m: Muslin, sandbox: str, sets: dict[str, str], drops: list[str]) -> dict[str, str]:
+    """Set/remove labels of a sandbox: its record and every endpoint, in one transaction.
+    Returns its labels after the change."""
+    require(m, sandbox)
+    key = keys.sandbox(sandbox)
+    kv = m.store.get(key)
+    if kv is None:
+        raise NotFound(f"sandbox {sandbox!r} is not Muslin's (no record; muslin sandbox create {sandbox})")
+    identity.relabel(m, [(key, kv.value)], [(e.network, e.endpoint_id) for e in endpoints_of(m, sandbox)],
+                     sets, drops)
+    after = m.store.get(key)
+    return dict((after.value if after else {}).get("labels") or {})
 
 
 def disconnect(m: Muslin, network: str, sandbox: str, ifname: str = "") -> list[str]:
@@ -100,4 +155,5 @@ def disconnect(m: Muslin, network: str, sandbox: str, ifname: str = "") -> list[
         if ep.network == network and (not ifname or ep.ifname == ifname):
             m.detach(network, ep.endpoint_id)
             gone.append(ep.ifname)
+    _update_resolv(m, sandbox)  # also when nothing was connected: a retry after a failure here
     return gone

@@ -161,6 +161,12 @@ class Muslin:
         with self.kernel() as k:
             return endpoints.set_ports(self, k, network, endpoint_id, ports)
 
+    def set_identity(self, network: str, endpoint_id: str, **changes) -> Endpoint:  # type: ignore[no-untyped-def]
+        """Change an endpoint's name, aliases, labels or namespace (control/identity.py)."""
+        from muslin.control import identity
+
+        return identity.update(self, network, endpoint_id, **changes)
+
     # -- firewall and host facts -------------------------------------------------------------
     def firewall_state(self):  # type: ignore[no-untyped-def]
         return firewall.desired(self)

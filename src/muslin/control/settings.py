@@ -84,18 +84,39 @@ CLUSTER = [
     Setting("leave", bool, False, "give the subnet back when muslind stops (SIGTERM/SIGINT)", "cluster"),
 ]
 
+def _docker_api() -> str:
+    """dockerd's API socket: $DOCKER_HOST when it names a unix socket, else Docker's default."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock"
+
+
+DNS = [
+    Setting("dns-port", int, 53, "port of the DNS server on each bridge network's gateway (0 disables DNS)", "dns"),
+    Setting("resolv-conf", str, "/etc/resolv.conf",
+            "where the upstream resolvers are listed (at most 3 used; re-read when it changes)", "dns"),
+    Setting("dns-handover", float, 60.0,
+            "seconds a holder keeps the DNS sockets for the next muslind after a stop (0: no holder)", "dns"),
+]
+
 DAEMON = [
     Setting("docker-socket", str, DEFAULT_DOCKER_SOCKET, "Docker plugin socket ('' disables the Docker plugin)"),
     Setting("agent-socket", str, DEFAULT_AGENT_SOCKET,
             "CNI agent socket ('' disables the agent); a socket systemd passes for this path is used as it is"),
+    Setting("docker-api", str, _docker_api,
+            "dockerd's API socket, asked for containers' names and aliases ('' = never ask; default "
+            "$DOCKER_HOST's unix socket or /var/run/docker.sock)"),
     Setting("state-dir", str, "", f"state directory (default {DEFAULT_STATE_DIR})"),
     Setting("store", str, "", "store URL (etcd://, etcds://, a .db path); default: the state directory's"),
     Setting("reap-delay", float, 0.05,
             "seconds a DEL's retired veth waits for others to be deleted with it in one message"),
     Setting("reconcile-interval", float, 10.0,
             "seconds between orphan cleanups and firewall hook checks (0 = only at start)"),
+    Setting("metrics-address", str, "",
+            "HOST:PORT to serve Prometheus metrics at /metrics and the topology page at /topology "
+            "(e.g. 127.0.0.1:9473; '' = off)"),
     *LOGGING,
     *CLUSTER,
+    *DNS,
     *ETCD,
 ]
 

@@ -88,6 +88,10 @@ class Kernel(Protocol):
 
     def sandbox_addresses(self, netns: str) -> list[IPInterface]: ...
 
+    def netns_resolv_conf(self, name: str, text: str | None) -> str | None:
+        """Write /etc/netns/NAME/resolv.conf (what `ip netns exec NAME` shows as
+        /etc/resolv.conf), or remove it with None; returns what was there (None: nothing)."""
+
     # -- firewall: Muslin's one nftables table, and Docker's DOCKER-USER hook ---------
     def firewall_owner(self) -> str | None:
         """The owner mark of the table `inet muslin` (None: there is no table)."""

@@ -52,6 +52,7 @@ class FakeKernel:
                                        "/proc/sys/net/ipv6/conf/all/forwarding": "0"}
         self.host_route_list: list[IPNetwork] = []
         self.ports_taken: set[tuple[str, str, int]] = set()
+        self.resolv: dict[str, str] = {}  # /etc/netns/NAME/resolv.conf
         self.default_link_mtu = mtu
         self.fail_at: int | None = None
         self.fail_on: set[str] = set()
@@ -83,7 +84,8 @@ class FakeKernel:
         sysctl = {k: v for k, v in self.sysctl.items()
                   if self._sysctl_exists(k) and (v != "0" or k.count("/") < 7)}  # per-link ones default 0
         return copy.deepcopy({"namespaces": nss, "routes": {k: sorted(v) for k, v in self.routes.items()},
-                              "table": self.table, "docker": sorted(self.docker_rules), "sysctl": sysctl})
+                              "table": self.table, "docker": sorted(self.docker_rules), "sysctl": sysctl,
+                              "resolv": dict(self.resolv)})
 
     def _sysctl_exists(self, path: str) -> bool:
         """A per-interface sysctl exists while its interface does (in the host)."""
@@ -261,6 +263,15 @@ class FakeKernel:
                 self._remove(path, link)
         del self.namespaces[path], self.routes[path]
         return True
+
+    def netns_resolv_conf(self, name: str, text: str | None) -> str | None:
+        self._mut("netns_resolv_conf", name)
+        old = self.resolv.get(name)
+        if text is None:
+            self.resolv.pop(name, None)
+        else:
+            self.resolv[name] = text
+        return old
 
     def sandbox_links(self, netns: str) -> list[str]:
         return sorted(self._ns(netns))

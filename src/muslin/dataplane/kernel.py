@@ -115,6 +115,11 @@ class RealKernel:
     def sandbox_links(self, netns: str) -> list[str]:
         return links.sandbox_links(netns)
 
+    def netns_resolv_conf(self, name: str, text: str | None) -> str | None:
+        from muslin.dataplane.netnsconf import resolv_conf
+
+        return resolv_conf(name, text)
+
     def sandbox_setup(self, netns: str, cfg: SandboxConfig) -> SandboxResult:
         return links.sandbox_setup(netns, cfg)
 

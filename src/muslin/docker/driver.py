@@ -39,7 +39,7 @@ class DockerDriver:
     def __init__(self, muslin: Any, link_exists: Callable[[str], bool] | None = None,
                  port_free: Callable[[str, str, int], bool] | None = None,
                  on_networks_changed: Callable[[], None] = lambda: None,
-                 host_routes: Callable[[], Iterable[IPNetwork]] | None = None) -> None:
+                 host_routes: Callable[[], Iterable[IPNetwork]] | None = None, names: Any = None) -> None:
         self.m = muslin
         self.store = muslin.store
         self.link_exists = link_exists
@@ -47,6 +47,7 @@ class DockerDriver:
         self.on_networks_changed = on_networks_changed
         self.host_routes = host_routes or muslin.host_routes
         self.lock = threading.RLock()
+        self.names = names  # docker/names.py: container names and aliases, asked of dockerd after Join
 
     # ------------------------------------------------------------------ records
     def _net_rec(self, network_id: str) -> dict | None:
@@ -204,6 +205,8 @@ class DockerDriver:
                 raise Invalid(f"network {net.name!r} (driver {net.driver}) has no interface to hand to Docker")
             if rec.get("sandbox_key") != req.sandbox_key:
                 self.store.put(EPS + req.endpoint_id, {**rec, "sandbox_key": req.sandbox_key})
+        if self.names is not None:
+            self.names.lookup_later(req.network_id, req.endpoint_id, rec["network"])
         gw4 = gw6 = ""
         if not net.internal and net.is_default_gateway:
             for gw in net.gateways():
@@ -290,6 +293,29 @@ class DockerDriver:
         if mappings:
             log.info("endpoint %s publishes %s", endpoint_id[:12], ", ".join(
                 f"{m.host_ip or '*'}:{m.host_port}->{m.container_port}/{m.protocol}" for m in mappings))
+
+    # ------------------------------------------------------------------ names
+    def named(self, network: str, endpoint_id: str, who: dict[str, Any]) -> None:
+        """dockerd told who the endpoint's container is: its name, aliases and labels go on the endpoint."""
+        try:
+            self.m.set_identity(network, endpoint_id, name=who["name"], aliases=who["aliases"],
+                                set_labels=who["labels"])
+            log.info("endpoint %s is container %s%s", endpoint_id[:12], who["name"] or who["container"][:12],
+                     f" (aliases {', '.join(who['aliases'])})" if who["aliases"] else "")
+        except NotFound:
+            pass  # it left meanwhile
+
+    def fill_names(self) -> None:
+        """Look up the joined endpoints that have no name yet (made before muslind restarted, say)."""
+        if self.names is None:
+            return
+        for kv in self.store.list(EPS):
+            rec, eid = kv.value, kv.key[len(EPS):]
+            if not rec.get("sandbox_key"):
+                continue
+            ep = self.m.find_endpoint(rec["network"], eid)
+            if ep is not None and not ep.name:
+                self.names.lookup_later(rec["network_id"], eid, rec["network"])
 
     # ------------------------------------------------------------------ orphans
     def cleanup_orphans(self) -> list[str]:

@@ -103,10 +103,12 @@ def ls(output, quiet, template) -> None:
 @click.argument("name")
 @click.argument("host")
 @click.argument("sandbox")
+@click.option("--alias", "aliases", multiple=True, help="Another DNS name of the sandbox (repeatable).")
 @one_line_errors
-def sandbox(name, host, sandbox) -> None:
-    """Make a sandbox namespace on HOST attached to the cluster network; print its address."""
-    info = core.sandbox(name, host, sandbox)
+def sandbox(name, host, sandbox, aliases) -> None:
+    """Make a sandbox namespace on HOST attached to the cluster network; print its address.
+    Other sandboxes of the lab find it by name (DNS of muslind on each host)."""
+    info = core.sandbox(name, host, sandbox, tuple(aliases))
     click.echo(info["address"])
 
 
@@ -127,10 +129,18 @@ def exec_(name, sandbox, cmd) -> None:
 @lab.command()
 @click.argument("name")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("--open", "open_", is_flag=True,
+              help="print the URL of the topology page (muslind's, in the first host's namespace) and how to open it")
 @one_line_errors
-def status(name, output) -> None:
+def status(name, output, open_) -> None:
     """Hosts, leases, peers and health of lab NAME; exit status 7 when a host is degraded."""
     from muslin.model.errors import Unavailable
+    if open_:
+        ns, url = core.topology_url(name)
+        click.echo(url)
+        click.echo(f"# the page is served inside namespace {ns}: ip netns exec {ns} chromium --no-sandbox {url}",
+                   err=True)
+        return
     s = core.status(name)
     bad = core.degraded(s)
     if output == "json":
@@ -150,6 +160,17 @@ def status(name, output) -> None:
         click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
     if bad:
         raise Unavailable(bad)
+
+
+@lab.command()
+@click.argument("name")
+@click.argument("host")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@one_line_errors
+def doctor(name, host, output) -> None:
+    """`muslin doctor` on HOST of lab NAME (its state dir, the lab's etcd)."""
+    argv = core.doctor_argv(name, host, output)
+    os.execvp(argv[0], argv)
 
 
 def _wireguard_lines(host: str, wg: dict) -> str:

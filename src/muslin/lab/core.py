@@ -40,6 +40,7 @@ SANDBOX_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.]{0,31}")
 MAX_HOSTS = 200
 ETCD_USER = "muslin"
 PARALLEL = 16  # hosts made at once
+METRICS = "127.0.0.1:9473"  # each host's muslind: /metrics and /topology on its namespace's own loopback
 
 
 def lab_dir() -> Path:
@@ -278,10 +279,14 @@ def agent_cmd(st: LabState, host: str) -> list[str]:
             "--agent-socket", str(st.host_dir(host) / "muslind.sock"), "--state-dir", str(st.host_dir(host)),
             "--reconcile-interval", "0", "--cluster-store", st.store_url, "--cluster-network", st.network_of(host),
             "--hostname", host, "--underlay-dev", "eth0", "--resync", str(st.settings.get("resync", 10.0)),
-            "--config", "", *st.etcd_flags()]
+            "--metrics-address", METRICS, "--config", "", *st.etcd_flags(), "--resolv-conf",
+            str(st.dir / "resolv.conf")]
 
 
 def start_agent(st: LabState, host: str, extra: tuple[str, ...] = ()) -> int:
+    resolv = st.dir / "resolv.conf"  # the lab's upstream resolvers: none unless you add some
+    if not resolv.exists():
+        resolv.write_text("# upstream DNS servers of the lab's hosts (muslind --resolv-conf): none\n")
     pid = _spawn(ns_host(st.name, host), agent_cmd(st, host) + list(extra), st.dir / f"{host}.log")
     st.pids[f"agent-{host}"] = pid
     st.save()
@@ -681,6 +686,7 @@ def down(name: str) -> list[str]:
         for p in pids:
             kill_pid(int(p), signal.SIGKILL, wait=2)
         _run("ip", "netns", "del", ns, check=False)
+        _sandbox_resolv(ns, None)
         removed.append(ns)
     for sock in sockets:  # a killed wireguard-go leaves its UAPI socket behind
         sock.unlink(missing_ok=True)
@@ -698,7 +704,7 @@ def _cmd_of(pid: int) -> str:
 
 # -- sandboxes -----------------------------------------------------------------------------
 
-def sandbox(name: str, host: str, sb: str) -> dict[str, str]:
+def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = ()) -> dict[str, str]:
     st = LabState.load(name)
     if host not in st.hosts:
         raise NotFound(f"lab {name} has no host {host!r} (hosts: {', '.join(st.hosts)})")
@@ -712,12 +718,15 @@ def sandbox(name: str, host: str, sb: str) -> dict[str, str]:
         _run("ip", "-n", ns, "link", "set", "lo", "up")
         r = _run("ip", "netns", "exec", ns_host(name, host), sys.executable, "-m", "muslin.control.agent", "attach",
                  "--state-dir", str(st.host_dir(host)), "--network", st.network_of(host), "--id", sb,
-                 "--netns", f"/run/netns/{ns}", check=False, timeout=60)
+                 "--netns", f"/run/netns/{ns}", *[x for a in aliases for x in ("--alias", a)],
+                 check=False, timeout=60)
         if r.returncode != 0:
             raise MuslinError((r.stderr.strip().splitlines() or ["attach failed"])[-1].removeprefix("error: "))
         info = json.loads(r.stdout.strip().splitlines()[-1])
+        _sandbox_resolv(ns, info["address"])
     except BaseException:
         _run("ip", "netns", "del", ns, check=False)
+        _sandbox_resolv(ns, None)
         raise
     st = LabState.load(name)
     st.namespaces.append(ns)
@@ -735,10 +744,24 @@ def remove_sandbox(name: str, sb: str) -> None:
          "--state-dir", str(st.host_dir(info["host"])), "--network", st.network_of(info["host"]), "--id", sb,
          check=False)
     _run("ip", "netns", "del", info["netns"], check=False)
+    _sandbox_resolv(info["netns"], None)
     st.sandboxes.pop(sb)
     if info["netns"] in st.namespaces:
         st.namespaces.remove(info["netns"])
     st.save()
+
+
+def _sandbox_resolv(ns: str, address: str | None) -> None:
+    """The sandbox's /etc/netns/NS/resolv.conf: its host's DNS (muslind on the gateway of the
+    host's subnet), search the cluster network; None removes it."""
+    from muslin.dataplane.netnsconf import resolv_conf
+
+    if address is None:
+        resolv_conf(ns, None)
+        return
+    import ipaddress
+    net = ipaddress.ip_interface(address).network
+    resolv_conf(ns, f"nameserver {next(net.hosts())}\n")
 
 
 def exec_argv(name: str, sb: str, cmd: list[str]) -> list[str]:
@@ -751,6 +774,24 @@ def exec_argv(name: str, sb: str, cmd: list[str]) -> list[str]:
 
 
 # -- status --------------------------------------------------------------------------------
+
+def topology_url(name: str, host: str = "") -> tuple[str, str]:
+    """(namespace, URL) of the topology page of a host's muslind (the first host by default):
+    the address is that host namespace's own loopback, so open it from inside it."""
+    st = LabState.load(name)
+    h = host or (st.hosts[0] if st.hosts else "")
+    if h not in st.hosts:
+        raise NotFound(f"lab {name} has no host {h!r} (hosts: {', '.join(st.hosts)})")
+    return ns_host(name, h), f"http://{METRICS}/topology"
+
+
+def doctor_argv(name: str, host: str, output: str = "table") -> list[str]:
+    """`muslin doctor` run inside a host's namespace on its state dir and the lab's etcd."""
+    st = _lab_host(name, host)
+    return ["ip", "netns", "exec", ns_host(name, host), sys.executable, "-m", "muslin.cli.main", "--state-dir",
+            str(st.host_dir(host)), "doctor", "--config", "", "--store", st.store_url, "--hostname", host,
+            "-o", output, *st.etcd_flags()]
+
 
 def bgp_sessions(st: LabState, host: str) -> dict[str, str]:
     """BGP protocol name -> state info ('Established', 'Active', ...) from the host's BIRD."""

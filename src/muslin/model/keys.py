@@ -82,6 +82,16 @@ def cluster_alive(net: str) -> str:
     return f"cluster/{net}/alive/"
 
 
+def cluster_endpoints(net: str, hostname: str = "") -> str:
+    """The prefix of a cluster network's endpoint records (of one host, or of all). Each host
+    writes its own, under its subnet lease: they go when it leaves or its lease expires."""
+    return f"cluster/{net}/endpoints/{hostname + '/' if hostname else ''}"
+
+
+def cluster_endpoint(net: str, hostname: str, endpoint_id: str) -> str:
+    return cluster_endpoints(net, hostname) + store_id(endpoint_id)
+
+
 # -- IPAM owner keys: who holds an address -------------------------------------------
 
 def cni_owner(container_id: str, ifname: str) -> str:

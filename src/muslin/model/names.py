@@ -96,3 +96,79 @@ def check_mac(mac: str, what: str = "MAC address") -> str:
     if mac == "00:00:00:00:00:00":
         raise Invalid(f"{what} {mac} is the all-zero MAC address")
     return mac.lower()
+
+
+# -- who an endpoint is: DNS names, labels, namespaces ---------------------------------
+
+DNS_LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE_MAX = 63
+NAMESPACE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def is_dns_name(name: str) -> bool:
+    """A name DNS can serve: dot-separated labels of letters, digits, '_' and '-' (not at
+    either end), each 1-63 bytes, 253 in all; not all digits (it would read as an address)."""
+    if not isinstance(name, str) or not 0 < len(name) <= 253 or name.endswith("."):
+        return False
+    parts = name.split(".")
+    return all(DNS_LABEL_RE.fullmatch(p) for p in parts) and not all(p.isdigit() for p in parts)
+
+
+def check_dns_name(name: str, what: str = "alias") -> str:
+    if not is_dns_name(name):
+        raise Invalid(f"{what} {name!r} is not a DNS name (labels of letters, digits, '_', '-', "
+                      "1-63 characters each, 253 in all, separated by '.')")
+    return name
+
+
+def is_label_key(key: str) -> bool:
+    """Kubernetes' label key: [prefix/]name, prefix a DNS subdomain of up to 253 bytes,
+    name 1-63 of letters, digits, '-', '_', '.' beginning and ending with a letter or digit."""
+    if not isinstance(key, str):
+        return False
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not all(DNS_LABEL_RE.fullmatch(p) for p in prefix.split("."))):
+        return False
+    return bool(LABEL_NAME_RE.fullmatch(name))
+
+
+def is_label_value(value: str) -> bool:
+    return isinstance(value, str) and (value == "" or (len(value) <= LABEL_VALUE_MAX
+                                                        and bool(LABEL_NAME_RE.fullmatch(value))))
+
+
+def check_label(key: str, value: str, what: str = "label") -> tuple[str, str]:
+    if not is_label_key(key):
+        raise Invalid(f"{what} key {key!r} is invalid: [prefix/]name, name 1-63 letters, digits, '-', '_', '.' "
+                      "beginning and ending with a letter or digit")
+    if not is_label_value(value):
+        raise Invalid(f"{what} {key}={value!r}: the value must be empty or 1-63 letters, digits, '-', '_', '.' "
+                      "beginning and ending with a letter or digit")
+    return key, value
+
+
+def parse_label_changes(items: tuple[str, ...] | list[str], what: str = "label") -> tuple[dict[str, str], list[str]]:
+    """'k=v' sets k, 'k-' removes k (kubectl's syntax): (to set, to remove)."""
+    sets: dict[str, str] = {}
+    drops: list[str] = []
+    for item in items:
+        if "=" in item:
+            k, v = item.split("=", 1)
+            check_label(k, v, what)
+            sets[k] = v
+        elif item.endswith("-") and is_label_key(item[:-1]):
+            drops.append(item[:-1])
+        else:
+            raise Invalid(f"{what} {item!r}: use KEY=VALUE to set a label or KEY- to remove it")
+    both = set(sets) & set(drops)
+    if both:
+        raise Invalid(f"{what} {sorted(both)[0]!r} is both set and removed")
+    return sets, drops
+
+
+def check_namespace(ns: str) -> str:
+    if not isinstance(ns, str) or not NAMESPACE_RE.fullmatch(ns):
+        raise Invalid(f"namespace {ns!r} is invalid: 1-63 lower-case letters, digits and '-' "
+                      "beginning and ending with a letter or digit")
+    return ns

@@ -13,6 +13,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
+DEFAULT_NAMESPACE = "default"  # an endpoint's namespace when nobody names one (Kubernetes' default)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,9 @@ class AttachRequest:
     mtu: int = 0
     owner: str = ""  # IPAM owner key; '' = keys.default_owner(network, endpoint_id)
     default_route: bool = False  # replace the sandbox's default route (else only when it has none)
+    name: str = ""  # the sandbox's (container's) name: a DNS name on the network
+    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+    namespace: str = DEFAULT_NAMESPACE
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,11 @@ class Interface:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A sandbox's attachment to a network, as made."""
+    """A sandbox's attachment to a network, as made.
+
+    Who it is (read by DNS, services and policy): `name` is the sandbox's own name (CLI
+    sandbox, container, pod; '' when unknown), `aliases` more DNS names on this network,
+    `labels` sorted (key, value) pairs, `namespace` a grouping for policy ('default')."""
 
     network: str
     endpoint_id: str
@@ -214,6 +222,13 @@ class Endpoint:
     owner: str = ""  # the IPAM owner key of its addresses
     peer: str = ""  # Docker: the sandbox end while it waits on the host for Docker to move it
     interfaces: tuple[Interface, ...] = ()  # as a CNI result lists them, sandbox interface last
+    name: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    namespace: str = DEFAULT_NAMESPACE
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -226,6 +241,7 @@ class Endpoint:
             "ports": [p.to_dict() for p in self.ports], "aliases": list(self.aliases),
             "ipam_owned": self.ipam_owned, "owner": self.owner, "peer": self.peer,
             "interfaces": [i.to_dict() for i in self.interfaces],
+            "name": self.name, "labels": dict(self.labels), "namespace": self.namespace,
         }
 
     @classmethod
@@ -242,4 +258,6 @@ class Endpoint:
             aliases=tuple(d.get("aliases", ())), ipam_owned=d.get("ipam_owned", True),
             owner=d.get("owner") or extra.get("owner", ""), peer=d.get("peer") or extra.get("peer", ""),
             interfaces=tuple(Interface.from_dict(i) for i in d.get("interfaces", ())),
+            name=d.get("name", ""), labels=tuple(sorted(dict(d.get("labels") or {}).items())),
+            namespace=d.get("namespace") or DEFAULT_NAMESPACE,
         )

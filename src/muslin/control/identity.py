@@ -1,0 +1,89 @@
+"""Use-cases on who an endpoint is: its name, aliases, labels and namespace.
+
+DNS (muslind's name table), services and policy read these fields of the endpoint record;
+they change nothing in the kernel, so a change is one compare-and-swap of the records
+(a detach that races with it wins: a deleted record is never written again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Iterable
+
+from muslin.model import keys, names
+from muslin.model.errors import Conflict, NotFound
+from muslin.model.types import Endpoint
+from muslin.store.base import Compare, Put
+
+if TYPE_CHECKING:
+    from muslin.control.service import Muslin
+
+RETRIES = 20
+
+
+def merged_labels(old: Iterable[tuple[str, str]], sets: dict[str, str] | None = None,
+                  drops: Iterable[str] = ()) -> tuple[tuple[str, str], ...]:
+    out = dict(old)
+    out.update(sets or {})
+    for k in drops:
+        out.pop(k, None)
+    return tuple(sorted(out.items()))
+
+
+def update(m: Muslin, network: str, endpoint_id: str, *, name: str | None = None,
+           aliases: tuple[str, ...] | None = None, set_labels: dict[str, str] | None = None,
+           drop_labels: Iterable[str] = (), namespace: str | None = None) -> Endpoint:
+    """Change one endpoint's identity (None = keep); NotFound when it is not attached."""
+    key = keys.endpoint(network, endpoint_id)
+    drops = tuple(drop_labels)
+    for _ in range(RETRIES):
+        kv = m.store.get(key)
+        if kv is None:
+            raise NotFound(f"endpoint {endpoint_id} is not attached to network {network!r}")
+        old = Endpoint.from_dict(kv.value)
+        ep = replace(old, name=old.name if name is None else name,
+                     aliases=old.aliases if aliases is None else tuple(aliases),
+                     labels=merged_labels(old.labels, set_labels, drops),
+                     namespace=old.namespace if namespace is None else names.check_namespace(namespace))
+        if ep == old:
+            return old
+        try:
+            m.store.put(key, ep.to_dict(), expect=kv.mod_revision)
+            return ep
+        except Conflict:
+            continue
+    raise Conflict(f"endpoint {endpoint_id} on network {network!r} kept changing; try again")
+
+
+def relabel(m: Muslin, records: list[tuple[str, dict]], endpoint_ids: list[tuple[str, str]],
+            sets: dict[str, str], drops: list[str]) -> list[Endpoint]:
+    """Set/remove labels on some plain records (`(key, value with a 'labels' dict)`, e.g. a CLI
+    sandbox's) and on endpoints, all in one transaction: every copy changes, or none."""
+    for _ in range(RETRIES):
+        compares: list[Compare] = []
+        ops: list[Put] = []
+        out: list[Endpoint] = []
+        for key, _value in records:
+            kv = m.store.get(key)
+            if kv is None:
+                raise NotFound(f"{key} is gone")
+            value = dict(kv.value)
+            value["labels"] = dict(merged_labels(dict(value.get("labels") or {}).items(), sets, drops))
+            compares.append(Compare(key, kv.mod_revision))
+            ops.append(Put(key, value))
+        for network, eid in endpoint_ids:
+            key = keys.endpoint(network, eid)
+            kv = m.store.get(key)
+            if kv is None:
+                continue  # detached meanwhile: nothing to label
+            ep = Endpoint.from_dict(kv.value)
+            ep = replace(ep, labels=merged_labels(ep.labels, sets, drops))
+            compares.append(Compare(key, kv.mod_revision))
+            ops.append(Put(key, ep.to_dict()))
+            out.append(ep)
+        try:
+            m.store.txn(compares, ops)
+            return out
+        except Conflict:
+            continue
+    raise Conflict("the records kept changing while labelling; try again")
