@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,converge,wireguard,dns]`
+"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,converge,wireguard,dns,scale]`
 
 Runs as root; every namespace it makes is throwaway and removed at the end. Prints a
 table, writes results.json, results.md and PNG plots to --out (default bench/results).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "converge", "wireguard", "dns")
+PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "converge", "wireguard", "dns", "scale")
 
 
 def machine() -> dict:
@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--levels", default="", help="endpoint counts, e.g. 10,100,1000")
+    p.add_argument("--hosts", default="", help="simulated cluster sizes (scale), e.g. 100,1000,5000")
     p.add_argument("--samples", type=int, default=0, help="timed ADD/DEL per level and variant")
     return p.parse_args(argv)
 
@@ -126,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.dns import run_dns
         log("muslind DNS: latency under load, memory with 10,000 names, attach/detach followed, restart")
         res["dns"] = _part("dns", lambda: run_dns(a.smoke or a.quick, log=log), log)
+    if "scale" in only:
+        from bench.scale import run_scale
+        ns = ([int(x) for x in a.hosts.split(",") if x] if a.hosts
+              else [3] if a.smoke else [100] if a.quick else [100, 1000])
+        log(f"simulated cluster (agents on the in-memory dataplane, one real etcd) at {ns} hosts")
+        res["scale"] = _part("scale", lambda: run_scale(ns, a.smoke, log=log), log)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "results.json").write_text(json.dumps(res, indent=1))
     text = report.table(res)

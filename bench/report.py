@@ -132,6 +132,8 @@ def other_rows(res: dict) -> list[list[str]]:
     for k in ("skipped", "error"):
         if k in cv:
             rows.append(["lab convergence", k, cv[k]])
+    from bench.scale import rows as scale_rows
+    rows += scale_rows(res)
     for level, mb in (res.get("muslind_rss_mb") or {}).items():
         rows.append([f"muslind RSS with {level} endpoints", f"{mb:.1f} MB", ""])
     return rows

@@ -708,7 +708,7 @@ class Agent:
         except Unavailable as e:
             self.log(f"could not reach the store to give the subnet back ({e}); it expires with the subnet lease")
         backend = self.cfg.backend if self.cfg else mem.get("backend", "")
-        teardown_local(self.state_dir, self.network, self.cfg.cidr if self.cfg else "", backend, self.log)
+        teardown_local(self.state_dir, self.network, self.cfg.cidr if self.cfg else "", backend, self.log, self.host)
         if mem:
             self._remember(lease=0, alive_lease=0)
         self.lease = self.alive_lease = 0
@@ -724,17 +724,17 @@ class Agent:
 
 
 def teardown_local(state_dir: Path, network: str, cidr: str = "", backend: str = "",
-                   log: Callable[[str], None] | None = None) -> None:
+                   log: Callable[[str], None] | None = None, host: Any = None) -> None:
     """Remove this host's side of a cluster network: what its backend made (reconciled to
     nothing: our routes, its devices and peers, its nft tables), its companions, the local
     bridge network. With the backend unknown, every backend's objects are looked for.
     Idempotent. The remembered subnet and a WireGuard key stay (a host that joins again
-    prefers the subnet; the key is its identity)."""
-    from muslin.control.service import Muslin
-    from muslin.dataplane.overlay import Overlay
+    prefers the subnet; the key is its identity). `host`: control/agent_host.py (default real)."""
+    from muslin.control.agent_host import RealHost
 
+    host = host if host is not None else RealHost()
     say = log or (lambda m: None)
-    ov = Overlay()
+    ov = host.overlay()
     try:
         for b in ([get_backend(backend)] if backend else list(BACKENDS.values())):
             comps = {n: companion_class(n)(state_dir, network, say, {}) for n in b.companions}
@@ -754,7 +754,7 @@ def teardown_local(state_dir: Path, network: str, cidr: str = "", backend: str =
                 c.stop()
     finally:
         ov.close()
-    m = Muslin(state_dir=state_dir)
+    m = host.muslin(state_dir)
     try:
         if m.find_network(network) is not None:
             m.delete_network(network, force=True)

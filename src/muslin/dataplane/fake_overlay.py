@@ -11,6 +11,7 @@ refused. `calls` counts the operations, `fail_on` makes named ones fail.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from muslin.model.errors import NotFound, Unavailable
@@ -29,6 +30,8 @@ class FakeOverlay:
         self.calls: Counter[str] = Counter()
         self.fail_on: set[str] = set()
         self.observes = 0
+        # dst -> [(monotonic time, "add" | "del")]: when its route came and went (lab/sim.py)
+        self.route_log: dict[str, list[tuple[float, str]]] = {}
 
     def close(self) -> None:
         pass
@@ -70,6 +73,7 @@ class FakeOverlay:
             self._op("del_route")
             if self.routes.get(r.dst) == r:
                 del self.routes[r.dst]
+                self.route_log.setdefault(r.dst, []).append((time.monotonic(), "del"))
         for name in ch.delete_devices:
             self._op("delete_device")
             self._drop(name)
@@ -102,6 +106,7 @@ class FakeOverlay:
             self._op("add_route")
             self._dev(r.dev)
             self.routes[r.dst] = r
+            self.route_log.setdefault(r.dst, []).append((time.monotonic(), "add"))
         for t in ch.delete_guards:
             self._op("delete_guard")
             self.guards.pop(t, None)

@@ -213,6 +213,38 @@ def restart_agent(name, host, sig) -> None:
 
 
 @lab.command()
+@click.option("--hosts", type=click.IntRange(1, 20000), default=100, show_default=True,
+              help="simulated hosts (those beyond --agents are watch-only: records, leases, one watch)")
+@click.option("--agents", type=click.IntRange(1, 20000), default=None,
+              help="how many are whole agents [default: all up to 1,000, fewer beyond]")
+@click.option("--idle", type=click.FloatRange(1, 3600), default=30, show_default=True, help="seconds measured idle")
+@click.option("--joins", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="hosts joining and leaving one at a time")
+@click.option("--churn", type=click.FloatRange(0, 1000), default=10, show_default=True,
+              help="hosts joining and leaving per second (0: none)")
+@click.option("--churn-seconds", type=click.FloatRange(1, 3600), default=30, show_default=True)
+@click.option("--resync", type=click.FloatRange(0.5, 3600), default=10, show_default=True)
+@click.option("--relist", type=click.FloatRange(1, 86400), default=600, show_default=True,
+              help="seconds between an agent's check lists (jittered 0.5x..1.5x)")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@one_line_errors
+def simulate(hosts, agents, idle, joins, churn, churn_seconds, resync, relist, output) -> None:
+    """Measure the control plane of a simulated cluster: agents on the in-memory dataplane
+    (no namespaces, no root), many in this process, against one etcd started on loopback
+    (a free port, a temp dir; stopped and removed at the end)."""
+    import sys
+
+    from muslin.lab.sim import simulate as run_sim, summary
+
+    r = run_sim(hosts, agents, idle=idle, joins=joins, churn=churn, churn_seconds=churn_seconds, resync=resync,
+                relist=relist, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if output == "json":
+        click.echo(json.dumps(r, indent=1))
+    else:
+        table(["MEASURE", "VALUE", "DETAIL"], summary(r))
+
+
+@lab.command()
 @click.argument("name")
 @one_line_errors
 def down(name) -> None:

@@ -581,11 +581,14 @@ class EtcdWatch:
     resume point along while nothing happens under the prefix, so a long-idle watch does
     not resume from a compacted revision."""
 
-    def __init__(self, store: EtcdStore, prefix: str, from_revision: int) -> None:
+    def __init__(self, store: EtcdStore, prefix: str, from_revision: int, sink: Any = None) -> None:
+        """`sink`: an object whose put((kind, item)) takes what the reader thread would queue
+        (events as ("events", [Event...])), called on that thread; get() is then not used
+        (the simulated cluster's watch-only hosts: one thread per watch)."""
         self.store, self.prefix = store, prefix
         self.next_revision = max(1, int(from_revision))  # what get() has handed over
         self._resume = self.next_revision  # where the reader reopens the stream
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._q: Any = sink if sink is not None else queue.SimpleQueue()
         self._stop = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
         self._up = False
