@@ -2,9 +2,9 @@
 state dir's store, changed by the CLI, muslin-cni, Docker, `agent attach` in any process)
 and, for a cluster network, the endpoints the other hosts publish in the cluster store.
 
-Each feed loads everything, then follows the store's watch from that revision and applies
-each batch of changes to the table within WINDOW seconds; a lost or compacted watch loads
-everything again.
+Each feed loads everything, then follows one long-lived watch (Store.open_watch) from that
+revision and applies each batch of changes to the table within WINDOW seconds; a compacted
+watch (or a failure) loads everything again.
 """
 
 from __future__ import annotations
@@ -62,18 +62,20 @@ class Feed:
             delay = min(5.0, delay * 2)
 
     def follow(self, nxt: int) -> None:
-        while not self.stop.is_set():
-            batch: list[Event] = []
-            first = 0.0
-            for ev in self.store.watch(self.prefix, nxt, timeout=WINDOW):
-                nxt = ev.revision + 1
-                if self.wanted(ev):
-                    batch.append(ev)
-                    first = first or time.monotonic()
-                if self.stop.is_set() or (first and time.monotonic() - first >= WINDOW):
-                    break
-            if batch:
+        """One long-lived watch from `nxt` (a gap raises Compacted: load again); the wanted
+        events that arrive within WINDOW of the first are applied together."""
+        w = self.store.open_watch(self.prefix, nxt)
+        try:
+            while not self.stop.is_set():
+                batch = [ev for ev in w.get(timeout=0.5) if self.wanted(ev)]
+                if not batch:
+                    continue
+                end = time.monotonic() + WINDOW
+                while not self.stop.is_set() and (left := end - time.monotonic()) > 0:
+                    batch += [ev for ev in w.get(timeout=left) if self.wanted(ev)]
                 self.apply_events(batch)
+        finally:
+            w.close()
 
     prefix = ""
 
