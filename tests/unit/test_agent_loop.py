@@ -170,3 +170,43 @@ def test_peer_table_shared_objects_go_with_the_last_peer():
     ch = diff(*t.update(cfg, me, moved, {"x"}))
     assert [r.dst for r in ch.del_routes] == ["10.244.1.0/24"] and not ch.add_routes
     assert t.whole().routes == t.rebuild(cfg, me, moved).routes
+
+
+def test_peer_table_rebuild_computes_again_only_what_changed():
+    """A resync's rebuild reuses a peer's objects while its record, the config and the host
+    are those they were computed from; the result is the same as computed afresh."""
+    from muslin.backends.model import HostRecord, Local
+    from muslin.backends.model import owned
+    from muslin.backends.peers import as_observed
+    cfg = ClusterConfig("n", backend="host-gw")
+    me = Local(HostRecord("me", "10.244.0.0/24", "10.250.0.1", "10.250.0.0/24"), "eth0")
+    backend = get_backend("host-gw")
+    calls = []
+
+    class Counting:
+        per_peer, companions = backend.per_peer, backend.companions
+
+        def desired(self, *a):
+            return backend.desired(*a)
+
+        def peer_desired(self, c, loc, p):
+            calls.append(p.hostname)
+            return backend.peer_desired(c, loc, p)
+
+    t = PeerTable(Counting())
+    peers = {h: HostRecord(h, f"10.244.{i}.0/24", f"10.250.0.{i + 1}", "10.250.0.0/24")
+             for i, h in enumerate(["x", "y", "z"], 1)}
+    t.rebuild(cfg, me, peers)
+    assert sorted(calls) == ["x", "y", "z"]
+    calls.clear()
+    moved = dict(peers, y=HostRecord("y", "10.244.2.0/24", "10.250.0.9", "10.250.0.0/24"))
+    again = t.rebuild(cfg, me, moved)
+    assert calls == ["y"]
+    assert again == PeerTable(backend).rebuild(cfg, me, moved)
+    assert {r.gateway for r in again.routes if r.dst == "10.244.2.0/24"} == {"10.250.0.9"}
+    calls.clear()
+    other = Local(HostRecord("me", "10.244.0.0/24", "10.250.0.5", "10.250.0.0/24"), "eth0")
+    t.rebuild(cfg, other, moved)  # the host itself changed: every peer again
+    assert sorted(calls) == ["x", "y", "z"]
+    cidr = cfg.network_cidr  # owned() keeps only this network's routes (remembered per destination)
+    assert owned(as_observed(again), cidr).routes == again.routes

@@ -9,6 +9,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass, fields, replace
@@ -228,8 +229,13 @@ def diff(desired: Desired | Observed, observed: Observed) -> Changes:
 
 def owned(observed: Observed, cidr: ipaddress.IPv4Network) -> Observed:
     """Only the routes of one cluster network (inside its CIDR); other networks' stay."""
-    return replace(observed, routes=frozenset(r for r in observed.routes
-                                              if ipaddress.ip_network(r.dst).subnet_of(cidr)))
+    return replace(observed, routes=frozenset(r for r in observed.routes if _inside(r.dst, cidr)))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _inside(dst: str, cidr: ipaddress.IPv4Network) -> bool:
+    """dst (a route's destination) within cidr; remembered: a resync asks it of every peer's route."""
+    return ipaddress.ip_network(dst).subnet_of(cidr)
 
 
 def stable_mac(text: str) -> str:

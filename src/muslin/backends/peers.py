@@ -48,6 +48,10 @@ class PeerTable:
         self.wanted: Counter[Obj] = Counter()  # object -> how many peers want it
         self.troubled: dict[str, tuple[str, ...]] = {}  # hosts with problems -> their problems
         self.applied = Desired()  # whole backends: what was last applied
+        # per-peer backends: peer_desired() (pure) remembered per host with what it was computed
+        # from, so that a resync's rebuild computes again only the peers whose record changed
+        self._memo: dict[str, tuple[HostRecord, Desired]] = {}
+        self._memo_of: tuple[ClusterConfig, Local] | None = None
 
     def rebuild(self, cfg: ClusterConfig, local: Local, peers: Mapping[str, HostRecord]) -> Desired:
         """The whole desired state from every peer; the table starts over from it."""
@@ -57,8 +61,15 @@ class PeerTable:
             return self.applied
         self.base = self.backend.desired(cfg, local, [])
         self.slices, self.wanted, self.troubled = {}, Counter(), {}
+        if self._memo_of != (cfg, local):
+            self._memo, self._memo_of = {}, (cfg, local)
+        memo: dict[str, tuple[HostRecord, Desired]] = {}
         for p in ordered:
-            self._add(p.hostname, self.backend.peer_desired(cfg, local, p))
+            was = self._memo.get(p.hostname)
+            d = was[1] if was is not None and was[0] == p else self.backend.peer_desired(cfg, local, p)
+            memo[p.hostname] = (p, d)
+            self._add(p.hostname, d)
+        self._memo = memo
         return self.whole()
 
     def whole(self) -> Desired:

@@ -216,7 +216,7 @@ def restart_agent(name, host, sig) -> None:
 @click.option("--hosts", type=click.IntRange(1, 20000), default=100, show_default=True,
               help="simulated hosts (those beyond --agents are watch-only: records, leases, one watch)")
 @click.option("--agents", type=click.IntRange(1, 20000), default=None,
-              help="how many are whole agents [default: all up to 1,000, fewer beyond]")
+              help="how many are whole agents [default: all up to 100, then 100,000 / hosts (>= 20)]")
 @click.option("--idle", type=click.FloatRange(1, 3600), default=30, show_default=True, help="seconds measured idle")
 @click.option("--joins", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="hosts joining and leaving one at a time")

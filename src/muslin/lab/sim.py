@@ -8,7 +8,10 @@ Two kinds of simulated hosts, both real etcd clients with their own connections:
   subnet and liveness leases, the one long-lived watch and its local copy, O(changed)
   reconciles into the fake overlay, resyncs and jittered relists. Each costs memory in
   proportion to the cluster (every peer's record and kernel objects), so at N hosts only
-  `full` of them are agents (default: all up to 1,000; fewer beyond);
+  `full` of them are agents (default: all up to 100, then ~100,000 peer copies in all:
+  100 at 1,000 hosts, 20 at 5,000; each agent's periodic resync is a full diff over every
+  peer, so 1,000 agents of 1,000 peers would need more CPU than one Python process has,
+  and the latencies would measure the simulator);
 - *watchers* (the rest): a record under a subnet lease and a liveness lease kept alive
   like an agent's, one watch stream on the hosts' prefix whose events are decoded but not
   kept, and the agent's rare relist (the list fetched, not decoded): to etcd they cost what
@@ -58,8 +61,8 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 
 def default_full(n: int) -> int:
-    """How many of n hosts are whole agents: all up to 1,000, then ~1.5 million peer copies."""
-    return min(n, 1000, max(50, 1_500_000 // max(n, 1)))
+    """How many of n hosts are whole agents: all up to 100, then ~100,000 peer copies (>= 20)."""
+    return min(n, max(20, 100_000 // max(n, 1)))
 
 
 # -- etcd ------------------------------------------------------------------------------------
