@@ -46,6 +46,8 @@ def test_bench_scale_smoke(tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())["scale"]
     assert "error" not in res, res
     _check(res["3"], 3, 3)
+    one = res["3"]["one_agent"]
+    assert one["peer_event_ms"] > 0 and one["full_reconcile_ms"] >= 0
     assert "join known by all" in p.stdout
     assert _sims() <= before, "the simulator left an etcd or its temp dir behind"
 
