@@ -226,9 +226,11 @@ def restart_agent(name, host, sig) -> None:
 @click.option("--resync", type=click.FloatRange(0.5, 3600), default=10, show_default=True)
 @click.option("--relist", type=click.FloatRange(1, 86400), default=600, show_default=True,
               help="seconds between an agent's check lists (jittered 0.5x..1.5x)")
+@click.option("--lease-ttl", type=click.IntRange(3, 3600), default=30, show_default=True,
+              help="seconds: each host's liveness lease (renewed every third of it)")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @one_line_errors
-def simulate(hosts, agents, idle, joins, churn, churn_seconds, resync, relist, output) -> None:
+def simulate(hosts, agents, idle, joins, churn, churn_seconds, resync, relist, lease_ttl, output) -> None:
     """Measure the control plane of a simulated cluster: agents on the in-memory dataplane
     (no namespaces, no root), many in this process, against one etcd started on loopback
     (a free port, a temp dir; stopped and removed at the end)."""
@@ -237,7 +239,7 @@ def simulate(hosts, agents, idle, joins, churn, churn_seconds, resync, relist, o
     from muslin.lab.sim import simulate as run_sim, summary
 
     r = run_sim(hosts, agents, idle=idle, joins=joins, churn=churn, churn_seconds=churn_seconds, resync=resync,
-                relist=relist, log=lambda m: print(m, file=sys.stderr, flush=True))
+                relist=relist, lease_ttl=lease_ttl, log=lambda m: print(m, file=sys.stderr, flush=True))
     if output == "json":
         click.echo(json.dumps(r, indent=1))
     else:
