@@ -118,6 +118,9 @@ def test_second_mapping_of_a_host_port_is_a_conflict_and_changes_nothing(tmp_pat
     with pytest.raises(Conflict, match="published twice by this request"):
         sandboxes.connect(w.m, "n2", "b", ports=(PortMapping(9090, 1), PortMapping(9090, 2)))
     assert w.snapshot() == before
+    with pytest.raises(Invalid, match=r"host port \[::1\]:8082/tcp: network 'n2' has no IPv6 address"):
+        sandboxes.connect(w.m, "n2", "b", ports=(PortMapping(8082, 80, host_ip="::1"),))
+    assert w.snapshot() == before
     # another protocol, another port, or another host address beside one: fine
     sandboxes.connect(w.m, "n2", "b", ports=(PortMapping(8080, 80, "udp"), PortMapping(8081, 80)))
 

@@ -16,7 +16,7 @@ from muslin.control.ipam import Allocation
 from muslin.control.timings import timed
 from muslin.drivers.base import Addr, Made, get_driver
 from muslin.model import keys, names
-from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound
+from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound
 from muslin.model.types import AttachRequest, Endpoint, Network, PortMapping
 from muslin.plan import Step, run
 
@@ -126,7 +126,12 @@ def check_ports_free(m: Muslin, net: Network, req: AttachRequest) -> None:
     (by another endpoint of this state dir, on any network, or twice in this request)."""
     from muslin.model import ports as P
 
-    want = [(p, P.families(p, {s.version for s in net.subnets})) for p in req.ports]
+    versions = {s.version for s in net.subnets} or {a.version for a in req.addresses}
+    want = [(p, P.families(p, versions)) for p in req.ports]
+    for p, fp in want:
+        if versions and not fp & versions:
+            raise Invalid(f"host port {P.describe(p)}: network {net.name!r} has no IPv{min(fp)} address "
+                          "to forward it to")
     for i, (p, fp) in enumerate(want):
         for q, fq in want[:i]:
             if P.clash(p, fp, q, fq):
