@@ -323,3 +323,22 @@ print("done")
     qd = sh("tc", "-n", w.host.name, "qdisc", "show").stdout
     assert "tbf" not in qd and "ingress" not in qd, qd
     assert not [n for n in host_links(w) if n.startswith("mb")]
+
+
+def test_100_cni_add_del_cycles_leave_no_ifb_or_qdisc(cni, netns):
+    if cni.agent is None:
+        pytest.skip("100 cycles through muslind only (in-process plugins start an interpreter per call)")
+    c = netns("c")
+    conf = cni.conf("1.0.0")
+    bw = {"ingressRate": 10_000_000, "ingressBurst": 524_288, "egressRate": 10_000_000, "egressBurst": 524_288}
+    h = cni.host.name
+    for i in range(100):
+        res = cni.add({**conf, "runtimeConfig": {"bandwidth": bw}}, c)
+        if i == 0:
+            assert "tbf" in sh("tc", "-n", h, "qdisc", "show", "dev", res["interfaces"][1]["name"]).stdout
+        cni.ok("DEL", conf, c)  # without the limits
+    assert sorted(cni.links()) == ["lo"]
+    assert sh("ip", "-n", h, "-o", "link", "show", "type", "ifb").stdout.strip() == ""
+    qd = sh("tc", "-n", h, "qdisc", "show").stdout
+    assert "tbf" not in qd and "ingress" not in qd, qd
+    assert cni.allocations() == []
