@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.ns import Namespaces, token
@@ -85,7 +86,7 @@ def _round(nss: Namespaces, i: int, tmp: Path) -> dict[str, list[float]]:
         for _ in range(200):
             if os.path.exists(sock):
                 break
-            subprocess.run(["sleep", "0.02"])
+            time.sleep(0.02)
         aconf = _conf(f"a{token()}", f"10.{220 + i}.0.0/24", False, sock)
         t = _time(host, [_call(str(VENV_BIN / "muslin-cni"), "ADD", c[4], aconf, {}),
                          _call(str(VENV_BIN / "muslin-cni"), "ADD", c[5], aconf, {})])

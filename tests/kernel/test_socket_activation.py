@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from nativeutil import needs_native
 from nsutil import VENV_BIN, suffix, tool
 
