@@ -232,6 +232,12 @@ def test_cni_bandwidth_capability_and_keys(cni, netns):
                           cid="c3" + suffix(), netns=c2.path, ifname="eth1")
     assert rc == 1 and res["code"] == 7 and "set both or neither" in res["msg"], res
     assert cni.snapshot() == before
+    # CHECK agrees while the limits are there, and fails once one is removed by hand
+    cni.ok("CHECK", {**conf, "prevResult": r1}, c1)
+    cni.ok("CHECK", {**conf, "prevResult": r2}, c2)
+    sh("tc", "-n", h, "qdisc", "del", "dev", ifb1, "root")
+    rc, res, _ = cni.call("muslin-cni", "CHECK", {**conf, "prevResult": r1}, cid=c1.name, netns=c1.path)
+    assert rc == 1 and "egress limit" in res["msg"], res
     # DEL without the limits in the config: the ifbs and the qdiscs go
     cni.ok("DEL", conf, c1)
     cni.ok("DEL", conf, c2)

@@ -197,3 +197,19 @@ def test_cni_keys_and_capability():
         with pytest.raises(CniError, match=msg) as e:
             _req(extra, runtime)
         assert e.value.cni_code in (2, 7)
+
+
+def test_check_finds_a_limit_removed_by_hand(tmp_path):
+    from faultkit import World
+    from muslin.model.errors import NotFound
+
+    w = World(tmp_path / "s")
+    ep = _connected(w)
+    w.m.check("n1", ep.endpoint_id)
+    ifb = names.ifb_name("n1", ep.endpoint_id)
+    w.kernel.namespaces[""][ifb].tbf = None  # someone removed the egress tbf
+    with pytest.raises(NotFound, match="egress limit through"):
+        w.m.check("n1", ep.endpoint_id)
+    w.kernel.namespaces[""][ep.host_ifname].tbf = None
+    with pytest.raises(NotFound, match="ingress limit on"):
+        w.m.check("n1", ep.endpoint_id)

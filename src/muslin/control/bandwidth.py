@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator
 
 from muslin.model import names
+from muslin.model.errors import NotFound
 from muslin.model.types import Endpoint
 from muslin.plan import Step
 
@@ -39,3 +40,22 @@ def remove(k: Kernel, ep: Endpoint, known: bool = True) -> None:
     if known and ep.host_ifname:
         k.tc_clear(ep.host_ifname)  # first: nothing is redirected to the ifb when it goes
     k.delete_link(names.ifb_name(ep.network, ep.endpoint_id))
+
+
+def check(k: Kernel, ep: Endpoint) -> None:
+    """NotFound when the kernel's limits are not the record's (CNI CHECK)."""
+    bw, veth = ep.bandwidth, ep.host_ifname
+    if not bw or not veth:
+        return
+    ifb = names.ifb_name(ep.network, ep.endpoint_id)
+    rate, redirect = k.tc_limits(veth)
+    if rate // 8 != bw.ingress_rate // 8:
+        raise NotFound(f"endpoint {ep.endpoint_id}: the ingress limit on {veth} is "
+                       f"{rate or 'missing'}, the record says {bw.ingress_rate or 'none'} bit/s")
+    if bw.egress_rate:
+        egress = k.tc_limits(ifb)[0] if redirect == ifb else 0
+        if egress // 8 != bw.egress_rate // 8:
+            raise NotFound(f"endpoint {ep.endpoint_id}: the egress limit through {ifb} is "
+                           f"{egress or 'missing'}, the record says {bw.egress_rate} bit/s")
+    elif redirect:
+        raise NotFound(f"endpoint {ep.endpoint_id}: {veth} is redirected to {redirect}, the record has no egress limit")

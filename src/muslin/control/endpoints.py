@@ -231,6 +231,7 @@ def check(m: Muslin, k: Kernel, network: str, endpoint_id: str, netns: str = "")
     if netns and ep.netns and not k.same_netns(netns, ep.netns):
         raise NotFound(f"network namespace {netns} is not the one of the attachment ({ep.netns})")
     get_driver(net.driver).check_endpoint(k, net, ep)
+    bandwidth.check(k, ep)
     return ep
 
 

@@ -74,6 +74,9 @@ class Kernel(Protocol):
     def tc_clear(self, name: str) -> bool:
         """Remove the root and ingress qdiscs of `name`; False if it had none or is gone."""
 
+    def tc_limits(self, name: str) -> tuple[int, str]:
+        """(rate of the root tbf of `name` in bit/s or 0, the ifb its ingress goes to or '')."""
+
     # -- network namespaces and what is inside them -----------------------------------
     def netns_exists(self, path: str) -> bool: ...
 

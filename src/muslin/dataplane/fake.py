@@ -270,6 +270,12 @@ class FakeKernel:
         lk.tbf, lk.redirect = None, ""
         return True
 
+    def tc_limits(self, name: str) -> tuple[int, str]:
+        lk = self.namespaces[HOST].get(name)
+        if lk is None:
+            return 0, ""
+        return (lk.tbf[0] if lk.tbf else 0), lk.redirect
+
     # -- network namespaces -------------------------------------------------------------
     def netns_exists(self, path: str) -> bool:
         return bool(path) and path in self.namespaces

@@ -104,6 +104,11 @@ class RealKernel:
 
         return tc.clear(name)
 
+    def tc_limits(self, name: str) -> tuple[int, str]:
+        from muslin.dataplane import tc
+
+        return tc.limits(name)
+
     # -- network namespaces -------------------------------------------------------------
     def netns_exists(self, path: str) -> bool:
         return netns_exists(path)

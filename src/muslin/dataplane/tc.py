@@ -10,6 +10,7 @@ Everything here runs in the namespace the process runs in (the host).
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 
 from muslin.dataplane import rtnl
@@ -89,3 +90,31 @@ def clear(name: str) -> bool:
         elif not any(n in err for n in _NOTHING):
             raise _fail(what, err)
     return removed
+
+
+def limits(name: str) -> tuple[int, str]:
+    """(rate in bit/s of the root tbf of `name` or 0, the ifb its ingress is redirected to
+    or ''); (0, '') for a missing link."""
+    rate, ifb = 0, ""
+    for args in (("qdisc", "show", "dev", name), ("filter", "show", "dev", name, "ingress")):
+        try:
+            r = subprocess.run(["tc", "-j", *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise Unavailable(f"tc {' '.join(args)}: {e}") from None
+        if r.returncode != 0:
+            err = " ".join(r.stderr.split())
+            if any(g in err for g in _GONE):
+                return 0, ""
+            raise Unavailable(f"tc {' '.join(args)}: {err or r.returncode}")
+        try:
+            items = json.loads(r.stdout or "[]")
+        except ValueError:
+            raise Unavailable(f"tc {' '.join(args)}: unreadable JSON") from None
+        for it in items:
+            opts = it.get("options") or {}
+            if args[0] == "qdisc" and it.get("kind") == "tbf" and it.get("root"):
+                rate = int(opts.get("rate", 0)) * 8
+            for act in opts.get("actions", ()) if args[0] == "filter" else ():
+                if act.get("kind") == "mirred" and act.get("mirred_action") == "redirect":
+                    ifb = act.get("to_dev", "")
+    return rate, ifb
