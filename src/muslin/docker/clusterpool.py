@@ -4,13 +4,17 @@ addresses come from this host's lease.
 A cluster agent keeps its host's side of cluster network N as an ordinary Muslin bridge
 network named N on the host's leased subnet, labelled with the cluster's CIDR
 (control/agent.py `local_network`). `docker network create -d muslin --ipam-driver muslin
---subnet CIDR -o muslin.network=N N` (or, instead of --subnet, `--ipam-opt
-muslin.network=N`) joins it: Docker's pool is the whole CIDR (what every host's Docker
-shows), each host hands out addresses and its gateway from its own lease, with the lease's
-prefix length, so a container's on-link subnet is its host's lease and everything else in
-the CIDR goes through the gateway to the backend's routes. Docker asks the IPAM driver for
-the pool before the network driver sees `-o muslin.network`, so without --subnet or the
-IPAM option the pool is an ordinary default one and the join is refused naming the CIDR.
+--subnet CIDR -o muslin.network=N N` joins it: Docker's pool is the whole CIDR (what every
+host's Docker shows), each host hands out addresses and its gateway from its own lease,
+with the lease's prefix length, so a container's on-link subnet is its host's lease and
+everything else in the CIDR goes through the gateway to the backend's routes.
+
+--subnet is needed: Docker asks the IPAM driver for the pool before the network driver
+sees `-o muslin.network`, so without it the pool is an ordinary default one and the join is
+refused naming the CIDR. The IPAM cannot pick the CIDR by itself either (say from
+`--ipam-opt`): for a pool it chose, Docker before v27 checks the routes of its namespace,
+and one overlapping them (the cluster's always do) is held and asked for again, forever
+when the driver answers the same pool (seen: 100 000 RequestPool calls in two minutes).
 
 Pure: no I/O.
 """
@@ -23,8 +27,6 @@ from typing import Iterable
 from muslin.model import keys
 from muslin.model.errors import Conflict, Invalid
 from muslin.model.types import IPNetwork, Network
-
-IPAM_OPTION = "muslin.network"  # --ipam-opt muslin.network=N: the pool is N's cluster CIDR
 
 
 def cidr_of(net: Network) -> IPNetwork | None:
@@ -59,8 +61,7 @@ def check_join(existing: Network, wanted: Network) -> None:
     assert cidr is not None
     lease = lease_of(existing)
     name = dict(existing.labels).get(keys.CLUSTER_LABEL, existing.name)
-    how = (f"pass --subnet {cidr} (or --ipam-opt {IPAM_OPTION}={existing.name} instead of --subnet); "
-           f"this host's addresses come from its lease {lease}")
+    how = f"pass --subnet {cidr}; this host's addresses come from its lease {lease}"
     pools = [r.subnet for rs in wanted.range_sets for r in rs]
     if any(p.version != cidr.version for p in pools):
         raise Invalid(f"Muslin network {existing.name!r} is this host's side of cluster network {name!r}, "

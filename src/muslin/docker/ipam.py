@@ -89,8 +89,6 @@ class DockerIpam:
         with self.lock:
             if req.pool:
                 pid = self._explicit(space, req)
-            elif req.options.get(CP.IPAM_OPTION):
-                pid = self._cluster_named(space, req)
             else:
                 pid = self._automatic(space, req.v6)
             key = POOLS + pid.key()
@@ -150,19 +148,6 @@ class DockerIpam:
                     raise Conflict(f"subnet {pool} overlaps subnet {s} of Muslin network {net.name!r}")
         check_host_routes(pool, self.host_routes(), ours)
         return pid
-
-    def _cluster_named(self, space: str, req: RequestPoolRequest) -> PoolId:
-        """--ipam-opt muslin.network=N: the pool is the CIDR of cluster network N's side here."""
-        name = req.options[CP.IPAM_OPTION]
-        net = next((n for n in self.networks() if n.name == name), None)
-        cidr = CP.cidr_of(net) if net is not None else None
-        if cidr is None:
-            raise Invalid(f"ipam option {CP.IPAM_OPTION}={name}: there is no cluster network {name!r} on this host")
-        if req.sub_pool:
-            raise Invalid(f"ip-range {req.sub_pool} needs a subnet (--subnet)")
-        if req.v6 != (cidr.version == 6):
-            raise Invalid(f"cluster network {name!r} is IPv{cidr.version} only: drop --ipv6")
-        return PoolId(space, cidr)
 
     def _subnet(self, pool: IPNetwork) -> IPNetwork:
         """Where a pool's addresses live: this host's lease for a cluster CIDR, else the pool."""
