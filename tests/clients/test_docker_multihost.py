@@ -1,6 +1,6 @@
 """Docker containers on two hosts sharing one Muslin cluster network (issue 15, items 1-2).
 
-A 3-host lab (vxlan). In the namespaces of h1 and h2 a private dockerd runs (own
+A 3-host lab (vxlan, host-gw, bgp). In the namespaces of h1 and h2 a private dockerd runs (own
 --data-root, --exec-root, --pidfile, -H socket and cgroup parent, `--bridge=none
 --iptables=false --ip6tables=false`), each finding its own host's muslind through its
 own plugin name `muslin-<lab>-<host>` (a socket in /run/docker/plugins/). Containers on
@@ -159,9 +159,11 @@ def sb_fetch(ns: str, target: str) -> str:
     return r.stdout if r.returncode == 0 else f"wget failed ({r.returncode}): {r.stderr.strip()}"
 
 
-@pytest.fixture(scope="module")
-def mh(tmp_path_factory):
-    for tool in ("dockerd", "containerd", "docker", "etcd", "nsenter", "unshare", "busybox"):
+@pytest.fixture(scope="module", params=["vxlan", "host-gw", "bgp"])
+def mh(request, tmp_path_factory):
+    backend = request.param
+    for tool in ("dockerd", "containerd", "docker", "etcd", "nsenter", "unshare", "busybox",
+                 *(("bird", "birdc") if backend == "bgp" else ())):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     root = tmp_path_factory.mktemp("dkmh")
@@ -173,7 +175,7 @@ def mh(tmp_path_factory):
         had_key = KEY_JSON.exists()
         engines: dict[str, Engine] = {}
         try:
-            core.up(name, 3, "vxlan", lease_ttl=4, resync=2.0)
+            core.up(name, 3, backend, lease_ttl=4, resync=2.0)
             PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
             for h in ("h1", "h2"):
                 engines[h] = e = Engine(name, h, root)

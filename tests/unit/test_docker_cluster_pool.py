@@ -93,6 +93,12 @@ def test_any_other_pool_is_refused_naming_the_cidr(w):
             w.pool(other)
     with pytest.raises(Invalid, match="ip-range 10.244.3.0/28 cannot be given on cluster network 'net0'"):
         w.pool(CIDR, "10.244.3.0/28")
+    v6 = w.pool(v6=True)
+    with pytest.raises(Invalid, match="which is IPv4 only: drop --ipv6"):
+        w.driver.create_network(T.CreateNetworkRequest.from_json({
+            "NetworkID": NID, "Options": {"com.docker.network.generic": {"muslin.network": "net0"}},
+            "IPv4Data": [{"Pool": CIDR, "Gateway": "10.244.3.1/24"}],
+            "IPv6Data": [{"Pool": v6.pool, "Gateway": w.addr(v6.pool_id, gw=True)}]}))
     p = w.pool(CIDR)
     with pytest.raises(Conflict, match="differs from 10.244.3.1, this host's gateway"):
         w.create(CIDR, "10.244.3.9/24")
