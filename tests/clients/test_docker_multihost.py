@@ -178,8 +178,9 @@ def mh(request, tmp_path_factory):
             core.up(name, 3, backend, lease_ttl=4, resync=2.0)
             PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
             for h in ("h1", "h2"):
-                engines[h] = e = Engine(name, h, root)
+                e = Engine(name, h, root)
                 assert not e.sock.exists(), f"{e.sock} exists: refusing to interfere"
+                engines[h] = e
                 e.serve_plugin()
                 e.start()
                 import_busybox(root / "rootfs", e.env)
