@@ -13,7 +13,8 @@ import pytest
 from muslin.backends.model import ClusterConfig
 from muslin.backends.peers import PeerTable
 from muslin.backends.registry import get_backend
-from muslin.control.agent import Agent, hosts_prefix, init_config
+from muslin.control.agent import Agent, alive_prefix, hosts_prefix, init_config
+from muslin.model.errors import NotFound
 from muslin.control.agent_host import FakeHost
 from muslin.store.memory import MemoryStore
 
@@ -210,3 +211,29 @@ def test_peer_table_rebuild_computes_again_only_what_changed():
     assert sorted(calls) == ["x", "y", "z"]
     cidr = cfg.network_cidr  # owned() keeps only this network's routes (remembered per destination)
     assert owned(as_observed(again), cidr).routes == again.routes
+
+
+def test_a_liveness_lease_lost_twice_is_published_again_later_and_the_agent_goes_on(cluster):
+    """An overloaded host: its liveness lease expired, and the fresh one too before the put
+    (etcd: "requested lease not found"). The agent logs it and publishes at the next renewal;
+    its loop does not die (seen in the simulated cluster at 5,000 hosts)."""
+    a = cluster.add("a")
+    cluster.add("b")
+    assert wait_until(cluster.converged)
+    store, put = cluster.store, cluster.store.put
+    failed = []
+
+    def put_once_without_lease(key, value, **kw):
+        if "/alive/" in key and not failed:
+            failed.append(key)
+            raise NotFound("etcd lease not found: etcdserver: requested lease not found")
+        return put(key, value, **kw)
+
+    store.put = put_once_without_lease
+    store.revoke_lease(a.alive_lease)
+    a.renew_alive()  # lease gone, the fresh one "gone" too: logged, not raised
+    assert failed and store.get(alive_prefix("n") + "a") is None
+    a.renew_alive()  # the next renewal publishes it
+    assert store.get(alive_prefix("n") + "a") is not None
+    thread = cluster.agents["a"][2]
+    assert thread.is_alive()

@@ -356,7 +356,10 @@ class Agent:
             self.store.refresh_lease(self.alive_lease)
         except NotFound:
             self.log("our liveness lease expired; publishing it again")
-            self.publish_alive()
+            try:
+                self.publish_alive()
+            except NotFound as e:  # the fresh lease expired before the put (an overloaded host)
+                self.log(f"could not publish our liveness ({e}); trying again at the next renewal")
 
     def renew_subnet(self) -> bool:
         """Refresh the subnet lease; True when it had expired and we leased again."""
