@@ -47,9 +47,15 @@ def desired(m: Muslin, add_networks: Iterable[Network] = (), drop_networks: Iter
     return FirewallState(networks=rules, ports=tuple(ports), hold=bool(nets))
 
 
-def sync(m: Muslin, k: Kernel, state: FirewallState | None = None) -> dict[str, str]:
-    """Returns the previous value of each sysctl the sync changed."""
-    return k.firewall_sync(state if state is not None else desired(m), m.owner)
+def sync(m: Muslin, k: Kernel, state: FirewallState | None = None, services_after: bool = True) -> dict[str, str]:
+    """Returns the previous value of each sysctl the sync changed. When the sync replaced the
+    whole table, the services are synced again (control/services.py)."""
+    changed = k.firewall_sync(state if state is not None else desired(m), m.owner)
+    if services_after:
+        from muslin.control import services
+
+        services.after_firewall_sync(m, k)
+    return changed
 
 
 def step(m: Muslin, k: Kernel, state: FirewallState) -> Step:

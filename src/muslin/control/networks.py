@@ -113,11 +113,18 @@ def ensure(m: Muslin, k: Kernel, net: Network) -> tuple[Network, dict[str, str] 
 def delete(m: Muslin, k: Kernel, name: str, force: bool = False) -> None:
     from muslin.control import endpoints
 
+    from muslin.control import services
+
     with m.lock(name, exclusive=True):
         net = m.get_network(name)
         eps = m.endpoints(name)
         if eps and not force:
             raise Conflict(f"network {name!r} has {len(eps)} endpoint(s); disconnect them first")
+        svcs = services.list_services(m, name)
+        if svcs and not force:
+            raise Conflict(f"network {name!r} has {len(svcs)} service(s) ({', '.join(s.name for s in svcs[:5])}); "
+                           "remove them first (muslin service rm)")
+        services.remove_all(m, k, name)
         for ep in eps:
             endpoints.detach_locked(m, k, net, ep)
         teardown(m, k, net)
@@ -152,6 +159,8 @@ def remove_if_unused(m: Muslin, k: Kernel, name: str) -> None:
         net = m.find_network(name)
         if net is None or net.origin != "cni" or m.has_endpoints(name):
             return
+        if m.store.keys(keys.services(name), limit=1):
+            return  # its services keep it (their removal takes it)
         teardown(m, k, net)
 
 
