@@ -36,13 +36,23 @@ def normalize(net: Network) -> Network:
 
 
 def check_conflicts(m: Muslin, net: Network) -> None:
-    for other in m.list_networks():
+    import ipaddress
+
+    others = m.list_networks()
+    if net.service_range:
+        from muslin.control.services import check_range
+
+        check_range(net.service_range, net, others)
+    for other in others:
         if other.name == net.name:
             continue
         for mine in net.subnets:
             for theirs in other.subnets:
                 if mine.version == theirs.version and mine.overlaps(theirs):
                     raise Conflict(f"subnet {mine} overlaps network {other.name!r} ({theirs})")
+            theirs = ipaddress.ip_network(other.service_range) if other.service_range else None
+            if theirs is not None and mine.version == theirs.version and mine.overlaps(theirs):
+                raise Conflict(f"subnet {mine} overlaps the service range {theirs} of network {other.name!r}")
         if net.bridge and net.bridge == other.bridge:
             raise Conflict(f"bridge {net.bridge} is already used by network {other.name!r}")
 

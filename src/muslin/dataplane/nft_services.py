@@ -25,8 +25,13 @@ from muslin.model.types import IPAddress
 
 
 def _list(commands: Iterable[str], doing: str) -> list[dict]:
-    """Run list commands in one call; their JSON documents, in order."""
-    res = nft._run(["-j", *"; ".join(commands).split(" ")], doing=doing)
+    """Run list commands (one nft call each: nft 1.0.6 fails a second `list` of a named
+    object in one call with ENOENT); their JSON documents, in order."""
+    return [doc for c in commands for doc in _list_one(c, doing)]
+
+
+def _list_one(command: str, doing: str) -> list[dict]:
+    res = nft._run(["-j", *command.split(" ")], doing=doing)
     if res.returncode != 0:
         if "No such file or directory" in res.stderr:
             raise NotFound(f"nftables: {doing}: the table inet {TABLE} or a part of it is missing")
