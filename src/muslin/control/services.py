@@ -215,25 +215,40 @@ def check_range(text: str, net: Network, others: Iterable[Network]) -> IPNetwork
     return r
 
 
-def service_range(m: Muslin, k: Kernel, net: Network) -> IPNetwork:
-    """The network's service range; the first service chooses one (kept in the network
-    record) that overlaps no subnet, service range or route of this host."""
+def service_range(m: Muslin, k: Kernel, net: Network) -> tuple[IPNetwork, list[Compare], list[Any]]:
+    """The network's service range; the first service chooses one that overlaps no subnet,
+    service range or route of this host. With it, what keeps that choice in the network
+    record (written in the same transaction as the service: a failed create leaves none)."""
     if net.service_range:
-        return ipaddress.ip_network(net.service_range)
+        return ipaddress.ip_network(net.service_range), [], []
     kv = m.store.get(keys.network(net.name))
     if kv is None:
         raise NotFound(f"network {net.name!r} does not exist")
     now = Network.from_dict(kv.value)
     if now.service_range:
-        return ipaddress.ip_network(now.service_range)
+        return ipaddress.ip_network(now.service_range), [], []
     taken: list[IPNetwork] = list(k.host_routes())
     for o in m.list_networks():
         taken += o.subnets
         if o.service_range:
             taken.append(ipaddress.ip_network(o.service_range))
     r = default_range(taken)
-    m.store.put(keys.network(net.name), now.evolve(service_range=str(r)).to_dict(), expect=kv.mod_revision)
-    return r
+    return r, [Compare(kv.key, kv.mod_revision)], [Put(kv.key, now.evolve(service_range=str(r)).to_dict())]
+
+
+def _vip_release(m: Muslin, svc: Service) -> tuple[list[Compare], list[Any]]:
+    """What frees a service's VIP in the IPAM, for the transaction that removes it."""
+    owner = owner_key(svc.network, svc.name)
+    okv = m.store.get(keys.ipam_owner(owner))
+    if okv is None:
+        return [], []
+    compares, ops = [Compare(okv.key, okv.mod_revision)], [Delete(okv.key)]
+    for s, ip in okv.value:
+        kv = m.store.get(keys.ipam_ip(ipaddress.ip_network(s), ipaddress.ip_address(ip)))
+        if kv is not None and kv.value.get("owner") == owner:
+            compares.append(Compare(kv.key, kv.mod_revision))
+            ops.append(Delete(kv.key))
+    return compares, ops
 
 
 def _vip(m: Muslin, rng: IPNetwork, network: str, name: str, vip: IPAddress | None) -> tuple[IPAddress, Any]:
@@ -275,21 +290,25 @@ def _index_ops(old: Service | None, new: Service | None) -> list[Any]:
 
 
 def commit(m: Muslin, k: Kernel, pairs: list[tuple[tuple[Service, int] | None, Service | None]],
-           steps_before: Iterable[Step] = (), leaving: Iterable[str] = ()) -> None:
+           steps_before: Iterable[Step] = (), leaving: Iterable[str] = (),
+           txn: tuple[list[Compare], list[Any]] = ([], [])) -> None:
     """Make these changes (old with its store revision -> new; None = absent): the kernel in
-    one batch, then the records and indexes in one transaction. Services lock held.
+    one batch, then the records and indexes in one transaction (with `txn`'s, and the VIPs
+    of removed services freed). Services lock held.
     `leaving`: endpoint ids going away (their bridge ports' hairpin mode is left as it is)."""
     pairs = [(o, n) for o, n in pairs if (o[0] if o else None) != n]
     if not pairs:
         return
+    if not k.services_marked():  # the first service here, or the table was replaced: all of them first
+        resync(m, k, base=False)
     port_changes: list[tuple[SvcPort | None, SvcPort | None]] = []
     vips: list[tuple[IPAddress, bool]] = []
     adds: dict[IPAddress, set[str]] = {}
     drops: dict[IPAddress, set[str]] = {}
     where: dict[IPAddress, tuple[str, Backend]] = {}
     flush: list[tuple[str, IPAddress, int, IPAddress]] = []
-    compares: list[Compare] = []
-    ops: list[Any] = []
+    compares: list[Compare] = list(txn[0])
+    ops: list[Any] = list(txn[1])
     for loaded, new in pairs:
         old = loaded[0] if loaded else None
         ref = new or old
@@ -297,6 +316,10 @@ def commit(m: Muslin, k: Kernel, pairs: list[tuple[tuple[Service, int] | None, S
         key = keys.service(ref.network, ref.name)
         compares.append(Compare(key, loaded[1] if loaded else 0))
         ops.append(Put(key, new.to_dict()) if new else Delete(key))
+        if new is None and old is not None:
+            c, o = _vip_release(m, old)
+            compares += c
+            ops += o
         ops += _index_ops(old, new)
         olds = {p.chain: p for p in ports_of(old)} if old else {}
         news = {p.chain: p for p in ports_of(new)} if new else {}
@@ -343,14 +366,12 @@ def commit(m: Muslin, k: Kernel, pairs: list[tuple[tuple[Service, int] | None, S
             except NotFound:
                 pass  # its link went meanwhile
 
-    marked = k.services_marked()
     run([*steps_before,
-         Step("services: hairpin", lambda: hairpin(hairpin_on, True), lambda _: hairpin(hairpin_on, False)),
+         *(Step(f"services: hairpin on {nb[1].host_ifname}", lambda nb=nb: hairpin([nb], True),
+                lambda _, nb=nb: hairpin([nb], False)) for nb in hairpin_on),
          Step("services: kernel", lambda: k.services_apply(changes, m.owner),
               lambda _: k.services_apply(back, m.owner)),
          Step("services: records", lambda: m.store.txn(compares, ops))], m.timings)
-    if not marked:  # the first service here, or the table was replaced: all of them, once
-        resync(m, k, base=False)
     for nb in hairpin_off:
         try:
             hairpin([nb], False)
@@ -393,12 +414,12 @@ def create(m: Muslin, k: Kernel, name: str, network: str, ports: Iterable[Servic
         if _load(m, network, name) is not None:
             raise Conflict(f"service {name!r} already exists on network {network!r}")
         net = _service_network(m, network)
-        rng = service_range(m, k, net)
+        rng, rc, rops = service_range(m, k, net)
         addr, alloc = _vip(m, rng, network, name, vip)  # type: ignore[arg-type]
         try:
             svc = Service(name, network, addr, ports, sel, namespace, affinity, origin)
             svc = replace(svc, backends=_sorted(b for b in (mem.backend_for(svc) for mem in members(m, network)) if b))
-            commit(m, k, [(None, svc)])
+            commit(m, k, [(None, svc)], txn=(rc, rops))
         except BaseException:
             if alloc is not None:
                 m.ipam.give_back(owner_key(network, name), alloc)
@@ -419,7 +440,6 @@ def remove(m: Muslin, k: Kernel, name: str, network: str | None = None, origin: 
             raise Conflict(f"service {name!r} of network {svc.network!r} belongs to "
                            f"{got[0].origin.removeprefix('cluster:') or 'this host'}: remove it there")
         commit(m, k, [(got, None)])
-        m.ipam.release(owner_key(svc.network, svc.name))
     net = m.find_network(svc.network)
     if net is not None and net.origin == "cni" and not present(m, net.name):
         from muslin.control import networks
@@ -434,7 +454,6 @@ def remove_all(m: Muslin, k: Kernel, network: str) -> None:
         for kv in m.store.list(keys.services(network)):
             got = (Service.from_dict(kv.value), kv.mod_revision)
             commit(m, k, [(got, None)])
-            m.ipam.release(owner_key(network, got[0].name))
 
 
 def members_changed(m: Muslin, k: Kernel, changes: Iterable[tuple[Member | None, Member | None]],
