@@ -50,7 +50,7 @@ def service() -> None:
 
 @service.command("create")
 @click.argument("name")
-@click.option("--network", required=True, help="The network (a bridge network; on a cluster network: all its hosts).")
+@click.option("--network", required=True, help="The network (a bridge network).")
 @click.option("--port", "ports", multiple=True, required=True, metavar="PORT[:TARGET][/PROTO]",
               help="A port of the VIP, e.g. 80/tcp, 53/udp, 80:8080/tcp (repeat).")
 @click.option("--selector", multiple=True, required=True, metavar="KEY=VALUE",
