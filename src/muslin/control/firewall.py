@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Iterable
 
+from muslin.control.timings import NFT_PHASE, timed
 from muslin.drivers.base import get_driver
 from muslin.firewall.state import FirewallState, NetRule, PortRule
 from muslin.model.types import Endpoint, Network
@@ -48,9 +49,11 @@ def desired(m: Muslin, add_networks: Iterable[Network] = (), drop_networks: Iter
 
 
 def sync(m: Muslin, k: Kernel, state: FirewallState | None = None, services_after: bool = True) -> dict[str, str]:
-    """Returns the previous value of each sysctl the sync changed. When the sync replaced the
+    """Returns the previous value of each sysctl the sync changed. Timed as the phase
+    `nft transaction` (muslind's metrics: its time and failures). When the sync replaced the
     whole table, the services are synced again (control/services.py)."""
-    changed = k.firewall_sync(state if state is not None else desired(m), m.owner)
+    with timed(m.timings, NFT_PHASE):
+        changed = k.firewall_sync(state if state is not None else desired(m), m.owner)
     if services_after:
         from muslin.control import services
 
