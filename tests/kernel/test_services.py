@@ -325,3 +325,12 @@ def test_bad_input_is_one_line_and_changes_nothing(w):
     r = w.muslin("service", "create", "api", "--network", "nope", "--port", "80/tcp", "--selector", "a=b", check=False)
     assert r.returncode != 0 and "does not exist" in r.stderr
     assert (w.nft(), w.muslin("service", "ls", "-o", "json").stdout) == before
+
+
+def test_network_repair_puts_the_services_back_after_the_table_was_deleted(w):
+    bs, client = three(w)
+    vip = w.service("web", "--port", "80/tcp", "--selector", "app=web")["vip"]
+    sh("ip", "netns", "exec", w.host.name, "nft", "delete", "table", "inet", "muslin")
+    w.muslin("network", "repair")
+    got, errors = w.connections(client, vip, 150)
+    assert errors == [] and set(got) == set(bs), got
