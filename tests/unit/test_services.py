@@ -250,3 +250,25 @@ def test_network_rm_force_with_services_is_idempotent_after_any_failure(tmp_path
             w.m.delete_network("n1", force=True)
 
     each_teardown_failure(tmp_path, with_service, op)
+
+
+def test_a_backends_bridge_port_hairpins_while_it_backs_a_service(tmp_path):
+    w = World(tmp_path / "s")
+    backends(w, 1)
+    ifname = w.m.find_endpoint("n1", "b0/eth0").host_ifname
+    hairpin = lambda: w.kernel._link(ifname).hairpin  # noqa: E731
+    assert not hairpin()
+    w.m.create_service("web", "n1", WEB, {"app": "web"})
+    w.m.create_service("api", "n1", (ServicePort(8080),), {"app": "web"})
+    assert hairpin() and w.kernel.service_local == {ipaddress.ip_address("10.61.0.2")}
+    w.m.remove_service("web")
+    assert hairpin()  # api still needs it
+    w.m.remove_service("api")
+    assert not hairpin() and w.kernel.service_local == set()
+
+
+def test_the_selector_holds_within_a_namespace(tmp_path):
+    w = World(tmp_path / "s")
+    backends(w)
+    assert w.m.create_service("web", "n1", WEB, {"app": "web"}, namespace="other").backends == ()
+    assert chains(w) == {"svc/n1/web/tcp/80": (), "svc/n1/web/udp/53": ()}
