@@ -334,3 +334,19 @@ def test_network_repair_puts_the_services_back_after_the_table_was_deleted(w):
     w.muslin("network", "repair")
     got, errors = w.connections(client, vip, 150)
     assert errors == [] and set(got) == set(bs), got
+
+
+def test_a_target_port_and_the_cli_listing(w):
+    b = w.backend("b0")
+    client = w.sandbox("client")
+    svc = w.service("alt", "--port", "9000:8080/tcp", "--selector", "app=web")
+    assert svc["ports"] == ["9000:8080/tcp"]
+    assert w.probe(client, svc["vip"], 9000) == f"ok {b}"
+    assert w.probe(client, svc["vip"], 8080) == "refused"  # only the service's port is on the VIP
+    assert w.muslin("service", "ls", "-q").stdout.split() == ["alt"]
+    listed = json.loads(w.muslin("service", "ls", "-o", "json").stdout)
+    assert [(s["name"], s["vip"], s["endpoints"]) for s in listed] == [("alt", svc["vip"], 1)]
+    r = w.muslin("service", "rm", "nope", check=False)
+    assert r.returncode != 0 and r.stderr.strip() == "error: nope: service 'nope' does not exist"
+    r = w.muslin("service", "inspect", "nope", check=False)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
