@@ -21,10 +21,11 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(600)]
 # A backend: TCP on 80 and UDP on 53 (and 8080 for a second service port), answering its name.
 SERVER = r"""
 import socket, sys, threading
-name = sys.argv[1].encode()
+name = sys.argv[1].encode()  # (dual stack: IPv4 clients come as ::ffff:a.b.c.d)
 def tcp(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(512)
+    s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port)); s.listen(512)
     while True:
         c, _ = s.accept()
         try:
@@ -32,7 +33,8 @@ def tcp(port):
         finally:
             c.close()
 def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 53))
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); u.bind(("::", 53))
     while True:
         _, a = u.recvfrom(512); u.sendto(name, a)
 for p in (80, 8080):
@@ -54,7 +56,7 @@ for i in range(n):
         delay = t0 + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET)
     s.settimeout(10)
     try:
         s.connect((vip, port))
@@ -91,7 +93,8 @@ while not select.select([sys.stdin], [], [], 0)[0]:
 PROBE = r"""
 import socket, sys
 vip, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET,
+                  socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
 s.settimeout(10)
 try:
     s.connect((vip, port))
@@ -108,7 +111,7 @@ except OSError as e:
 
 
 class World:
-    def __init__(self, netns, tmp: Path) -> None:
+    def __init__(self, netns, tmp: Path, *network: str) -> None:
         self.host = netns("host")
         self.state = tmp / "state"
         self.tmp = tmp
@@ -119,7 +122,7 @@ class World:
         self.net = f"s{self.tag}"
         self.subnet = ipaddress.ip_network(random_subnet24())
         self.gateway = str(self.subnet.network_address + 1)
-        self.muslin("network", "create", self.net, "--subnet", str(self.subnet))
+        self.muslin("network", "create", self.net, "--subnet", str(self.subnet), *network)
 
     def muslin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh(tool("muslin"), "--host-netns", self.host.name, "--state-dir", str(self.state), *args, check=check)
@@ -350,3 +353,22 @@ def test_a_target_port_and_the_cli_listing(w):
     assert r.returncode != 0 and r.stderr.strip() == "error: nope: service 'nope' does not exist"
     r = w.muslin("service", "inspect", "nope", check=False)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_ipv6_service(netns, tmp_path):
+    h = random_subnet24().split(".")
+    w = World(netns, tmp_path, "--subnet", f"fd{int(h[1]):02x}:{int(h[2]):x}::/64",
+              "--service-range", f"fd{int(h[1]):02x}:96:{int(h[2]):x}::/112")
+    try:
+        bs, client = three(w)
+        svc = w.service("web6", "--port", "80/tcp", "--port", "53/udp", "--selector", "app=web")
+        assert ipaddress.ip_address(svc["vip"]).version == 6 and svc["endpoints"] == 3
+        got, errors = w.connections(client, svc["vip"], 300)
+        assert errors == [] and set(got) == set(bs), (got, errors[:3])
+        got, errors = w.connections(bs[0], svc["vip"], 40)  # hairpin
+        assert errors == [] and got[bs[0]] > 0, got
+        assert w.probe(client, svc["vip"], 53, "udp").split()[0] == "ok"
+        empty = w.service("none6", "--port", "80/tcp", "--selector", "app=nothing")
+        assert w.probe(client, empty["vip"], 80) == "refused"
+    finally:
+        w.cleanup()
