@@ -46,12 +46,17 @@ threading.Event().wait()
 
 # A client: N new TCP connections to VIP:PORT, each reading the name; JSON {name: count, errors: [...]}.
 CLIENT = r"""
-import json, socket, sys, time
+import json, os, socket, sys, time
 vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rate = float(sys.argv[4]) if len(sys.argv) > 4 else 0
+stop = sys.argv[5] if len(sys.argv) > 5 else ""  # n = 0: until this file exists
 got, errors = {}, []
 t0 = time.monotonic()
-for i in range(n):
+i = -1
+while True:
+    i += 1
+    if (n and i >= n) or (stop and i % 10 == 0 and os.path.exists(stop)):
+        break
     if rate:
         delay = t0 + i / rate - time.monotonic()
         if delay > 0:
@@ -291,8 +296,10 @@ def test_affinity_keeps_a_client_on_one_backend(w):
 def test_a_rolling_replacement_of_every_backend_fails_no_connection(w):
     bs, client = three(w)
     vip = w.service("web", "--port", "80/tcp", "--selector", "app=web")["vip"]
-    p = subprocess.Popen(["ip", "netns", "exec", client, sys.executable, "-c", CLIENT, vip, "80", "2400", "200"],
-                         stdout=subprocess.PIPE, text=True)
+    stop = w.tmp / "stop"
+    p = subprocess.Popen(["ip", "netns", "exec", client, sys.executable, "-c", CLIENT, vip, "80", "0", "200",
+                          str(stop)], stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
     new = []
     for i, old in enumerate(bs):
         new.append(w.backend(f"n{i}", app="starting"))  # the new one listens,
@@ -300,10 +307,12 @@ def test_a_rolling_replacement_of_every_backend_fails_no_connection(w):
         w.muslin("label", old, "app=retired")  # the old one leaves the service...
         time.sleep(0.5)  # (connections it accepted end by themselves: each is one short exchange)
         w.muslin("disconnect", w.net, old)  # ...then goes
+    time.sleep(1)
+    stop.write_text("")
     out = json.loads(p.communicate(timeout=300)[0])
     assert out["errors"] == [], out["errors"][:5]
-    assert sum(out["got"].values()) == 2400
     assert set(out["got"]) >= set(new), out["got"]
+    print("connections during the replacement:", sum(out["got"].values()))
     assert {b["endpoint"].split("/")[0] for b in w.inspect("web")["backends"]} == set(new)
 
 
