@@ -272,3 +272,61 @@ def test_the_selector_holds_within_a_namespace(tmp_path):
     backends(w)
     assert w.m.create_service("web", "n1", WEB, {"app": "web"}, namespace="other").backends == ()
     assert chains(w) == {"svc/n1/web/tcp/80": (), "svc/n1/web/udp/53": ()}
+
+
+# -- other hosts' endpoints (control/service_members.py) ---------------------------------------
+
+def _remote(w: World):
+    import threading
+
+    from muslin.control.service_members import RemoteMembers
+    from muslin.model import keys
+    from muslin.store.memory import MemoryStore
+
+    cluster = MemoryStore()
+    rm = RemoteMembers(cluster, w.m, "n1", "h1", threading.Event())
+    rec = {"endpoint_id": "x/eth0", "labels": {"app": "web"}, "namespace": "default", "addresses": ["10.61.1.5/24"]}
+    return rm, cluster, keys.cluster_endpoint("n1", "h2", "x/eth0"), rec
+
+
+def test_another_hosts_endpoint_joins_and_leaves_a_service(tmp_path):
+    w = World(tmp_path / "s")
+    with_service(w)
+    rm, cluster, key, rec = _remote(w)
+    cluster.put(key, rec)
+    cluster.put(key.replace("/h2/", "/h1/"), dict(rec, endpoint_id="mine"))  # this host's own: not a remote one
+    rm.apply(key, rec)
+    s = w.m.find_service("web")
+    assert [(b.host, str(b.ip)) for b in s.backends if b.host] == [("h2", "10.61.1.5")]
+    assert "10.61.1.5" in chains(w)["svc/n1/web/tcp/80"]
+    rm.apply(key, dict(rec, labels={"app": "db"}))  # relabelled there
+    assert not [b for b in w.m.find_service("web").backends if b.host]
+    rm.apply(key, rec)
+    rm.apply(key, None)  # gone there
+    assert not [b for b in w.m.find_service("web").backends if b.host]
+    assert not [k for k in w.store.dump() if k.startswith("remote-endpoints/")]
+
+
+def test_a_failed_remote_change_is_made_right_by_the_next_load(tmp_path):
+    w = World(tmp_path / "s")
+    with_service(w)
+    rm, cluster, key, rec = _remote(w)
+    cluster.put(key, rec)
+    w.kernel.arm(0)  # the first mutating call fails: the local copy's write
+    with pytest.raises(MuslinError):
+        rm.apply(key, rec)
+    w.kernel.arm(None)
+    rm.load()  # what the feed's loop does after an error
+    assert [b.host for b in w.m.find_service("web").backends if b.host] == ["h2"]
+    for i in range(3):  # and a failure at each later call of the change
+        w.kernel.arm(i)
+        try:
+            rm.apply(key, dict(rec, labels={"app": "db"}))
+        except MuslinError:
+            pass
+        w.kernel.arm(None)
+        rm.load()
+        cluster.put(key, rec)
+        rm.load()
+        assert [b.host for b in w.m.find_service("web").backends if b.host] == ["h2"]
+        assert "10.61.1.5" in chains(w)["svc/n1/web/tcp/80"]
