@@ -33,9 +33,17 @@ while True:
 """
 
 CLIENT = r"""
-import json, socket, sys
+import json, os, socket, sys, time
 got, errors = {}, []
-for _ in range(int(sys.argv[2])):
+n, rate = int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0
+stop = sys.argv[4] if len(sys.argv) > 4 else ""  # n = 0: until this file exists
+t0, i = time.monotonic(), -1
+while True:
+    i += 1
+    if (n and i >= n) or (stop and i % 10 == 0 and os.path.exists(stop)):
+        break
+    if rate and t0 + i / rate > time.monotonic():
+        time.sleep(t0 + i / rate - time.monotonic())
     s = socket.socket(); s.settimeout(10)
     try:
         s.connect((sys.argv[1], 80)); data = b""
@@ -136,3 +144,86 @@ def test_a_service_over_backends_on_two_hosts(lab):
         for p in servers:
             p.terminate()
             p.wait(10)
+
+
+# Runs in a lab host's namespace: set an endpoint's labels (what `muslin label` does for a CLI sandbox).
+RELABEL = r"""
+import sys
+from muslin.control.service import Muslin
+m = Muslin(state_dir=sys.argv[1])
+m.set_identity(sys.argv[2], sys.argv[3], set_labels={"app": sys.argv[4]})
+"""
+
+
+def test_a_rolling_replacement_across_two_hosts_fails_no_connection(lab, tmp_path):
+    st = core.LabState.load(lab)
+    h1, h2 = st.hosts[:2]
+    servers: dict[str, subprocess.Popen] = {}
+
+    def relabel(sb: str, app: str) -> None:
+        host = core.LabState.load(lab).sandboxes[sb]["host"]
+        subprocess.run(["ip", "netns", "exec", core.ns_host(lab, host), sys.executable, "-c", RELABEL,
+                        str(st.host_dir(host)), st.network_of(host), sb, app], check=True, timeout=60,
+                       capture_output=True)
+
+    def backend(sb: str, host: str) -> None:
+        r = lab_cli("sandbox", lab, host, sb, "--label", "app=starting")
+        assert r.returncode == 0, r.stderr
+        ns = core.LabState.load(lab).sandboxes[sb]["netns"]
+        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, sb], stdout=subprocess.PIPE,
+                             text=True)
+        servers[sb] = p
+        assert p.stdout.readline().strip() == "ready"
+
+    def muslin(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([tool("muslin"), "--host-netns", core.ns_host(lab, h1), "--state-dir",
+                               str(st.host_dir(h1)), *args], capture_output=True, text=True, timeout=120)
+
+    def backends() -> set[str]:
+        svc = json.loads(muslin("service", "inspect", "web", "-o", "json").stdout)
+        return {b["endpoint"] for b in svc["backends"]}
+
+    def until(want: set[str]) -> None:
+        end = time.monotonic() + 30
+        while backends() != want and time.monotonic() < end:
+            time.sleep(0.2)
+        assert backends() == want
+
+    try:
+        for sb, host in (("o0", h1), ("o1", h2), ("o2", h2)):
+            backend(sb, host)
+            relabel(sb, "web")
+        r = lab_cli("sandbox", lab, h1, "client")
+        assert r.returncode == 0, r.stderr
+        r = muslin("service", "create", "web", "--network", st.network_of(h1), "--port", "80/tcp",
+                   "--selector", "app=web", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        vip = json.loads(r.stdout)["vip"]
+        live = {"o0", "o1", "o2"}
+        until(live)
+        stop = tmp_path / "stop"
+        client = core.LabState.load(lab).sandboxes["client"]["netns"]
+        p = subprocess.Popen(["ip", "netns", "exec", client, sys.executable, "-c", CLIENT, vip, "0", "200", str(stop)],
+                             stdout=subprocess.PIPE, text=True)
+        for old, new, host in (("o0", "n0", h2), ("o1", "n1", h1), ("o2", "n2", h2)):
+            backend(new, host)  # the new one listens,
+            relabel(new, "web")  # joins,
+            live.add(new)
+            until(live)  # (seen by the client's host)
+            relabel(old, "retired")  # the old one leaves,
+            live.discard(old)
+            until(live)
+            time.sleep(0.5)  # (the connections it accepted end by themselves)
+            servers.pop(old).terminate()
+            core.remove_sandbox(lab, old)  # and goes
+        time.sleep(1)
+        stop.write_text("")
+        out = json.loads(p.communicate(timeout=300)[0])
+        assert out["errors"] == [], out["errors"][:5]
+        assert {"n0", "n1", "n2"} <= set(out["got"]), out["got"]
+        print("connections during the replacement:", sum(out["got"].values()), out["got"])
+        assert muslin("service", "rm", "web").returncode == 0
+    finally:
+        for p_ in servers.values():
+            p_.terminate()
+            p_.wait(10)
