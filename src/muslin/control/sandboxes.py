@@ -16,7 +16,7 @@ from muslin.control import identity
 from muslin.control.service import Muslin
 from muslin.model import keys, names
 from muslin.model.errors import Conflict, NotFound
-from muslin.model.types import AttachRequest, Endpoint, IPAddress, PortMapping
+from muslin.model.types import AttachRequest, Bandwidth, Endpoint, IPAddress, PortMapping
 from muslin.plan import Step, run
 
 
@@ -102,7 +102,8 @@ def next_ifname(taken: set[str]) -> str:
 
 def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ips: tuple[IPAddress, ...] = (),
             mac: str = "", ports: tuple[PortMapping, ...] = (), default_route: bool = False,
-            aliases: tuple[str, ...] = (), labels: dict[str, str] | None = None) -> Endpoint:
+            aliases: tuple[str, ...] = (), labels: dict[str, str] | None = None,
+            bandwidth: Bandwidth | None = None) -> Endpoint:
     for a in aliases:
         names.check_dns_name(a, "--alias")
     for k_, v_ in (labels or {}).items():
@@ -121,7 +122,8 @@ def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ip
     req = AttachRequest(network=network, endpoint_id=eid, container_id=sandbox, ifname=ifname,
                         netns=path, ips=ips, mac=mac, ports=ports, aliases=tuple(dict.fromkeys(aliases)),
                         owner=keys.cli_owner(sandbox, network, ifname), default_route=default_route,
-                        name=sandbox if names.is_dns_name(sandbox) else "", labels=mine_labels)
+                        name=sandbox if names.is_dns_name(sandbox) else "", labels=mine_labels,
+                        bandwidth=bandwidth or None)
     ep: list[Endpoint] = []
     text = resolv_text(m, [e.network for e in mine] + [network])
     with m.kernel() as k:
