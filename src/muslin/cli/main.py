@@ -39,7 +39,7 @@ class Muslin(click.Group):
     LAZY = {"cluster": "muslin.control.agent_cli:cli", "install": "muslin.cli.install:install",
             "uninstall": "muslin.cli.install:uninstall", "completion": "muslin.cli.completion:completion",
             "lab": "muslin.lab.cli:lab", "demo": "muslin.cli.demo:demo", "doctor": "muslin.cli.diagnose:doctor",
-            "topology": "muslin.cli.diagnose:topology"}
+            "topology": "muslin.cli.diagnose:topology", "service": "muslin.cli.services:service"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
@@ -164,10 +164,12 @@ def network_filter(filters: tuple[str, ...]) -> Any:
 @click.option("--mode", default="bridge", help="macvlan mode.")
 @click.option("--opt", multiple=True, help="Driver option KEY=VALUE.")
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="A label (repeat); `ls --filter label=KEY` finds it.")
+@click.option("--service-range", default="", metavar="CIDR",
+              help="Where its services' virtual IPs come from (default: a free /20 of 10.96.0.0/12).")
 @OUTPUT
 @click.pass_obj
 def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, reuse_bridge, mtu, internal,
-                   no_masquerade, no_isolate, hairpin, parent, mode, opt, label, output) -> None:
+                   no_masquerade, no_isolate, hairpin, parent, mode, opt, label, service_range, output) -> None:
     """Create network NAME."""
     from muslin.model.types import IPRange, Network
 
@@ -202,7 +204,8 @@ def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, re
     n = Network(name=name, driver=driver, bridge=bridge, range_sets=tuple(sets), mtu=mtu,
                 masquerade=not no_masquerade, internal=internal, isolate=not no_isolate, hairpin=hairpin,
                 parent=parent, mode=mode if driver == "macvlan" else "bridge", origin="cli",
-                options=tuple(sorted(opts.items())), reuse_bridge=reuse_bridge, labels=parse_labels(label))
+                options=tuple(sorted(opts.items())), reuse_bridge=reuse_bridge, labels=parse_labels(label),
+                service_range=service_range)
     made = obj.muslin.create_network(n)
     emit(made.to_dict(), output, f"network {made.name} created ({', '.join(map(str, made.subnets)) or made.driver})")
 

@@ -288,8 +288,10 @@ def run_agent(hostname: str, state_dir: str | None, underlay_dev: str, underlay_
 @click.option("--id", "sandbox", required=True, help="sandbox name (the endpoint id)")
 @click.option("--netns", required=True, help="path of the sandbox's network namespace")
 @click.option("--alias", "aliases", multiple=True, help="another DNS name of the sandbox (repeatable)")
+@click.option("--label", "labels", multiple=True, help="a label KEY=VALUE of the sandbox (repeatable)")
 @one_line_errors
-def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, ...], **kw: Any) -> None:
+def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, ...], labels: tuple[str, ...] = (),
+           **kw: Any) -> None:
     """Attach a sandbox to this host's side of a cluster network; prints its address (muslin lab)."""
     from muslin.control.service import Muslin
     from muslin.model.types import AttachRequest
@@ -302,10 +304,13 @@ def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, 
         if m.find_network(network) is None:
             raise NotFound(f"network {network!r} is not set up on this host (is its agent running?)")
         from muslin.model.names import check_dns_name, is_dns_name
+        from muslin.model.names import parse_label_changes
         for a in aliases:
             check_dns_name(a, "--alias")
+        sets, _drops = parse_label_changes(labels, "--label")
         ep = m.attach(AttachRequest(network=network, endpoint_id=sandbox, container_id=sandbox, netns=netns,
-                                    name=sandbox if is_dns_name(sandbox) else "", aliases=aliases))
+                                    name=sandbox if is_dns_name(sandbox) else "", aliases=aliases,
+                                    labels=tuple(sorted(sets.items()))))
     finally:
         m.close()
     click.echo(json.dumps({"address": str(ep.addresses[0]), "mac": ep.mac, "mtu": ep.mtu}))

@@ -48,11 +48,17 @@ def desired(m: Muslin, add_networks: Iterable[Network] = (), drop_networks: Iter
     return FirewallState(networks=rules, ports=tuple(ports), hold=bool(nets))
 
 
-def sync(m: Muslin, k: Kernel, state: FirewallState | None = None) -> dict[str, str]:
+def sync(m: Muslin, k: Kernel, state: FirewallState | None = None, services_after: bool = True) -> dict[str, str]:
     """Returns the previous value of each sysctl the sync changed. Timed as the phase
-    `nft transaction` (muslind's metrics: its time and failures)."""
+    `nft transaction` (muslind's metrics: its time and failures). When the sync replaced the
+    whole table, the services are synced again (control/services.py)."""
     with timed(m.timings, NFT_PHASE):
-        return k.firewall_sync(state if state is not None else desired(m), m.owner)
+        changed = k.firewall_sync(state if state is not None else desired(m), m.owner)
+    if services_after:
+        from muslin.control import services
+
+        services.after_firewall_sync(m, k)
+    return changed
 
 
 def step(m: Muslin, k: Kernel, state: FirewallState) -> Step:

@@ -104,11 +104,12 @@ def ls(output, quiet, template) -> None:
 @click.argument("host")
 @click.argument("sandbox")
 @click.option("--alias", "aliases", multiple=True, help="Another DNS name of the sandbox (repeatable).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label of the sandbox (repeatable).")
 @one_line_errors
-def sandbox(name, host, sandbox, aliases) -> None:
+def sandbox(name, host, sandbox, aliases, labels) -> None:
     """Make a sandbox namespace on HOST attached to the cluster network; print its address.
     Other sandboxes of the lab find it by name (DNS of muslind on each host)."""
-    info = core.sandbox(name, host, sandbox, tuple(aliases))
+    info = core.sandbox(name, host, sandbox, tuple(aliases), tuple(labels))
     click.echo(info["address"])
 
 

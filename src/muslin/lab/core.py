@@ -706,7 +706,8 @@ def _cmd_of(pid: int) -> str:
 
 # -- sandboxes -----------------------------------------------------------------------------
 
-def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = ()) -> dict[str, str]:
+def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = (), labels: tuple[str, ...] = ()
+            ) -> dict[str, str]:
     st = LabState.load(name)
     if host not in st.hosts:
         raise NotFound(f"lab {name} has no host {host!r} (hosts: {', '.join(st.hosts)})")
@@ -721,7 +722,7 @@ def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = ()) -> dic
         r = _run("ip", "netns", "exec", ns_host(name, host), sys.executable, "-m", "muslin.control.agent", "attach",
                  "--state-dir", str(st.host_dir(host)), "--network", st.network_of(host), "--id", sb,
                  "--netns", f"/run/netns/{ns}", *[x for a in aliases for x in ("--alias", a)],
-                 check=False, timeout=60)
+                 *[x for lb in labels for x in ("--label", lb)], check=False, timeout=60)
         if r.returncode != 0:
             raise MuslinError((r.stderr.strip().splitlines() or ["attach failed"])[-1].removeprefix("error: "))
         info = json.loads(r.stdout.strip().splitlines()[-1])
