@@ -83,12 +83,16 @@ class RemoteMembers:
         return rev + 1
 
     def follow(self, nxt: int) -> None:
-        while not self.stop.is_set():
-            for ev in self.cluster.watch(self.prefix, nxt, timeout=1.0):
-                nxt = ev.revision + 1
-                self.apply(ev.key, None if ev.type == "delete" else ev.value)
-                if self.stop.is_set():
-                    return
+        """One long-lived watch from `nxt` (a gap raises Compacted: load again)."""
+        w = self.cluster.open_watch(self.prefix, nxt)
+        try:
+            while not self.stop.is_set():
+                for ev in w.get(timeout=1.0):
+                    self.apply(ev.key, None if ev.type == "delete" else ev.value)
+                    if self.stop.is_set():
+                        return
+        finally:
+            w.close()
 
     def apply(self, key: str, value: Any) -> None:
         lk = self._local_key(key)
