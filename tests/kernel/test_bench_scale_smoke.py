@@ -63,3 +63,14 @@ def test_lab_simulate_cli(tmp_path):
     bad = subprocess.run([tool("muslin"), "lab", "simulate", "--hosts", "0"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "--hosts" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_lab_idle_smoke():
+    """bench/lab_idle.py on a 2-host lab: each host's muslind (agent, DNS feed, service
+    members) keeps its watches open: no stream re-created every second (a count, not a time)."""
+    p = subprocess.run([sys.executable, "-m", "bench.lab_idle", "--hosts", "2", "--seconds", "3"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["watch_streams_open"] >= 2
+    assert r["new_watch_streams"] <= 2, r  # at most one per agent (a dropped stream reopened)

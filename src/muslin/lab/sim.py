@@ -67,6 +67,22 @@ def default_full(n: int) -> int:
 
 # -- etcd ------------------------------------------------------------------------------------
 
+def etcd_metrics(text: str) -> dict[str, float]:
+    """From etcd's /metrics: gRPC calls started by method (grpc_Watch, grpc_Range, ...), bytes
+    and watch events sent, watchers and watch streams."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r'grpc_server_started_total\{grpc_method="(\w+)"', line)
+        if m:
+            out["grpc_" + m.group(1)] = out.get("grpc_" + m.group(1), 0.0) + float(line.split()[-1])
+            continue
+        for k in ("etcd_network_client_grpc_sent_bytes_total", "etcd_debugging_mvcc_events_total",
+                  "etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total"):
+            if line.startswith(k + " "):
+                out[k] = float(line.split()[-1])
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,17 +137,7 @@ class Etcd:
         self.proc = None
 
     def metrics(self) -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://{self.endpoint}/metrics", timeout=10).read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            m = re.match(r'grpc_server_started_total\{grpc_method="(\w+)"', line)
-            if m:
-                out["grpc_" + m.group(1)] = float(line.split()[-1])
-                continue
-            for k in ("etcd_network_client_grpc_sent_bytes_total", "etcd_debugging_mvcc_events_total",
-                      "etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total"):
-                if line.startswith(k + " "):
-                    out[k] = float(line.split()[-1])
+        out = etcd_metrics(urllib.request.urlopen(f"http://{self.endpoint}/metrics", timeout=10).read().decode())
         assert self.proc is not None
         st = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         out["cpu_s"] = (int(st[11]) + int(st[12])) / CLK
