@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
-from muslin.control import firewall, networks
+from muslin.control import firewall, networks, policy
 from muslin.control.ipam import Allocation
 from muslin.control.timings import timed
 from muslin.drivers.base import Addr, Made, get_driver
@@ -109,8 +109,9 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
         yield from driver.attach_steps(k, net, req, addrs, out)
         ep.append(_endpoint(net, req, addrs, out, owner, ipam_owned=driver.uses_ipam and not req.addresses))
         if ep[0].ports:
-            yield firewall.step(m, k, firewall.desired(m, add_endpoints=ep))
+            yield firewall.step(m, k, firewall.deferred(m, add_endpoints=ep))
         yield Step("endpoint record", record, lambda _: m.store.delete(key))
+        yield from policy.attach_steps(m, k, net, ep[0])  # anti-spoofing, network policy
 
     run(plan(), m.timings)
     return ep[0]
@@ -167,13 +168,14 @@ def detach_locked(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> No
         elif ep.host_ifname:
             k.delete_link(ep.host_ifname)
     if ep.ports:
-        firewall.sync(m, k, firewall.desired(m, drop_endpoints=[(ep.network, ep.endpoint_id)]))
+        firewall.sync(m, k, firewall.deferred(m, drop_endpoints=[(ep.network, ep.endpoint_id)]))
     if ep.ipam_owned and ep.owner:
         if retired:  # the sandbox end still holds them until the reap: no one else gets them before
             m.ipam.hand_over(ep.owner, keys.reap_owner(ep.host_ifname))
         else:
             m.ipam.release(ep.owner)
     m.store.delete(keys.endpoint(ep.network, ep.endpoint_id))
+    policy.after_detach(m, k, net, ep)  # anti-spoofing, network policy
     if retired and m.reaper is not None:
         m.reaper.note(m)
 
@@ -236,6 +238,6 @@ def set_ports(m: Muslin, k: Kernel, network: str, endpoint_id: str, ports: tuple
         hairpin = bool(ep.host_ifname) and get_driver(net.driver).bridged
         run([Step("hairpin", lambda: hairpin and k.set_hairpin(ep.host_ifname, net.hairpin or bool(ports)),
                   lambda _: hairpin and k.set_hairpin(ep.host_ifname, net.hairpin or bool(old.ports))),
-             firewall.step(m, k, firewall.desired(m, add_endpoints=[ep])),
+             firewall.step(m, k, firewall.deferred(m, add_endpoints=[ep])),
              Step("endpoint record", lambda: m.store.put(key, ep.to_dict(), expect=kv.mod_revision))])
         return ep

@@ -292,6 +292,11 @@ def parse_selector(w: _Where, v: Any, path: str) -> Selector:
     return Selector(tuple(sorted(labels)), tuple(exprs))
 
 
+def selector_of(v: Any, what: str = "selector") -> Selector:
+    """A label selector object ({matchLabels, matchExpressions}) -> Selector."""
+    return parse_selector(_Where(what), v, "selector")
+
+
 def _cidr(w: _Where, v: Any, path: str) -> IPNetwork:
     text = _str(w, v, path)
     try:

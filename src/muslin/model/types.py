@@ -82,6 +82,7 @@ class Network:
     options: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     reuse_bridge: bool = False  # use an existing bridge Muslin did not make (never deleted)
+    spoofcheck: bool = True  # bridged: each endpoint sends only from its own MAC and addresses
     # Chosen or made by Muslin, not asked for by the user (left out of `spec()`):
     bridge_mac: str = ""  # the bridge's fixed MAC, chosen at creation
     made: tuple[str, ...] = ()  # what Muslin added to a reused bridge ("address:10.1.0.1/24")
@@ -154,6 +155,23 @@ class PortMapping:
 
 
 @dataclass(frozen=True)
+class NamedPort:
+    """A port an endpoint declares under a name (a container port, as Kubernetes names
+    them): network policy resolves named ports on the endpoint that declares them."""
+
+    name: str
+    port: int
+    protocol: str = "tcp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "port": self.port, "protocol": self.protocol}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NamedPort:
+        return cls(str(d["name"]), int(d["port"]), str(d.get("protocol") or "tcp").lower())
+
+
+@dataclass(frozen=True)
 class AttachRequest:
     """What a front-end asks for when it connects a sandbox to a network.
 
@@ -178,6 +196,7 @@ class AttachRequest:
     name: str = ""  # the sandbox's (container's) name: a DNS name on the network
     labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
     namespace: str = DEFAULT_NAMESPACE
+    exposed: tuple[NamedPort, ...] = ()  # named ports it declares (network policy's named ports)
 
 
 @dataclass(frozen=True)
@@ -225,6 +244,7 @@ class Endpoint:
     name: str = ""
     labels: tuple[tuple[str, str], ...] = ()
     namespace: str = DEFAULT_NAMESPACE
+    exposed: tuple[NamedPort, ...] = ()
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -242,6 +262,7 @@ class Endpoint:
             "ipam_owned": self.ipam_owned, "owner": self.owner, "peer": self.peer,
             "interfaces": [i.to_dict() for i in self.interfaces],
             "name": self.name, "labels": dict(self.labels), "namespace": self.namespace,
+            "exposed": [p.to_dict() for p in self.exposed],
         }
 
     @classmethod
@@ -260,4 +281,5 @@ class Endpoint:
             interfaces=tuple(Interface.from_dict(i) for i in d.get("interfaces", ())),
             name=d.get("name", ""), labels=tuple(sorted(dict(d.get("labels") or {}).items())),
             namespace=d.get("namespace") or DEFAULT_NAMESPACE,
+            exposed=tuple(NamedPort.from_dict(p) for p in d.get("exposed") or ()),
         )
