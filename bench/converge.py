@@ -9,15 +9,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-from bench.ns import token
+from bench.ns import lab_dir, token
 
 
 def _first_reply_ms(ns: str, addr: str, interval: float = 0.005, deadline: int = 3) -> float | None:
@@ -40,11 +37,14 @@ def _has_route(ns: str, subnet: str) -> bool:
 
 def run_converge(hosts: int = 10, sandboxes: int = 10, joins: int = 3, backend: str = "vxlan",
                  log=print) -> dict:
+    with lab_dir("muslin-bench-conv-"):
+        return _run_converge(hosts=hosts, sandboxes=sandboxes, joins=joins, backend=backend, log=log)
+
+
+def _run_converge(hosts: int = 10, sandboxes: int = 10, joins: int = 3, backend: str = "vxlan",
+                 log=print) -> dict:
     from muslin.lab import core as lab
 
-    tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-conv-"))
-    saved = os.environ.get("MUSLIN_LAB_DIR")
-    os.environ["MUSLIN_LAB_DIR"] = str(tmp)
     name = f"mc{token(4)}"
     out: dict = {"hosts": hosts, "backend": backend}
     try:
@@ -88,8 +88,3 @@ def run_converge(hosts: int = 10, sandboxes: int = 10, joins: int = 3, backend: 
         return out
     finally:
         lab.down(name)
-        if saved is None:
-            os.environ.pop("MUSLIN_LAB_DIR", None)
-        else:
-            os.environ["MUSLIN_LAB_DIR"] = saved
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)

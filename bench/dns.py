@@ -10,7 +10,6 @@ answers matched by id; latency = answer time - send time).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.ns import Namespaces, run, token
+from bench.ns import Namespaces, lab_dir, run, token
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -44,6 +44,32 @@ def raw_pair(nss: Namespaces) -> tuple[str, str]:
     run("ip", "-n", a, "link", "set", ia, "up")
     run("ip", "-n", b, "link", "set", ib, "up")
     return a, b
+
+
+def hand_built_two_hosts(nss: Namespaces) -> tuple[str, str, str]:
+    """The path host-gw makes, built by hand with `ip` and no firewall: sandbox -veth-> a bridge
+    on host 1 -> routed over an underlay bridge -> host 2's bridge -veth-> sandbox. Returns
+    (sandbox 1, sandbox 2, sandbox 2's address)."""
+    ul, h1, h2, s1, s2 = (nss.host(r) for r in ("hul", "hh1", "hh2", "hs1", "hs2"))
+    run("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
+    run("ip", "-n", ul, "link", "set", "br0", "up")
+    for i, (h, s) in enumerate(((h1, s1), (h2, s2)), start=1):
+        run("ip", "-n", ul, "link", "add", f"u{i}", "type", "veth", "peer", "name", "eth0", "netns", h)
+        run("ip", "-n", ul, "link", "set", f"u{i}", "master", "br0", "up")
+        run("ip", "-n", h, "addr", "add", f"10.134.0.{i}/24", "dev", "eth0")
+        run("ip", "-n", h, "link", "set", "eth0", "up")
+        run("ip", "-n", h, "link", "add", "br1", "type", "bridge")
+        run("ip", "-n", h, "addr", "add", f"10.135.{i}.1/24", "dev", "br1")
+        run("ip", "-n", h, "link", "set", "br1", "up")
+        run("ip", "-n", h, "link", "add", "v0", "type", "veth", "peer", "name", "eth0", "netns", s)
+        run("ip", "-n", h, "link", "set", "v0", "master", "br1", "up")
+        run("ip", "-n", s, "addr", "add", f"10.135.{i}.2/24", "dev", "eth0")
+        run("ip", "-n", s, "link", "set", "eth0", "up")
+        run("ip", "-n", s, "route", "add", "default", "via", f"10.135.{i}.1")
+        run("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        other = 3 - i
+        run("ip", "-n", h, "route", "add", f"10.135.{other}.0/24", "via", f"10.134.0.{other}")
+    return s1, s2, "10.135.2.2"
 
 
 def run_iperf(seconds: int, log=print) -> dict:
@@ -105,6 +131,11 @@ def run_iperf(seconds: int, log=print) -> dict:
 
 
 def run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw"), log=print) -> dict:
+    with lab_dir("muslin-bench-lab-"):
+        return _run_iperf_lab(seconds, backends, log)
+
+
+def _run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw"), log=print) -> dict:
     """Cross-host throughput in a `muslin lab` of two hosts per backend (sandbox on h1 to
     sandbox on h2), next to a raw veth pair measured in the same run."""
     try:
@@ -112,15 +143,12 @@ def run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw")
     except ImportError as e:
         return {"skipped": f"muslin lab is not available: {e}"}
     out: dict = {"seconds": seconds}
-    tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-lab-"))
-    import os
-
-    saved = os.environ.get("MUSLIN_LAB_DIR")
-    os.environ["MUSLIN_LAB_DIR"] = str(tmp)
     nss = Namespaces(f"mi{token(4)}")
     try:
         a, b = raw_pair(nss)
         out["raw_veth_gbps"] = _iperf(b, a, "10.131.0.2", seconds)
+        hs1, hs2, hip = hand_built_two_hosts(nss)
+        out["hand_built_two_hosts_gbps"] = _iperf(hs2, hs1, hip, seconds)
         for backend in backends:
             name = f"mb{token(4)}"
             try:
@@ -140,8 +168,3 @@ def run_iperf_lab(seconds: int, backends: tuple[str, ...] = ("vxlan", "host-gw")
         return out
     finally:
         nss.cleanup()
-        if saved is None:
-            os.environ.pop("MUSLIN_LAB_DIR", None)
-        else:
-            os.environ["MUSLIN_LAB_DIR"] = saved
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)

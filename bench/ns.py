@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 
 def token(n: int = 6) -> str:
@@ -59,3 +65,19 @@ class Namespaces:
                     pass
         self.delete(list(self.made))
         self.hosts.clear()
+
+
+@contextlib.contextmanager
+def lab_dir(prefix: str) -> Iterator[Path]:
+    """A throwaway MUSLIN_LAB_DIR for the labs a benchmark makes; the old value and no dir after."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    saved = os.environ.get("MUSLIN_LAB_DIR")
+    os.environ["MUSLIN_LAB_DIR"] = str(tmp)
+    try:
+        yield tmp
+    finally:
+        if saved is None:
+            os.environ.pop("MUSLIN_LAB_DIR", None)
+        else:
+            os.environ["MUSLIN_LAB_DIR"] = saved
+        shutil.rmtree(tmp, ignore_errors=True)

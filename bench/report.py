@@ -93,10 +93,17 @@ def other_rows(res: dict) -> list[list[str]]:
     elif ip:
         rows.append(["iperf3", "", str(ip)[:200]])
     lb = res.get("lab") or {}
+    if "hand_built_two_hosts_gbps" in lb:
+        rows.append(["iperf3 cross-host, the host-gw path built by hand (no firewall)",
+                     f"{lb['hand_built_two_hosts_gbps']:.1f} Gbit/s", ""])
     for k in ("vxlan", "host-gw"):
         if f"{k}_gbps" in lb:
-            rows.append([f"iperf3 cross-host (muslin lab), {k}", f"{lb[k + '_gbps']:.1f} Gbit/s",
-                         f"raw veth in the same run {lb['raw_veth_gbps']:.1f} Gbit/s"])
+            rel = [f"raw veth in the same run {lb['raw_veth_gbps']:.1f} Gbit/s"]
+            if k == "host-gw" and lb.get("hand_built_two_hosts_gbps"):
+                rel.append(f"{lb[k + '_gbps'] / lb['hand_built_two_hosts_gbps'] * 100:.0f}% of the hand-built path")
+            if k == "vxlan" and lb.get("host-gw_gbps"):
+                rel.append(f"{lb[k + '_gbps'] / lb['host-gw_gbps'] * 100:.0f}% of host-gw")
+            rows.append([f"iperf3 cross-host (muslin lab), {k}", f"{lb[k + '_gbps']:.1f} Gbit/s", "; ".join(rel)])
         elif f"{k}_error" in lb:
             rows.append([f"iperf3 cross-host (muslin lab), {k}", "error", lb[f"{k}_error"]])
     for k in ("skipped", "error"):

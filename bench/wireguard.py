@@ -22,14 +22,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from bench.iperf import _iperf
-from bench.ns import run, token
+from bench.ns import lab_dir, run, token
 
 
 def _p(xs: list[float], q: float) -> float:
@@ -99,13 +97,15 @@ def _sandbox(lab, name: str, host: str, sb: str, network: str) -> str:
 
 
 def run_wireguard(seconds: int = 5, runs: int = 3, pings: int = 300, peers: int = 10, log=print) -> dict:
+    with lab_dir("muslin-bench-wg-"):
+        return _run_wireguard(seconds=seconds, runs=runs, pings=pings, peers=peers, log=log)
+
+
+def _run_wireguard(seconds: int = 5, runs: int = 3, pings: int = 300, peers: int = 10, log=print) -> dict:
     from muslin.dataplane.nsexec import run_in_netns
     from muslin.lab import core as lab
 
     out: dict = {"seconds": seconds, "runs": runs, "load_before": os.getloadavg()}
-    tmp = Path(tempfile.mkdtemp(prefix="muslin-bench-wg-"))
-    saved = os.environ.get("MUSLIN_LAB_DIR")
-    os.environ["MUSLIN_LAB_DIR"] = str(tmp)
     name = f"bw{token(4)}"
     try:
         st = lab.up(name, 2, "wireguard")
@@ -188,11 +188,6 @@ def run_wireguard(seconds: int = 5, runs: int = 3, pings: int = 300, peers: int 
         return out
     finally:
         lab.down(name)
-        if saved is None:
-            os.environ.pop("MUSLIN_LAB_DIR", None)
-        else:
-            os.environ["MUSLIN_LAB_DIR"] = saved
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
 
 def main(argv: list[str] | None = None) -> int:

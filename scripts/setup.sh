@@ -3,7 +3,7 @@
 # Run as root. Safe to run again.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-pkgs="iproute2 nftables iptables iputils-ping busybox-static podman runc containernetworking-plugins docker.io etcd-server etcd-client bird2 iperf3 openssl systemd wireguard-go wireguard-tools tcpdump"
+pkgs="iproute2 nftables iptables iputils-ping busybox-static podman runc containernetworking-plugins docker.io etcd-server etcd-client bird2 iperf3 openssl systemd wireguard-go wireguard-tools tcpdump containerd chromium"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=" $p"; done
 if [ -n "$missing" ]; then

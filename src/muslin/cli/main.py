@@ -1,4 +1,5 @@
-"""The `muslin` command: networks, sandboxes, connect/disconnect, cluster, install, demo, lab.
+"""The `muslin` command: networks, sandboxes, connect/disconnect, cluster, install, demo, lab,
+doctor, topology.
 
 Read commands take -o table|json, -q and --format (cli/output.py); tables are plain and
 never cut when stdout is not a terminal."""
@@ -37,7 +38,8 @@ class Muslin(click.Group):
 
     LAZY = {"cluster": "muslin.control.agent_cli:cli", "install": "muslin.cli.install:install",
             "uninstall": "muslin.cli.install:uninstall", "completion": "muslin.cli.completion:completion",
-            "lab": "muslin.lab.cli:lab", "demo": "muslin.cli.demo:demo",
+            "lab": "muslin.lab.cli:lab", "demo": "muslin.cli.demo:demo", "doctor": "muslin.cli.diagnose:doctor",
+            "topology": "muslin.cli.diagnose:topology",
             "policy": "muslin.cli.policy:policy", "namespace": "muslin.cli.policy:namespace"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -281,6 +283,19 @@ def network_prune(obj: Ctx, filters, force) -> None:
             first = first or e
     if first is not None:
         sys.exit(first.exit_status)
+
+
+@network.command("repair")
+@click.argument("names", nargs=-1, **NETWORK)
+@click.pass_obj
+def network_repair(obj: Ctx, names) -> None:
+    """Put back what was changed by hand (all networks, or those named): a missing bridge,
+    veths off their bridge, the firewall table and its sysctls, DOCKER-USER pairs, and
+    retired links not yet deleted. `muslin doctor` says when to run it."""
+    from muslin.control.repair import repair
+
+    for line in repair(obj.muslin, list(names) or None):
+        click.echo(line)
 
 
 @network.command("rm")

@@ -28,7 +28,8 @@ def metavar(s: Setting) -> str | None:
     if s.name.endswith("store"):
         return "URL"
     return {"hostname": "NAME", "cluster-network": "NAME", "etcd-user": "NAME", "underlay-dev": "LINK",
-            "underlay-ip": "ADDRESS"}.get(s.name) or ("SECONDS" if s.kind is float else None)
+            "underlay-ip": "ADDRESS",
+            "metrics-address": "HOST:PORT"}.get(s.name) or ("SECONDS" if s.kind is float else None)
 
 
 def setting_options(settings: list[Setting]) -> Callable[[Any], Any]:

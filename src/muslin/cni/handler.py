@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from muslin import events
 from muslin.cni import result as R
 from muslin.cni.types import (
     CURRENT_VERSION, E_CONFIG, E_ENV, E_INTERNAL, E_STATUS, E_TRY_AGAIN, SUPPORTED_VERSIONS, CniError,
@@ -58,9 +59,11 @@ def _guarded(fn: Callable[[], dict[str, Any] | None], stdin: bytes) -> tuple[str
         out = fn()
         return (json.dumps(out) if out is not None else ""), 0
     except MuslinError as e:
+        events.emit("error", source="cni", kind=e.kind)
         msg = one_line(str(e.message)) or type(e).__name__
         return json.dumps(R.error(error_code(e), msg, one_line(str(e.details)), _request_version(stdin))), 1
     except BaseException as e:  # noqa: BLE001 - last resort: one line, never a traceback
+        events.emit("error", source="cni", kind="internal")
         text = one_line(str(e))[:300] or type(e).__name__
         return json.dumps(R.error(E_INTERNAL, f"internal error: {text}", type(e).__name__,
                                   _request_version(stdin))), 1

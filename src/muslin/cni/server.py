@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import time
 from typing import BinaryIO, Callable
 
+from muslin import events
 from muslin.cni import handler
 from muslin.cni.handler import handle, handle_ipam
 
@@ -47,12 +49,24 @@ EXTRA: dict[str, Callable[[bytes], tuple[str, int]]] = {}
 
 
 def _run(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[str, int]:
+    if plugin in EXTRA:
+        return _serve(plugin, env, stdin)
+    t0 = time.perf_counter()
+    out, rc = _serve(plugin, env, stdin)
+    if events.LISTENERS:  # muslind's metrics: requests and latency per verb
+        events.emit("cni_request", plugin=plugin, verb=env.get("CNI_COMMAND", ""), rc=rc,
+                    seconds=time.perf_counter() - t0)
+    return out, rc
+
+
+def _serve(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[str, int]:
     try:
         if plugin in EXTRA:
             return EXTRA[plugin](stdin)
         return (handle_ipam if plugin == "ipam" else handle)(env, stdin)
     except Exception as e:  # the handler never raises; this is the last resort, never a traceback
         log.exception("agent request failed")
+        events.emit("error", source="cni", kind="internal")
         return _error(999, f"internal error: {e}"), 1
 
 

@@ -406,6 +406,20 @@ def _requested_mac(env: CniEnv, conf: dict[str, Any]) -> str:
     return mac
 
 
+def _go_keys(d: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Keys matched as Go's encoding/json matches struct fields: exact first, else ignoring
+    case. containerd 1.6 (go-cni) sends portMappings as {"HostPort", "ContainerPort",
+    "Protocol", "HostIP"}, which the reference portmap plugin reads that way."""
+    out = dict(d)
+    for n in names:
+        if n not in out:
+            for k in d:
+                if k.lower() == n.lower():
+                    out[n] = d[k]
+                    break
+    return out
+
+
 def _ports(conf: dict[str, Any]) -> tuple[PortMapping, ...]:
     rc = _dict(conf, "runtimeConfig")
     out: list[PortMapping] = []
@@ -413,6 +427,7 @@ def _ports(conf: dict[str, Any]) -> tuple[PortMapping, ...]:
         where = f"runtimeConfig.portMappings[{i}]"
         if not isinstance(p, dict):
             raise _fail(where, p, "an object")
+        p = _go_keys(p, ("hostPort", "containerPort", "protocol", "hostIP"))
         hp = _int(p, "hostPort", 0, where + ".")
         cp = _int(p, "containerPort", 0, where + ".")
         proto = _str(p, "protocol", "tcp", where + ".").lower() or "tcp"

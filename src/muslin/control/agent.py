@@ -23,6 +23,7 @@ including `rotate-key`.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -33,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from muslin import events
 from muslin.backends.base import Backend
 from muslin.backends.model import NAME_MAX, ClusterConfig, Desired, HostRecord, Local, diff, owned
 from muslin.backends.registry import BACKENDS, get_backend
@@ -134,6 +136,7 @@ class Agent:
         self.etcd_ok = True
         self.reconciles = 0
         self.last_changes = ""
+        self.resyncing = False  # the reconcile running is a periodic resync's (metrics: drift repairs)
         self._overlay = None
         self._companions: dict[str, Any] | None = None
 
@@ -362,12 +365,20 @@ class Agent:
 
     # -- reconciling ---------------------------------------------------------------------
     def reconcile(self) -> None:
+        t0 = time.perf_counter()
+        changes = self._reconcile()
+        events.emit("reconcile", loop="cluster", seconds=time.perf_counter() - t0, changes=changes,
+                    drift=bool(changes) and self.resyncing)
+
+    def _reconcile(self) -> int:
+        """Returns how many kernel changes it applied."""
         assert self.cfg is not None and self.local is not None
         peers = [p for h, p in sorted(self.peers.items()) if h != self.hostname]
         want = self.backend.desired(self.cfg, self.local, peers)
         ov = self.overlay()
         have = ov.observe(self.backend.owned(self.network, dict(self.local.facts)))
         changes = diff(want, owned(have, self.cfg.network_cidr))
+        n = sum(len(getattr(changes, f.name)) for f in dataclasses.fields(changes))  # metrics: changes applied
         if not changes.empty:
             ov.apply(changes)
             self.last_changes = changes.summary()
@@ -380,6 +391,7 @@ class Agent:
         self.problems = want.problems
         self.reconciles += 1
         self.write_status()
+        return n
 
     def tick(self) -> bool:
         """Ask the companions whether something needs a reconcile (about once a second);
@@ -467,14 +479,16 @@ class Agent:
         delay = 0.5
         while not stop.is_set():
             try:
-                dirty = False
+                dirty = self.resyncing = False
                 due = min(next_alive, next_subnet, next_sync)
                 wait = max(0.05, min(1.0, due - time.monotonic()))
                 # the watch's timeout is an idle one: after the first event, take only what
                 # follows within SETTLE (a burst is one reconcile), then reconcile at once
+                first_event = 0.0
                 for timeout in (wait, SETTLE):
                     first = time.monotonic()
                     for ev in self.store.watch(hosts_prefix(self.network), next_rev, timeout=timeout):
+                        first_event = first_event or time.monotonic()
                         self._apply_event(ev)
                         next_rev = ev.revision + 1
                         dirty = True
@@ -514,8 +528,11 @@ class Agent:
                         self._reconcile_failed(e)
                     dirty = True
                     next_sync = now + self.resync
+                    self.resyncing = True
                 if dirty:
                     self.safe_reconcile()
+                    if first_event:
+                        events.emit("watch_lag", network=self.network, seconds=time.monotonic() - first_event)
                 if not self.etcd_ok:
                     self.log("store reachable again")
                     self.etcd_ok = True

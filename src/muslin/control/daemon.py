@@ -8,7 +8,11 @@ Runs several services in threads that share one stop event:
 - dns: the resolver of Muslin's networks on port 53 of each bridge network's gateway
   (dns/server.py), fed from the store (control/dns_feed.py); its sockets are handed over
   to the next muslind across a restart (dns/handover.py);
-- reconcile: periodic orphan cleanup and Docker DOCKER-USER rules.
+- reconcile: periodic orphan cleanup and Docker DOCKER-USER rules;
+- metrics (with --metrics-address): Prometheus text at /metrics (control/metrics.py) and the
+  topology page at /topology (control/topology.py), read-only HTTP (control/web.py);
+- topology: with a cluster agent, this host's networks and sandboxes published in the
+  cluster store, so every host's topology shows the whole cluster.
 SIGHUP re-reads the upstream resolvers and reloads the name table. SIGTERM/SIGINT stop everything and remove the sockets (the cluster agent keeps its lease
 and kernel state, so traffic goes on; with --leave it gives them back). SIGUSR1: leave
 the cluster network and stop. Logs go to stderr.
@@ -54,6 +58,7 @@ class Context:
         self.exit_status = 0  # set by a service that fails fatally
         self.error = ""  # and its one line
         self.inherited: dict[str, Any] = {}  # sockets systemd passed, by path (socket activation)
+        self.cluster_agent: Any = None  # the cluster service's Agent, when it runs
         self._muslin: Any = None
         self._lock = threading.Lock()
 
@@ -230,6 +235,7 @@ class ClusterService:
         self.agent = Agent(open_store(a.cluster_store, etcd_options(a)), a.cluster_network, a.hostname, state_dir,
                            a.underlay_dev, a.underlay_ip, a.resync, log=logging.getLogger("muslin.agent").info)
         self.agent.leave_on_stop = a.leave
+        ctx.cluster_agent = self.agent  # metrics (peers) and the topology publisher read it
         # `muslin cluster leave` finds the running agent through this file.
         self.pidfile = state_dir / "cluster" / f"{a.cluster_network}.agent.pid"
         self.thread = threading.Thread(target=self._run, name="cluster", daemon=True)
@@ -368,6 +374,108 @@ class ReaperService:
             self.thread.join(timeout=30)
 
 
+class MetricsService:
+    """/metrics and /topology on --metrics-address. Made first: it listens to the events
+    (muslin/events.py) before any store is opened or request served."""
+
+    name = "metrics"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.control import metrics
+        from muslin.control.web import WebServer
+
+        self.ctx = ctx
+        self.metrics = metrics.Metrics()
+        self.metrics.listen()
+        self.metrics.sources.add(metrics.local_source(lambda: ctx.muslin))
+        self.metrics.sources.add(self._cluster_rows)
+        self._cluster_store: Any = None
+        try:
+            self.server = WebServer(ctx.args.metrics_address, {
+                "/metrics": lambda: (metrics.CONTENT_TYPE, self.metrics.render()),
+                "/topology": lambda: ("text/html; charset=utf-8", self._draw("html")),
+                "/topology.svg": lambda: ("image/svg+xml", self._draw("svg")),
+                "/topology.json": lambda: ("application/json", self._draw("json")),
+                "/topology.dot": lambda: ("text/vnd.graphviz; charset=utf-8", self._draw("dot")),
+                "/": lambda: ("text/html; charset=utf-8",
+                              b'<!doctype html><a href="/metrics">/metrics</a> <a href="/topology">/topology</a>'),
+            })
+        except BaseException:
+            self.metrics.close()
+            raise
+
+    def _cluster_rows(self) -> list[Any]:
+        from muslin.control import metrics
+
+        agent = getattr(self.ctx, "cluster_agent", None)
+        return metrics.cluster_source(agent)() if agent is not None else []
+
+    def topology(self) -> dict[str, Any]:
+        from muslin.control import topology
+
+        a = self.ctx.args
+        if a.cluster_store and self._cluster_store is None:
+            from muslin.store import open_store
+
+            self._cluster_store = open_store(a.cluster_store, etcd_options(a))
+        nets = [a.cluster_network] if a.cluster_network else None
+        return topology.gather(self.ctx.muslin, a.hostname, self._cluster_store, nets)
+
+    def _draw(self, fmt: str) -> bytes:
+        import json
+
+        from muslin.control import topology_render as r
+
+        t = self.topology()
+        text = {"html": r.to_html, "svg": r.to_svg, "dot": r.to_dot}.get(fmt)
+        return (text(t) if text else json.dumps(t, indent=1)).encode()
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("metrics on %s/metrics, topology on %s/topology", self.server.url, self.server.url)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.metrics.close()
+        if self._cluster_store is not None:
+            self._cluster_store.close()
+
+
+class TopologyService:
+    """This host's summary (networks, sandboxes) in the cluster store under its subnet
+    lease, written when it changes (control/topology.py)."""
+
+    name = "topology"
+
+    def __init__(self, ctx: Context) -> None:
+        from muslin.control.topology import Publisher
+
+        self.ctx = ctx
+        self.publisher: Any = None
+        self.thread = threading.Thread(target=self._run, name="topology", daemon=True)
+        self._publisher = Publisher
+
+    def _run(self) -> None:
+        while not self.ctx.stop.wait(2.0):
+            agent = getattr(self.ctx, "cluster_agent", None)
+            if agent is None:
+                continue
+            if self.publisher is None:
+                self.publisher = self._publisher(lambda: self.ctx.muslin, agent)
+            try:
+                self.publisher.publish_once()
+            except Exception as e:  # noqa: BLE001 - the store away: next round
+                log.debug("topology publish: %s", e)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.ctx.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+
 class Reconciler:
     """Calls each `task` every `interval` seconds until stop (errors logged, never fatal)."""
 
@@ -378,12 +486,18 @@ class Reconciler:
         self.thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
 
     def _run(self) -> None:
+        import time
+
+        from muslin import events
+
         while not self.ctx.stop.wait(self.interval):
+            t0 = time.perf_counter()
             for task in self.tasks:
                 try:
                     task()
                 except Exception as e:
                     log.warning("reconcile: %s", " ".join(str(e).split()))
+            events.emit("reconcile", loop="orphans", seconds=time.perf_counter() - t0)
 
     def start(self) -> None:
         if self.interval > 0 and self.tasks:
@@ -412,11 +526,14 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
             log.warning("CNI agent disabled: %s", e)
             return None
 
-    factories.append(lambda: ReaperService(ctx))  # first: every Muslin made later retires links
+    if getattr(ctx.args, "metrics_address", ""):
+        factories.append(lambda: MetricsService(ctx))  # first: it listens before anything is measured
+    factories.append(lambda: ReaperService(ctx))  # then: every Muslin made later retires links
     if ctx.args.dns_port:  # early: it answers soon after a restart, and stops last (its sockets go to a holder)
         factories.append(lambda: DnsService(ctx))
     if ctx.args.cluster_store:
         factories.append(lambda: ClusterService(ctx))
+        factories.append(lambda: TopologyService(ctx))
     if ctx.args.docker_socket:
         factories.append(docker)
     if ctx.args.agent_socket:

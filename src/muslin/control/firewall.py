@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from muslin.control.timings import NFT_PHASE, timed
 from muslin.drivers.base import get_driver
 from muslin.firewall.antispoof import Guard
 from muslin.firewall.state import FirewallState, NetRule, PortRule
@@ -69,13 +70,15 @@ def lock(m: Muslin):  # type: ignore[no-untyped-def]
 
 
 def sync(m: Muslin, k: Kernel, state: FirewallState | Callable[[], FirewallState] | None = None) -> dict[str, str]:
-    """Returns the previous value of each sysctl the sync changed."""
+    """Returns the previous value of each sysctl the sync changed. Timed as the phase
+    `nft transaction` (muslind's metrics: its time and failures)."""
     with lock(m):
         if state is None:
             state = desired(m)
         elif callable(state):
             state = state()
-        return k.firewall_sync(state, m.owner)
+        with timed(m.timings, NFT_PHASE):
+            return k.firewall_sync(state, m.owner)
 
 
 def step(m: Muslin, k: Kernel, state: FirewallState | Callable[[], FirewallState]) -> Step:

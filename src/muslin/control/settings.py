@@ -111,6 +111,9 @@ DAEMON = [
             "seconds a DEL's retired veth waits for others to be deleted with it in one message"),
     Setting("reconcile-interval", float, 10.0,
             "seconds between orphan cleanups and firewall hook checks (0 = only at start)"),
+    Setting("metrics-address", str, "",
+            "HOST:PORT to serve Prometheus metrics at /metrics and the topology page at /topology "
+            "(e.g. 127.0.0.1:9473; '' = off)"),
     *LOGGING,
     *CLUSTER,
     *DNS,

@@ -1,6 +1,8 @@
 """Where the time of each operation goes, by phase: the plan runner reports each step's
 duration, the use-cases their totals. muslind keeps one `Timings` for the process (answered
-on its agent socket as `stats`, for `python -m bench`); without one nothing is measured."""
+on its agent socket as `stats`, for `python -m bench`); without one nothing is measured. Each record is also an
+event `phase` (muslin/events.py): muslind's metrics make histograms of the same
+measurements (control/metrics.py), nothing is timed twice."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from muslin import events
+
 KEEP = 2000  # durations kept per phase (the newest)
+NFT_PHASE = "nft transaction"  # control/firewall.py times each sync of the table under this phase
 
 
 class Timings:
@@ -18,7 +23,9 @@ class Timings:
         self._lock = threading.Lock()
         self._d: dict[str, list[float]] = {}
 
-    def record(self, phase: str, seconds: float) -> None:
+    def record(self, phase: str, seconds: float, ok: bool = True) -> None:
+        if events.LISTENERS:
+            events.emit("phase", phase=phase, seconds=seconds, ok=ok)
         with self._lock:
             xs = self._d.setdefault(phase, [])
             xs.append(seconds)
@@ -30,8 +37,10 @@ class Timings:
         t0 = time.perf_counter()
         try:
             yield
-        finally:
-            self.record(phase, time.perf_counter() - t0)
+        except BaseException:
+            self.record(phase, time.perf_counter() - t0, ok=False)
+            raise
+        self.record(phase, time.perf_counter() - t0)
 
     def snapshot(self, reset: bool = False) -> dict[str, dict[str, float]]:
         """phase -> {n, p50_ms, mean_ms}."""

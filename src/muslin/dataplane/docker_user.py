@@ -103,3 +103,20 @@ class DockerUserRules:
             if r.returncode != 0:
                 log.warning("%s: cannot add %s rule for %s: %s", binary, CHAIN, bridge,
                             " ".join(r.stderr.split())[:200])
+
+
+def observe(owner: str, binary_name: str = "iptables") -> dict | None:
+    """{"bridges": [...]}: the bridges `owner` has an accept pair for in DOCKER-USER; None
+    when there is no such chain (Docker is not there, or runs without iptables)."""
+    binary = _binary(binary_name)
+    if not binary or not _chain_may_exist(binary):
+        return None
+    r = _iptables(binary, "-t", "filter", "-S", CHAIN)
+    if r.returncode != 0:
+        return None
+    count: dict[str, int] = {}
+    for line in r.stdout.splitlines():
+        tag = tag_of(line) if line.startswith("-A ") else None
+        if tag and tag[0] in (owner, ""):
+            count[tag[1]] = count.get(tag[1], 0) + 1
+    return {"bridges": sorted(b for b, n in count.items() if n >= 2)}

@@ -124,6 +124,11 @@ def link_info(payload: bytes) -> LinkInfo:
                     bool(flags & IFF_UP), kind, _cstr(a.get(IFLA_IFALIAS, b"")))
 
 
+def _group(payload: bytes) -> int:
+    g = dict(attrs(payload, _IFI.size)).get(IFLA_GROUP)
+    return struct.unpack("=I", g[:4])[0] if g else 0
+
+
 @dataclass(frozen=True)
 class Request:
     kind: int
@@ -216,9 +221,10 @@ class Socket:
         return link_info(got[0]) if got else None
 
     def links(self, group: int | None = None) -> list[LinkInfo]:
-        """Every link (of one group: the kernel filters the dump)."""
+        """Every link (of one group). The kernel does not filter a link dump by group (it
+        answers every link), so the group is checked here."""
         body = ifinfo() + (u32(IFLA_GROUP, group) if group is not None else b"")
-        return [link_info(p) for p in self.one(RTM_GETLINK, F_DUMP, body)]
+        return [link_info(p) for p in self.one(RTM_GETLINK, F_DUMP, body) if group is None or _group(p) == group]
 
     def delete_link(self, index: int = 0, group: int | None = None) -> bool:
         """Delete one link (by index) or every link of a group in one message; False if gone."""

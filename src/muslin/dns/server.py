@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from muslin import events
 from muslin.dns import wire
 from muslin.dns.answer import answer
 from muslin.dns.records import NameTable, parse_ip
@@ -183,6 +184,7 @@ class DnsServer:
             self._udp_query(lst, data, peer)
 
     def _udp_query(self, lst: Listener, data: bytes, peer: tuple) -> None:
+        t0 = time.perf_counter()
         client = parse_ip(peer[0])
         if client is None:
             return
@@ -201,8 +203,9 @@ class DnsServer:
         if out is not None:
             self.stats["local"] += 1
             self._sendto(lst, out, peer)
+            _measured(q, out, t0, "local")
             return
-        self._spawn(self._forward_udp(lst, q, data, peer))
+        self._spawn(self._forward_udp(lst, q, data, peer, t0))
 
     def _sendto(self, lst: Listener, out: bytes, peer: tuple) -> None:
         try:
@@ -210,9 +213,10 @@ class DnsServer:
         except OSError as e:
             log.debug("DNS send to %s: %s", peer[0], e)
 
-    async def _forward_udp(self, lst: Listener, q: wire.Query, data: bytes, peer: tuple) -> None:
+    async def _forward_udp(self, lst: Listener, q: wire.Query, data: bytes, peer: tuple, t0: float = 0.0) -> None:
         out = await self._forward(q, data, tcp=False)
         self._sendto(lst, wire.truncate(out, q.max_udp()), peer)
+        _measured(q, out, t0, "forwarded")
 
     async def _forward(self, q: wire.Query, data: bytes, tcp: bool) -> bytes:
         self.stats["forwarded"] += 1
@@ -263,12 +267,15 @@ class DnsServer:
                 except (asyncio.TimeoutError, ConnectionError, OSError):
                     return
                 try:
+                    t0 = time.perf_counter()
                     q = wire.parse_query(data)
                     out = answer(self.table, q, lst.network, client, tcp=True)
                     if out is None:
                         out = await self._forward(q, data, tcp=True)
+                        _measured(q, out, t0, "forwarded")
                     else:
                         self.stats["local"] += 1
+                        _measured(q, out, t0, "local")
                 except wire.WireError:
                     self.stats["errors"] += 1
                     out = wire.error_reply(data, wire.FORMERR)
@@ -323,3 +330,15 @@ class DnsServer:
     def status(self) -> dict[str, Any]:
         return {"listening": sorted(f"{a}:{self.port}/{p}" for a, p in self.listeners),
                 "endpoints": len(self.table.endpoints), "failed": dict(self.failed_binds), **self.stats}
+
+
+QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 65: "HTTPS"}
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def _measured(q: wire.Query, out: bytes, t0: float, answered: str) -> None:
+    """muslind's metrics (muslin/events.py): one event per answered query."""
+    if events.LISTENERS and t0:
+        rc = wire.rcode_of(out)
+        events.emit("dns_query", qtype=QTYPES.get(q.qtype, str(q.qtype)), rcode=RCODES.get(rc, str(rc)),
+                    seconds=time.perf_counter() - t0, answered=answered)

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from muslin import events
 from muslin.docker import types as T
 from muslin.model.errors import Invalid, MuslinError, Unavailable
 
@@ -86,12 +87,23 @@ def dispatch(table: dict[str, Handler], path: str, raw: bytes) -> tuple[int, dic
         resp = _out(handler(body))
     except MuslinError as e:
         log.info("%s failed (%s): %s", path[1:], e.kind, e)
+        _measured(path, t0, e.kind)
         return 200, {errkey: _one_line(str(e))}
     except Exception as e:  # last resort: one line to Docker, the trace to our log
         log.exception("%s crashed", path[1:])
+        _measured(path, t0, "internal")
         return 200, {errkey: _one_line(f"muslin internal error in {path[1:]}: {type(e).__name__}: {e}")}
     log.debug("%s ok in %.1f ms", path[1:], (time.monotonic() - t0) * 1000)
+    _measured(path, t0, "")
     return 200, resp
+
+
+def _measured(path: str, t0: float, error: str) -> None:
+    """muslind's metrics: requests and latency per method, errors by kind (muslin/events.py)."""
+    if events.LISTENERS:
+        events.emit("docker_request", method=path[1:], seconds=time.monotonic() - t0, error=error)
+        if error:
+            events.emit("error", source="docker", kind=error)
 
 
 def _one_line(s: str) -> str:

@@ -94,10 +94,18 @@ def exec_(name, sandbox, cmd) -> None:
 @lab.command()
 @click.argument("name")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("--open", "open_", is_flag=True,
+              help="print the URL of the topology page (muslind's, in the first host's namespace) and how to open it")
 @one_line_errors
-def status(name, output) -> None:
+def status(name, output, open_) -> None:
     """Hosts, leases, peers and health of lab NAME; exit status 7 when a host is degraded."""
     from muslin.model.errors import Unavailable
+    if open_:
+        ns, url = core.topology_url(name)
+        click.echo(url)
+        click.echo(f"# the page is served inside namespace {ns}: ip netns exec {ns} chromium --no-sandbox {url}",
+                   err=True)
+        return
     s = core.status(name)
     bad = core.degraded(s)
     if output == "json":
@@ -117,6 +125,17 @@ def status(name, output) -> None:
         click.echo(f"sandbox {sb} on {d['host']}: {d['address']}")
     if bad:
         raise Unavailable(bad)
+
+
+@lab.command()
+@click.argument("name")
+@click.argument("host")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@one_line_errors
+def doctor(name, host, output) -> None:
+    """`muslin doctor` on HOST of lab NAME (its state dir, the lab's etcd)."""
+    argv = core.doctor_argv(name, host, output)
+    os.execvp(argv[0], argv)
 
 
 def _wireguard_lines(host: str, wg: dict) -> str:

@@ -34,6 +34,7 @@ LAB_NAME = re.compile(r"[a-z0-9]{1,16}")  # names are checked with fullmatch
 SANDBOX_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.]{0,31}")
 MAX_HOSTS = 200
 ETCD_USER = "muslin"
+METRICS = "127.0.0.1:9473"  # each host's muslind: /metrics and /topology on its namespace's own loopback
 
 
 def lab_dir() -> Path:
@@ -272,7 +273,8 @@ def agent_cmd(st: LabState, host: str) -> list[str]:
             "--agent-socket", str(st.host_dir(host) / "muslind.sock"), "--state-dir", str(st.host_dir(host)),
             "--reconcile-interval", "0", "--cluster-store", st.store_url, "--cluster-network", st.network_of(host),
             "--hostname", host, "--underlay-dev", "eth0", "--resync", str(st.settings.get("resync", 10.0)),
-            "--config", "", *st.etcd_flags(), "--resolv-conf", str(st.dir / "resolv.conf")]
+            "--metrics-address", METRICS, "--config", "", *st.etcd_flags(), "--resolv-conf",
+            str(st.dir / "resolv.conf")]
 
 
 def start_agent(st: LabState, host: str, extra: tuple[str, ...] = ()) -> int:
@@ -646,6 +648,24 @@ def exec_argv(name: str, sb: str, cmd: list[str]) -> list[str]:
 
 
 # -- status --------------------------------------------------------------------------------
+
+def topology_url(name: str, host: str = "") -> tuple[str, str]:
+    """(namespace, URL) of the topology page of a host's muslind (the first host by default):
+    the address is that host namespace's own loopback, so open it from inside it."""
+    st = LabState.load(name)
+    h = host or (st.hosts[0] if st.hosts else "")
+    if h not in st.hosts:
+        raise NotFound(f"lab {name} has no host {h!r} (hosts: {', '.join(st.hosts)})")
+    return ns_host(name, h), f"http://{METRICS}/topology"
+
+
+def doctor_argv(name: str, host: str, output: str = "table") -> list[str]:
+    """`muslin doctor` run inside a host's namespace on its state dir and the lab's etcd."""
+    st = _lab_host(name, host)
+    return ["ip", "netns", "exec", ns_host(name, host), sys.executable, "-m", "muslin.cli.main", "--state-dir",
+            str(st.host_dir(host)), "doctor", "--config", "", "--store", st.store_url, "--hostname", host,
+            "-o", output, *st.etcd_flags()]
+
 
 def bgp_sessions(st: LabState, host: str) -> dict[str, str]:
     """BGP protocol name -> state info ('Established', 'Active', ...) from the host's BIRD."""

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from muslin import events
 from muslin.model.errors import Invalid, Unavailable
 
 from muslin.store.base import EtcdOptions
@@ -49,6 +50,16 @@ def etcd_endpoints(url: str) -> tuple[list[str], bool]:
 
 
 def open_store(url_or_path: str | os.PathLike[str] | None = None, etcd: EtcdOptions | None = None) -> Store:
+    """Open a Store (timed call by call while muslind's metrics listen: store/measured.py)."""
+    store = _open(url_or_path, etcd)
+    if events.LISTENERS:
+        from muslin.store.measured import MeasuredStore
+
+        return MeasuredStore(store, type(store).__name__.removesuffix("Store").lower())  # type: ignore[return-value]
+    return store
+
+
+def _open(url_or_path: str | os.PathLike[str] | None = None, etcd: EtcdOptions | None = None) -> Store:
     """Open a Store.
 
     - None: `<default_state_dir()>/muslin.db` (directory created 0700);
