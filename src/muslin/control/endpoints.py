@@ -125,7 +125,8 @@ def _endpoint(net: Network, req: AttachRequest, addrs: list[Addr], out: Made, ow
         netns=req.netns, host_ifname=out.host_ifname, mac=out.mac, addresses=tuple(addresses),
         gateways=tuple(gw for _, gw in addrs if gw is not None), routes=out.routes, mtu=out.mtu,
         ports=req.ports, aliases=req.aliases, ipam_owned=ipam_owned, owner=owner, peer=out.peer,
-        interfaces=tuple(out.interfaces), name=req.name, labels=req.labels, namespace=req.namespace)
+        interfaces=tuple(out.interfaces), name=req.name, labels=req.labels, namespace=req.namespace,
+        exposed=req.exposed)
 
 
 def gateway_for(net: Network, addr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:  # type: ignore[no-untyped-def]
