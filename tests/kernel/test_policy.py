@@ -208,3 +208,38 @@ def test_a_new_sandbox_is_picked_up_by_an_existing_policy(w):
             if key in w.pods:
                 w.remove_pod(key)
     w.expect(rule)
+
+
+def test_invalid_input_is_refused_whole_and_changes_nothing(w):
+    before = w.host.run("nft", "list", "ruleset").stdout
+    bad = doc("good", "x", "  podSelector: {}") + doc("bad", "x", "  podSelector: {}\n"
+                                                      "  ingress: [{ports: [{port: 90, endPort: 80}]}]")
+    r = w.muslin("policy", "apply", "-f", "-", input=bad, check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "spec.ingress[0].ports[0].endPort" in r.stderr, r.stderr
+    assert w.muslin("policy", "ls", "-q").stdout.strip() == ""
+    assert w.host.run("nft", "list", "ruleset").stdout == before
+    r = w.muslin("policy", "apply", "-f", "-", input="kind: [", check=False)
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "not YAML or JSON" in r.stderr
+
+
+def test_explain_names_the_deciding_policy_and_drops_are_counted_per_policy(w):
+    w.apply(doc("from-y", "x", "  podSelector: {matchLabels: {pod: a}}\n"
+                               "  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 80}]}]"))
+    w.expect(lambda s, d, proto, port: d.key != "x/a" or (s.namespace == "y" and (proto, port) == ("tcp", 80)),
+             ports=(("tcp", 80), ("tcp", 81)))
+    xa, xb, ya = w.pods["x/a"], w.pods["x/b"], w.pods["y/a"]
+    r = w.muslin("policy", "explain", ya.sandbox, xa.ip, "--port", "80/tcp", "-o", "json")
+    v = json.loads(r.stdout)
+    assert v["allowed"] and v["ingress"]["isolated"] and v["ingress"]["policies"] == ["x/from-y"]
+    assert v["ingress"]["allowed_by"] and "x/from-y" in v["ingress"]["allowed_by"][0]
+    assert not v["egress"]["isolated"]
+    r = w.muslin("policy", "explain", xb.sandbox, xa.sandbox, "--port", "80/tcp", check=False)
+    assert r.returncode == 1 and "denied" in r.stdout and "x/from-y" in r.stdout, r.stdout
+    r = w.muslin("policy", "explain", ya.ip, xa.ip, "--port", "81/tcp", check=False)
+    assert r.returncode == 1 and "no rule of them allows it" in r.stdout, r.stdout
+    assert w.muslin("policy", "explain", xa.ip, xb.ip).returncode == 0  # x/b is not isolated
+    stats = json.loads(w.muslin("policy", "stats", "-o", "json").stdout)
+    # the matrix just probed x/a from 8 sandboxes on 81/tcp and from x, z on 80/tcp: all dropped
+    assert stats["policies"]["x/from-y"]["ingress"] >= 8, stats
+    assert stats["policies"]["x/from-y"]["egress"] == 0, stats
