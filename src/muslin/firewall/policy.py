@@ -22,7 +22,7 @@ IPv6 neighbour discovery. Named ports are resolved on the endpoint that declares
 destination (ingress: the local endpoint; egress: the peer).
 
 `evaluate()` is the same semantics written directly over the policies (no sets): `explain`
-uses it, and the tests check the compiled elements against it.
+uses it.
 """
 
 from __future__ import annotations
