@@ -173,7 +173,7 @@ class World:
 
     # -- the prober ------------------------------------------------------------------------------
 
-    def probe(self, ports=PORTS, timeout: float = 1.0) -> Matrix:
+    def probe(self, ports=PORTS, timeout: float = 0.6) -> Matrix:
         pods = list(self.pods.values())
         procs = {}
         for s in pods:

@@ -7,7 +7,9 @@ the one Kubernetes' semantics give."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 
 import pytest
 from netpol import NAMESPACES, PODS, PROBER, World, everyone
@@ -243,3 +245,93 @@ def test_explain_names_the_deciding_policy_and_drops_are_counted_per_policy(w):
     # the matrix just probed x/a from 8 sandboxes on 81/tcp and from x, z on 80/tcp: all dropped
     assert stats["policies"]["x/from-y"]["ingress"] >= 8, stats
     assert stats["policies"]["x/from-y"]["egress"] == 0, stats
+
+
+FLOW = r"""
+import os, socket, sys, time
+mode, addr, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode == "serve":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 8080)); s.listen(4); print("ready", flush=True)
+    c, _ = s.accept(); f = c.makefile("rwb")
+    for line in f:
+        f.write(line); f.flush()
+elif mode == "flow":  # one established connection, a line each 20 ms, each echoed
+    c = socket.create_connection((addr, 8080), timeout=2); f = c.makefile("rwb"); n = 0
+    print("connected", flush=True)
+    try:
+        while not os.path.exists(stop):
+            f.write(b"%d\n" % n); f.flush()
+            assert f.readline() == b"%d\n" % n
+            n += 1; time.sleep(0.02)
+        print(f"ok {n}", flush=True)
+    except (OSError, AssertionError) as e:
+        print(f"broken after {n}: {e!r}", flush=True)
+else:  # new connections to a denied port, as fast as they fail
+    through = tries = 0
+    while not os.path.exists(stop):
+        tries += 1
+        try:
+            socket.create_connection((addr, 80), timeout=0.1).close(); through += 1
+        except OSError:
+            pass
+    print(f"{through} {tries}", flush=True)
+"""
+
+UPDATES = r"""
+import sys
+from muslin.control import policy as uc
+from muslin.control.service import Muslin
+m = Muslin(state_dir=sys.argv[1])
+def pol(name, spec):
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": "x"}, "spec": spec}
+for i in range(100):
+    rules = [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]},
+             {"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}], "ports": [{"port": 9000 + i}]}]
+    docs = [pol("base", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": rules})]
+    if i % 2:
+        docs.append(pol("side", {"podSelector": {"matchLabels": {"pod": "c"}}, "ingress": [{"ports": [{"port": 81}]}]}))
+    uc.apply(m, docs)
+    if not i % 2 and i:
+        uc.delete(m, [("x", "side")], missing_ok=True)
+uc.delete(m, [("x", "side")], missing_ok=True)
+print("done", flush=True)
+"""
+
+
+def test_100_updates_let_no_denied_packet_through_and_keep_established_flows(w, tmp_path):
+    w.apply(doc("base", "x", "  podSelector: {matchLabels: {pod: a}}\n"
+                             "  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]"))
+    w.expect(lambda s, d, proto, port: d.key != "x/a" or s.namespace == "y", ports=(("tcp", 80),))
+    xa = w.pods["x/a"]
+    stop = str(tmp_path / "stop")
+    procs = []
+
+    def start(pod: str, *args: str):
+        p = subprocess.Popen(["ip", "netns", "exec", w.pods[pod].sandbox, sys.executable, "-c", FLOW, *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        return p
+
+    try:
+        srv = start("x/a", "serve", "", stop)
+        assert srv.stdout.readline().strip() == "ready"
+        flow = start("y/a", "flow", xa.ip, stop)
+        assert flow.stdout.readline().strip() == "connected"
+        denied = [start(k, "probe", xa.ip, stop) for k in ("z/b", "x/b")]
+        time.sleep(0.5)
+        r = w.host.run(sys.executable, "-c", UPDATES, w.state, timeout=300)
+        assert r.stdout.strip() == "done", r.stderr
+        open(stop, "w").close()
+        out = flow.communicate(timeout=30)[0].strip()
+        assert out.startswith("ok "), out
+        for p in denied:
+            through, tries = map(int, p.communicate(timeout=30)[0].split())
+            assert through == 0 and tries > 10, (through, tries)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    w.expect(lambda s, d, proto, port: d.key != "x/a" or s.namespace == "y", ports=(("tcp", 80),))
