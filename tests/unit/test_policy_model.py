@@ -100,3 +100,13 @@ def test_one_bad_document_refuses_the_whole_batch_naming_it():
 def test_unparsable_text_names_the_line():
     with pytest.raises(Invalid, match=r"f.yaml: not YAML or JSON \(line 2"):
         load_documents("a: 1\n  b: [\n", "f.yaml")
+
+
+def test_named_port_text():
+    from muslin.model.types import NamedPort
+
+    assert NamedPort.parse("web=80") == NamedPort("web", 80, "tcp")
+    assert NamedPort.parse("dns=53/UDP") == NamedPort("dns", 53, "udp")
+    for bad in ("web", "web=x", "web=/tcp"):
+        with pytest.raises(Invalid, match=f"--expose '{bad}': use NAME=PORT"):
+            NamedPort.parse(bad)

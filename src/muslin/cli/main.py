@@ -393,14 +393,7 @@ def parse_expose(values: tuple[str, ...]):
     """--expose NAME=PORT[/PROTO] -> NamedPort (checked by the use-case)."""
     from muslin.model.types import NamedPort
 
-    out = []
-    for v in values:
-        name, sep, rest = v.partition("=")
-        port, _, proto = rest.partition("/")
-        if not sep or not port.isdigit():
-            raise Invalid(f"--expose {v!r}: use NAME=PORT[/tcp|udp|sctp]")
-        out.append(NamedPort(name, int(port), (proto or "tcp").lower()))
-    return tuple(out)
+    return tuple(NamedPort.parse(v) for v in values)
 
 
 @cli.command()

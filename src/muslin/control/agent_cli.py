@@ -311,13 +311,7 @@ def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, 
         for a in aliases:
             check_dns_name(a, "--alias")
         sets, _ = parse_label_changes(labels, "--label")
-        exposed = []
-        for e in expose:
-            n, _, rest = e.partition("=")
-            port, _, proto = rest.partition("/")
-            if not port.isdigit():
-                raise Invalid(f"--expose {e!r}: use NAME=PORT[/PROTO]")
-            exposed.append(NamedPort(n, int(port), (proto or "tcp").lower()))
+        exposed = [NamedPort.parse(e) for e in expose]
         ep = m.attach(AttachRequest(network=network, endpoint_id=sandbox, container_id=sandbox, netns=netns,
                                     name=sandbox if is_dns_name(sandbox) else "", aliases=aliases,
                                     labels=tuple(sorted(sets.items())), namespace=check_namespace(namespace),

@@ -170,6 +170,17 @@ class NamedPort:
     def from_dict(cls, d: dict[str, Any]) -> NamedPort:
         return cls(str(d["name"]), int(d["port"]), str(d.get("protocol") or "tcp").lower())
 
+    @classmethod
+    def parse(cls, text: str, what: str = "--expose") -> NamedPort:
+        """NAME=PORT[/PROTO] (checked further by sandboxes.check_exposed)."""
+        from muslin.model.errors import Invalid
+
+        name, sep, rest = text.partition("=")
+        port, _, proto = rest.partition("/")
+        if not sep or not port.isdigit():
+            raise Invalid(f"{what} {text!r}: use NAME=PORT[/tcp|udp|sctp]")
+        return cls(name, int(port), (proto or "tcp").lower())
+
 
 @dataclass(frozen=True)
 class AttachRequest:
