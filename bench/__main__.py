@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out DIR] [--only proc,cni,podman,docker,iperf,lab,converge,wireguard,dns]`
+"""`python -m bench [--quick] [--out DIR] [--only proc,cni,activation,podman,docker,iperf,lab,converge,wireguard,dns]`
 
 Runs as root; every namespace it makes is throwaway and removed at the end. Prints a
 table, writes results.json, results.md and PNG plots to --out (default bench/results).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("proc", "cni", "podman", "docker", "iperf", "lab", "converge", "wireguard", "dns")
+PARTS = ("proc", "cni", "activation", "podman", "docker", "iperf", "lab", "converge", "wireguard", "dns")
 
 
 def machine() -> dict:
@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         res["cni"] = [s.to_dict() for s in samples_]
         res["muslind_rss_mb"] = {str(k): v for k, v in rss.items()}
         res["muslind_phases"] = {str(k): v for k, v in phases.items()}
+    if "activation" in only:
+        from bench.activation import run_activation
+        log("without a running muslind: in-process vs socket activation vs the reference (first and second ADD)")
+        res["activation"] = _part("activation", lambda: run_activation(1 if a.smoke else 5, log=log), log)
     if "podman" in only:
         from bench.podman import run_podman
         log(f"podman run network cost ({runs} runs each)")

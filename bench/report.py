@@ -132,6 +132,16 @@ def other_rows(res: dict) -> list[list[str]]:
     for k in ("skipped", "error"):
         if k in cv:
             rows.append(["lab convergence", k, cv[k]])
+    ac = res.get("activation") or {}
+    for k in ("reference", "in-process", "socket activation"):
+        if isinstance(ac.get(k), dict):
+            d = ac[k]
+            vs = f"; {d['first_vs_ref']:.2f}x / {d['second_vs_ref']:.2f}x the reference" if "first_vs_ref" in d else ""
+            rows.append([f"no muslind running: {k}, first / second ADD", f"{d['first_add_ms']:.1f} / "
+                         f"{d['second_add_ms']:.1f} ms", f"median of {ac['rounds']} fresh host namespaces{vs}"])
+    for k in ("skipped", "error"):
+        if k in ac:
+            rows.append(["no muslind running", k, ac[k]])
     for level, mb in (res.get("muslind_rss_mb") or {}).items():
         rows.append([f"muslind RSS with {level} endpoints", f"{mb:.1f} MB", ""])
     return rows

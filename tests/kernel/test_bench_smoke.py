@@ -23,7 +23,7 @@ def _netns() -> set[str]:
 
 def test_bench_smoke(tmp_path):
     before = _netns()
-    p = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "proc,cni,iperf", "--out", str(tmp_path)],
+    p = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "proc,cni,activation,iperf", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
@@ -35,6 +35,9 @@ def test_bench_smoke(tmp_path):
     assert res["muslind_rss_mb"] and all(v > 0 for v in res["muslind_rss_mb"].values())
     proc = res["proc"]
     assert "skipped" in proc or all(v["n"] > 0 for v in proc.values() if isinstance(v, dict)), proc
+    act = res["activation"]
+    assert "skipped" in act or all(act[k]["first_add_ms"] > 0 for k in ("reference", "in-process",
+                                                                         "socket activation")), act
     assert res["iperf"]["raw_veth_gbps"] > 0 and res["iperf"]["muslin_bridge_gbps"] > 0
     assert "muslin-agent" in p.stdout and "ADD p50 ms" in p.stdout
     assert (tmp_path / "cni_latency.png").stat().st_size > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import ipaddress
 import textwrap
 from ipaddress import ip_address as A
 from ipaddress import ip_interface as I
@@ -66,6 +67,20 @@ def test_release_then_round_robin(ipam):
     assert ipam.allocate([TINY], "o/4")[0][0].ip == A("10.9.0.6")
     assert ipam.allocate([TINY], "o/5")[0][0].ip == A("10.9.0.2")  # wraps around
     assert ipam.store.get(owner_key("o/0")) is None
+
+
+def test_a_run_of_taken_addresses_longer_than_the_probes_falls_back_to_the_full_scan(ipam):
+    from muslin.control.ipam import PROBES
+    assert ipam.allocate([V4], "o/first")[0][0].ip == A("10.1.0.2")  # the cursor
+    for n in range(3, 3 + PROBES + 2):  # reserved (the cursor stays): every probe after it hits
+        ipam.reserve(ipaddress.ip_network("10.1.0.0/24"), A(f"10.1.0.{n}"), f"o/r{n}")
+    listed = []
+    keys = ipam.store.keys
+    ipam.store.keys = lambda prefix, limit=0: listed.append(prefix) or keys(prefix, limit)
+    got = ipam.allocate([V4], "o/next")[0][0].ip
+    assert got == A(f"10.1.0.{3 + PROBES + 2}") and listed  # found by the scan, past the run
+    listed.clear()
+    assert ipam.allocate([V4], "o/after")[0][0].ip == got + 1 and not listed  # the first probe
 
 
 def test_requested(ipam):

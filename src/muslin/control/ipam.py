@@ -13,23 +13,31 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from dataclasses import dataclass
 import socket
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from muslin.ipam.ranges import describe_range_set, next_free, normalize_range, range_contains, range_set_of, \
-    validate_range_sets
+from muslin.ipam.ranges import (
+    describe_range_set,
+    first_candidates,
+    next_free,
+    normalize_range,
+    range_contains,
+    range_set_of,
+    validate_range_sets,
+)
 from muslin.model import keys
 from muslin.model.errors import Conflict, Exhausted, Invalid, Unavailable
-from muslin.model.types import IPAddress, IPInterface, IPNetwork, RangeSet
+from muslin.model.types import IPAddress, IPInterface, IPNetwork, IPRange, RangeSet
 from muslin.store.base import KV, Compare, Delete, Op, Put, Store
 
 RETRIES = 200
 OWNER_PREFIX = keys.IPAM_OWNERS
 ip_key, last_key, owner_key = keys.ipam_ip, keys.ipam_last, keys.ipam_owner
 Addr = tuple[IPInterface, IPAddress | None]
+PROBES = 8  # candidates read one by one before listing every used address of a subnet
 Entry = tuple[IPNetwork, IPAddress]  # one allocation: (subnet, address)
 
 
@@ -98,6 +106,20 @@ class Ipam:
             except OSError:
                 out.append(ipaddress.ip_address(k[len(pre):]))
         return out
+
+    def _next(self, rs: RangeSet, requested: IPAddress | None) -> tuple[IPAddress, IPRange]:
+        """The address to hand out: the first of a few round-robin candidates with no key
+        (one read each; the usual case is the first), else the full scan of the used keys
+        (`next_free`). The txn's Compare(key, 0) still guards against a racing writer."""
+        last = self._last(rs)
+        if requested is None:
+            for ip, r in first_candidates(rs, last, PROBES):
+                if self.store.get(ip_key(r.subnet, ip)) is None:
+                    return ip, r
+        used: set[IPAddress] = set()
+        for subnet in dict.fromkeys(r.subnet for r in rs):
+            used.update(self._used_ips(subnet))
+        return next_free(rs, used, last, requested)
 
     def _last(self, rs: RangeSet) -> IPAddress | None:
         """The set's last handed-out address: the most recently written `last` of its subnets."""
@@ -172,10 +194,7 @@ class Ipam:
                     r = next(r for r in rs if r.subnet == s)
                     result.append((ipaddress.ip_interface(f"{ip}/{s.prefixlen}"), r.gateway))
                     continue
-                used: set[IPAddress] = set()
-                for subnet in dict.fromkeys(r.subnet for r in rs):
-                    used.update(self._used_ips(subnet))
-                ip, r = next_free(rs, used, self._last(rs), want.get(i))
+                ip, r = self._next(rs, want.get(i))
                 compares.append(Compare(ip_key(r.subnet, ip), 0))
                 ops.append(Put(ip_key(r.subnet, ip), record))
                 ops.append(Put(last_key(r.subnet), str(ip)))

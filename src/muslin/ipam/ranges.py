@@ -193,6 +193,20 @@ def _candidates(ranges: RangeSet, last: IPAddress | None) -> Iterator[tuple[int,
             n += 1
 
 
+def first_candidates(range_set: RangeSet, last: IPAddress | None, limit: int) -> list[tuple[IPAddress, IPRange]]:
+    """The first `limit` addresses `next_free` would try, in its order (round-robin after
+    `last`, gateways, network and broadcast addresses skipped), used or not: a caller that
+    can test one address cheaply probes these before listing every used address."""
+    ranges = tuple(normalize_range(r) for r in range_set)
+    out: list[tuple[IPAddress, IPRange]] = []
+    for n, r in _candidates(ranges, last):
+        if len(out) >= limit:
+            break
+        if not _skip(r, n):
+            out.append((_addr(r.subnet, n), r))
+    return out
+
+
 def next_free(range_set: RangeSet, used: Iterable[IPAddress], last: IPAddress | None,
               requested: IPAddress | None = None) -> tuple[IPAddress, IPRange]:
     """The next address to hand out from one range set, and the range it belongs to.
