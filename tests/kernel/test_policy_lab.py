@@ -41,7 +41,8 @@ class LabWorld(World):
 
     def add_lab_pod(self, namespace: str, name: str) -> Pod:
         sb = f"{namespace}{name}"
-        lab_cli("sandbox", self.lab, PLACES[namespace], sb, "--namespace", namespace, "--label", f"pod={name}")
+        lab_cli("sandbox", self.lab, PLACES[namespace], sb, "--namespace", namespace, "--label", f"pod={name}",
+                "--expose", f"web={80 if name == 'a' else 81}/tcp")
         info = core.LabState.load(self.lab).sandboxes[sb]
         pod = Pod(namespace, name, info["netns"], info["address"].split("/")[0])
         pod.lab_name = sb
@@ -99,7 +100,7 @@ def doc(name: str, ns: str, spec: str) -> str:
            f"spec:\n{spec}\n---\n"
 
 
-def test_policy_selectors_and_label_changes_across_two_hosts(lw):
+def test_policy_selectors_label_changes_and_named_ports_across_two_hosts(lw):
     w = lw
     w.expect(everyone, deadline=30)
     # enforced on h1 (x's host) with h2's endpoints in its sets
@@ -126,4 +127,11 @@ def test_policy_selectors_and_label_changes_across_two_hosts(lw):
     w.label_namespace("x", team=None)
     w.expect(lambda s, d, proto, port: s.namespace != "y")
     w.cluster("policy", "delete", "y/out")
+    w.expect(everyone)
+    # egress of x (enforced on h1) on a named port that h2's endpoints declare (a: 80, b: 81)
+    w.apply(doc("web", "x", "  podSelector: {}\n  policyTypes: [Egress]\n"
+                            "  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: web}]}]"))
+    w.expect(lambda s, d, proto, port: s.namespace != "x"
+             or (d.namespace == "y" and proto == "tcp" and port == (80 if d.name == "a" else 81)))
+    w.cluster("policy", "delete", "x/web")
     w.expect(everyone)
