@@ -43,7 +43,8 @@ class Net:
         self.subnet = random_subnet24()
         self.prefix = self.subnet.rsplit(".", 1)[0]
         self.sandboxes: list[str] = []
-        self.muslin("network", "create", "guard", "--subnet", self.subnet,
+        self.v6 = f"fd00:{random.randint(1, 0xfff):x}:{random.randint(1, 0xfff):x}::/64"
+        self.muslin("network", "create", "guard", "--subnet", self.subnet, "--subnet", self.v6,
                     *([] if spoofcheck else ["--no-spoofcheck"]))
         self.eps = {r: self.sandbox(r) for r in ("a", "b", "c")}
 
@@ -57,6 +58,7 @@ class Net:
         ep = json.loads(self.muslin("connect", "guard", name, "-o", "json").stdout)
         ep["sandbox"] = name
         ep["ip"] = ep["addresses"][0].split("/")[0]
+        ep["ip6"] = [x.split("/")[0] for x in ep["addresses"] if ":" in x][0]
         return ep
 
     def sb(self, role: str) -> str:
@@ -144,6 +146,36 @@ def test_another_mac_reaches_no_one(net):
     net.run("a", "ip", "link", "set", "eth0", "address", a["mac"], check=True)
     flush()
     assert net.ping("a", c["ip"]) and net.ping("a", gw)
+
+
+# A forged neighbour advertisement: "TARGET is at <our MAC>", override flag set, to DST and to
+# all nodes (the kernel fills in the ICMPv6 checksum of a raw ICMPv6 socket).
+FORGE_NA = r"""
+import socket, struct, sys, time
+ifname, target, dst = sys.argv[1:4]
+mac = open(f"/sys/class/net/{ifname}/address").read().strip()
+idx = socket.if_nametoindex(ifname)
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+na = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + socket.inet_pton(socket.AF_INET6, target) \
+    + bytes([2, 1]) + bytes.fromhex(mac.replace(":", ""))
+for _ in range(5):
+    s.sendto(na, (dst, 0, 0, 0))
+    s.sendto(na, ("ff02::1", 0, 0, idx))
+    time.sleep(0.05)
+"""
+
+
+def test_forged_neighbour_advertisements_poison_no_cache(net):
+    a, b, c = net.eps["a"], net.eps["b"], net.eps["c"]
+    assert net.run("c", "ping", "-6", "-c", "1", "-W", "2", b["ip6"]).returncode == 0
+    assert net.neigh_mac(net.sb("c"), b["ip6"]) == b["mac"]
+    time.sleep(1.2)  # past the entry's locktime
+    net.run("a", sys.executable, "-c", FORGE_NA, "eth0", b["ip6"], c["ip6"], check=True)
+    time.sleep(0.3)
+    seen = net.neigh_mac(net.sb("c"), b["ip6"])
+    assert (seen != b["mac"]) == (not net.guarded), (seen, a["mac"], b["mac"])
 
 
 # -- CNI: macspoofchk from the config -----------------------------------------------------------
