@@ -18,6 +18,7 @@ import argparse
 import ipaddress
 import json
 import os
+import pickle
 import shutil
 import statistics
 import subprocess
@@ -157,7 +158,6 @@ def synthetic(n_eps: int, n_pols: int):  # type: ignore[no-untyped-def]
 
 
 def scale(levels: list[tuple[int, int]], log) -> list[dict]:
-    from muslin.firewall.compiler import compile as compile_rules
     from muslin.firewall.policy import compile_policy
     from muslin.firewall.state import FirewallState, NetRule
 
@@ -178,8 +178,6 @@ def scale(levels: list[tuple[int, int]], log) -> list[dict]:
                     "s = pickle.loads(sys.stdin.buffer.read()); t = time.perf_counter(); nft.sync(s[0], 'bench'); "
                     "full = time.perf_counter() - t; t = time.perf_counter(); nft.sync(s[1], 'bench'); "
                     "print(json.dumps([full, time.perf_counter() - t]))")
-            import pickle
-
             p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], input=pickle.dumps((state, changed)),
                                capture_output=True, timeout=600)
             if p.returncode != 0:
@@ -187,7 +185,6 @@ def scale(levels: list[tuple[int, int]], log) -> list[dict]:
             full_s, delta_s = json.loads(p.stdout)
             listing = run("ip", "netns", "exec", ns, "nft", "-a", "list", "table", "inet", "muslin").stdout
             rules = sum(1 for ln in listing.splitlines() if "# handle" in ln and not ln.strip().startswith(("chain", "set", "map", "table")))
-            compile_rules(state, "bench")  # the same compile the sync did, for the record of its shape
             row = {"endpoints": n_eps, "policies": n_pols, "compile_ms": round(compile_s * 1000, 1),
                    "set_elements": elements, "nft_full_sync_ms": round(full_s * 1000, 1),
                    "nft_one_policy_delta_ms": round(delta_s * 1000, 1), "rules": rules}
