@@ -209,6 +209,25 @@ def random_subnet(prefix: int = 24, avoid: list = ()) -> ipaddress.IPv4Network:
     raise AssertionError("no free subnet")
 
 
+def import_busybox(root: Path, env: dict[str, str]) -> None:
+    """IMAGE (a static busybox, applets as symlinks, /www/index.html) imported into the
+    engine that `env` (DOCKER_HOST) names; no registry needed."""
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in ("sh", "sleep", "ping", "httpd", "wget", "ip", "nslookup", "cat", "echo", "ls", "nc", "hostname"):
+        if not (root / "bin" / applet).is_symlink():
+            os.symlink("busybox", root / "bin" / applet)
+    for sub in ("etc", "www", "tmp", "proc", "sys", "dev"):
+        (root / sub).mkdir(exist_ok=True)
+    (root / "www" / "index.html").write_text("hello from muslin\n")
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    r = subprocess.run(["docker", "import", "-", IMAGE], stdin=tar.stdout, capture_output=True, text=True,
+                       env=env, timeout=120)
+    tar.wait()
+    if r.returncode != 0:
+        raise AssertionError(f"docker import failed: {r.stderr}")
+
+
 class DockerEnv:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp"))
@@ -317,20 +336,7 @@ class DockerEnv:
         self.muslind = None
 
     def build_image(self) -> None:
-        root = self.dir / "rootfs"
-        (root / "bin").mkdir(parents=True, exist_ok=True)
-        shutil.copy("/bin/busybox", root / "bin" / "busybox")
-        for applet in ("sh", "sleep", "ping", "httpd", "wget", "ip", "nslookup", "cat", "echo", "ls", "nc", "hostname"):
-            os.symlink("busybox", root / "bin" / applet)
-        for sub in ("etc", "www", "tmp", "proc", "sys", "dev"):
-            (root / sub).mkdir(exist_ok=True)
-        (root / "www" / "index.html").write_text("hello from muslin\n")
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        r = subprocess.run(["docker", "import", "-", IMAGE], stdin=tar.stdout, capture_output=True, text=True,
-                           env=self.env, timeout=120)
-        tar.wait()
-        if r.returncode != 0:
-            raise AssertionError(f"docker import failed: {r.stderr}")
+        import_busybox(self.dir / "rootfs", self.env)
         self.image_built = True
 
     def log_tail(self, n: int = 3000) -> str:

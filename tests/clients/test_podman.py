@@ -112,6 +112,13 @@ def test_podman_with_muslin_cni(env):
     ip3 = pm.ipv4(c3)
     assert "hello from muslin" in pm.exec(c1, "wget", "-q", "-O", "-", f"http://{ip3}:8080/").stdout
     assert "hello from muslin" in http_get(f"http://{sub[1]}:{port}/")
+    assert "hello from muslin" in http_get(f"http://127.0.0.1:{port}/")
+    # The same host port again: podman run fails with Muslin's one line, and nothing of it stays.
+    keys = store_keys(state)
+    r = pm("run", "-d", "--name", "x" + suffix(), "--network", name, "-p", f"{port}:80", "--rootfs",
+           str(pm.rootfs), "/bin/busybox", "sleep", "600", check=False)
+    assert r.returncode != 0 and f"host port *:{port}/tcp is already published" in r.stderr, r.stderr
+    assert store_keys(state) == keys
     veths = [names.host_ifname(name, f"{cid}/eth0") for cid in (id1, id2, id3)]
     assert link_exists(bridge) and all(link_exists(v) for v in veths)
     assert len([k for k in store_keys(state) if "/ip/" in k]) == 3

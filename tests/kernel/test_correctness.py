@@ -251,10 +251,10 @@ def test_injected_failure_in_connect_leaves_nothing(world, step):
     w.muslin("network", "create", "web", "--subnet", random_subnet24())
     a = w.sandbox("a")
     w.connect("n1", a)
-    before = host_state(w), store_dump(w.state), w.in_sb(a, "ip", "-o", "addr").stdout
+    before = host_state(w), store_dump(w.state), w.in_sb(a, "ip", "-o", "addr", "show", "scope", "global").stdout
     r = sh("env", f"MUSLIN_FAILPOINTS={step}", tool("muslin"), "--host-netns", w.host.name, "--state-dir",
            w.state, "connect", "web", a, "-p", "8080:80", check=False)
     assert r.returncode == 7 and "failpoint" in r.stderr, r.stderr
-    assert (host_state(w), store_dump(w.state), w.in_sb(a, "ip", "-o", "addr").stdout) == before
+    assert (host_state(w), store_dump(w.state), w.in_sb(a, "ip", "-o", "addr", "show", "scope", "global").stdout) == before
     assert w.ping(a, gw_of(json.loads(w.muslin("network", "inspect", "n1", "-o", "json").stdout)
                          ["range_sets"][0][0]["subnet"]))

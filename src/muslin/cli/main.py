@@ -371,21 +371,33 @@ def sandbox_exec(obj: Ctx, name, command) -> None:
 
 
 def parse_publish(values: tuple[str, ...]):
+    """[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp|sctp]; an IPv6 HOSTIP in brackets."""
     from muslin.model.types import PortMapping
 
     out = []
+    usage = "use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp|sctp]"
     for v in values:
         spec, _, proto = v.partition("/")
+        proto = (proto or "tcp").lower()
+        if proto not in ("tcp", "udp", "sctp"):
+            raise Invalid(f"--publish {v!r}: protocol {proto!r} is not tcp, udp or sctp")
         parts = spec.rsplit(":", 2)
+        if len(parts) not in (2, 3):
+            raise Invalid(f"--publish {v!r}: {usage}")
+        host_ip = parts[0].removeprefix("[").removesuffix("]") if len(parts) == 3 else ""
         try:
-            if len(parts) == 3:
-                out.append(PortMapping(int(parts[1]), int(parts[2]), proto or "tcp", parts[0]))
-            elif len(parts) == 2:
-                out.append(PortMapping(int(parts[0]), int(parts[1]), proto or "tcp"))
-            else:
-                raise ValueError
+            hp, cp = int(parts[-2]), int(parts[-1])
         except ValueError:
-            raise Invalid(f"--publish {v!r}: use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]") from None
+            raise Invalid(f"--publish {v!r}: {usage}") from None
+        for what, port in (("host port", hp), ("container port", cp)):
+            if not 1 <= port <= 65535:
+                raise Invalid(f"--publish {v!r}: {what} {port} is not in 1-65535")
+        if host_ip:
+            try:
+                host_ip = str(ipaddress.ip_address(host_ip))
+            except ValueError:
+                raise Invalid(f"--publish {v!r}: host address {host_ip!r} is not an IP address") from None
+        out.append(PortMapping(hp, cp, proto, host_ip))
     return tuple(out)
 
 
@@ -394,6 +406,23 @@ def parse_expose(values: tuple[str, ...]):
     from muslin.model.types import NamedPort
 
     return tuple(NamedPort.parse(v) for v in values)
+
+
+def parse_bandwidth(ingress_rate: str, egress_rate: str, ingress_burst: str, egress_burst: str):
+    """The --*-rate/--*-burst options -> Bandwidth (None without a rate); a burst left out
+    is 10 ms of its rate (at least 64 KiB)."""
+    from muslin.model.rates import check_bandwidth, default_burst, parse_bits
+    from muslin.model.types import Bandwidth
+
+    vals = []
+    for way, rate, burst in (("ingress", ingress_rate, ingress_burst), ("egress", egress_rate, egress_burst)):
+        r = parse_bits(rate, f"--{way}-rate") if rate else 0
+        if burst and not r:
+            raise Invalid(f"--{way}-burst needs --{way}-rate")
+        b = parse_bits(burst, f"--{way}-burst") if burst else (default_burst(r) if r else 0)
+        vals += [r, b]
+    bw = check_bandwidth(Bandwidth(*vals), "--")
+    return bw if bw else None
 
 
 @cli.command()
@@ -410,10 +439,14 @@ def parse_expose(values: tuple[str, ...]):
 @click.option("--namespace", default=None, help="The sandbox's namespace, for network policy (default: default).")
 @click.option("--expose", multiple=True, metavar="NAME=PORT[/PROTO]",
               help="A named port of the sandbox (network policy's named ports; repeatable).")
+@click.option("--ingress-rate", default="", help="Limit traffic into the sandbox, e.g. 10mbit (bit/s).")
+@click.option("--egress-rate", default="", help="Limit traffic out of the sandbox, e.g. 10mbit (bit/s).")
+@click.option("--ingress-burst", default="", help="Bucket of the ingress limit in bits, e.g. 512kbit.")
+@click.option("--egress-burst", default="", help="Bucket of the egress limit in bits, e.g. 512kbit.")
 @OUTPUT
 @click.pass_obj
 def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, default_route, alias, labels,
-            namespace, expose, output) -> None:
+            namespace, expose, ingress_rate, egress_rate, ingress_burst, egress_burst, output) -> None:
     """Connect SANDBOX to NETWORK."""
     from muslin.control import sandboxes
     from muslin.model.names import parse_label_changes
@@ -425,8 +458,9 @@ def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, defa
     sets, drops = parse_label_changes(labels, "--label")
     if drops:
         raise Invalid(f"--label {drops[0]}-: connect sets labels (KEY=VALUE); remove them with muslin label")
+    bw = parse_bandwidth(ingress_rate, egress_rate, ingress_burst, egress_burst)
     ep = sandboxes.connect(obj.muslin, network_name, sandbox_name, ifname, ips, mac, parse_publish(publish),
-                           default_route, alias, sets, namespace, parse_expose(expose))
+                           default_route, alias, sets, namespace, parse_expose(expose), bandwidth=bw)
     emit(ep.to_dict(), output, f"{sandbox_name}:{ep.ifname} {' '.join(map(str, ep.addresses))} mac {ep.mac}")
 
 

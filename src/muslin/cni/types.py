@@ -61,7 +61,7 @@ from typing import Any
 from muslin.model import names
 from muslin.model.errors import Invalid, MuslinError
 from muslin.drivers.base import get_driver, names as driver_names
-from muslin.model.types import IPAddress, NamedPort, Network, PortMapping, RangeSet, Route
+from muslin.model.types import Bandwidth, IPAddress, NamedPort, Network, PortMapping, RangeSet, Route
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT_VERSION = "1.1.0"
@@ -254,7 +254,8 @@ _RUNTIME_KEYS = {"cniVersion", "cniVersions", "name", "type", "capabilities", "r
 _BRIDGE_KEYS = {"bridge", "isGateway", "isDefaultGateway", "ipMasq", "ipMasqBackend", "mtu", "hairpinMode",
                 "promiscMode", "forceAddress", "vlan", "vlanTrunk", "preserveDefaultVlan", "macspoofchk",
                 "enabledad", "disableContainerInterface", "portIsolation"}
-_MUSLIN_KEYS = {"driver", "network", "isolate", "internal", "master", "mode", "dataDir", "agentSocket", "reuseBridge"}
+_BANDWIDTH_KEYS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")  # the reference bandwidth plugin's
+_MUSLIN_KEYS = {*_BANDWIDTH_KEYS, "driver", "network", "isolate", "internal", "master", "mode", "dataDir", "agentSocket", "reuseBridge"}
 _IPAM_KEYS = {"type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dataDir", "agentSocket",
               "resolvConf"}
 
@@ -286,6 +287,7 @@ class CniRequest:
     namespace: str = "default"  # K8S_POD_NAMESPACE
     labels: tuple[tuple[str, str], ...] = ()
     exposed: tuple[NamedPort, ...] = ()  # args.cni.ports: named container ports (network policy)
+    bandwidth: Bandwidth | None = None
 
     @property
     def command(self) -> str:
@@ -441,6 +443,29 @@ def _ports(conf: dict[str, Any]) -> tuple[PortMapping, ...]:
             _ip(where + ".hostIP", hip)
         out.append(PortMapping(hp, cp, proto, hip))
     return tuple(out)
+
+
+def _bandwidth(conf: dict[str, Any]) -> Bandwidth | None:
+    """The reference bandwidth plugin's keys: `runtimeConfig.bandwidth` (the capability)
+    when given, else the same four keys at the top level; rates bit/s, bursts bits."""
+    from muslin.model.rates import check_bandwidth
+
+    rc = _dict(conf, "runtimeConfig")
+    where, src = "", conf
+    if rc.get("bandwidth") is not None:
+        where, src = "runtimeConfig.bandwidth.", _dict(rc, "bandwidth", "runtimeConfig.")
+    vals = []
+    for k in _BANDWIDTH_KEYS:
+        v = _int(src, k, 0, where)
+        if v < 0:
+            raise CniError(E_CONFIG, f"{where}{k} {v}: must be a non-negative integer")
+        vals.append(v)
+    bw = Bandwidth(*vals)
+    try:
+        check_bandwidth(bw, where)
+    except Invalid as e:
+        raise CniError(E_CONFIG, e.message) from None
+    return bw if bw else None
 
 
 def _aliases(conf: dict[str, Any], name: str) -> tuple[str, ...]:
@@ -668,7 +693,7 @@ def parse_request(env: dict[str, str], stdin: bytes, ipam_plugin: bool = False) 
         pod_name, namespace = _identity(cenv)
         req.update(ips=tuple(a[1] for a in requested), requested=requested, mac=_requested_mac(cenv, conf),
                    ports=_ports(conf), aliases=_aliases(conf, name), pod_name=pod_name, namespace=namespace,
-                   labels=_labels(conf), exposed=_exposed(conf))
+                   labels=_labels(conf), exposed=_exposed(conf), bandwidth=_bandwidth(conf))
     if ipam_plugin:
         if not sets:
             raise CniError(E_CONFIG, "ipam.ranges is missing: muslin-ipam needs at least one range set "

@@ -338,7 +338,8 @@ class Agent:
         mtu = self.backend.network_mtu(self.cfg, self.local)
         subnet = ipaddress.ip_network(self.local.record.subnet)
         return Network(name=self.network, driver="bridge", range_sets=((IPRange(subnet),),), mtu=mtu,
-                       masquerade=False, isolate=True, origin="cli", labels=(("muslin.cluster", self.network),))
+                       masquerade=False, isolate=True, origin="cli",
+                       labels=((keys.CLUSTER_LABEL, self.network), (keys.CLUSTER_CIDR_LABEL, str(self.cfg.network_cidr))))
 
     def muslin(self):
         from muslin.control.service import Muslin

@@ -11,12 +11,12 @@ import ipaddress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
-from muslin.control import firewall, networks, policy
+from muslin.control import bandwidth, firewall, networks, policy
 from muslin.control.ipam import Allocation
 from muslin.control.timings import timed
 from muslin.drivers.base import Addr, Made, get_driver
 from muslin.model import keys, names
-from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound
+from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound
 from muslin.model.types import AttachRequest, Endpoint, Network, PortMapping
 from muslin.plan import Step, run
 
@@ -78,6 +78,10 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
                 raise Conflict(f"MAC {req.mac} is already used by endpoint {other.endpoint_id} on network {net.name!r}")
     if req.ports and not driver.bridged:
         raise Conflict(f"network {net.name!r} (driver {net.driver}) cannot publish ports")
+    if req.bandwidth and not driver.bridged:
+        raise Conflict(f"network {net.name!r} (driver {net.driver}) cannot limit bandwidth (no host-side veth)")
+    if req.ports:
+        check_ports_free(m, net, req)
     networks.repair_locked(k, net)  # its bridge was deleted by hand, say: make it again
     owner = req.owner or keys.default_owner(net.name, req.endpoint_id)
     out = Made()
@@ -108,6 +112,7 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
         yield Step("allocate", allocate, lambda alloc: alloc and m.ipam.give_back(owner, alloc))
         yield from driver.attach_steps(k, net, req, addrs, out)
         ep.append(_endpoint(net, req, addrs, out, owner, ipam_owned=driver.uses_ipam and not req.addresses))
+        yield from bandwidth.steps(k, ep[0])
         if ep[0].ports:
             yield firewall.step(m, k, firewall.deferred(m, add_endpoints=ep))
         yield Step("endpoint record", record, lambda _: m.store.delete(key))
@@ -115,6 +120,31 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
 
     run(plan(), m.timings)
     return ep[0]
+
+
+def check_ports_free(m: Muslin, net: Network, req: AttachRequest) -> None:
+    """Conflict, before anything is made, when a requested host port is already published
+    (by another endpoint of this state dir, on any network, or twice in this request)."""
+    from muslin.model import ports as P
+
+    versions = {s.version for s in net.subnets} or {a.version for a in req.addresses}
+    want = [(p, P.families(p, versions)) for p in req.ports]
+    for p, fp in want:
+        if versions and not fp & versions:
+            raise Invalid(f"host port {P.describe(p)}: network {net.name!r} has no IPv{min(fp)} address "
+                          "to forward it to")
+    for i, (p, fp) in enumerate(want):
+        for q, fq in want[:i]:
+            if P.clash(p, fp, q, fq):
+                raise Conflict(f"host port {P.describe(p)} is published twice by this request")
+    for other in m.endpoints():
+        versions = {a.version for a in other.addresses}
+        for q in other.ports:
+            fq = P.families(q, versions)
+            for p, fp in want:
+                if P.clash(p, fp, q, fq):
+                    raise Conflict(f"host port {P.describe(p)} is already published by endpoint "
+                                   f"{other.endpoint_id} on network {other.network!r} ({P.describe(q)})")
 
 
 def _endpoint(net: Network, req: AttachRequest, addrs: list[Addr], out: Made, owner: str,
@@ -126,7 +156,7 @@ def _endpoint(net: Network, req: AttachRequest, addrs: list[Addr], out: Made, ow
         gateways=tuple(gw for _, gw in addrs if gw is not None), routes=out.routes, mtu=out.mtu,
         ports=req.ports, aliases=req.aliases, ipam_owned=ipam_owned, owner=owner, peer=out.peer,
         interfaces=tuple(out.interfaces), name=req.name, labels=req.labels, namespace=req.namespace,
-        exposed=req.exposed)
+        exposed=req.exposed, bandwidth=req.bandwidth or None)
 
 
 def gateway_for(net: Network, addr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:  # type: ignore[no-untyped-def]
@@ -153,6 +183,8 @@ def _detach(m: Muslin, k: Kernel, network: str, endpoint_id: str, owner: str, ne
             ep = Endpoint(network=network, endpoint_id=endpoint_id, container_id="", ifname=ifname, netns=netns,
                           host_ifname=names.host_ifname(network, endpoint_id), mac="", addresses=(),
                           owner=owner or keys.default_owner(network, endpoint_id))
+            if net is not None and get_driver(net.driver).bridged:
+                bandwidth.remove(k, ep, known=False)  # a crashed attach's ifb
         detach_locked(m, k, net, ep)
     if net is not None and net.origin == "cni":
         networks.remove_if_unused(m, k, network)
@@ -163,6 +195,7 @@ def detach_locked(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> No
     half-way leaves the record, so a retry finds what is left (freeing by owner never frees
     anyone else's address)."""
     retired = False
+    bandwidth.remove(k, ep)
     with timed(m.timings, "detach links"):
         if net is not None:
             retired = get_driver(net.driver).detach(k, net, ep, retire=m.reaper is not None)
@@ -200,6 +233,7 @@ def check(m: Muslin, k: Kernel, network: str, endpoint_id: str, netns: str = "")
     if netns and ep.netns and not k.same_netns(netns, ep.netns):
         raise NotFound(f"network namespace {netns} is not the one of the attachment ({ep.netns})")
     get_driver(net.driver).check_endpoint(k, net, ep)
+    bandwidth.check(k, ep)
     return ep
 
 

@@ -16,7 +16,7 @@ from muslin.control import identity
 from muslin.control.service import Muslin
 from muslin.model import keys, names
 from muslin.model.errors import Conflict, Invalid, NotFound
-from muslin.model.types import AttachRequest, Endpoint, IPAddress, NamedPort, PortMapping
+from muslin.model.types import AttachRequest, Bandwidth, Endpoint, IPAddress, NamedPort, PortMapping
 from muslin.plan import Step, run
 
 
@@ -103,7 +103,7 @@ def next_ifname(taken: set[str]) -> str:
 def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ips: tuple[IPAddress, ...] = (),
             mac: str = "", ports: tuple[PortMapping, ...] = (), default_route: bool = False,
             aliases: tuple[str, ...] = (), labels: dict[str, str] | None = None, namespace: str | None = None,
-            exposed: tuple[NamedPort, ...] = ()) -> Endpoint:
+            exposed: tuple[NamedPort, ...] = (), bandwidth: Bandwidth | None = None) -> Endpoint:
     for a in aliases:
         names.check_dns_name(a, "--alias")
     for k_, v_ in (labels or {}).items():
@@ -126,7 +126,7 @@ def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ip
                         netns=path, ips=ips, mac=mac, ports=ports, aliases=tuple(dict.fromkeys(aliases)),
                         owner=keys.cli_owner(sandbox, network, ifname), default_route=default_route,
                         name=sandbox if names.is_dns_name(sandbox) else "", labels=mine_labels, namespace=ns,
-                        exposed=check_exposed(exposed))
+                        exposed=check_exposed(exposed), bandwidth=bandwidth or None)
     ep: list[Endpoint] = []
     text = resolv_text(m, [e.network for e in mine] + [network])
     with m.kernel() as k:

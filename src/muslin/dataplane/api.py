@@ -62,6 +62,22 @@ class Kernel(Protocol):
 
     def retired_links(self) -> list[str]: ...
 
+    # -- traffic control of host links (bandwidth limits) -------------------------------
+    def create_ifb(self, name: str) -> None:
+        """A new ifb device, up (undo: delete_link)."""
+
+    def tc_tbf(self, name: str, rate: int, burst: int) -> None:
+        """A tbf as the root qdisc of `name`: `rate` bit/s, `burst` bits (undo: tc_clear)."""
+
+    def tc_redirect(self, name: str, ifb: str) -> None:
+        """What arrives on `name` leaves through `ifb` (undo: tc_clear)."""
+
+    def tc_clear(self, name: str) -> bool:
+        """Remove the root and ingress qdiscs of `name`; False if it had none or is gone."""
+
+    def tc_limits(self, name: str) -> tuple[int, str]:
+        """(rate of the root tbf of `name` in bit/s or 0, the ifb its ingress goes to or '')."""
+
     # -- network namespaces and what is inside them -----------------------------------
     def netns_exists(self, path: str) -> bool: ...
 

@@ -23,7 +23,7 @@ from muslin.model.names import REAP_GROUP
 from muslin.model.types import IPInterface, IPNetwork, Route
 
 HOST = ""  # the host namespace's key
-KINDS = {"bridge", "veth", "macvlan", "vxlan"}
+KINDS = {"bridge", "veth", "macvlan", "vxlan", "ifb"}
 
 
 @dataclass
@@ -40,6 +40,8 @@ class FakeLink:
     group: int = 0
     addresses: set = field(default_factory=set)
     peer: tuple[str, str] | None = None  # (netns, name) of a veth's other end
+    tbf: tuple[int, int] | None = None  # root tbf (rate, burst)
+    redirect: str = ""  # ingress redirected to this ifb
 
 
 class FakeKernel:
@@ -239,6 +241,43 @@ class FakeKernel:
 
     def retired_links(self) -> list[str]:
         return sorted(n for n, lk in self.namespaces[HOST].items() if lk.group == REAP_GROUP)
+
+    # -- traffic control of host links ------------------------------------------------------
+    def create_ifb(self, name: str) -> None:
+        self._mut("create_ifb", name)
+        if name in self.namespaces[HOST]:
+            raise Conflict(f"ifb {name}: already exists")
+        self.add_link(HOST, name, "ifb", up=True)
+
+    def tc_tbf(self, name: str, rate: int, burst: int) -> None:
+        self._mut("tc_tbf", name)
+        lk = self._link(name)
+        if lk.tbf is not None:
+            raise Conflict(f"tbf on {name}: already exists")
+        lk.tbf = (rate, burst)
+
+    def tc_redirect(self, name: str, ifb: str) -> None:
+        self._mut("tc_redirect", name, ifb)
+        lk = self._link(name)
+        if self._link(ifb).kind != "ifb":
+            raise Conflict(f"{ifb} is not an ifb")
+        if lk.redirect:
+            raise Conflict(f"redirect of {name}: already exists")
+        lk.redirect = ifb
+
+    def tc_clear(self, name: str) -> bool:
+        self._mut("tc_clear", name)
+        lk = self.namespaces[HOST].get(name)
+        if lk is None or (lk.tbf is None and not lk.redirect):
+            return False
+        lk.tbf, lk.redirect = None, ""
+        return True
+
+    def tc_limits(self, name: str) -> tuple[int, str]:
+        lk = self.namespaces[HOST].get(name)
+        if lk is None:
+            return 0, ""
+        return (lk.tbf[0] if lk.tbf else 0), lk.redirect
 
     # -- network namespaces -------------------------------------------------------------
     def netns_exists(self, path: str) -> bool:

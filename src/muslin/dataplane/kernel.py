@@ -84,6 +84,32 @@ class RealKernel:
     def retired_links(self) -> list[str]:
         return self.host.retired_links()
 
+    # -- traffic control of host links ------------------------------------------------------
+    def create_ifb(self, name: str) -> None:
+        from muslin.dataplane import tc
+
+        tc.create_ifb(self.host.nl, name)
+
+    def tc_tbf(self, name: str, rate: int, burst: int) -> None:
+        from muslin.dataplane import tc
+
+        tc.set_tbf(name, rate, burst)
+
+    def tc_redirect(self, name: str, ifb: str) -> None:
+        from muslin.dataplane import tc
+
+        tc.redirect_ingress(name, ifb)
+
+    def tc_clear(self, name: str) -> bool:
+        from muslin.dataplane import tc
+
+        return tc.clear(name)
+
+    def tc_limits(self, name: str) -> tuple[int, str]:
+        from muslin.dataplane import tc
+
+        return tc.limits(name)
+
     # -- network namespaces -------------------------------------------------------------
     def netns_exists(self, path: str) -> bool:
         return netns_exists(path)

@@ -14,6 +14,7 @@ import logging
 import threading
 from typing import Any, Callable, Iterable
 
+from muslin.docker import clusterpool as CP
 from muslin.docker import options as O
 from muslin.drivers.base import get_driver
 from muslin.docker import ports as P
@@ -23,7 +24,7 @@ from muslin.docker.types import (
     ProgramExternalConnectivityRequest, port_bindings,
 )
 from muslin.model import keys
-from muslin.model.errors import Conflict, Invalid, NotFound
+from muslin.model.errors import Conflict, Invalid, NotFound, Unavailable
 from muslin.docker.ipam import check_host_routes
 from muslin.model.types import AttachRequest, IPNetwork, Network
 
@@ -115,7 +116,9 @@ class DockerDriver:
         return {}
 
     def _check_join(self, existing: Network, wanted: Network, opts: O.NetworkOptions) -> None:
-        have = set(existing.subnets)
+        if CP.cidr_of(existing) is not None:
+            CP.check_join(existing, wanted)  # a cluster network's side: Docker's pool is the CIDR
+        have = set(existing.subnets) | ({CP.cidr_of(existing)} - {None})
         for s in wanted.subnets:
             if s not in have:
                 shown = ", ".join(str(x) for x in existing.subnets) or "none"
@@ -171,6 +174,8 @@ class DockerDriver:
                 spec = (self._net_rec(req.network_id) or {}).get("spec")
                 if not spec:
                     raise NotFound(f"Muslin network {name!r} of Docker network {req.network_id[:12]} is gone")
+                if CP.cidr_of(Network.from_dict(spec)) is not None:  # only its cluster agent makes it
+                    raise Unavailable(f"cluster network {name!r} has no side on this host now (its agent left?)")
                 net = self.m.ensure_network(Network.from_dict(spec))  # the joined network was removed by CNI
             for a in addrs:
                 if not any(a.ip in s for s in net.subnets):

@@ -18,9 +18,10 @@ from muslin.docker.types import (
     ReleasePoolRequest, RequestAddressRequest, RequestAddressResponse, RequestPoolRequest,
     RequestPoolResponse,
 )
+from muslin.docker import clusterpool as CP
 from muslin.ipam.ranges import pick_pool
 from muslin.model import keys
-from muslin.model.errors import Conflict, Exhausted, Invalid, NotFound
+from muslin.model.errors import Conflict, Exhausted, Invalid, NotFound, Unavailable
 from muslin.model.types import IPAddress, IPNetwork, IPRange, Network
 
 log = logging.getLogger("muslin.docker.ipam")
@@ -97,7 +98,11 @@ class DockerIpam:
                 rec["refs"] = int(rec.get("refs", 1)) + 1
                 self.store.put(key, rec, expect=kv.mod_revision)
             else:
-                self.store.put(key, {"id": str(pid), "refs": 1, "gateway": ""}, expect=0)
+                rec = {"id": str(pid), "refs": 1, "gateway": ""}
+                side = CP.side_for_pool(self.networks(), pid.pool)
+                if side is not None:
+                    rec["cluster"] = side.name
+                self.store.put(key, rec, expect=0)
             log.info("pool %s requested", pid)
             return RequestPoolResponse(str(pid), str(pid.pool), {})
 
@@ -121,12 +126,22 @@ class DockerIpam:
         pid = PoolId(space, pool, sub)
         if self.pool_record(pid) is not None:
             return pid
+        side = CP.side_for_pool(self.networks(), pool)
+        if side is not None:  # the CIDR of a cluster network this host is in: it overlaps its own side
+            if sub is not None:
+                raise Invalid(f"ip-range {sub} cannot be given on cluster network {side.name!r}: "
+                              f"this host's addresses come from its lease {CP.lease_of(side)}")
+            return pid
         for other, _ in self._pools():
             if other.space == space and other.pool != pool and other.pool.version == pool.version \
                     and other.pool.overlaps(pool):  # type: ignore[arg-type]
                 raise Conflict(f"subnet {pool} overlaps subnet {other.pool} of another Docker network")
         ours: set[IPNetwork] = set()
         for net in self.networks():
+            cidr = CP.cidr_of(net)
+            if cidr is not None and cidr.version == pool.version and cidr.overlaps(pool):  # type: ignore[arg-type]
+                raise Conflict(f"subnet {pool} overlaps {cidr}, the CIDR of cluster network {net.name!r} "
+                               f"(give exactly {cidr} with -o muslin.network={net.name} to join it)")
             for s in net.subnets:
                 ours.add(s)
                 if s != pool and s.version == pool.version and s.overlaps(pool):  # type: ignore[arg-type]
@@ -134,10 +149,20 @@ class DockerIpam:
         check_host_routes(pool, self.host_routes(), ours)
         return pid
 
+    def _subnet(self, pool: IPNetwork) -> IPNetwork:
+        """Where a pool's addresses live: this host's lease for a cluster CIDR, else the pool."""
+        side = CP.side_for_pool(self.networks(), pool)
+        if side is not None:
+            return CP.lease_of(side, pool.version)
+        return pool
+
     def _automatic(self, space: str, v6: bool) -> PoolId:
         in_use: list[IPNetwork] = [p.pool for p, _ in self._pools()]
         for net in self.networks():
             in_use.extend(net.subnets)
+            cidr = CP.cidr_of(net)
+            if cidr is not None:
+                in_use.append(cidr)
         in_use.extend(self.host_routes())
         try:
             pool = pick_pool(default_candidates(v6), in_use)
@@ -176,7 +201,13 @@ class DockerIpam:
         return None
 
     def request_address(self, req: RequestAddressRequest) -> RequestAddressResponse:
-        pid = PoolId.parse(req.pool_id)
+        asked = pid = PoolId.parse(req.pool_id)
+        subnet = self._subnet(asked.pool)
+        if subnet != asked.pool:  # a cluster CIDR: this host's lease stands for it
+            pid = PoolId(asked.space, subnet, None)
+            label = f"this host's lease {subnet} of the cluster CIDR {asked.pool}"
+        else:
+            label = f"the network's subnet {subnet}"
         pool = pid.pool
         want: IPAddress | None = None
         if req.address:
@@ -185,13 +216,18 @@ class DockerIpam:
             except ValueError:
                 raise Invalid(f"address {req.address!r} is not an IP address") from None
             if want.version != pool.version or want not in pool:
-                raise Invalid(f"address {want} is outside the network's subnet {pool}")
+                raise Invalid(f"address {want} is outside {label}")
             if want == pool.network_address or (pool.version == 4 and want == pool.broadcast_address):
                 raise Invalid(f"address {want} is the network or broadcast address of {pool}")
         with self.lock:
-            rec = self.pool_record(pid)
+            rec = self.pool_record(asked)
             if rec is None:
-                raise NotFound(f"address pool {pid} is not allocated")
+                raise NotFound(f"address pool {asked} is not allocated")
+            if pid != asked:
+                rec = {**rec, "gateway": ""}  # the cluster side's gateway is the network's own
+            elif rec.get("cluster"):
+                raise Unavailable(f"cluster network {rec['cluster']!r} has no side on this host now (its agent "
+                                  f"left?): no lease to give an address of {pid.pool} from")
             if req.is_gateway:
                 ip = self._gateway(pid, rec, want)
             elif want is not None:
@@ -260,6 +296,7 @@ class DockerIpam:
 
     def release_address(self, req: ReleaseAddressRequest) -> None:
         pid = PoolId.parse(req.pool_id)
+        pid = PoolId(pid.space, self._subnet(pid.pool), pid.sub_pool)
         if not req.address:
             return
         try:

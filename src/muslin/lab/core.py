@@ -306,12 +306,14 @@ def kill_agent(name: str, host: str, sig: int = signal.SIGKILL) -> int:
     return 0
 
 
-def restart_agent(name: str, host: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-    """Stop a host's agent if it runs (with `sig`), start a new one with the same state dir,
-    and wait until it has its lease and sees its peers; returns the new PID."""
+def restart_agent(name: str, host: str, sig: int = signal.SIGTERM, timeout: float = 30,
+                  extra: tuple[str, ...] = ()) -> int:
+    """Stop a host's agent if it runs (with `sig`), start a new one with the same state dir
+    (and the muslind flags in `extra`, e.g. a Docker plugin socket), and wait until it has
+    its lease and sees its peers; returns the new PID."""
     kill_agent(name, host, sig)
     st = LabState.load(name)
-    pid = start_agent(st, host)
+    pid = start_agent(st, host, extra)
     end = time.monotonic() + timeout
     while True:  # its status file is written after its first reconcile (peers from etcd)
         s = host_status(st, host)

@@ -16,6 +16,11 @@ DOCKER_NETWORKS = "docker/networks/"
 DOCKER_ENDPOINTS = "docker/endpoints/"
 DOCKER_POOLS = "docker/pools/"
 
+# Labels of a cluster network's host side (control/agent.py local_network): the cluster
+# network's name and its CIDR (Docker's pool for it, docker/clusterpool.py).
+CLUSTER_LABEL = "muslin.cluster"
+CLUSTER_CIDR_LABEL = "muslin.cluster.cidr"
+
 
 def network(name: str) -> str:
     return NETWORKS + name

@@ -36,6 +36,11 @@ def peer_ifname(network: str, endpoint_id: str) -> str:
     return "mp" + _digest(network, endpoint_id)
 
 
+def ifb_name(network: str, endpoint_id: str) -> str:
+    """The ifb carrying an endpoint's egress limit: 'mb' + 11 hex digits."""
+    return "mb" + _digest(network, endpoint_id)
+
+
 def bridge_name(network: str) -> str:
     """Default bridge of a network: 'mus-NAME' when it fits, else a hash."""
     name = f"mus-{network}"

@@ -183,6 +183,33 @@ class NamedPort:
 
 
 @dataclass(frozen=True)
+class Bandwidth:
+    """Rate limits of an endpoint, as the reference CNI `bandwidth` plugin has them: rates
+    in bit/s, bursts in bits, 0 = no limit that way. Ingress is traffic into the sandbox
+    (tbf on its host veth), egress traffic out of it (redirected to an ifb with a tbf).
+    `model/rates.py: check_bandwidth` validates one."""
+
+    ingress_rate: int = 0
+    ingress_burst: int = 0
+    egress_rate: int = 0
+    egress_burst: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.ingress_rate or self.egress_rate)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"ingressRate": self.ingress_rate, "ingressBurst": self.ingress_burst,
+                "egressRate": self.egress_rate, "egressBurst": self.egress_burst}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Bandwidth | None:
+        if not d:
+            return None
+        return cls(int(d.get("ingressRate", 0)), int(d.get("ingressBurst", 0)),
+                   int(d.get("egressRate", 0)), int(d.get("egressBurst", 0)))
+
+
+@dataclass(frozen=True)
 class AttachRequest:
     """What a front-end asks for when it connects a sandbox to a network.
 
@@ -208,6 +235,7 @@ class AttachRequest:
     labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
     namespace: str = DEFAULT_NAMESPACE
     exposed: tuple[NamedPort, ...] = ()  # named ports it declares (network policy's named ports)
+    bandwidth: Bandwidth | None = None  # rate limits (bridged networks only)
 
 
 @dataclass(frozen=True)
@@ -256,13 +284,14 @@ class Endpoint:
     labels: tuple[tuple[str, str], ...] = ()
     namespace: str = DEFAULT_NAMESPACE
     exposed: tuple[NamedPort, ...] = ()
+    bandwidth: Bandwidth | None = None
 
     @property
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "network": self.network, "endpoint_id": self.endpoint_id,
             "container_id": self.container_id, "ifname": self.ifname, "netns": self.netns,
             "host_ifname": self.host_ifname, "mac": self.mac,
@@ -275,6 +304,9 @@ class Endpoint:
             "name": self.name, "labels": dict(self.labels), "namespace": self.namespace,
             "exposed": [p.to_dict() for p in self.exposed],
         }
+        if self.bandwidth:
+            d["bandwidth"] = self.bandwidth.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Endpoint:
@@ -291,6 +323,6 @@ class Endpoint:
             owner=d.get("owner") or extra.get("owner", ""), peer=d.get("peer") or extra.get("peer", ""),
             interfaces=tuple(Interface.from_dict(i) for i in d.get("interfaces", ())),
             name=d.get("name", ""), labels=tuple(sorted(dict(d.get("labels") or {}).items())),
-            namespace=d.get("namespace") or DEFAULT_NAMESPACE,
+            namespace=d.get("namespace") or DEFAULT_NAMESPACE, bandwidth=Bandwidth.from_dict(d.get("bandwidth")),
             exposed=tuple(NamedPort.from_dict(p) for p in d.get("exposed") or ()),
         )
