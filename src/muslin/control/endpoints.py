@@ -208,8 +208,9 @@ def detach_locked(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> No
             m.ipam.hand_over(ep.owner, keys.reap_owner(ep.host_ifname))
         else:
             m.ipam.release(ep.owner)
+    policy.detach_guard(m, k, net, ep)  # anti-spoofing
     m.store.delete(keys.endpoint(ep.network, ep.endpoint_id))
-    policy.after_detach(m, k, net, ep)  # anti-spoofing, network policy
+    policy.after_detach(m, k, net, ep)  # network policy
     if retired and m.reaper is not None:
         m.reaper.note(m)
 

@@ -164,10 +164,16 @@ def attach_steps(m: Muslin, k: Kernel, net: Network, ep: Endpoint) -> list[Step]
     return steps
 
 
-def after_detach(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> None:
-    """After a detach's record is gone: its anti-spoofing elements, and the policy."""
+def detach_guard(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> None:
+    """Before a detach forgets the record: its anti-spoofing elements out (idempotent), so a
+    detach failing here is retried with the record still there. (A full sync racing in
+    between may put them back; the next sync takes them out.)"""
     if guarded(net, ep):
         _guard(m, k, [], [guard_of(ep)])
+
+
+def after_detach(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> None:
+    """After a detach's record is gone: the policy (its sets without the endpoint)."""
     if in_use(m.store):
         firewall.sync(m, k)
 
