@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out DIR] [--only proc,cni,activation,podman,docker,iperf,lab,converge,wireguard,dns]`
+"""`python -m bench [--quick] [--out DIR] [--only proc,cni,activation,podman,docker,iperf,lab,converge,wireguard,dns,services]`
 
 Runs as root; every namespace it makes is throwaway and removed at the end. Prints a
 table, writes results.json, results.md and PNG plots to --out (default bench/results).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 
-PARTS = ("proc", "cni", "activation", "podman", "docker", "iperf", "lab", "converge", "wireguard", "dns")
+PARTS = ("proc", "cni", "activation", "podman", "docker", "iperf", "lab", "converge", "wireguard", "dns", "services")
 
 
 def machine() -> dict:
@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.dns import run_dns
         log("muslind DNS: latency under load, memory with 10,000 names, attach/detach followed, restart")
         res["dns"] = _part("dns", lambda: run_dns(a.smoke or a.quick, log=log), log)
+    if "services" in only:
+        from bench.services import run_services
+        counts = [10, 50] if a.smoke else [10, 1000] if a.quick else [10, 1000, 10000]
+        log(f"service VIPs: full sync, one change, connect through the VIP at {counts} services x 3 endpoints")
+        res["services"] = _part("services", lambda: run_services(counts, 20 if a.smoke else 200, log=log), log)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "results.json").write_text(json.dumps(res, indent=1))
     text = report.table(res)

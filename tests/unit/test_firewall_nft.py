@@ -3,7 +3,7 @@
 golden/firewall/ports.listing.json is real `nft -j list table inet muslin` output (nft 1.0.6)
 for the "ports" state of test_firewall.py; to regenerate it, as root in a throwaway netns:
   ip netns exec NS .venv/bin/python -c "import sys; sys.path.insert(0,'tests/unit'); \
-    from test_firewall import STATES; from muslin.dataplane import nft; nft.sync(STATES['ports'], '/tmp/l')"
+    from test_firewall import STATES; from muslin.dataplane import nft; nft.sync(STATES['ports'], '')"
   ip netns exec NS nft -j list table inet muslin | python3 -m json.tool > tests/unit/golden/firewall/ports.listing.json
 """
 

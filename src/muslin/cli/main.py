@@ -39,7 +39,7 @@ class Muslin(click.Group):
     LAZY = {"cluster": "muslin.control.agent_cli:cli", "install": "muslin.cli.install:install",
             "uninstall": "muslin.cli.install:uninstall", "completion": "muslin.cli.completion:completion",
             "lab": "muslin.lab.cli:lab", "demo": "muslin.cli.demo:demo", "doctor": "muslin.cli.diagnose:doctor",
-            "topology": "muslin.cli.diagnose:topology",
+            "topology": "muslin.cli.diagnose:topology", "service": "muslin.cli.services:service",
             "policy": "muslin.cli.policy:policy", "namespace": "muslin.cli.policy:namespace"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -167,10 +167,13 @@ def network_filter(filters: tuple[str, ...]) -> Any:
 @click.option("--mode", default="bridge", help="macvlan mode.")
 @click.option("--opt", multiple=True, help="Driver option KEY=VALUE.")
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="A label (repeat); `ls --filter label=KEY` finds it.")
+@click.option("--service-range", default="", metavar="CIDR",
+              help="Where its services' virtual IPs come from (default: a free /20 of 10.96.0.0/12).")
 @OUTPUT
 @click.pass_obj
 def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, reuse_bridge, mtu, internal,
-                   no_masquerade, no_isolate, hairpin, no_spoofcheck, parent, mode, opt, label, output) -> None:
+                   no_masquerade, no_isolate, hairpin, no_spoofcheck, parent, mode, opt, label, service_range,
+                   output) -> None:
     """Create network NAME."""
     from muslin.model.types import IPRange, Network
 
@@ -206,7 +209,7 @@ def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, re
                 masquerade=not no_masquerade, internal=internal, isolate=not no_isolate, hairpin=hairpin,
                 parent=parent, mode=mode if driver == "macvlan" else "bridge", origin="cli",
                 options=tuple(sorted(opts.items())), reuse_bridge=reuse_bridge, labels=parse_labels(label),
-                spoofcheck=not no_spoofcheck)
+                spoofcheck=not no_spoofcheck, service_range=service_range)
     made = obj.muslin.create_network(n)
     emit(made.to_dict(), output, f"network {made.name} created ({', '.join(map(str, made.subnets)) or made.driver})")
 

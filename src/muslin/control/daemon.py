@@ -257,7 +257,19 @@ class ClusterService:
         self.pidfile.write_text(str(os.getpid()))
         self.thread.start()
         self.names = self._publisher()
+        self.members = self._service_members()
         log.info("cluster agent for %s as %s", self.agent.network, self.agent.hostname)
+
+    def _service_members(self) -> Any:
+        """Other hosts' endpoints as backends of this host's services (control/service_members.py)."""
+        from muslin.control.service_members import RemoteMembers
+        from muslin.store import open_store
+
+        a = self.ctx.args
+        rm = RemoteMembers(open_store(a.cluster_store, etcd_options(a)), self.ctx.muslin, self.agent.network,
+                           self.agent.hostname, self.ctx.stop)
+        rm.start()
+        return rm
 
     def _publisher(self) -> Any:
         """This host's endpoints on the cluster network, published for the other hosts."""
@@ -275,6 +287,10 @@ class ClusterService:
         names = getattr(self, "names", None)
         if names is not None:
             names.stop()
+        members = getattr(self, "members", None)
+        if members is not None:
+            members.join()
+            members.cluster.close()
         if self.thread.is_alive():
             self.thread.join(timeout=60)
         self.agent.store.close()

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from muslin.dns.records import DnsEndpoint, NameTable, NetInfo, remote
+from muslin.dns.records import DnsEndpoint, NameTable, NetInfo, remote, service_entry
 from muslin.model import keys
 from muslin.model.errors import MuslinError, Unavailable
 from muslin.model.types import Endpoint, Network
@@ -97,17 +97,19 @@ class LocalFeed(Feed):
         self.nets: dict[str, NetInfo] = {}
 
     def wanted(self, ev: Event) -> bool:
-        return ev.key.startswith((keys.NETWORKS, keys.ENDPOINTS))
+        return ev.key.startswith((keys.NETWORKS, keys.ENDPOINTS, keys.SERVICES))
 
     def load(self) -> int:
         rev = self.store.revision()
         self.nets = {kv.key: NetInfo.of(Network.from_dict(kv.value)) for kv in self.store.list(keys.NETWORKS)}
         eps = {kv.key: DnsEndpoint.of(Endpoint.from_dict(kv.value)) for kv in self.store.list(keys.ENDPOINTS)}
+        svcs = {kv.key: e for kv in self.store.list(keys.SERVICES) if (e := service_entry(kv.value)) is not None}
         nets = list(self.nets.values())
 
         def go(t: NameTable) -> None:
             t.set_networks(nets)
             t.replace_all(eps, keys.ENDPOINTS)
+            t.replace_all(svcs, keys.SERVICES)
         self.apply(go).result(10)  # type: ignore[attr-defined]
         log.info("DNS: %d networks, %d endpoints on this host", len(nets), len(eps))
         return rev + 1
@@ -122,6 +124,9 @@ class LocalFeed(Feed):
                     self.nets.pop(ev.key, None)
                 else:
                     self.nets[ev.key] = NetInfo.of(Network.from_dict(ev.value))
+            elif ev.key.startswith(keys.SERVICES):
+                changes.append((ev.key, None if ev.type == "delete" or ev.value is None
+                                else service_entry(ev.value)))
             else:
                 changes.append((ev.key, None if ev.type == "delete" or ev.value is None
                                 else DnsEndpoint.of(Endpoint.from_dict(ev.value))))

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
-from muslin.control import bandwidth, firewall, networks, policy
+from muslin.control import bandwidth, firewall, networks, policy, services
 from muslin.control.ipam import Allocation
 from muslin.control.timings import timed
 from muslin.drivers.base import Addr, Made, get_driver
@@ -116,6 +116,8 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
         if ep[0].ports:
             yield firewall.step(m, k, firewall.deferred(m, add_endpoints=ep))
         yield Step("endpoint record", record, lambda _: m.store.delete(key))
+        if services.present(m, net.name):  # it joins the services its labels select
+            yield services.endpoint_step(m, k, ep[0])
         yield from policy.attach_steps(m, k, net, ep[0])  # anti-spoofing, network policy
 
     run(plan(), m.timings)
@@ -203,6 +205,8 @@ def detach_locked(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> No
             k.delete_link(ep.host_ifname)
     if ep.ports:
         firewall.sync(m, k, firewall.deferred(m, drop_endpoints=[(ep.network, ep.endpoint_id)]))
+    if ep.addresses and services.present(m, ep.network):  # out of its services before its address is free
+        services.members_changed(m, k, [(services.Member.of(ep), None)])
     if ep.ipam_owned and ep.owner:
         if retired:  # the sandbox end still holds them until the reap: no one else gets them before
             m.ipam.hand_over(ep.owner, keys.reap_owner(ep.host_ifname))

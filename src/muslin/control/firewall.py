@@ -69,16 +69,23 @@ def lock(m: Muslin):  # type: ignore[no-untyped-def]
     return flock(m.state_dir / "locks" / "firewall.lock", True)
 
 
-def sync(m: Muslin, k: Kernel, state: FirewallState | Callable[[], FirewallState] | None = None) -> dict[str, str]:
+def sync(m: Muslin, k: Kernel, state: FirewallState | Callable[[], FirewallState] | None = None,
+         services_after: bool = True) -> dict[str, str]:
     """Returns the previous value of each sysctl the sync changed. Timed as the phase
-    `nft transaction` (muslind's metrics: its time and failures)."""
+    `nft transaction` (muslind's metrics: its time and failures). When the sync replaced the
+    whole table, the services are synced again (control/services.py)."""
     with lock(m):
         if state is None:
             state = desired(m)
         elif callable(state):
             state = state()
         with timed(m.timings, NFT_PHASE):
-            return k.firewall_sync(state, m.owner)
+            changed = k.firewall_sync(state, m.owner)
+    if services_after:
+        from muslin.control import services
+
+        services.after_firewall_sync(m, k)
+    return changed
 
 
 def step(m: Muslin, k: Kernel, state: FirewallState | Callable[[], FirewallState]) -> Step:

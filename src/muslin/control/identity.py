@@ -49,9 +49,10 @@ def update(m: Muslin, network: str, endpoint_id: str, *, name: str | None = None
             return old
         try:
             m.store.put(key, ep.to_dict(), expect=kv.mod_revision)
-            return ep
         except Conflict:
             continue
+        _services_follow(m, [(old, ep)], [Put(key, kv.value)])
+        return ep
     raise Conflict(f"endpoint {endpoint_id} on network {network!r} kept changing; try again")
 
 
@@ -62,6 +63,7 @@ def relabel(m: Muslin, records: list[tuple[str, dict]], endpoint_ids: list[tuple
     for _ in range(RETRIES):
         compares: list[Compare] = []
         ops: list[Put] = []
+        undo: list[Put] = []
         out: list[Endpoint] = []
         for key, _value in records:
             kv = m.store.get(key)
@@ -71,19 +73,39 @@ def relabel(m: Muslin, records: list[tuple[str, dict]], endpoint_ids: list[tuple
             value["labels"] = dict(merged_labels(dict(value.get("labels") or {}).items(), sets, drops))
             compares.append(Compare(key, kv.mod_revision))
             ops.append(Put(key, value))
+            undo.append(Put(key, kv.value))
+        olds: list[Endpoint] = []
         for network, eid in endpoint_ids:
             key = keys.endpoint(network, eid)
             kv = m.store.get(key)
             if kv is None:
                 continue  # detached meanwhile: nothing to label
-            ep = Endpoint.from_dict(kv.value)
-            ep = replace(ep, labels=merged_labels(ep.labels, sets, drops))
+            olds.append(Endpoint.from_dict(kv.value))
+            ep = replace(olds[-1], labels=merged_labels(olds[-1].labels, sets, drops))
             compares.append(Compare(key, kv.mod_revision))
             ops.append(Put(key, ep.to_dict()))
+            undo.append(Put(key, kv.value))
             out.append(ep)
         try:
             m.store.txn(compares, ops)
-            return out
         except Conflict:
             continue
+        _services_follow(m, list(zip(olds, out)), undo)
+        return out
     raise Conflict("the records kept changing while labelling; try again")
+
+
+def _services_follow(m: Muslin, changed: list[tuple[Endpoint, Endpoint]], undo: list[Put]) -> None:
+    """Endpoints whose labels or namespace changed join or leave services at once. When that
+    fails, the records written get their old values back (`undo`) and the error is raised."""
+    from muslin.control import services
+
+    moved = [(services.Member.of(a), services.Member.of(b)) for a, b in changed
+             if (a.labels, a.namespace) != (b.labels, b.namespace) and b.addresses]
+    if moved and any(services.present(m, a.network) for a, _ in moved):
+        try:
+            with m.kernel() as k:
+                services.members_changed(m, k, moved)
+        except BaseException:
+            m.store.txn([], undo)
+            raise

@@ -36,13 +36,23 @@ def normalize(net: Network) -> Network:
 
 
 def check_conflicts(m: Muslin, net: Network) -> None:
-    for other in m.list_networks():
+    import ipaddress
+
+    others = m.list_networks()
+    if net.service_range:
+        from muslin.control.services import check_range
+
+        check_range(net.service_range, net, others)
+    for other in others:
         if other.name == net.name:
             continue
         for mine in net.subnets:
             for theirs in other.subnets:
                 if mine.version == theirs.version and mine.overlaps(theirs):
                     raise Conflict(f"subnet {mine} overlaps network {other.name!r} ({theirs})")
+            theirs = ipaddress.ip_network(other.service_range) if other.service_range else None
+            if theirs is not None and mine.version == theirs.version and mine.overlaps(theirs):
+                raise Conflict(f"subnet {mine} overlaps the service range {theirs} of network {other.name!r}")
         if net.bridge and net.bridge == other.bridge:
             raise Conflict(f"bridge {net.bridge} is already used by network {other.name!r}")
 
@@ -113,11 +123,18 @@ def ensure(m: Muslin, k: Kernel, net: Network) -> tuple[Network, dict[str, str] 
 def delete(m: Muslin, k: Kernel, name: str, force: bool = False) -> None:
     from muslin.control import endpoints
 
+    from muslin.control import services
+
     with m.lock(name, exclusive=True):
         net = m.get_network(name)
         eps = m.endpoints(name)
         if eps and not force:
             raise Conflict(f"network {name!r} has {len(eps)} endpoint(s); disconnect them first")
+        svcs = services.list_services(m, name)
+        if svcs and not force:
+            raise Conflict(f"network {name!r} has {len(svcs)} service(s) ({', '.join(s.name for s in svcs[:5])}); "
+                           "remove them first (muslin service rm)")
+        services.remove_all(m, k, name)
         for ep in eps:
             endpoints.detach_locked(m, k, net, ep)
         teardown(m, k, net)
@@ -152,6 +169,8 @@ def remove_if_unused(m: Muslin, k: Kernel, name: str) -> None:
         net = m.find_network(name)
         if net is None or net.origin != "cni" or m.has_endpoints(name):
             return
+        if m.store.keys(keys.services(name), limit=1):
+            return  # its services keep it (their removal takes it)
         teardown(m, k, net)
 
 

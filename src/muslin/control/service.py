@@ -171,6 +171,36 @@ class Muslin:
             policy.identity_changed(self)  # what network policy selects may have changed
         return ep
 
+    # -- services (control/services.py) ---------------------------------------------------
+    def create_service(self, name: str, network: str, ports, selector: dict[str, str], vip=None,  # type: ignore[no-untyped-def]
+                       affinity: int = 0, namespace: str = "default"):
+        from muslin.control import services
+
+        with self.kernel() as k:
+            return services.create(self, k, name, network, ports, selector, vip, affinity, namespace)
+
+    def remove_service(self, name: str, network: str | None = None):  # type: ignore[no-untyped-def]
+        from muslin.control import services
+
+        with self.kernel() as k:
+            return services.remove(self, k, name, network, origin="")
+
+    def list_services(self, network: str | None = None):  # type: ignore[no-untyped-def]
+        from muslin.control import services
+
+        return services.list_services(self, network)
+
+    def find_service(self, name: str, network: str | None = None):  # type: ignore[no-untyped-def]
+        from muslin.control import services
+
+        return services.find(self, name, network)
+
+    def sync_services(self) -> int:
+        from muslin.control import services
+
+        with self.kernel() as k:
+            return services.resync(self, k)
+
     # -- firewall and host facts -------------------------------------------------------------
     def firewall_state(self):  # type: ignore[no-untyped-def]
         return firewall.desired(self)

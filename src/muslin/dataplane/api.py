@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Iterable, Protocol
 
 from muslin.firewall.antispoof import Guard
+from muslin.firewall.services import ServiceChanges, SvcPort
 from muslin.firewall.state import FirewallState
 from muslin.model.kernel import LinkInfo, SandboxConfig, SandboxResult
-from muslin.model.types import IPInterface, IPNetwork
+from muslin.model.types import IPAddress, IPInterface, IPNetwork
 
 
 class Kernel(Protocol):
@@ -136,6 +137,21 @@ class Kernel(Protocol):
 
     def protocol_supported(self, protocol: str) -> bool:
         """Can this kernel carry the protocol ("sctp": is there an SCTP socket)?"""
+
+    # -- services: virtual IPs in Muslin's table (firewall/services.py) -----------------
+    def services_apply(self, changes: ServiceChanges, owner: str) -> None:
+        """One batch of service changes (Conflict if another owner holds the table, NotFound
+        if there is no table)."""
+
+    def services_resync(self, ports: Iterable[SvcPort], vips: Iterable[IPAddress], local: Iterable[IPAddress],
+                        owner: str) -> None:
+        """The table's services become exactly these (observed, then one batch)."""
+
+    def services_marked(self) -> bool:
+        """Has a full service sync run since the table was last made (or replaced)?"""
+
+    def conntrack_flush(self, protocol: str, vip: IPAddress, port: int, backend: IPAddress) -> int:
+        """Forget the connections to vip:port/protocol DNATed to `backend`; returns how many."""
 
     # -- host facts ---------------------------------------------------------------------
     def host_routes(self) -> list[IPNetwork]:

@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
 from muslin.firewall.antispoof import Guard
+from muslin.firewall.services import ServiceChanges, SvcPort
 from muslin.firewall.state import FirewallState
 from muslin.firewall.compiler import owner_path, same_owner, sysctls_for
 from muslin.model.errors import Conflict, NotFound, Unavailable
 from muslin.model.kernel import LinkInfo, SandboxConfig, SandboxResult
 from muslin.model.names import REAP_GROUP
-from muslin.model.types import IPInterface, IPNetwork, Route
+from muslin.model.types import IPAddress, IPInterface, IPNetwork, Route
 
 HOST = ""  # the host namespace's key
 KINDS = {"bridge", "veth", "macvlan", "vxlan", "ifb"}
@@ -58,6 +59,11 @@ class FakeKernel:
         self.resolv: dict[str, str] = {}  # /etc/netns/NAME/resolv.conf
         self.counters: dict[str, dict[str, int]] = {}  # firewall_counters()
         self.protocols: set[str] = {"tcp", "udp"}  # protocol_supported(); no SCTP, as here
+        self.services: dict[str, SvcPort] = {}  # service port chain -> what it holds
+        self.service_vips: set[IPAddress] = set()
+        self.service_local: set[IPAddress] = set()
+        self.service_mark = False
+        self.conntrack: list[tuple[str, str, int, str]] = []  # (protocol, vip, port, backend) of live flows
         self.default_link_mtu = mtu
         self.fail_at: int | None = None
         self.fail_on: set[str] = set()
@@ -90,7 +96,10 @@ class FakeKernel:
                   if self._sysctl_exists(k) and (v != "0" or k.count("/") < 7)}  # per-link ones default 0
         return copy.deepcopy({"namespaces": nss, "routes": {k: sorted(v) for k, v in self.routes.items()},
                               "table": self.table, "docker": sorted(self.docker_rules), "sysctl": sysctl,
-                              "resolv": dict(self.resolv)})
+                              "resolv": dict(self.resolv), "services": dict(sorted(self.services.items())),
+                              "service_vips": sorted(map(str, self.service_vips)),
+                              "service_local": sorted(map(str, self.service_local)),
+                              "conntrack": sorted(self.conntrack)})
 
     def _sysctl_exists(self, path: str) -> bool:
         """A per-interface sysctl exists while its interface does (in the host)."""
@@ -372,6 +381,7 @@ class FakeKernel:
             raise Conflict(f"this host namespace is managed by Muslin with state dir {owner_path(self.table[0])}")
         if state.empty:
             self.table = None
+            self.services, self.service_vips, self.service_local, self.service_mark = {}, set(), set(), False
             return {}
         self.table = (owner, _sorted_guards(state))
         changed = {}
@@ -410,6 +420,43 @@ class FakeKernel:
 
     def protocol_supported(self, protocol: str) -> bool:
         return protocol in self.protocols
+
+    # -- services -------------------------------------------------------------------------
+    def _services_owner(self, owner: str) -> None:
+        if self.table is None:
+            raise NotFound("there is no nftables table inet muslin here: services need a Muslin network in this "
+                           "host namespace")
+        if self.table[0] and not same_owner(self.table[0], owner):
+            raise Conflict(f"this host namespace is managed by Muslin with state dir {owner_path(self.table[0])}")
+
+    def services_apply(self, changes: ServiceChanges, owner: str) -> None:
+        self._mut("services_apply", owner)
+        self._services_owner(owner)
+        for old, new in changes.ports:
+            if new is not None:
+                self.services[new.chain] = new
+            elif old is not None:
+                self.services.pop(old.chain, None)
+        for a, present in changes.vips:
+            (self.service_vips.add if present else self.service_vips.discard)(a)
+        for a, present in changes.local:
+            (self.service_local.add if present else self.service_local.discard)(a)
+
+    def services_resync(self, ports: Iterable[SvcPort], vips: Iterable[IPAddress], local: Iterable[IPAddress],
+                        owner: str) -> None:
+        self._mut("services_resync", owner)
+        self._services_owner(owner)
+        self.services = {p.chain: p for p in ports}
+        self.service_vips, self.service_local, self.service_mark = set(vips), set(local), True
+
+    def services_marked(self) -> bool:
+        return self.table is not None and self.service_mark
+
+    def conntrack_flush(self, protocol: str, vip: IPAddress, port: int, backend: IPAddress) -> int:
+        self._mut("conntrack_flush", protocol, str(vip), port, str(backend))
+        gone = [c for c in self.conntrack if c == (protocol, str(vip), port, str(backend))]
+        self.conntrack = [c for c in self.conntrack if c not in gone]
+        return len(gone)
 
     # -- host facts -----------------------------------------------------------------------
     def host_routes(self) -> list[IPNetwork]:

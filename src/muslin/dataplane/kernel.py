@@ -195,6 +195,27 @@ class RealKernel:
     def protocol_supported(self, protocol: str) -> bool:
         return hostnet.protocol_supported(protocol)
 
+    # -- services ---------------------------------------------------------------------------
+    def services_apply(self, changes, owner: str) -> None:  # type: ignore[no-untyped-def]
+        from muslin.dataplane import nft_services
+
+        nft_services.apply(changes, owner)
+
+    def services_resync(self, ports, vips, local, owner: str) -> None:  # type: ignore[no-untyped-def]
+        from muslin.dataplane import nft_services
+
+        nft_services.resync(ports, vips, local, owner)
+
+    def services_marked(self) -> bool:
+        from muslin.dataplane import nft_services
+
+        return nft_services.marked()
+
+    def conntrack_flush(self, protocol: str, vip, port: int, backend) -> int:  # type: ignore[no-untyped-def]
+        from muslin.dataplane import nft_services
+
+        return nft_services.conntrack_flush(protocol, vip, port, backend)
+
     # -- host facts -----------------------------------------------------------------------
     def host_routes(self) -> list[IPNetwork]:
         return hostnet.host_routes()

@@ -26,8 +26,10 @@ from typing import Any
 
 from muslin.dataplane import guard_nft, libnft
 from muslin.dataplane.nslock import netns_lock
-from muslin.firewall.compiler import (CHAINS, DIGEST, FAMILY, MAPS, OWNER_CHAIN, RULE_COMMENT, SET_NAMES, SETS,
-                                      SKELETON, TABLE, Ruleset, compile, owner_path, same_owner, sysctls_for)
+from muslin.firewall.compiler import (CHAINS, DECLARED_MAPS, DECLARED_SETS, DIGEST, FAMILY, OWNER_CHAIN, RULE_COMMENT,
+                                      SET_NAMES, SKELETON, TABLE, Ruleset, compile, owner_path, same_owner,
+                                      sysctls_for)
+from muslin.firewall.services import PREFIX as SERVICE_PREFIX
 from muslin.firewall.render import render_delete, render_delta, render_full
 from muslin.firewall.state import FirewallState
 from muslin.model.errors import Conflict, Invalid, Unavailable, Unsupported
@@ -177,6 +179,8 @@ def parse(listing: dict) -> Ruleset:
         (kind, obj), = item.items() if len(item) == 1 else (("", {}),)
         if not isinstance(obj, dict) or obj.get("family", FAMILY) != FAMILY or obj.get("table", TABLE) != TABLE:
             continue
+        if str(obj.get("name", "") if kind != "rule" else obj.get("chain", "")).startswith(SERVICE_PREFIX):
+            continue  # a service's own chains and sets (firewall/services.py): not the skeleton's
         if kind in ("set", "map"):
             name = obj["name"]
             decls[name] = _decl(obj)
@@ -198,7 +202,7 @@ def parse(listing: dict) -> Ruleset:
             owner = owner or str(obj.get("comment", ""))
         elif kind == "rule":
             rules.setdefault(obj["chain"], []).append(obj.get("comment", ""))
-    expected_decls = dict(SETS + MAPS)
+    expected_decls = dict(DECLARED_SETS + DECLARED_MAPS)
     expected_chains = {name: _expected_header(head) for name, head, _ in CHAINS}
     ok = decls == expected_decls and chains == expected_chains and all(
         rules.get(name, []) == [RULE_COMMENT] * len(rs) for name, _, rs in CHAINS)

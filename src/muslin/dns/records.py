@@ -55,6 +55,15 @@ def remote(network: str, hostname: str, value: dict) -> DnsEndpoint | None:
         return None
 
 
+def service_entry(value: dict) -> DnsEndpoint | None:
+    """A service (control/services.py): its name on its network resolves to its VIP."""
+    try:
+        net, name = str(value["network"]), str(value["name"])
+        return DnsEndpoint(net, f"service:{net}/{name}", names_of(name, ()), (ipaddress.ip_address(value["vip"]),))
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def names_of(name: str, aliases: Iterable[str]) -> tuple[str, ...]:
     """The servable names among a name and aliases, in order, each once."""
     out: dict[str, None] = {}

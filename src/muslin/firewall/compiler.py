@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from muslin.firewall import policy
+from muslin.firewall import services as svc
 from muslin.firewall.state import FirewallState, PortRule
 from muslin.model.errors import Conflict
 from muslin.model.types import IPNetwork
@@ -58,6 +59,9 @@ MAPS: tuple[tuple[str, str], ...] = (
 )
 SET_NAMES: tuple[str, ...] = tuple(n for n, _ in SETS + MAPS)
 MAP_NAMES: frozenset[str] = frozenset(n for n, _ in MAPS)
+# Declared with the skeleton, their elements kept by the services' own sync (firewall/services.py):
+DECLARED_SETS = SETS + svc.SERVICE_SETS
+DECLARED_MAPS = MAPS + svc.SERVICE_MAPS
 
 _NOT_SELF = "iifname . oifname != @pairs"
 # chain name -> (base chain header or "", rules)
@@ -66,6 +70,7 @@ CHAINS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # filters it by state): untracked, it costs a set lookup instead of a conntrack entry.
     # Traffic to the gateway (the host: DNAT of published ports, DNS) stays tracked.
     ("raw", "type filter hook prerouting priority raw; policy accept;", policy.RAW_RULES + (  # policed: tracked
+        *svc.RAW_RULES,  # a service backend's replies stay tracked (the reverse NAT needs it)
         "ip daddr . iifname @own4 ip saddr . iifname @own4 ip daddr != @gws4 notrack",
         "ip6 daddr . iifname @own6 ip6 saddr . iifname @own6 ip6 daddr != @gws6 notrack",
     )),
@@ -99,14 +104,15 @@ CHAINS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "ip saddr @masq4 ip daddr != 224.0.0.0/4 ip saddr . oifname != @own4 masquerade",
         "ip6 saddr @masq6 ip6 daddr != ff00::/8 ip6 saddr . oifname != @own6 masquerade",
     )),
+    *svc.SERVICE_CHAINS,  # service virtual IPs (firewall/services.py)
 ) + policy.CHAINS  # network policy's chains (firewall/policy.py)
 
 
 def _skeleton_source() -> str:
     out = []
-    for name, decl in SETS:
+    for name, decl in DECLARED_SETS:
         out.append(f"set {name} {{ {decl}; }}")
-    for name, decl in MAPS:
+    for name, decl in DECLARED_MAPS:
         out.append(f"map {name} {{ {decl}; }}")
     for name, head, rules in CHAINS:
         out.append(f"chain {name} {{ {head} {' ; '.join(rules)} }}")
@@ -145,7 +151,7 @@ def owner_path(mark: str) -> str:
 
 def _render_skeleton() -> str:
     lines = [f"table {FAMILY} {TABLE} {{"]
-    for kind, items in (("set", SETS), ("map", MAPS)):
+    for kind, items in (("set", DECLARED_SETS), ("map", DECLARED_MAPS)):
         for name, decl in items:
             lines.append(f"\t{kind} {name} {{")
             for part in decl.split("; "):
@@ -168,7 +174,7 @@ SKELETON = _render_skeleton()
 def expected_shape() -> dict[str, object]:
     """What observe() must find for the skeleton to count as ours and current."""
     return {
-        "sets": {name: decl for name, decl in SETS + MAPS},
+        "sets": {name: decl for name, decl in DECLARED_SETS + DECLARED_MAPS},
         "chains": {name: len(rules) for name, _, rules in CHAINS},
     }
 

@@ -168,3 +168,56 @@ def reap_owner(host_ifname: str) -> str:
 
 def default_owner(network: str, endpoint_id: str) -> str:
     return f"ep/{network}/{endpoint_id}"
+
+
+# -- services (control/services.py) -----------------------------------------------------
+
+SERVICES = "services/"
+SERVICE_INDEX = "service-index/"
+REMOTE_ENDPOINTS = "remote-endpoints/"
+
+
+def services(network: str | None = None) -> str:
+    """The prefix of one network's services (or of all)."""
+    return f"{SERVICES}{network}/" if network else SERVICES
+
+
+def service(network: str, name: str) -> str:
+    return services(network) + name
+
+
+def service_selector_index(network: str, key: str, value: str) -> str:
+    """The prefix of the services of a network whose first selector pair is key=value (an
+    endpoint with that label may be theirs): service-index/sel/<net>/<k>=<v>/<service>."""
+    return f"{SERVICE_INDEX}sel/{network}/{store_id(key)}={store_id(value)}/"
+
+
+def service_backend_index(ip: IPAddress, network: str = "") -> str:
+    """The prefix of the services a local endpoint address backs (what it shares in the kernel
+    lives while any of them does): service-index/ip/<ip>/<net>/<service>."""
+    return f"{SERVICE_INDEX}ip/{ip}/{network + '/' if network else ''}"
+
+
+def remote_endpoints(network: str, hostname: str = "") -> str:
+    """This host's copy of the endpoints other hosts of a cluster network publish (muslind
+    keeps it current), which services select from as from local ones."""
+    return f"{REMOTE_ENDPOINTS}{network}/{hostname + '/' if hostname else ''}"
+
+
+def remote_endpoint(network: str, hostname: str, endpoint_id: str) -> str:
+    return remote_endpoints(network, hostname) + store_id(endpoint_id)
+
+
+def cluster_services(net: str, hostname: str = "") -> str:
+    """The prefix of a cluster network's services (of one host, or all), each written by the
+    host that made it under its subnet lease."""
+    return f"cluster/{net}/services/{hostname + '/' if hostname else ''}"
+
+
+def cluster_service(net: str, hostname: str, name: str) -> str:
+    return cluster_services(net, hostname) + name
+
+
+def cluster_vip(net: str, vip: IPAddress) -> str:
+    """A virtual IP's claim on a cluster network (unique across its hosts)."""
+    return f"cluster/{net}/vips/{vip}"

@@ -86,6 +86,7 @@ class Network:
     # Chosen or made by Muslin, not asked for by the user (left out of `spec()`):
     bridge_mac: str = ""  # the bridge's fixed MAC, chosen at creation
     made: tuple[str, ...] = ()  # what Muslin added to a reused bridge ("address:10.1.0.1/24")
+    service_range: str = ""  # where its services' virtual IPs come from (CIDR; '' = chosen at the first service)
 
     @property
     def subnets(self) -> list[IPNetwork]:
@@ -125,6 +126,7 @@ class Network:
         kw["options"] = tuple(sorted(dict(d.get("options", {})).items()))
         kw["labels"] = tuple(sorted(dict(d.get("labels", {})).items()))
         kw["made"] = tuple(d.get("made", ()))
+        kw["service_range"] = d.get("service_range") or ""
         return cls(**kw)
 
     def evolve(self, **changes: Any) -> Network:
@@ -133,7 +135,7 @@ class Network:
     def spec(self) -> dict[str, Any]:
         """What the user asked for: the record without what Muslin chose or made."""
         d = self.to_dict()
-        for k in ("bridge_mac", "made"):
+        for k in ("bridge_mac", "made", "service_range"):
             d.pop(k, None)
         return d
 
@@ -326,3 +328,89 @@ class Endpoint:
             namespace=d.get("namespace") or DEFAULT_NAMESPACE, bandwidth=Bandwidth.from_dict(d.get("bandwidth")),
             exposed=tuple(NamedPort.from_dict(p) for p in d.get("exposed") or ()),
         )
+
+
+# -- services: a virtual IP in front of the endpoints a selector matches --------------------
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One port of a service: VIP:port/protocol -> each backend's target_port (0 = the same)."""
+
+    port: int
+    protocol: str = "tcp"
+    target_port: int = 0
+
+    @property
+    def target(self) -> int:
+        return self.target_port or self.port
+
+    def __str__(self) -> str:
+        return f"{self.port}{':' + str(self.target_port) if self.target_port else ''}/{self.protocol}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"port": self.port, "protocol": self.protocol, "target_port": self.target_port}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServicePort:
+        return cls(int(d["port"]), str(d.get("protocol") or "tcp"), int(d.get("target_port") or 0))
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An endpoint a service sends to: on this host (`host` '') or on another host of a
+    cluster network. `endpoint` is its endpoint id; `host_ifname` its bridge port here."""
+
+    ip: IPAddress
+    endpoint: str
+    host: str = ""
+    host_ifname: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ip": str(self.ip), "endpoint": self.endpoint, "host": self.host, "host_ifname": self.host_ifname}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Backend:
+        return cls(ipaddress.ip_address(d["ip"]), str(d.get("endpoint", "")), str(d.get("host") or ""),
+                   str(d.get("host_ifname") or ""))
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service of a network: its name resolves to `vip`; connections to vip:port go to one
+    of the endpoints whose labels hold every `selector` pair (and whose namespace is the
+    service's), on any host of the network. `origin` '' = made on this host, 'cluster:HOST' =
+    another host's service of a cluster network. `backends` is what is programmed now."""
+
+    name: str
+    network: str
+    vip: IPAddress
+    ports: tuple[ServicePort, ...]
+    selector: tuple[tuple[str, str], ...]
+    namespace: str = DEFAULT_NAMESPACE
+    affinity: int = 0  # seconds a client keeps its backend (0 = none)
+    origin: str = ""
+    backends: tuple[Backend, ...] = ()
+
+    def selects(self, labels: dict[str, str] | tuple[tuple[str, str], ...], namespace: str) -> bool:
+        have = dict(labels)
+        return namespace == self.namespace and all(have.get(k) == v for k, v in self.selector)
+
+    def spec(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d.pop("backends")
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "network": self.network, "vip": str(self.vip),
+                "ports": [p.to_dict() for p in self.ports], "selector": dict(self.selector),
+                "namespace": self.namespace, "affinity": self.affinity, "origin": self.origin,
+                "backends": [b.to_dict() for b in self.backends]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Service:
+        return cls(name=d["name"], network=d["network"], vip=ipaddress.ip_address(d["vip"]),
+                   ports=tuple(ServicePort.from_dict(p) for p in d.get("ports", ())),
+                   selector=tuple(sorted(dict(d.get("selector") or {}).items())),
+                   namespace=d.get("namespace") or DEFAULT_NAMESPACE, affinity=int(d.get("affinity") or 0),
+                   origin=str(d.get("origin") or ""),
+                   backends=tuple(Backend.from_dict(b) for b in d.get("backends", ())))
