@@ -143,7 +143,7 @@ def test_verb_version_gates():
     ("hairpinMode", None and 0 or "x"), ("promiscMode", 3), ("forceAddress", []), ("bridge", 5),
     ("ipam", "muslin-ipam"), ("dns", []), ("isolate", "no"), ("internal", 0), ("driver", 1),
     ("network", {}), ("dataDir", 7), ("master", False), ("runtimeConfig", []), ("args", "x"),
-    ("prevResult", "x"), ("frobnicate", True), ("vlan", 10), ("macspoofchk", True),
+    ("prevResult", "x"), ("frobnicate", True), ("vlan", 10), ("macspoofchk", "yes"),
 ])
 def test_wrong_typed_or_unknown_key_is_code_2_naming_it(key, value):
     code, msg = code_of(ENV, conf(**{key: value}))
@@ -599,3 +599,28 @@ def test_data_dir_that_is_a_file_is_code_7_and_left_alone(tmp_path):
     err = json.loads(out)
     assert rc == 1 and err["code"] == 7 and err["msg"] == f"dataDir {f} is not a directory", err
     assert f.read_text() == "not a store\n"
+
+
+# ---------------------------------------------------------------- anti-spoofing, named ports
+
+def test_macspoofchk_on_by_default_and_honoured():
+    add = {**ENV, "CNI_COMMAND": "ADD"}
+    assert parse_request(add, conf()).network.spoofcheck is True
+    assert parse_request(add, conf(macspoofchk=False)).network.spoofcheck is False
+    assert parse_request(add, conf(macspoofchk=True)).network.spoofcheck is True
+
+
+def test_args_cni_ports_are_named_ports():
+    from muslin.model.types import NamedPort
+
+    add = {**ENV, "CNI_COMMAND": "ADD"}
+    ports = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}, {"containerPort": 9},
+             {"name": "dns", "containerPort": 53, "protocol": "UDP"}]
+    r = parse_request(add, conf(args={"cni": {"ports": ports}}))
+    assert r.exposed == (NamedPort("http", 8080, "tcp"), NamedPort("dns", 53, "udp"))
+    for bad, needle in (([{"name": "Http", "containerPort": 80}], "args.cni.ports[0].name"),
+                        ([{"name": "h", "containerPort": 0}], "args.cni.ports[0].containerPort"),
+                        ([{"name": "h", "containerPort": 80, "protocol": "icmp"}], "args.cni.ports[0].protocol"),
+                        ({"name": "h"}, "args.cni.ports")):
+        code, msg = code_of(add, conf(args={"cni": {"ports": bad}}))
+        assert code in (2, 7) and needle in msg, msg

@@ -39,7 +39,8 @@ class Muslin(click.Group):
     LAZY = {"cluster": "muslin.control.agent_cli:cli", "install": "muslin.cli.install:install",
             "uninstall": "muslin.cli.install:uninstall", "completion": "muslin.cli.completion:completion",
             "lab": "muslin.lab.cli:lab", "demo": "muslin.cli.demo:demo", "doctor": "muslin.cli.diagnose:doctor",
-            "topology": "muslin.cli.diagnose:topology", "service": "muslin.cli.services:service"}
+            "topology": "muslin.cli.diagnose:topology", "service": "muslin.cli.services:service",
+            "policy": "muslin.cli.policy:policy", "namespace": "muslin.cli.policy:namespace"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
@@ -160,6 +161,8 @@ def network_filter(filters: tuple[str, ...]) -> Any:
 @click.option("--no-masquerade", is_flag=True, help="Do not NAT outbound traffic.")
 @click.option("--no-isolate", is_flag=True, help="Allow traffic to other Muslin bridges.")
 @click.option("--hairpin", is_flag=True, help="Hairpin mode on the bridge ports.")
+@click.option("--no-spoofcheck", is_flag=True,
+              help="Let sandboxes send from other MAC and IP addresses than theirs (anti-spoofing off).")
 @click.option("--parent", default="", help="macvlan: parent link.")
 @click.option("--mode", default="bridge", help="macvlan mode.")
 @click.option("--opt", multiple=True, help="Driver option KEY=VALUE.")
@@ -169,7 +172,8 @@ def network_filter(filters: tuple[str, ...]) -> Any:
 @OUTPUT
 @click.pass_obj
 def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, reuse_bridge, mtu, internal,
-                   no_masquerade, no_isolate, hairpin, parent, mode, opt, label, service_range, output) -> None:
+                   no_masquerade, no_isolate, hairpin, no_spoofcheck, parent, mode, opt, label, service_range,
+                   output) -> None:
     """Create network NAME."""
     from muslin.model.types import IPRange, Network
 
@@ -205,7 +209,7 @@ def network_create(obj: Ctx, name, driver, subnet, gateway, ip_range, bridge, re
                 masquerade=not no_masquerade, internal=internal, isolate=not no_isolate, hairpin=hairpin,
                 parent=parent, mode=mode if driver == "macvlan" else "bridge", origin="cli",
                 options=tuple(sorted(opts.items())), reuse_bridge=reuse_bridge, labels=parse_labels(label),
-                service_range=service_range)
+                spoofcheck=not no_spoofcheck, service_range=service_range)
     made = obj.muslin.create_network(n)
     emit(made.to_dict(), output, f"network {made.name} created ({', '.join(map(str, made.subnets)) or made.driver})")
 
@@ -228,7 +232,7 @@ def network_ls(obj: Ctx, filters, output, quiet, template) -> None:
 
 def _network_view(data: dict[str, Any]) -> None:
     flags = [k for k in ("internal", "hairpin", "reuse_bridge") if data.get(k)]
-    flags += [f"no {k}" for k in ("masquerade", "isolate") if k in data and not data[k]]
+    flags += [f"no {k}" for k in ("masquerade", "isolate", "spoofcheck") if k in data and not data[k]]
     fields([("name", data["name"]), ("driver", data["driver"]), ("bridge", data.get("bridge")),
             ("subnets", ", ".join(data.get("subnets", []))), ("mtu", data.get("mtu") or "host's"),
             ("parent", data.get("parent")), ("mode", data.get("mode") if data["driver"] == "macvlan" else ""),
@@ -400,6 +404,13 @@ def parse_publish(values: tuple[str, ...]):
     return tuple(out)
 
 
+def parse_expose(values: tuple[str, ...]):
+    """--expose NAME=PORT[/PROTO] -> NamedPort (checked by the use-case)."""
+    from muslin.model.types import NamedPort
+
+    return tuple(NamedPort.parse(v) for v in values)
+
+
 def parse_bandwidth(ingress_rate: str, egress_rate: str, ingress_burst: str, egress_burst: str):
     """The --*-rate/--*-burst options -> Bandwidth (None without a rate); a burst left out
     is 10 ms of its rate (at least 64 KiB)."""
@@ -428,6 +439,9 @@ def parse_bandwidth(ingress_rate: str, egress_rate: str, ingress_burst: str, egr
               help="Route the sandbox's default traffic through this network (else only its first network does).")
 @click.option("--alias", multiple=True, help="Another DNS name of the sandbox on this network (repeatable).")
 @click.option("--label", "labels", multiple=True, help="A label KEY=VALUE of the sandbox (repeatable).")
+@click.option("--namespace", default=None, help="The sandbox's namespace, for network policy (default: default).")
+@click.option("--expose", multiple=True, metavar="NAME=PORT[/PROTO]",
+              help="A named port of the sandbox (network policy's named ports; repeatable).")
 @click.option("--ingress-rate", default="", help="Limit traffic into the sandbox, e.g. 10mbit (bit/s).")
 @click.option("--egress-rate", default="", help="Limit traffic out of the sandbox, e.g. 10mbit (bit/s).")
 @click.option("--ingress-burst", default="", help="Bucket of the ingress limit in bits, e.g. 512kbit.")
@@ -435,7 +449,7 @@ def parse_bandwidth(ingress_rate: str, egress_rate: str, ingress_burst: str, egr
 @OUTPUT
 @click.pass_obj
 def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, default_route, alias, labels,
-            ingress_rate, egress_rate, ingress_burst, egress_burst, output) -> None:
+            namespace, expose, ingress_rate, egress_rate, ingress_burst, egress_burst, output) -> None:
     """Connect SANDBOX to NETWORK."""
     from muslin.control import sandboxes
     from muslin.model.names import parse_label_changes
@@ -449,7 +463,7 @@ def connect(obj: Ctx, network_name, sandbox_name, ip, mac, ifname, publish, defa
         raise Invalid(f"--label {drops[0]}-: connect sets labels (KEY=VALUE); remove them with muslin label")
     bw = parse_bandwidth(ingress_rate, egress_rate, ingress_burst, egress_burst)
     ep = sandboxes.connect(obj.muslin, network_name, sandbox_name, ifname, ips, mac, parse_publish(publish),
-                           default_route, alias, sets, bw)
+                           default_route, alias, sets, namespace, parse_expose(expose), bandwidth=bw)
     emit(ep.to_dict(), output, f"{sandbox_name}:{ep.ifname} {' '.join(map(str, ep.addresses))} mac {ep.mac}")
 
 

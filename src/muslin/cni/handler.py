@@ -295,7 +295,7 @@ def _add(m, req: CniRequest, env: dict[str, str], stdin: bytes) -> dict[str, Any
                 network=req.network_name, endpoint_id=req.endpoint_id, container_id=req.env.container_id,
                 ifname=req.env.ifname, netns=req.env.netns, ips=() if learned is not None else req.ips,
                 mac=req.mac, ports=req.ports, aliases=req.aliases, addresses=addresses, mtu=req.mtu,
-                owner=req.owner, name=req.pod_name, labels=req.labels, namespace=req.namespace,
+                owner=req.owner, name=req.pod_name, labels=req.labels, namespace=req.namespace, exposed=req.exposed,
                 bandwidth=req.bandwidth), join=bool(req.join))
         except NotFound as e:
             if req.join and m.find_network(req.join) is None:

@@ -43,7 +43,10 @@ Who the container is (DNS names, and labels for services and policy): its name f
 `K8S_POD_NAMESPACE` (default "default"), labels from `args.cni.labels`
 ([{"key", "value"}], Kubernetes label syntax) over containerd's
 `runtimeConfig["io.kubernetes.cri.pod-annotations"]` (annotations that are not valid
-labels are left out: a pod never fails on an annotation).
+labels are left out: a pod never fails on an annotation); its named ports (network
+policy's named ports) from `args.cni.ports` ([{"name", "containerPort", "protocol"}]).
+`macspoofchk` (default true: unlike the reference plugin, on unless turned off): each
+container sends only from its own MAC and addresses, ARP and NDP included.
 A network implied by a CNI config gets origin "cni" and is removed with its last endpoint.
 """
 
@@ -58,7 +61,7 @@ from typing import Any
 from muslin.model import names
 from muslin.model.errors import Invalid, MuslinError
 from muslin.drivers.base import get_driver, names as driver_names
-from muslin.model.types import Bandwidth, IPAddress, Network, PortMapping, RangeSet, Route
+from muslin.model.types import Bandwidth, IPAddress, NamedPort, Network, PortMapping, RangeSet, Route
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT_VERSION = "1.1.0"
@@ -283,6 +286,7 @@ class CniRequest:
     pod_name: str = ""  # K8S_POD_NAME: the container's (pod's) name
     namespace: str = "default"  # K8S_POD_NAMESPACE
     labels: tuple[tuple[str, str], ...] = ()
+    exposed: tuple[NamedPort, ...] = ()  # args.cni.ports: named container ports (network policy)
     bandwidth: Bandwidth | None = None
 
     @property
@@ -508,6 +512,39 @@ def _labels(conf: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out.items()))
 
 
+def _exposed(conf: dict[str, Any]) -> tuple[NamedPort, ...]:
+    """`args.cni.ports`: the container's named ports, as Kubernetes' container ports
+    ([{"name": "http", "containerPort": 80, "protocol": "TCP"}]); unnamed ones are left out."""
+    from muslin.model.policy import is_port_name
+
+    raw = _args_cni(conf).get("ports")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _fail("args.cni.ports", raw, 'a list of {"name": ..., "containerPort": ..., "protocol": ...}')
+    out: dict[tuple[str, str], NamedPort] = {}
+    for i, item in enumerate(raw):
+        where = f"args.cni.ports[{i}]"
+        if not isinstance(item, dict):
+            raise _fail(where, item, 'an object {"name": string, "containerPort": number, "protocol": string}')
+        port = item.get("containerPort")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise _fail(f"{where}.containerPort", port, "a port number in 1-65535")
+        proto = item.get("protocol") or "TCP"
+        if not isinstance(proto, str) or proto.upper() not in ("TCP", "UDP", "SCTP"):
+            raise _fail(f"{where}.protocol", proto, "TCP, UDP or SCTP")
+        name = item.get("name") or ""
+        if not isinstance(name, str):
+            raise _fail(f"{where}.name", name, "a port name")
+        if not name:
+            continue
+        if not is_port_name(name):
+            raise CniError(E_CONFIG, f"{where}.name {name!r} is not a port name (1-15 lower-case letters, digits "
+                                     "and '-', at least one letter)")
+        out.setdefault((name, proto.lower()), NamedPort(name, port, proto.lower()))
+    return tuple(out.values())
+
+
 def _identity(env: CniEnv) -> tuple[str, str]:
     """(name, namespace) from K8S_POD_NAME / K8S_POD_NAMESPACE."""
     ns = env.arg("K8S_POD_NAMESPACE") or "default"
@@ -577,7 +614,7 @@ def _check_known(conf: dict[str, Any], allowed: set[str], where: str = "") -> No
 
 
 def _unsupported_bridge_features(conf: dict[str, Any]) -> None:
-    for key, off in (("vlan", 0), ("vlanTrunk", []), ("macspoofchk", False),
+    for key, off in (("vlan", 0), ("vlanTrunk", []),
                      ("disableContainerInterface", False), ("portIsolation", False)):
         v = conf.get(key)
         if v is None or v == off:
@@ -656,7 +693,7 @@ def parse_request(env: dict[str, str], stdin: bytes, ipam_plugin: bool = False) 
         pod_name, namespace = _identity(cenv)
         req.update(ips=tuple(a[1] for a in requested), requested=requested, mac=_requested_mac(cenv, conf),
                    ports=_ports(conf), aliases=_aliases(conf, name), pod_name=pod_name, namespace=namespace,
-                   labels=_labels(conf), bandwidth=_bandwidth(conf))
+                   labels=_labels(conf), exposed=_exposed(conf), bandwidth=_bandwidth(conf))
     if ipam_plugin:
         if not sets:
             raise CniError(E_CONFIG, "ipam.ranges is missing: muslin-ipam needs at least one range set "
@@ -742,6 +779,7 @@ def _network(conf: dict[str, Any], name: str, sets: tuple[RangeSet, ...],
         range_sets=sets, routes=routes, mtu=mtu, masquerade=masq, internal=internal, isolate=isolate,
         hairpin=hairpin, is_gateway=is_gw, is_default_gateway=is_default_gw, parent=master, mode=mode,
         origin="cni", options=tuple(sorted(options.items())), reuse_bridge=_bool(conf, "reuseBridge", False),
+        spoofcheck=_bool(conf, "macspoofchk", True),  # on unless the config turns it off (MAC, IP, ARP/NDP)
     )
     driver_ = get_driver(driver)
     if not join and (sets or not driver_.needs_subnet):  # with a foreign IPAM the subnets come later

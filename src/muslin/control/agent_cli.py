@@ -288,10 +288,12 @@ def run_agent(hostname: str, state_dir: str | None, underlay_dev: str, underlay_
 @click.option("--id", "sandbox", required=True, help="sandbox name (the endpoint id)")
 @click.option("--netns", required=True, help="path of the sandbox's network namespace")
 @click.option("--alias", "aliases", multiple=True, help="another DNS name of the sandbox (repeatable)")
-@click.option("--label", "labels", multiple=True, help="a label KEY=VALUE of the sandbox (repeatable)")
+@click.option("--label", "labels", multiple=True, help="a label KEY=VALUE (repeatable)")
+@click.option("--namespace", default="default", help="the sandbox's namespace (network policy)")
+@click.option("--expose", multiple=True, help="a named port NAME=PORT[/PROTO] (repeatable)")
 @one_line_errors
-def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, ...], labels: tuple[str, ...] = (),
-           **kw: Any) -> None:
+def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, ...], labels: tuple[str, ...],
+           namespace: str, expose: tuple[str, ...], **kw: Any) -> None:
     """Attach a sandbox to this host's side of a cluster network; prints its address (muslin lab)."""
     from muslin.control.service import Muslin
     from muslin.model.types import AttachRequest
@@ -303,17 +305,42 @@ def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, 
     try:
         if m.find_network(network) is None:
             raise NotFound(f"network {network!r} is not set up on this host (is its agent running?)")
-        from muslin.model.names import check_dns_name, is_dns_name
-        from muslin.model.names import parse_label_changes
+        from muslin.control.sandboxes import check_exposed
+        from muslin.model.names import check_dns_name, check_namespace, is_dns_name, parse_label_changes
+        from muslin.model.types import NamedPort
         for a in aliases:
             check_dns_name(a, "--alias")
-        sets, _drops = parse_label_changes(labels, "--label")
+        sets, _ = parse_label_changes(labels, "--label")
+        exposed = [NamedPort.parse(e) for e in expose]
         ep = m.attach(AttachRequest(network=network, endpoint_id=sandbox, container_id=sandbox, netns=netns,
                                     name=sandbox if is_dns_name(sandbox) else "", aliases=aliases,
-                                    labels=tuple(sorted(sets.items()))))
+                                    labels=tuple(sorted(sets.items())), namespace=check_namespace(namespace),
+                                    exposed=check_exposed(tuple(exposed))))
     finally:
         m.close()
     click.echo(json.dumps({"address": str(ep.addresses[0]), "mac": ep.mac, "mtu": ep.mtu}))
+
+
+@cli.command(hidden=True)
+@state_option
+@network_option()
+@click.option("--id", "sandbox", required=True, help="sandbox name (the endpoint id)")
+@click.argument("changes", nargs=-1, required=True)
+@one_line_errors
+def label(state_dir: str | None, sandbox: str, changes: tuple[str, ...], **kw: Any) -> None:
+    """Set (KEY=VALUE) or remove (KEY-) labels of an attached sandbox (muslin lab)."""
+    from muslin.control.service import Muslin
+    from muslin.model.names import parse_label_changes
+
+    sets, drops = parse_label_changes(changes)
+    sd = _state(state_dir)
+    os.environ["MUSLIN_STATE_DIR"] = str(sd)
+    m = Muslin(state_dir=sd)
+    try:
+        ep = m.set_identity(need_network(kw), sandbox, set_labels=sets, drop_labels=drops)
+    finally:
+        m.close()
+    click.echo(" ".join(f"{k}={v}" for k, v in ep.labels))
 
 
 @cli.command(hidden=True)

@@ -28,7 +28,7 @@ POLL = 0.2  # seconds between looks at the local store's revision
 def record_of(ep: Endpoint) -> dict[str, Any]:
     return {"endpoint_id": ep.endpoint_id, "sandbox": ep.netns or ep.container_id or ep.endpoint_id,
             "name": ep.name, "aliases": list(ep.aliases), "labels": dict(ep.labels), "namespace": ep.namespace,
-            "addresses": [str(a) for a in ep.addresses]}
+            "addresses": [str(a) for a in ep.addresses], "exposed": [p.to_dict() for p in ep.exposed]}
 
 
 class EndpointPublisher:

@@ -364,6 +364,41 @@ class DnsService:
             pass
 
 
+class PolicyService:
+    """Network policy of a cluster: the cluster store's policies, namespaces and the other
+    hosts' endpoints copied into this host's store, the firewall synced (control/policy_feed.py)."""
+
+    name = "policy"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.stop_feeds = threading.Event()
+        self.feeds: list[Any] = []
+
+    def start(self) -> None:
+        from muslin.control.policy_feed import ObjectsFeed, PeersFeed
+        from muslin.control.service import Muslin
+        from muslin.store import open_store
+
+        a = self.ctx.args
+        m = Muslin(store=self.ctx.local_store(), state_dir=self.ctx.muslin.state_dir)
+        self.muslin = m
+        self.feeds = [ObjectsFeed(open_store(a.cluster_store, etcd_options(a)), m, self.stop_feeds),
+                      PeersFeed(open_store(a.cluster_store, etcd_options(a)), m, self.stop_feeds,
+                                a.cluster_network, a.hostname)]
+        for f in self.feeds:
+            f.start()
+        log.info("network policy follows the cluster store")
+
+    def stop(self) -> None:
+        self.stop_feeds.set()
+        for f in self.feeds:
+            f.join()
+            f.store.close()
+        if getattr(self, "muslin", None) is not None:
+            self.muslin.close()
+
+
 class ReaperService:
     """Retired links deleted in batches (control/reaper.py); first, what a muslind that died
     left retired."""
@@ -552,6 +587,7 @@ def service_factories(ctx: Context) -> list[Callable[[], Any]]:
     if ctx.args.cluster_store:
         factories.append(lambda: ClusterService(ctx))
         factories.append(lambda: TopologyService(ctx))
+        factories.append(lambda: PolicyService(ctx))  # network policy across hosts
     if ctx.args.docker_socket:
         factories.append(docker)
     if ctx.args.agent_socket:

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
-from muslin.control import bandwidth, firewall, networks, services
+from muslin.control import bandwidth, firewall, networks, policy, services
 from muslin.control.ipam import Allocation
 from muslin.control.timings import timed
 from muslin.drivers.base import Addr, Made, get_driver
@@ -114,10 +114,11 @@ def attach_locked(m: Muslin, k: Kernel, net: Network, req: AttachRequest) -> End
         ep.append(_endpoint(net, req, addrs, out, owner, ipam_owned=driver.uses_ipam and not req.addresses))
         yield from bandwidth.steps(k, ep[0])
         if ep[0].ports:
-            yield firewall.step(m, k, firewall.desired(m, add_endpoints=ep))
+            yield firewall.step(m, k, firewall.deferred(m, add_endpoints=ep))
         yield Step("endpoint record", record, lambda _: m.store.delete(key))
         if services.present(m, net.name):  # it joins the services its labels select
             yield services.endpoint_step(m, k, ep[0])
+        yield from policy.attach_steps(m, k, net, ep[0])  # anti-spoofing, network policy
 
     run(plan(), m.timings)
     return ep[0]
@@ -157,7 +158,7 @@ def _endpoint(net: Network, req: AttachRequest, addrs: list[Addr], out: Made, ow
         gateways=tuple(gw for _, gw in addrs if gw is not None), routes=out.routes, mtu=out.mtu,
         ports=req.ports, aliases=req.aliases, ipam_owned=ipam_owned, owner=owner, peer=out.peer,
         interfaces=tuple(out.interfaces), name=req.name, labels=req.labels, namespace=req.namespace,
-        bandwidth=req.bandwidth or None)
+        exposed=req.exposed, bandwidth=req.bandwidth or None)
 
 
 def gateway_for(net: Network, addr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:  # type: ignore[no-untyped-def]
@@ -203,7 +204,7 @@ def detach_locked(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> No
         elif ep.host_ifname:
             k.delete_link(ep.host_ifname)
     if ep.ports:
-        firewall.sync(m, k, firewall.desired(m, drop_endpoints=[(ep.network, ep.endpoint_id)]))
+        firewall.sync(m, k, firewall.deferred(m, drop_endpoints=[(ep.network, ep.endpoint_id)]))
     if ep.addresses and services.present(m, ep.network):  # out of its services before its address is free
         services.members_changed(m, k, [(services.Member.of(ep), None)])
     if ep.ipam_owned and ep.owner:
@@ -211,7 +212,9 @@ def detach_locked(m: Muslin, k: Kernel, net: Network | None, ep: Endpoint) -> No
             m.ipam.hand_over(ep.owner, keys.reap_owner(ep.host_ifname))
         else:
             m.ipam.release(ep.owner)
+    policy.detach_guard(m, k, net, ep)  # anti-spoofing
     m.store.delete(keys.endpoint(ep.network, ep.endpoint_id))
+    policy.after_detach(m, k, net, ep)  # network policy
     if retired and m.reaper is not None:
         m.reaper.note(m)
 
@@ -275,6 +278,6 @@ def set_ports(m: Muslin, k: Kernel, network: str, endpoint_id: str, ports: tuple
         hairpin = bool(ep.host_ifname) and get_driver(net.driver).bridged
         run([Step("hairpin", lambda: hairpin and k.set_hairpin(ep.host_ifname, net.hairpin or bool(ports)),
                   lambda _: hairpin and k.set_hairpin(ep.host_ifname, net.hairpin or bool(old.ports))),
-             firewall.step(m, k, firewall.desired(m, add_endpoints=[ep])),
+             firewall.step(m, k, firewall.deferred(m, add_endpoints=[ep])),
              Step("endpoint record", lambda: m.store.put(key, ep.to_dict(), expect=kv.mod_revision))])
         return ep

@@ -7,10 +7,11 @@ pure FirewallState; `sync` hands it to the kernel under this state dir's owner m
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from muslin.control.timings import NFT_PHASE, timed
 from muslin.drivers.base import get_driver
+from muslin.firewall.antispoof import Guard
 from muslin.firewall.state import FirewallState, NetRule, PortRule
 from muslin.model.types import Endpoint, Network
 from muslin.plan import Step
@@ -45,15 +46,41 @@ def desired(m: Muslin, add_networks: Iterable[Network] = (), drop_networks: Iter
                 ports.append(PortRule(endpoint_id=ep.endpoint_id, protocol=p.protocol, host_ip=p.host_ip,
                                       host_port=p.host_port, container_ip=a.ip, container_port=p.container_port,
                                       bridge=bridge_of[net]))
-    return FirewallState(networks=rules, ports=tuple(ports), hold=bool(nets))
+    live = [e for key, e in eps.items() if key not in drop_e and e.network in nets]
+    guarded = {n.name for n in bridged if n.spoofcheck}
+    guards = tuple(Guard(e.host_ifname, e.mac, tuple(a.ip for a in e.addresses))
+                   for e in live if e.network in guarded and e.host_ifname and e.mac)
+    from muslin.control.policy import policy_input  # network policy (control/policy.py)
+
+    return FirewallState(networks=rules, ports=tuple(ports), hold=bool(nets), guards=guards,
+                         policy=policy_input(m, live, nets))
 
 
-def sync(m: Muslin, k: Kernel, state: FirewallState | None = None, services_after: bool = True) -> dict[str, str]:
+def deferred(m: Muslin, **changes: Iterable) -> Callable[[], FirewallState]:  # type: ignore[type-arg]
+    """`desired(m, **changes)`, computed when the sync runs (under the firewall lock: a sync
+    never writes a state read before another process's change that synced meanwhile)."""
+    return lambda: desired(m, **changes)
+
+
+def lock(m: Muslin):  # type: ignore[no-untyped-def]
+    """One firewall sync of this state dir at a time, its desired state read inside."""
+    from muslin.control.locks import flock
+
+    return flock(m.state_dir / "locks" / "firewall.lock", True)
+
+
+def sync(m: Muslin, k: Kernel, state: FirewallState | Callable[[], FirewallState] | None = None,
+         services_after: bool = True) -> dict[str, str]:
     """Returns the previous value of each sysctl the sync changed. Timed as the phase
     `nft transaction` (muslind's metrics: its time and failures). When the sync replaced the
     whole table, the services are synced again (control/services.py)."""
-    with timed(m.timings, NFT_PHASE):
-        changed = k.firewall_sync(state if state is not None else desired(m), m.owner)
+    with lock(m):
+        if state is None:
+            state = desired(m)
+        elif callable(state):
+            state = state()
+        with timed(m.timings, NFT_PHASE):
+            changed = k.firewall_sync(state, m.owner)
     if services_after:
         from muslin.control import services
 
@@ -61,7 +88,7 @@ def sync(m: Muslin, k: Kernel, state: FirewallState | None = None, services_afte
     return changed
 
 
-def step(m: Muslin, k: Kernel, state: FirewallState) -> Step:
+def step(m: Muslin, k: Kernel, state: FirewallState | Callable[[], FirewallState]) -> Step:
     """A plan step syncing to `state`; its undo syncs back to the store and restores the
     sysctls it changed (ip_forward, route_localnet)."""
     def undo(changed: dict[str, str]) -> None:

@@ -92,7 +92,7 @@ def create_noting(m: Muslin, k: Kernel, net: Network) -> tuple[Network, dict[str
             m.store.put(keys.network(net.name), record["net"].to_dict(), expect=0)
 
         done = run([*driver.setup_steps(k, net, made),
-                    firewall.step(m, k, firewall.desired(m, add_networks=[net])),
+                    firewall.step(m, k, firewall.deferred(m, add_networks=[net])),
                     Step("network record", put, lambda _: m.store.delete(keys.network(net.name)))], m.timings)
         if driver.bridged:
             firewall.docker_user(m, k, net.bridge, present=True)
@@ -145,7 +145,7 @@ def teardown(m: Muslin, k: Kernel, net: Network) -> None:
     record goes last: a failure half-way leaves it, and removing again finishes the job."""
     driver = get_driver(net.driver)
     driver.teardown(k, net)
-    firewall.sync(m, k, firewall.desired(m, drop_networks=[net.name]))
+    firewall.sync(m, k, firewall.deferred(m, drop_networks=[net.name]))
     m.store.delete(keys.network(net.name))
     if driver.bridged:
         firewall.docker_user(m, k, net.bridge, present=False)

@@ -15,8 +15,8 @@ from __future__ import annotations
 from muslin.control import identity
 from muslin.control.service import Muslin
 from muslin.model import keys, names
-from muslin.model.errors import Conflict, NotFound
-from muslin.model.types import AttachRequest, Bandwidth, Endpoint, IPAddress, PortMapping
+from muslin.model.errors import Conflict, Invalid, NotFound
+from muslin.model.types import AttachRequest, Bandwidth, Endpoint, IPAddress, NamedPort, PortMapping
 from muslin.plan import Step, run
 
 
@@ -102,12 +102,14 @@ def next_ifname(taken: set[str]) -> str:
 
 def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ips: tuple[IPAddress, ...] = (),
             mac: str = "", ports: tuple[PortMapping, ...] = (), default_route: bool = False,
-            aliases: tuple[str, ...] = (), labels: dict[str, str] | None = None,
-            bandwidth: Bandwidth | None = None) -> Endpoint:
+            aliases: tuple[str, ...] = (), labels: dict[str, str] | None = None, namespace: str | None = None,
+            exposed: tuple[NamedPort, ...] = (), bandwidth: Bandwidth | None = None) -> Endpoint:
     for a in aliases:
         names.check_dns_name(a, "--alias")
     for k_, v_ in (labels or {}).items():
         names.check_label(k_, v_, "--label")
+    if namespace is not None:
+        names.check_namespace(namespace)
     path = require(m, sandbox)
     m.get_network(network)
     mine = endpoints_of(m, sandbox)
@@ -119,11 +121,12 @@ def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ip
     eid = f"{sandbox}/{ifname}"
     rec = m.store.get(keys.sandbox(sandbox))
     mine_labels = identity.merged_labels(dict((rec.value if rec else {}).get("labels") or {}).items(), labels)
+    ns = sandbox_namespace(m, sandbox, mine, namespace)
     req = AttachRequest(network=network, endpoint_id=eid, container_id=sandbox, ifname=ifname,
                         netns=path, ips=ips, mac=mac, ports=ports, aliases=tuple(dict.fromkeys(aliases)),
                         owner=keys.cli_owner(sandbox, network, ifname), default_route=default_route,
-                        name=sandbox if names.is_dns_name(sandbox) else "", labels=mine_labels,
-                        bandwidth=bandwidth or None)
+                        name=sandbox if names.is_dns_name(sandbox) else "", labels=mine_labels, namespace=ns,
+                        exposed=check_exposed(exposed), bandwidth=bandwidth or None)
     ep: list[Endpoint] = []
     text = resolv_text(m, [e.network for e in mine] + [network])
     with m.kernel() as k:
@@ -131,6 +134,32 @@ def connect(m: Muslin, network: str, sandbox: str, ifname: str | None = None, ip
                   lambda old: k.netns_resolv_conf(sandbox, old)),
              Step("attach", lambda: ep.append(m.attach(req)))])  # its own plan undoes itself
     return ep[0]
+
+
+def sandbox_namespace(m: Muslin, sandbox: str, mine: list[Endpoint], asked: str | None) -> str:
+    """A sandbox is in one namespace on all its networks: its first connect's (default
+    "default"); a later connect naming another one is refused."""
+    have = {e.namespace for e in mine}
+    if have and asked is not None and asked not in have:
+        raise Conflict(f"sandbox {sandbox!r} is in namespace {sorted(have)[0]!r} (on its other networks); "
+                       f"it cannot join {asked!r} as well")
+    return asked if asked is not None else (sorted(have)[0] if have else "default")
+
+
+def check_exposed(exposed: tuple[NamedPort, ...]) -> tuple[NamedPort, ...]:
+    from muslin.model.policy import check_port_name
+
+    seen: set[tuple[str, str]] = set()
+    for p in exposed:
+        check_port_name(p.name, "--expose")
+        if p.protocol not in ("tcp", "udp", "sctp"):
+            raise Invalid(f"--expose {p.name}={p.port}/{p.protocol}: the protocol is not tcp, udp or sctp")
+        if not 1 <= p.port <= 65535:
+            raise Invalid(f"--expose {p.name}={p.port}: the port is not in 1-65535")
+        if (p.name, p.protocol) in seen:
+            raise Invalid(f"--expose {p.name}/{p.protocol} is given twice")
+        seen.add((p.name, p.protocol))
+    return tuple(exposed)
 
 
 def label(m: Muslin, sandbox: str, sets: dict[str, str], drops: list[str]) -> dict[str, str]:
@@ -143,6 +172,9 @@ def label(m: Muslin, sandbox: str, sets: dict[str, str], drops: list[str]) -> di
         raise NotFound(f"sandbox {sandbox!r} is not Muslin's (no record; muslin sandbox create {sandbox})")
     identity.relabel(m, [(key, kv.value)], [(e.network, e.endpoint_id) for e in endpoints_of(m, sandbox)],
                      sets, drops)
+    from muslin.control import policy
+
+    policy.identity_changed(m)  # what network policy selects may have changed
     after = m.store.get(key)
     return dict((after.value if after else {}).get("labels") or {})
 

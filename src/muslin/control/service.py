@@ -163,9 +163,13 @@ class Muslin:
 
     def set_identity(self, network: str, endpoint_id: str, **changes) -> Endpoint:  # type: ignore[no-untyped-def]
         """Change an endpoint's name, aliases, labels or namespace (control/identity.py)."""
-        from muslin.control import identity
+        from muslin.control import identity, policy
 
-        return identity.update(self, network, endpoint_id, **changes)
+        before = self.find_endpoint(network, endpoint_id)
+        ep = identity.update(self, network, endpoint_id, **changes)
+        if before is not None and (before.labels, before.namespace) != (ep.labels, ep.namespace):
+            policy.identity_changed(self)  # what network policy selects may have changed
+        return ep
 
     # -- services (control/services.py) ---------------------------------------------------
     def create_service(self, name: str, network: str, ports, selector: dict[str, str], vip=None,  # type: ignore[no-untyped-def]

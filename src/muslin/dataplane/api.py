@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol
 
+from muslin.firewall.antispoof import Guard
 from muslin.firewall.services import ServiceChanges, SvcPort
 from muslin.firewall.state import FirewallState
 from muslin.model.kernel import LinkInfo, SandboxConfig, SandboxResult
@@ -123,6 +124,19 @@ class Kernel(Protocol):
     def docker_user(self, owner: str, bridges: Iterable[str], only: Iterable[str] | None = None) -> None:
         """Muslin's accept pairs in DOCKER-USER (when that chain exists) are exactly `bridges`,
         among the rules of `owner`; with `only`, rules of other bridges are left alone."""
+
+    # -- anti-spoofing and network policy (firewall/antispoof.py, firewall/policy.py) -----
+    def firewall_guard(self, add: Iterable[Guard], remove: Iterable[Guard]) -> None:
+        """Add or remove endpoints' anti-spoofing elements in one batch, without a full sync
+        (flat cost at any number of endpoints); NotFound when the table `bridge muslin` is
+        not there (nothing changed: the caller syncs everything)."""
+
+    def firewall_counters(self) -> dict[str, dict[str, int]]:
+        """Packets dropped by network policy, per drop set and address
+        ({"in_drop4": {"10.0.0.5": 12}, ...}), and by each anti-spoofing rule ({"spoof": {rule: n}})."""
+
+    def protocol_supported(self, protocol: str) -> bool:
+        """Can this kernel carry the protocol ("sctp": is there an SCTP socket)?"""
 
     # -- services: virtual IPs in Muslin's table (firewall/services.py) -----------------
     def services_apply(self, changes: ServiceChanges, owner: str) -> None:

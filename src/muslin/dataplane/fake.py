@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
+from muslin.firewall.antispoof import Guard
 from muslin.firewall.services import ServiceChanges, SvcPort
 from muslin.firewall.state import FirewallState
 from muslin.firewall.compiler import owner_path, same_owner, sysctls_for
@@ -56,6 +57,8 @@ class FakeKernel:
         self.host_route_list: list[IPNetwork] = []
         self.ports_taken: set[tuple[str, str, int]] = set()
         self.resolv: dict[str, str] = {}  # /etc/netns/NAME/resolv.conf
+        self.counters: dict[str, dict[str, int]] = {}  # firewall_counters()
+        self.protocols: set[str] = {"tcp", "udp"}  # protocol_supported(); no SCTP, as here
         self.services: dict[str, SvcPort] = {}  # service port chain -> what it holds
         self.service_vips: set[IPAddress] = set()
         self.service_local: set[IPAddress] = set()
@@ -380,7 +383,7 @@ class FakeKernel:
             self.table = None
             self.services, self.service_vips, self.service_local, self.service_mark = {}, set(), set(), False
             return {}
-        self.table = (owner, state)
+        self.table = (owner, _sorted_guards(state))
         changed = {}
         for path, value in sysctls_for(state).items():
             if not self._sysctl_exists(path):
@@ -401,6 +404,22 @@ class FakeKernel:
         scope = None if only is None else set(only)
         keep = {(o, b) for o, b in self.docker_rules if o != owner or (scope is not None and b not in scope)}
         self.docker_rules = keep | {(owner, b) for b in bridges}
+
+    # -- anti-spoofing and network policy --------------------------------------------------
+    def firewall_guard(self, add: Iterable[Guard], remove: Iterable[Guard]) -> None:
+        self._mut("firewall_guard")
+        if self.table is None:
+            raise NotFound("nftables: table bridge muslin does not exist")
+        gone = {g.ifname for g in remove}
+        owner, state = self.table
+        guards = tuple(g for g in state.guards if g.ifname not in gone) + tuple(add)
+        self.table = (owner, _sorted_guards(replace(state, guards=guards)))
+
+    def firewall_counters(self) -> dict[str, dict[str, int]]:
+        return {name: dict(v) for name, v in self.counters.items()}
+
+    def protocol_supported(self, protocol: str) -> bool:
+        return protocol in self.protocols
 
     # -- services -------------------------------------------------------------------------
     def _services_owner(self, owner: str) -> None:
@@ -448,3 +467,8 @@ class FakeKernel:
 
     def close(self) -> None:
         return None
+
+
+def _sorted_guards(state: FirewallState) -> FirewallState:
+    """Guards in one order (as the kernel's sets have none)."""
+    return replace(state, guards=tuple(sorted(state.guards, key=lambda g: g.ifname)))

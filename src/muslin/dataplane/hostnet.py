@@ -60,3 +60,16 @@ def port_free(proto: str, host_ip: str, port: int) -> bool:
         return e.errno not in (errno.EADDRINUSE, errno.EACCES)
     finally:
         s.close()
+
+
+def protocol_supported(proto: str) -> bool:
+    """Does this kernel have sockets of the protocol (tcp, udp, sctp)?"""
+    number = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": getattr(socket, "IPPROTO_SCTP", 132)}
+    if proto not in number:
+        return False
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    try:
+        socket.socket(socket.AF_INET, kind, number[proto]).close()
+        return True
+    except OSError:
+        return False

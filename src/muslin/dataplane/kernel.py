@@ -13,6 +13,7 @@ from typing import Iterable
 
 from muslin.dataplane import hostnet, links, nft
 from muslin.dataplane.nsexec import netns_exists
+from muslin.firewall.antispoof import Guard
 from muslin.firewall.state import FirewallState
 from muslin.model.errors import Conflict, NotFound, Unavailable
 from muslin.model.kernel import LinkInfo, SandboxConfig, SandboxResult
@@ -177,6 +178,22 @@ class RealKernel:
         from muslin.dataplane.docker_user import DockerUserRules
 
         DockerUserRules().reconcile(owner, bridges, only)
+
+    # -- anti-spoofing and network policy --------------------------------------------------
+    def firewall_guard(self, add: Iterable[Guard], remove: Iterable[Guard]) -> None:
+        from muslin.dataplane import guard_nft
+        from muslin.dataplane.nslock import netns_lock
+
+        with netns_lock("nft"):
+            guard_nft.change(add, remove)
+
+    def firewall_counters(self) -> dict[str, dict[str, int]]:
+        from muslin.dataplane import guard_nft, policy_nft
+
+        return {**policy_nft.drop_counters(), "spoof": guard_nft.counters()}
+
+    def protocol_supported(self, protocol: str) -> bool:
+        return hostnet.protocol_supported(protocol)
 
     # -- services ---------------------------------------------------------------------------
     def services_apply(self, changes, owner: str) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from muslin.dataplane import libnft
+from muslin.dataplane import guard_nft, libnft
 from muslin.dataplane.nslock import netns_lock
 from muslin.firewall.compiler import (CHAINS, DECLARED_MAPS, DECLARED_SETS, DIGEST, FAMILY, OWNER_CHAIN, RULE_COMMENT,
                                       SET_NAMES, SKELETON, TABLE, Ruleset, compile, owner_path, same_owner,
@@ -143,6 +143,8 @@ def _decl(obj: dict) -> str:
         flags = [flags]
     if flags:
         d += "; flags " + ", ".join(flags)
+    if any(isinstance(st, dict) and "counter" in st for st in obj.get("stmt") or []):
+        d += "; counter"  # a counter per element (the policy's drop sets)
     return d
 
 
@@ -272,18 +274,21 @@ def sync(state: FirewallState, owner: str = "", changed: dict[str, str] | None =
     with netns_lock("nft"):
         observed = observe()
         refuse_other_owner(observed, owner)
+        # the anti-spoofing table (bridge muslin) changes in the same batch
+        guards = guard_nft.sync_script(state.guards, delete=state.empty)
         if state.empty:
             if observed is None:
+                apply(guards, doing=f"delete table {guard_nft.FAMILY} {TABLE}")
                 return "noop"
-            delete_table()
+            apply(render_delete() + guards, doing=f"delete table {FAMILY} {TABLE}")
             return "deleted"
         if observed is None or not observed.same_skeleton(desired) or observed.owner != desired.owner:
-            apply(render_full(desired), doing=f"replace table {FAMILY} {TABLE}")
+            apply(render_full(desired) + guards, doing=f"replace table {FAMILY} {TABLE}")
             done = "full"
         else:
             delta = render_delta(observed, desired)
-            apply(delta, doing=f"update table {FAMILY} {TABLE}")
-            done = "delta" if delta else "noop"
+            apply(delta + guards, doing=f"update table {FAMILY} {TABLE}")
+            done = "delta" if delta or guards else "noop"
         prev = apply_sysctls(sysctls_for(state))
         if changed is not None:
             changed.update(prev)

@@ -15,7 +15,7 @@ from muslin.model.types import IPRange, Network
 
 MTU_KEYS = ("mtu", "com.docker.network.driver.mtu")
 KNOWN = (*MTU_KEYS, "muslin.network", "muslin.mode", "muslin.parent", "muslin.isolate",
-         "muslin.bridge", "muslin.reuse_bridge", "muslin.masquerade")
+         "muslin.bridge", "muslin.reuse_bridge", "muslin.masquerade", "muslin.spoofcheck")
 MODES = ("bridge", "macvlan")
 
 
@@ -28,6 +28,7 @@ class NetworkOptions:
     bridge: str = ""
     masquerade: bool = True
     reuse_bridge: bool = False  # use the existing bridge muslin.bridge names (never deleted)
+    spoofcheck: bool = True  # each container sends only from its own MAC and addresses
     mtu: int = 0
     given: tuple[str, ...] = ()  # option keys the user set
 
@@ -66,7 +67,7 @@ def parse_options(generic: dict[str, str]) -> NetworkOptions:
     for key, check in (("muslin.parent", names.check_ifname), ("muslin.bridge", names.check_bridge_name)):
         if key in generic:
             kw[key.split(".")[1]] = check(generic[key], f"option {key}")
-    for key in ("muslin.isolate", "muslin.masquerade", "muslin.reuse_bridge"):
+    for key in ("muslin.isolate", "muslin.masquerade", "muslin.reuse_bridge", "muslin.spoofcheck"):
         if key in generic:
             kw[key.split(".")[1]] = _bool(key, generic[key])
     opts = NetworkOptions(**kw)  # type: ignore[arg-type]
@@ -107,7 +108,7 @@ def build_network(name: str, req: CreateNetworkRequest, opts: NetworkOptions) ->
         range_sets=tuple(rs for rs in (v4, v6) if rs),
         mtu=opts.mtu, masquerade=opts.masquerade, internal=req.internal, isolate=opts.isolate,
         hairpin=True,  # with br_netfilter, a DNATed hairpin connection is bridged back out its own port
-        parent=opts.parent, origin="docker", reuse_bridge=opts.reuse_bridge,
+        parent=opts.parent, origin="docker", reuse_bridge=opts.reuse_bridge, spoofcheck=opts.spoofcheck,
         options=tuple(sorted(req.generic.items())), labels=labels,
     )
 

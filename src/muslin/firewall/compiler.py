@@ -25,6 +25,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from muslin.firewall import policy
 from muslin.firewall import services as svc
 from muslin.firewall.state import FirewallState, PortRule
 from muslin.model.errors import Conflict
@@ -49,7 +50,7 @@ SETS: tuple[tuple[str, str], ...] = (
     ("mapped6", "type ipv6_addr"),
     ("gws4", "type ipv4_addr"),
     ("gws6", "type ipv6_addr"),
-)
+) + policy.SETS  # network policy's sets (firewall/policy.py)
 MAPS: tuple[tuple[str, str], ...] = (
     ("ports4", "type inet_proto . inet_service : ipv4_addr . inet_service"),
     ("ports6", "type inet_proto . inet_service : ipv6_addr . inet_service"),
@@ -68,12 +69,12 @@ CHAINS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # Same-subnet traffic on one bridge needs no connection tracking (nothing NATs or
     # filters it by state): untracked, it costs a set lookup instead of a conntrack entry.
     # Traffic to the gateway (the host: DNAT of published ports, DNS) stays tracked.
-    ("raw", "type filter hook prerouting priority raw; policy accept;", (
+    ("raw", "type filter hook prerouting priority raw; policy accept;", policy.RAW_RULES + (  # policed: tracked
         *svc.RAW_RULES,  # a service backend's replies stay tracked (the reverse NAT needs it)
         "ip daddr . iifname @own4 ip saddr . iifname @own4 ip daddr != @gws4 notrack",
         "ip6 daddr . iifname @own6 ip6 saddr . iifname @own6 ip6 daddr != @gws6 notrack",
     )),
-    ("forward", "type filter hook forward priority filter; policy accept;", (
+    ("forward", "type filter hook forward priority filter; policy accept;", policy.FORWARD_RULES + (
         # the common case first: within one bridge (bridged, through br_netfilter)
         "iifname . oifname @pairs accept",
         f"iifname @internal {_NOT_SELF} drop",
@@ -104,7 +105,7 @@ CHAINS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "ip6 saddr @masq6 ip6 daddr != ff00::/8 ip6 saddr . oifname != @own6 masquerade",
     )),
     *svc.SERVICE_CHAINS,  # service virtual IPs (firewall/services.py)
-)
+) + policy.CHAINS  # network policy's chains (firewall/policy.py)
 
 
 def _skeleton_source() -> str:
@@ -261,6 +262,8 @@ def compile(state: FirewallState, owner: str = "") -> Ruleset:  # noqa: A001 - t
                            f"({prev[1].endpoint_id} and {p.endpoint_id})")
         els[mapname].add(f"{key} : {value}")
         els[f"mapped{v}"].add(str(p.container_ip))
+    for name, elems in policy.elements(state.policy).items():
+        els[name] |= elems
     return Ruleset(elements={k: frozenset(v) for k, v in els.items()}, owner=owner)
 
 
@@ -286,6 +289,7 @@ def sysctls_for(state: FirewallState) -> dict[str, str]:
             out[f"/proc/sys/net/ipv4/conf/{p.bridge}/route_localnet"] = "1"
         else:
             out["/proc/sys/net/ipv6/conf/all/forwarding"] = "1"
+    out.update(policy.sysctls(state.policy))
     return dict(sorted(out.items()))
 
 

@@ -6,8 +6,10 @@ Bad input raises `Invalid` with one line naming the field and the reason.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from muslin.firewall.antispoof import Guard
+from muslin.firewall.policy import PolicyInput
 from muslin.model import names
 from muslin.model.errors import Invalid
 from muslin.model.types import IPAddress, IPNetwork
@@ -105,11 +107,14 @@ class FirewallState:
     networks: tuple[NetRule, ...] = ()
     ports: tuple[PortRule, ...] = ()
     hold: bool = False  # keep the table (and its owner mark) while the owner has any network
-
+    # network policy (firewall/policy.py) and anti-spoofing (firewall/antispoof.py)
+    policy: PolicyInput = field(default_factory=PolicyInput)
+    guards: tuple[Guard, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "networks", tuple(self.networks))
         object.__setattr__(self, "ports", tuple(self.ports))
+        object.__setattr__(self, "guards", tuple(self.guards))
 
     @property
     def empty(self) -> bool:

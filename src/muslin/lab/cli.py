@@ -105,12 +105,23 @@ def ls(output, quiet, template) -> None:
 @click.argument("sandbox")
 @click.option("--alias", "aliases", multiple=True, help="Another DNS name of the sandbox (repeatable).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label of the sandbox (repeatable).")
+@click.option("--namespace", default="default", show_default=True, help="The sandbox's namespace (network policy).")
+@click.option("--expose", multiple=True, metavar="NAME=PORT[/PROTO]", help="A named port (repeatable).")
 @one_line_errors
-def sandbox(name, host, sandbox, aliases, labels) -> None:
+def sandbox(name, host, sandbox, aliases, labels, namespace, expose) -> None:
     """Make a sandbox namespace on HOST attached to the cluster network; print its address.
     Other sandboxes of the lab find it by name (DNS of muslind on each host)."""
-    info = core.sandbox(name, host, sandbox, tuple(aliases), tuple(labels))
+    info = core.sandbox(name, host, sandbox, tuple(aliases), tuple(labels), namespace, tuple(expose))
     click.echo(info["address"])
+
+
+@lab.command("label")
+@click.argument("name")
+@click.argument("sandbox")
+@click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE|KEY-...")
+def label(name, sandbox, changes) -> None:
+    """Set (KEY=VALUE) or remove (KEY-) labels of a sandbox (on its host; the other hosts follow)."""
+    click.echo(core.label(name, sandbox, tuple(changes)))
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -706,8 +706,8 @@ def _cmd_of(pid: int) -> str:
 
 # -- sandboxes -----------------------------------------------------------------------------
 
-def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = (), labels: tuple[str, ...] = ()
-            ) -> dict[str, str]:
+def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = (), labels: tuple[str, ...] = (),
+            namespace: str = "default", expose: tuple[str, ...] = ()) -> dict[str, str]:
     st = LabState.load(name)
     if host not in st.hosts:
         raise NotFound(f"lab {name} has no host {host!r} (hosts: {', '.join(st.hosts)})")
@@ -722,7 +722,8 @@ def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = (), labels
         r = _run("ip", "netns", "exec", ns_host(name, host), sys.executable, "-m", "muslin.control.agent", "attach",
                  "--state-dir", str(st.host_dir(host)), "--network", st.network_of(host), "--id", sb,
                  "--netns", f"/run/netns/{ns}", *[x for a in aliases for x in ("--alias", a)],
-                 *[x for lb in labels for x in ("--label", lb)], check=False, timeout=60)
+                 *[x for lab in labels for x in ("--label", lab)], "--namespace", namespace,
+                 *[x for e in expose for x in ("--expose", e)], check=False, timeout=60)
         if r.returncode != 0:
             raise MuslinError((r.stderr.strip().splitlines() or ["attach failed"])[-1].removeprefix("error: "))
         info = json.loads(r.stdout.strip().splitlines()[-1])
@@ -736,6 +737,20 @@ def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = (), labels
     st.sandboxes[sb] = {"host": host, "netns": ns, "address": info["address"]}
     st.save()
     return st.sandboxes[sb]
+
+
+def label(name: str, sb: str, changes: tuple[str, ...]) -> str:
+    """Change a sandbox's labels on its host (its muslind publishes them to the others)."""
+    st = LabState.load(name)
+    info = st.sandboxes.get(sb)
+    if info is None:
+        raise NotFound(f"lab {name} has no sandbox {sb!r}")
+    r = _run("ip", "netns", "exec", ns_host(name, info["host"]), sys.executable, "-m", "muslin.control.agent",
+             "label", "--state-dir", str(st.host_dir(info["host"])), "--network", st.network_of(info["host"]),
+             "--id", sb, *changes, check=False, timeout=60)
+    if r.returncode != 0:
+        raise MuslinError((r.stderr.strip().splitlines() or ["label failed"])[-1].removeprefix("error: "))
+    return r.stdout.strip()
 
 
 def remove_sandbox(name: str, sb: str) -> None:

@@ -97,6 +97,36 @@ def cluster_endpoint(net: str, hostname: str, endpoint_id: str) -> str:
     return cluster_endpoints(net, hostname) + store_id(endpoint_id)
 
 
+# -- network policy: policies and namespaces (this host's store, or the cluster's) -------
+
+POLICY = "policy/"
+POLICIES = "policy/networkpolicies/"
+NAMESPACES = "policy/namespaces/"
+
+
+def policies(namespace: str = "") -> str:
+    """The prefix of the policies (of one namespace, or of all)."""
+    return f"{POLICIES}{namespace + '/' if namespace else ''}"
+
+
+def policy(namespace: str, name: str) -> str:
+    return f"{POLICIES}{namespace}/{name}"
+
+
+def namespace(name: str) -> str:
+    return NAMESPACES + name
+
+
+# A host of a cluster network keeps in its own store a copy of what the cluster store holds
+# for policy (policies, namespaces, the other hosts' endpoints), written by muslind: every
+# process of the host compiles the same firewall from its own store.
+MIRROR = "mirror/"
+
+
+def mirror(cluster_key: str) -> str:
+    return MIRROR + cluster_key
+
+
 # -- IPAM owner keys: who holds an address -------------------------------------------
 
 def cni_owner(container_id: str, ifname: str) -> str:

@@ -82,6 +82,7 @@ class Network:
     options: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     reuse_bridge: bool = False  # use an existing bridge Muslin did not make (never deleted)
+    spoofcheck: bool = True  # bridged: each endpoint sends only from its own MAC and addresses
     # Chosen or made by Muslin, not asked for by the user (left out of `spec()`):
     bridge_mac: str = ""  # the bridge's fixed MAC, chosen at creation
     made: tuple[str, ...] = ()  # what Muslin added to a reused bridge ("address:10.1.0.1/24")
@@ -156,6 +157,34 @@ class PortMapping:
 
 
 @dataclass(frozen=True)
+class NamedPort:
+    """A port an endpoint declares under a name (a container port, as Kubernetes names
+    them): network policy resolves named ports on the endpoint that declares them."""
+
+    name: str
+    port: int
+    protocol: str = "tcp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "port": self.port, "protocol": self.protocol}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NamedPort:
+        return cls(str(d["name"]), int(d["port"]), str(d.get("protocol") or "tcp").lower())
+
+    @classmethod
+    def parse(cls, text: str, what: str = "--expose") -> NamedPort:
+        """NAME=PORT[/PROTO] (checked further by sandboxes.check_exposed)."""
+        from muslin.model.errors import Invalid
+
+        name, sep, rest = text.partition("=")
+        port, _, proto = rest.partition("/")
+        if not sep or not port.isdigit():
+            raise Invalid(f"{what} {text!r}: use NAME=PORT[/tcp|udp|sctp]")
+        return cls(name, int(port), (proto or "tcp").lower())
+
+
+@dataclass(frozen=True)
 class Bandwidth:
     """Rate limits of an endpoint, as the reference CNI `bandwidth` plugin has them: rates
     in bit/s, bursts in bits, 0 = no limit that way. Ingress is traffic into the sandbox
@@ -207,6 +236,7 @@ class AttachRequest:
     name: str = ""  # the sandbox's (container's) name: a DNS name on the network
     labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
     namespace: str = DEFAULT_NAMESPACE
+    exposed: tuple[NamedPort, ...] = ()  # named ports it declares (network policy's named ports)
     bandwidth: Bandwidth | None = None  # rate limits (bridged networks only)
 
 
@@ -255,6 +285,7 @@ class Endpoint:
     name: str = ""
     labels: tuple[tuple[str, str], ...] = ()
     namespace: str = DEFAULT_NAMESPACE
+    exposed: tuple[NamedPort, ...] = ()
     bandwidth: Bandwidth | None = None
 
     @property
@@ -273,6 +304,7 @@ class Endpoint:
             "ipam_owned": self.ipam_owned, "owner": self.owner, "peer": self.peer,
             "interfaces": [i.to_dict() for i in self.interfaces],
             "name": self.name, "labels": dict(self.labels), "namespace": self.namespace,
+            "exposed": [p.to_dict() for p in self.exposed],
         }
         if self.bandwidth:
             d["bandwidth"] = self.bandwidth.to_dict()
@@ -294,6 +326,7 @@ class Endpoint:
             interfaces=tuple(Interface.from_dict(i) for i in d.get("interfaces", ())),
             name=d.get("name", ""), labels=tuple(sorted(dict(d.get("labels") or {}).items())),
             namespace=d.get("namespace") or DEFAULT_NAMESPACE, bandwidth=Bandwidth.from_dict(d.get("bandwidth")),
+            exposed=tuple(NamedPort.from_dict(p) for p in d.get("exposed") or ()),
         )
 
 

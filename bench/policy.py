@@ -1,0 +1,225 @@
+"""Network policy (`python -m bench.policy [--smoke] [--out DIR]`, as root).
+
+1. apply -> enforced: a host namespace with one bridge network and 9 CLI sandboxes (3 with
+   --smoke); a prober in y/b opens a new TCP connection to x/a:80 every few ms and prints
+   the start time of the first attempt of each new verdict; the bench alternates
+   `muslin policy apply` of a policy denying x/a's ingress and `muslin policy delete`, and
+   takes, for each, the time from just before the command to the first attempt showing the
+   new verdict (CLOCK_MONOTONIC, the same in every namespace).
+2. scale: synthetic endpoints and policies (9/3, 100/20, 1,000/200; smoke: the first two)
+   compiled by the pure compiler (time, set elements) and synced into a throwaway namespace's
+   nft table (time of the full batch, then of a one-policy change as a delta; the rule count
+   of the table as the kernel lists it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import pickle
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ns import Namespaces, run, token
+
+VENV = Path(sys.executable).parent
+
+SERVER = r"""
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80)); s.listen(128); print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.close()
+"""
+
+PROBER = r"""
+import socket, sys, time
+addr = sys.argv[1]; last = None
+while True:
+    t = time.monotonic()
+    try:
+        socket.create_connection((addr, 80), timeout=0.05).close(); ok = True
+    except OSError:
+        ok = False
+    if ok != last:
+        print(f"{t:.6f} {int(ok)}", flush=True); last = ok
+    if ok:
+        time.sleep(0.002)
+"""
+
+DENY = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-a, namespace: x}
+spec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}
+"""
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def summary(xs: list[float]) -> dict:
+    return {"n": len(xs), "p50_ms": round(statistics.median(xs) * 1000, 1), "p99_ms": round(pct(xs, 99) * 1000, 1),
+            "max_ms": round(max(xs) * 1000, 1)}
+
+
+def apply_to_enforced(rounds: int, pods: int, log) -> dict:
+    nss = Namespaces("mbpol" + token(4))
+    state = Path(tempfile.mkdtemp(prefix="mbpol-"))
+    host = nss.host("h")
+    procs: list[subprocess.Popen] = []
+    sbs: list[str] = []
+
+    def muslin(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), *args, input=input)
+
+    try:
+        muslin("network", "create", "pol", "--subnet", f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}.0/24")
+        names = [(ns, p) for ns in "xyz" for p in "abc"][:pods] if pods > 3 else [("x", "a"), ("y", "b"), ("z", "c")]
+        ips = {}
+        for ns, p in names:
+            sb = f"mbpol-{ns}{p}-{token(4)}"
+            muslin("sandbox", "create", sb)
+            sbs.append(sb)
+            ep = json.loads(muslin("connect", "pol", sb, "-o", "json", "--namespace", ns, "--label", f"pod={p}").stdout)
+            ips[(ns, p)] = (sb, ep["addresses"][0].split("/")[0])
+        sb_xa, ip_xa = ips[("x", "a")]
+        srv = subprocess.Popen(["ip", "netns", "exec", sb_xa, sys.executable, "-c", SERVER],
+                               stdout=subprocess.PIPE, text=True)
+        procs.append(srv)
+        assert srv.stdout.readline().strip() == "ready"
+        prober = subprocess.Popen(["ip", "netns", "exec", ips[("y", "b")][0], sys.executable, "-u", "-c", PROBER, ip_xa],
+                                  stdout=subprocess.PIPE, text=True)
+        procs.append(prober)
+
+        def wait_for(state_: int, since: float) -> float:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                t, ok = prober.stdout.readline().split()
+                if int(ok) == state_ and float(t) >= since:
+                    return float(t) - since
+            raise RuntimeError("the prober never saw the new verdict within 10 s")
+
+        wait_for(1, 0)
+        applied, deleted, cli = [], [], []
+        for _ in range(rounds):
+            t0 = time.monotonic()
+            muslin("policy", "apply", "-f", "-", input=DENY)
+            cli.append(time.monotonic() - t0)
+            applied.append(wait_for(0, t0))
+            t0 = time.monotonic()
+            muslin("policy", "delete", "x/deny-a")
+            deleted.append(wait_for(1, t0))
+        out = {"sandboxes": len(names), "apply_to_denied": summary(applied), "delete_to_allowed": summary(deleted),
+               "apply_cli": summary(cli)}
+        log(f"  {len(names)} sandboxes, {rounds} rounds: apply->denied p50 {out['apply_to_denied']['p50_ms']} ms "
+            f"p99 {out['apply_to_denied']['p99_ms']} ms; delete->allowed p50 {out['delete_to_allowed']['p50_ms']} ms "
+            f"p99 {out['delete_to_allowed']['p99_ms']} ms")
+        return out
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for sb in sbs:
+            run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "sandbox", "rm", sb, check=False)
+            run("ip", "netns", "del", sb, check=False)
+        run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "network", "rm", "pol", check=False)
+        nss.cleanup()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def synthetic(n_eps: int, n_pols: int):  # type: ignore[no-untyped-def]
+    """n_eps local endpoints in 10 namespaces, 50 apps; n_pols policies each selecting an
+    app and allowing another app (any namespace) on 80/TCP and one namespace on 53/UDP."""
+    from muslin.firewall.policy import PolicyEndpoint, PolicyInput
+    from muslin.model.policy import Namespace, parse_policy
+
+    base = ipaddress.ip_address("10.77.0.10")
+    eps = tuple(PolicyEndpoint(key=f"net/e{i}", namespace=f"ns{i % 10}", labels=(("app", f"app{i % 50}"),),
+                               addresses=(base + i,), name=f"e{i}") for i in range(n_eps))
+    pols = tuple(parse_policy({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": f"p{j}", "namespace": f"ns{j % 10}"},
+        "spec": {"podSelector": {"matchLabels": {"app": f"app{j % 50}"}},
+                 "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": f"app{(j + 1) % 50}"}}}],
+                              "ports": [{"port": 80}]},
+                             {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": f"ns{(j + 3) % 10}"}}}],
+                              "ports": [{"protocol": "UDP", "port": 53}]}]}}) for j in range(n_pols))
+    nss = tuple(Namespace(f"ns{i}") for i in range(10))
+    return PolicyInput(pols, nss, eps)
+
+
+def scale(levels: list[tuple[int, int]], log) -> list[dict]:
+    from muslin.firewall.policy import compile_policy
+    from muslin.firewall.state import FirewallState, NetRule
+
+    out = []
+    nss = Namespaces("mbpos" + token(4))
+    try:
+        for n_eps, n_pols in levels:
+            inp = synthetic(n_eps, n_pols)
+            t0 = time.perf_counter()
+            c = compile_policy(inp)
+            compile_s = time.perf_counter() - t0
+            elements = sum(len(v) for v in c.elements.values())
+            ns = nss.host(f"s{n_eps}")
+            net = NetRule("mbpolbr0", (ipaddress.ip_network("10.77.0.0/16"),))
+            state = FirewallState(networks=(net,), policy=inp)
+            changed = FirewallState(networks=(net,), policy=type(inp)(inp.policies[:-1], inp.namespaces, inp.endpoints))
+            code = ("import sys, time, json; from muslin.dataplane import nft; import pickle; "
+                    "s = pickle.loads(sys.stdin.buffer.read()); t = time.perf_counter(); nft.sync(s[0], 'bench'); "
+                    "full = time.perf_counter() - t; t = time.perf_counter(); nft.sync(s[1], 'bench'); "
+                    "print(json.dumps([full, time.perf_counter() - t]))")
+            p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], input=pickle.dumps((state, changed)),
+                               capture_output=True, timeout=600)
+            if p.returncode != 0:
+                raise RuntimeError(p.stderr.decode()[-300:])
+            full_s, delta_s = json.loads(p.stdout)
+            listing = run("ip", "netns", "exec", ns, "nft", "-a", "list", "table", "inet", "muslin").stdout
+            rules = sum(1 for ln in listing.splitlines() if "# handle" in ln and not ln.strip().startswith(("chain", "set", "map", "table")))
+            row = {"endpoints": n_eps, "policies": n_pols, "compile_ms": round(compile_s * 1000, 1),
+                   "set_elements": elements, "nft_full_sync_ms": round(full_s * 1000, 1),
+                   "nft_one_policy_delta_ms": round(delta_s * 1000, 1), "rules": rules}
+            log(f"  {n_eps} endpoints, {n_pols} policies: compile {row['compile_ms']} ms, {elements} elements, "
+                f"full sync {row['nft_full_sync_ms']} ms, one-policy delta {row['nft_one_policy_delta_ms']} ms, "
+                f"{rules} rules")
+            out.append(row)
+    finally:
+        nss.cleanup()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.policy", description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny counts: that it works, not how fast")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    a = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.policy: needs root (it creates network namespaces)", file=sys.stderr)
+        return 2
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    rounds, pods = (3, 3) if a.smoke else (50, 9)
+    levels = [(9, 3), (100, 20)] if a.smoke else [(9, 3), (100, 20), (1000, 200)]
+    res = {"argv": ["python", "-m", "bench.policy", *(argv if argv is not None else sys.argv[1:])],
+           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load": os.getloadavg()}
+    log(f"policy apply -> enforced ({rounds} rounds)")
+    res["enforce"] = apply_to_enforced(rounds, pods, log)
+    log("policy scale (pure compile, nft sync in a throwaway namespace)")
+    res["scale"] = scale(levels, log)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "policy.json").write_text(json.dumps(res, indent=2))
+    log(f"wrote {out / 'policy.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

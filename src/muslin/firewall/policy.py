@@ -1,0 +1,406 @@
+"""Network policy compiled to set elements of Muslin's table (pure).
+
+Rules never name an endpoint or a policy: the chains below are fixed, and everything a
+policy says becomes elements of the sets they consult, so the ruleset's rule count does not
+depend on the number of endpoints or policies, and a new connection costs a fixed number of
+set lookups (hash sets for endpoint peers, interval sets for ipBlocks and port ranges).
+
+Per local endpoint D isolated for ingress (selected by a policy with Ingress) and each peer
+P that a rule of such a policy allows, on each port it allows:
+- in_pair{4,6}     D . P . proto . port      P an endpoint's address, one port
+- in_pairall{4,6}  D . P                     P an endpoint's address, any traffic
+- in_net{4,6}      D . CIDR . proto . ports  an ipBlock piece, "from anywhere", a port range
+- in_netall{4,6}   D . CIDR                  the same, any traffic
+and egress the same way (eg_*) keyed by the local source. pol_in / pol_eg hold the isolated
+local addresses, pol their union (tracked even within one bridge: the raw chain's notrack and
+the forward chain's same-bridge accept skip them), in_drop / eg_drop the same addresses with
+a counter each: the packets dropped at that endpoint.
+
+What passes, as in Kubernetes: replies of allowed connections (conntrack), traffic between an
+endpoint and its own host (it never crosses the forward hook), an endpoint to itself, and
+IPv6 neighbour discovery. Named ports are resolved on the endpoint that declares them: the
+destination (ingress: the local endpoint; egress: the peer).
+
+`evaluate()` is the same semantics written directly over the policies (no sets): `explain`
+uses it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from muslin.model.policy import NAME_LABEL, Namespace, NetworkPolicy, Peer, PolicyPort, Rule
+from muslin.model.types import IPAddress, IPNetwork
+
+DIRECTIONS = ("in", "eg")
+FAMILIES = (4, 6)
+
+
+def _sets() -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for v in FAMILIES:
+        a = f"ipv{v}_addr"
+        out += [(f"pol{v}", f"type {a}"), (f"pol_in{v}", f"type {a}"), (f"pol_eg{v}", f"type {a}")]
+        for d in DIRECTIONS:
+            out += [(f"{d}_pair{v}", f"type {a} . {a} . inet_proto . inet_service"),
+                    (f"{d}_pairall{v}", f"type {a} . {a}"),
+                    (f"{d}_net{v}", f"type {a} . {a} . inet_proto . inet_service; flags interval"),
+                    (f"{d}_netall{v}", f"type {a} . {a}; flags interval"),
+                    (f"{d}_drop{v}", f"type {a}; counter")]
+    return tuple(out)
+
+
+SETS = _sets()
+SET_NAMES = tuple(n for n, _ in SETS)
+COUNTER_SETS = tuple(n for n, decl in SETS if decl.endswith("counter"))
+
+# The first rule of the forward chain, and the first rules of the raw chain (compiler.py).
+FORWARD_RULES = ("jump netpol",)
+RAW_RULES = ("ip saddr @pol4 return", "ip daddr @pol4 return", "ip6 saddr @pol6 return", "ip6 daddr @pol6 return")
+
+_ND = "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } return"
+
+
+def _check_chain(d: str) -> tuple[str, ...]:
+    local, peer = ("daddr", "saddr") if d == "in" else ("saddr", "daddr")
+    rules = ["ct state established,related return", _ND]
+    for v, ip in ((4, "ip"), (6, "ip6")):
+        rules += [f"{ip} {local} . {ip} {peer} . meta l4proto . th dport @{d}_pair{v} return",
+                  f"{ip} {local} . {ip} {peer} @{d}_pairall{v} return",
+                  f"{ip} {local} . {ip} {peer} . meta l4proto . th dport @{d}_net{v} return",
+                  f"{ip} {local} . {ip} {peer} @{d}_netall{v} return"]
+    rules += [f"ip {local} @{d}_drop4 drop", f"ip6 {local} @{d}_drop6 drop", "drop"]
+    return tuple(rules)
+
+
+CHAINS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("netpol", "", ("ip saddr @pol_eg4 jump netpol_egress", "ip6 saddr @pol_eg6 jump netpol_egress",
+                    "ip daddr @pol_in4 jump netpol_ingress", "ip6 daddr @pol_in6 jump netpol_ingress")),
+    ("netpol_egress", "", _check_chain("eg")),
+    ("netpol_ingress", "", _check_chain("in")),
+)
+
+SYSCTLS = {"/proc/sys/net/bridge/bridge-nf-call-iptables": "1",
+           "/proc/sys/net/bridge/bridge-nf-call-ip6tables": "1"}
+
+
+# -- input ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PolicyEndpoint:
+    """An endpoint as policy sees it. `local`: on this host, where its traffic crosses this
+    host's forward hook (a bridge network), so this host enforces its policies."""
+
+    key: str
+    namespace: str
+    labels: tuple[tuple[str, str], ...] = ()
+    addresses: tuple[IPAddress, ...] = ()
+    ports: tuple[tuple[str, int, str], ...] = ()  # named ports it declares: (name, port, protocol)
+    local: bool = True
+    name: str = ""
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def port_number(self, name: str, protocol: str) -> int | None:
+        for n, p, proto in self.ports:
+            if n == name and proto == protocol:
+                return p
+        return None
+
+    @property
+    def shown(self) -> str:
+        return f"{self.namespace}/{self.name or self.key}"
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    policies: tuple[NetworkPolicy, ...] = ()
+    namespaces: tuple[Namespace, ...] = ()  # those with labels (every namespace has its name label)
+    endpoints: tuple[PolicyEndpoint, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.policies
+
+
+# -- selection -----------------------------------------------------------------------------
+
+class Selection:
+    """Which endpoints each policy selects and each peer matches (cached per selector)."""
+
+    def __init__(self, inp: PolicyInput) -> None:
+        self.inp = inp
+        ns_labels: dict[str, dict[str, str]] = {}
+        for n in inp.namespaces:
+            ns_labels[n.name] = n.label_map
+        for e in inp.endpoints:
+            ns_labels.setdefault(e.namespace, {NAME_LABEL: e.namespace})
+        for p in inp.policies:
+            ns_labels.setdefault(p.namespace, {NAME_LABEL: p.namespace})
+        self.ns_labels = ns_labels
+        self.by_ns: dict[str, list[PolicyEndpoint]] = defaultdict(list)
+        for e in inp.endpoints:
+            self.by_ns[e.namespace].append(e)
+        self._peers: dict[tuple[Peer, str], list[PolicyEndpoint]] = {}
+
+    def selected(self, p: NetworkPolicy) -> list[PolicyEndpoint]:
+        return [e for e in self.by_ns.get(p.namespace, ()) if p.pod_selector.matches(e.label_map)]
+
+    def peer_endpoints(self, peer: Peer, policy_ns: str) -> list[PolicyEndpoint]:
+        key = (peer, policy_ns)
+        if key not in self._peers:
+            if peer.ip_block is not None:
+                nets = peer.ip_block.networks()
+                found = [e for e in self.inp.endpoints if any(a in n for a in e.addresses for n in nets
+                                                              if a.version == n.version)]
+            else:
+                nss = [policy_ns] if peer.namespaces is None else \
+                    sorted(n for n, labels in self.ns_labels.items() if peer.namespaces.matches(labels))
+                found = [e for ns in nss for e in self.by_ns.get(ns, ())
+                         if peer.pods is None or peer.pods.matches(e.label_map)]
+            self._peers[key] = found
+        return self._peers[key]
+
+
+# -- compile ---------------------------------------------------------------------------------
+
+ANY = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+
+
+def _net(n: IPNetwork) -> str:
+    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+
+
+def _ports(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _port_ranges(pp: PolicyPort, target: PolicyEndpoint | None) -> tuple[int, int] | None:
+    """The port range a PolicyPort allows on `target` (named ports resolved on it); None when
+    it allows nothing there (a name the target does not declare)."""
+    if pp.port is None:
+        return (0, 65535)
+    if isinstance(pp.port, str):
+        n = target.port_number(pp.port, pp.protocol) if target is not None else None
+        return (n, n) if n is not None else None
+    return (pp.port, pp.end_port if pp.end_port is not None else pp.port)
+
+
+@dataclass
+class Compiled:
+    elements: dict[str, set[str]] = field(default_factory=lambda: {n: set() for n in SET_NAMES})
+    isolated: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # endpoint key -> dir -> policies
+
+
+def compile_policy(inp: PolicyInput) -> Compiled:
+    out = Compiled()
+    if inp.empty:
+        return out
+    sel = Selection(inp)
+    els = out.elements
+    by_key = {e.key: e for e in inp.endpoints}
+    rules_of: dict[tuple[str, str], list[tuple[NetworkPolicy, Rule]]] = defaultdict(list)
+    for p in sorted(inp.policies, key=lambda p: p.key):
+        for e in sel.selected(p):
+            if not e.local:
+                continue
+            for d, on, rules in (("in", p.ingress_isolation, p.ingress), ("eg", p.egress_isolation, p.egress)):
+                if on:
+                    out.isolated.setdefault(e.key, {}).setdefault(d, []).append(p.key)
+                    rules_of[(e.key, d)].extend((p, r) for r in rules)
+    for key, dirs in out.isolated.items():
+        e = by_key[key]
+        for d in dirs:
+            for a in e.addresses:
+                v = a.version
+                els[f"pol{v}"].add(str(a))
+                els[f"pol_{d}{v}"].add(str(a))
+                els[f"{d}_drop{v}"].add(str(a))
+                els[f"{d}_pairall{v}"].add(f"{a} . {a}")  # a pod cannot block itself
+            for p, r in rules_of.get((key, d), ()):
+                _rule(els, sel, p, r, d, e)
+    return out
+
+
+def _rule(els: dict[str, set[str]], sel: Selection, p: NetworkPolicy, r: Rule, d: str,
+          local: PolicyEndpoint) -> None:
+    # peers: endpoints (exact addresses) and networks (ipBlocks; "anywhere" when none is given)
+    peer_eps: dict[str, PolicyEndpoint] = {}
+    nets: list[IPNetwork] = []
+    if not r.peers:
+        nets = [ANY[4], ANY[6]]
+    for peer in r.peers:
+        if peer.ip_block is not None:
+            nets += peer.ip_block.networks()
+        else:
+            for e in sel.peer_endpoints(peer, p.namespace):
+                peer_eps.setdefault(e.key, e)
+    for la in local.addresses:
+        v = la.version
+        for pe in peer_eps.values():
+            target = local if d == "in" else pe
+            for a in pe.addresses:
+                if a.version != v:
+                    continue
+                if not r.ports:
+                    els[f"{d}_pairall{v}"].add(f"{la} . {a}")
+                    continue
+                for pp in r.ports:
+                    rng = _port_ranges(pp, target)
+                    if rng is None:
+                        continue
+                    if rng[0] == rng[1]:
+                        els[f"{d}_pair{v}"].add(f"{la} . {a} . {pp.protocol} . {rng[0]}")
+                    else:
+                        els[f"{d}_net{v}"].add(f"{la} . {a} . {pp.protocol} . {_ports(*rng)}")
+        for n in nets:
+            if n.version != v:
+                continue
+            if not r.ports:
+                els[f"{d}_netall{v}"].add(f"{la} . {_net(n)}")
+                continue
+            for pp in r.ports:
+                if isinstance(pp.port, str) and d == "eg":
+                    # a named port of a destination: the endpoints inside the network that declare it
+                    for e in sel.inp.endpoints:
+                        num = e.port_number(pp.port, pp.protocol)
+                        if num is None:
+                            continue
+                        for a in e.addresses:
+                            if a.version == v and a in n:
+                                els[f"{d}_pair{v}"].add(f"{la} . {a} . {pp.protocol} . {num}")
+                    continue
+                rng = _port_ranges(pp, local)
+                if rng is not None:
+                    els[f"{d}_net{v}"].add(f"{la} . {_net(n)} . {pp.protocol} . {_ports(*rng)}")
+
+
+def elements(inp: PolicyInput) -> dict[str, frozenset[str]]:
+    return {k: frozenset(v) for k, v in compile_policy(inp).elements.items()}
+
+
+def sysctls(inp: PolicyInput) -> dict[str, str]:
+    """br_netfilter's calls into the IP hooks: traffic within one bridge must cross the
+    forward hook to be filtered (the default in a new namespace; set when policy is used)."""
+    return dict(SYSCTLS) if not inp.empty else {}
+
+
+# -- the same semantics, evaluated directly (explain; the tests' oracle) -----------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    """One direction of a connection: `isolated` by `policies`; `allowed_by` the rules that
+    allow it ("ns/name egress[i]"); `reason` when it is not the policies' to decide."""
+
+    direction: str  # "ingress" or "egress"
+    endpoint: str = ""  # the endpoint whose policies decide ('' = not a known endpoint)
+    isolated: bool = False
+    policies: tuple[str, ...] = ()
+    allowed_by: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return not self.isolated or bool(self.allowed_by)
+
+
+def _rule_allows(sel: Selection, p: NetworkPolicy, r: Rule, peer_addr: IPAddress, target: PolicyEndpoint | None,
+                 protocol: str, port: int | None) -> tuple[bool, str]:
+    """Does rule `r` of `p` allow the peer address on (protocol, port)? With the index of the
+    peer and port entries that do, for the explanation."""
+    peer_ok, which = not r.peers, "any peer"
+    for j, peer in enumerate(r.peers):
+        if peer.ip_block is not None:
+            hit = any(peer_addr.version == n.version and peer_addr in n for n in peer.ip_block.networks())
+        else:
+            hit = any(peer_addr in e.addresses for e in sel.peer_endpoints(peer, p.namespace))
+        if hit:
+            peer_ok, which = True, f"peer[{j}] {peer.describe()}"
+            break
+    if not peer_ok:
+        return False, ""
+    if not r.ports:
+        return True, which + ", any port"
+    if port is None and protocol not in ("tcp", "udp", "sctp"):
+        return False, ""
+    for k, pp in enumerate(r.ports):
+        if pp.protocol != protocol:
+            continue
+        rng = _port_ranges(pp, target)
+        if rng is not None and port is not None and rng[0] <= port <= rng[1]:
+            return True, f"{which}, ports[{k}] {pp.describe()}"
+    return False, ""
+
+
+def evaluate(inp: PolicyInput, src: IPAddress, dst: IPAddress, protocol: str = "tcp",
+             port: int | None = None, sel: Selection | None = None) -> tuple[Verdict, Verdict]:
+    """(egress of src, ingress of dst) for a new connection src -> dst (protocol, port),
+    whatever host the endpoints are on."""
+    sel = sel or Selection(inp)
+    by_addr = {a: e for e in inp.endpoints for a in e.addresses}
+    out = []
+    for direction, local_addr, peer_addr in (("egress", src, dst), ("ingress", dst, src)):
+        ep = by_addr.get(local_addr)
+        if ep is None:
+            out.append(Verdict(direction, reason=f"{local_addr} is no endpoint's address: no policy applies"))
+            continue
+        if src == dst:
+            out.append(Verdict(direction, ep.shown, reason="traffic of an endpoint to itself is always allowed"))
+            continue
+        pols = [p for p in sorted(inp.policies, key=lambda p: p.key)
+                if (p.ingress_isolation if direction == "ingress" else p.egress_isolation)
+                and p.namespace == ep.namespace and p.pod_selector.matches(ep.label_map)]
+        if not pols:
+            out.append(Verdict(direction, ep.shown, reason=f"no policy selects {ep.shown} for {direction}"))
+            continue
+        target = ep if direction == "ingress" else by_addr.get(peer_addr)
+        allowed = []
+        for p in pols:
+            rules = p.ingress if direction == "ingress" else p.egress
+            for i, r in enumerate(rules):
+                ok, which = _rule_allows(sel, p, r, peer_addr, target, protocol, port)
+                if ok:
+                    allowed.append(f"{p.key} {direction}[{i}] ({which})")
+        out.append(Verdict(direction, ep.shown, True, tuple(p.key for p in pols), tuple(allowed)))
+    return out[0], out[1]
+
+
+def isolating(inp: PolicyInput) -> dict[str, dict[str, list[str]]]:
+    """Endpoint key -> {"in"/"eg": the policies isolating it} (local endpoints)."""
+    return compile_policy(inp).isolated
+
+
+def attribute_drops(inp: PolicyInput, counters: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Per policy: the packets dropped at the endpoints it isolates, by direction, from the
+    drop sets' counters ({set name: {address: packets}})."""
+    iso = isolating(inp)
+    by_addr = {str(a): e.key for e in inp.endpoints if e.local for a in e.addresses}
+    out: dict[str, dict[str, int]] = {p.key: {"ingress": 0, "egress": 0} for p in inp.policies}
+    for set_name, per in counters.items():
+        d = "in" if set_name.startswith("in_") else "eg"
+        for addr, packets in per.items():
+            for pkey in iso.get(by_addr.get(addr, ""), {}).get(d, []):
+                out.setdefault(pkey, {"ingress": 0, "egress": 0})["ingress" if d == "in" else "egress"] += packets
+    return out
+
+
+def endpoint_of(inp: PolicyInput, addr: IPAddress) -> PolicyEndpoint | None:
+    for e in inp.endpoints:
+        if addr in e.addresses:
+            return e
+    return None
+
+
+def find_endpoints(inp: PolicyInput, name: str) -> list[PolicyEndpoint]:
+    """Endpoints named `name` or `namespace/name` (explain's SRC and DST)."""
+    ns, _, n = name.rpartition("/")
+    return [e for e in inp.endpoints if (e.name == n or e.key == n) and (not ns or e.namespace == ns)]
+
+
+def local_keys(endpoints: Iterable[PolicyEndpoint]) -> set[str]:
+    return {e.key for e in endpoints if e.local}
