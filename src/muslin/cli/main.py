@@ -9,14 +9,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import sys
 from typing import Any
 
 import click
 
 from muslin.cli.guard import run, version_option
-from muslin.cli.output import OUTPUT, emit_list, emit_one, fields, list_options, one_options, table
-from muslin.model.errors import Invalid, MuslinError
+from muslin.cli.output import OUTPUT, each, emit_list, emit_one, fields, list_options, one_options, table
+from muslin.model.errors import Invalid
 
 
 class Ctx:
@@ -276,16 +275,7 @@ def network_prune(obj: Ctx, filters, force) -> None:
     if not force:
         click.confirm(f"Remove {len(gone)} unused network(s): {', '.join(n.name for n in gone)}?", abort=True,
                       err=True)
-    first: MuslinError | None = None
-    for n in gone:
-        try:
-            obj.muslin.delete_network(n.name)
-            click.echo(n.name)
-        except MuslinError as e:
-            click.echo(f"error: {n.name}: {e}", err=True)
-            first = first or e
-    if first is not None:
-        sys.exit(first.exit_status)
+    each([n.name for n in gone], obj.muslin.delete_network)
 
 
 @network.command("repair")
@@ -307,16 +297,7 @@ def network_repair(obj: Ctx, names) -> None:
 @click.pass_obj
 def network_rm(obj: Ctx, names, force) -> None:
     """Remove networks (each one; the exit status is the first failure's)."""
-    first: MuslinError | None = None
-    for n in names:
-        try:
-            obj.muslin.delete_network(n, force=force)
-            click.echo(n)
-        except MuslinError as e:
-            click.echo(f"error: {n}: {e}", err=True)
-            first = first or e
-    if first is not None:
-        sys.exit(first.exit_status)
+    each(names, lambda n: obj.muslin.delete_network(n, force=force))
 
 
 # -- sandboxes ---------------------------------------------------------------------------

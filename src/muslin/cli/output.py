@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from muslin.model.errors import Invalid
+from muslin.model.errors import Invalid, MuslinError
 
 OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
                       help="Output format.")
@@ -101,3 +101,18 @@ def fields(pairs: Sequence[tuple[str, Any]]) -> None:
     w = max((len(k) for k, _ in pairs), default=0)
     for k, v in pairs:
         click.echo(f"{(k + ':').ljust(w + 1)}  {v}")
+
+
+def each(names: Sequence[str], act: Callable[[str], Any]) -> None:
+    """Do `act` for every name, printing each name done and one error line per failure; go on
+    past a failure and exit with the first failure's status (`network rm A B C`)."""
+    first: MuslinError | None = None
+    for n in names:
+        try:
+            act(n)
+            click.echo(n)
+        except MuslinError as e:
+            click.echo(f"error: {n}: {e}", err=True)
+            first = first or e
+    if first is not None:
+        sys.exit(first.exit_status)

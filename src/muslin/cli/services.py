@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import sys
 from typing import Any
 
 import click
 
-from muslin.cli.output import OUTPUT, emit_list, emit_one, fields, list_options, one_options, table
-from muslin.model.errors import Invalid, MuslinError
+from muslin.cli.output import OUTPUT, each, emit_list, emit_one, fields, list_options, one_options, table
+from muslin.model.errors import Invalid
 
 
 def parse_port(text: str):  # type: ignore[no-untyped-def]
@@ -119,13 +118,4 @@ def inspect(obj: Any, name, network, output, template) -> None:
 @click.pass_obj
 def rm(obj: Any, names, network) -> None:
     """Remove services (each one; the exit status is the first failure's)."""
-    first: MuslinError | None = None
-    for n in names:
-        try:
-            obj.muslin.remove_service(n, network)
-            click.echo(n)
-        except MuslinError as e:
-            click.echo(f"error: {n}: {e}", err=True)
-            first = first or e
-    if first is not None:
-        sys.exit(first.exit_status)
+    each(names, lambda n: obj.muslin.remove_service(n, network))
