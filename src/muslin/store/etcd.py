@@ -378,8 +378,11 @@ class EtcdStore:
             return ""
 
     def _speaks_plain(self, e: BaseException, ep: Endpoint) -> str:
-        """etcd serving plain http drops a TLS handshake: say so when plain http gets an answer."""
-        if not ep.tls or not isinstance(e, ssl.SSLError) or "EOF" not in (e.reason or type(e).__name__).upper():
+        """etcd serving plain http drops a TLS handshake (an EOF, or a reset when it closes with
+        the hello unread): say so when plain http gets an answer."""
+        dropped = isinstance(e, ConnectionResetError) or (
+            isinstance(e, ssl.SSLError) and "EOF" in (e.reason or type(e).__name__).upper())
+        if not ep.tls or not dropped:
             return ""
         conn = http.client.HTTPConnection(ep.host, ep.port, timeout=self.timeout)
         try:
