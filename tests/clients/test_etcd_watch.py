@@ -51,15 +51,15 @@ class Proxy:
                 c, _ = self.lsock.accept()
             except OSError:
                 return
-            if not self.open:
-                c.close()
-                continue
-            try:
-                up = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                c.close()
-                continue
-            with self.lock:
+            with self.lock:  # against cut(): a connection is either cut with the others or refused
+                if not self.open:
+                    c.close()
+                    continue
+                try:
+                    up = socket.create_connection(self.target, timeout=5)
+                except OSError:
+                    c.close()
+                    continue
                 self.conns += [c, up]
             for a, b in ((c, up), (up, c)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -81,8 +81,8 @@ class Proxy:
                 pass
 
     def cut(self) -> None:
-        self.open = False
         with self.lock:
+            self.open = False
             for s in self.conns:
                 try:
                     s.shutdown(socket.SHUT_RDWR)
