@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from labutil import lab_cli
 from nsutil import suffix
 from muslin.lab import core
 
@@ -75,11 +76,6 @@ else:  # 4 KiB every 10 ms for the given seconds
     reply = json.loads(c.makefile().read())
     print(json.dumps({**reply, "sent": sent, "sent_sha256": h.hexdigest()}), flush=True)
 """
-
-
-def lab_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "muslin.lab", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def wait_until(pred, timeout: float = 15.0, step: float = 0.2) -> bool:

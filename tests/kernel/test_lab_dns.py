@@ -5,23 +5,16 @@ different hosts."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 
 import pytest
 from dnsutil import answers, query
-from nsutil import suffix
+from labutil import lab_cli, lab_up
 
 from muslin.lab import core
 
 pytestmark = [pytest.mark.kernel, pytest.mark.client, pytest.mark.timeout(600)]
-
-
-def lab_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "muslin.lab", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 class Ns:
@@ -35,20 +28,8 @@ class Ns:
 
 @pytest.fixture
 def lab(tmp_path):
-    old = os.environ.get("MUSLIN_LAB_DIR")
-    os.environ["MUSLIN_LAB_DIR"] = str(tmp_path)
-    name = "d" + suffix()
-    try:
-        r = lab_cli("up", name, "--hosts", "2", "--backend", "vxlan", "--lease-ttl", "4", "--resync", "2")
-        assert r.returncode == 0, r.stderr + r.stdout
+    with lab_up(tmp_path, "d", "--hosts", "2", "--backend", "vxlan", "--lease-ttl", "4", "--resync", "2") as name:
         yield name
-    finally:
-        core.down(name)
-        assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]
-        if old is None:
-            os.environ.pop("MUSLIN_LAB_DIR", None)
-        else:
-            os.environ["MUSLIN_LAB_DIR"] = old
 
 
 def sandbox(lab: str, host: str, sb: str, *aliases: str) -> tuple[Ns, str]:

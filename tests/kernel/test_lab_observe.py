@@ -19,17 +19,13 @@ from html.parser import HTMLParser
 
 import pytest
 
+from labutil import lab_cli
 from nsutil import suffix
 from muslin.lab import core
 
 pytestmark = [pytest.mark.kernel, pytest.mark.client]
 
 SANDBOXES = (("h1", "a"), ("h2", "b"), ("h3", "c"))
-
-
-def lab_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "muslin.lab", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def ns_run(ns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:

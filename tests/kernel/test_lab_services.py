@@ -5,14 +5,14 @@ etcd, one muslind per host): the other host's endpoints come through the cluster
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from collections import Counter
 
 import pytest
-from nsutil import suffix, tool
+from labutil import lab_cli, lab_up
+from nsutil import tool
 
 from muslin.lab import core
 
@@ -61,27 +61,10 @@ print(json.dumps({"got": got, "errors": errors}))
 """
 
 
-def lab_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "muslin.lab", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.fixture
 def lab(tmp_path):
-    old = os.environ.get("MUSLIN_LAB_DIR")
-    os.environ["MUSLIN_LAB_DIR"] = str(tmp_path)
-    name = "v" + suffix()
-    try:
-        r = lab_cli("up", name, "--hosts", "2", "--backend", "vxlan", "--lease-ttl", "4", "--resync", "2")
-        assert r.returncode == 0, r.stderr + r.stdout
+    with lab_up(tmp_path, "v", "--hosts", "2", "--backend", "vxlan", "--lease-ttl", "4", "--resync", "2") as name:
         yield name
-    finally:
-        core.down(name)
-        assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]
-        if old is None:
-            os.environ.pop("MUSLIN_LAB_DIR", None)
-        else:
-            os.environ["MUSLIN_LAB_DIR"] = old
 
 
 def test_a_service_over_backends_on_two_hosts(lab):
