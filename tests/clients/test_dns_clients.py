@@ -8,15 +8,14 @@ muslind forwards to no real resolver here (its upstream list is empty)."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from docker_util import IMAGE, DockerEnv, random_subnet, root_ns_lock
+from docker_util import IMAGE, DockerEnv, random_subnet
 from nsutil import suffix, tool
-from podman_util import Podman
+from mixed_util import docker_and_podman
 
 pytestmark = [pytest.mark.client, pytest.mark.kernel, pytest.mark.timeout(900)]
 
@@ -27,25 +26,8 @@ for _tool in ("dockerd", "containerd", "docker", "podman"):
 
 @pytest.fixture
 def worlds(tmp_path):
-    with root_ns_lock():
-        dk = DockerEnv()
-        try:
-            dk.start()
-        except BaseException:
-            log = dk.log_tail()
-            dk.stop()
-            raise AssertionError("could not start Docker/muslind:\n" + log) from None
-        plugins = tmp_path / "plugins"
-        plugins.mkdir()
-        (plugins / "muslin-cni").symlink_to(tool("muslin-cni"))
-        base = Path(tempfile.mkdtemp(prefix="mpd-"))
-        pm = Podman(base, [str(plugins), "/usr/lib/cni"],
-                    env={"MUSLIN_AGENT_SOCKET": dk.agent_sock, "MUSLIN_STATE_DIR": str(dk.state)})
-        try:
-            yield dk, pm
-        finally:
-            pm.destroy()
-            dk.stop()
+    with docker_and_podman(tmp_path, "mpd-") as w:
+        yield w
 
 
 def muslin(dk: DockerEnv, *args: str):

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from docker_util import IMAGE, DockerEnv, random_subnet, root_ns_lock
-from nsutil import suffix, tool
-from podman_util import Podman
+from docker_util import IMAGE, random_subnet
+from nsutil import suffix
+from mixed_util import docker_and_podman
 
 from muslin.model import names
 
@@ -26,26 +25,8 @@ for _tool in ("dockerd", "containerd", "docker", "podman"):
 
 @pytest.fixture
 def worlds(tmp_path):
-    with root_ns_lock():
-        dk = DockerEnv()
-        try:
-            dk.start()
-        except BaseException:
-            log = dk.log_tail()
-            dk.stop()
-            raise AssertionError("could not start Docker/muslind:\n" + log) from None
-        plugins = tmp_path / "plugins"
-        plugins.mkdir()
-        (plugins / "muslin-cni").symlink_to(tool("muslin-cni"))
-        base = Path(tempfile.mkdtemp(prefix="mpx-"))
-        # The plugin hands its requests to muslind (the fast path) — same store as Docker's.
-        pm = Podman(base, [str(plugins), "/usr/lib/cni"],
-                    env={"MUSLIN_AGENT_SOCKET": dk.agent_sock, "MUSLIN_STATE_DIR": str(dk.state)})
-        try:
-            yield dk, pm
-        finally:
-            pm.destroy()
-            dk.stop()
+    with docker_and_podman(tmp_path, "mpx-") as w:
+        yield w
 
 
 def test_docker_and_podman_containers_share_one_muslin_network(worlds):
