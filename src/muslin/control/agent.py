@@ -55,6 +55,11 @@ from muslin.store.cache import Change, WatchCache
 
 DEFAULT_RESYNC = 10.0  # seconds between kernel resyncs (desired from the local copy vs the kernel)
 DEFAULT_RELIST = 600.0  # seconds (jittered 0.5x .. 1.5x) between lists of the hosts: a check, not a need
+# Beyond this many hosts the resync's and the check list's periods grow with the hosts: a
+# resync diffs every peer, a check list fetches every record, so at a fixed period an
+# agent's idle CPU would grow with N and the cluster's list bytes with N^2.
+SCALE_HOSTS = 100
+ALIVE_MARGIN = 15.0  # seconds a liveness renewal may be late before the lease expires (at least)
 SETTLE = 0.05  # seconds: events this close together are reconciled as one batch
 TICK = 1.0  # seconds: the longest the loop sleeps (a stop is seen within it; companions are asked)
 WATCH_GRACE = 2.0  # seconds a watch may be down before the store counts as unavailable
@@ -64,6 +69,26 @@ WATCH_GRACE = 2.0  # seconds a watch may be down before the store counts as unav
 # ensure(config), status() and stop().
 COMPANIONS = {"bird": ("muslin.control.agent_bird", "Bird"),
               "wireguard": ("muslin.dataplane.wireguard", "WireGuardHost")}
+
+
+def resync_period(base: float, hosts: int) -> float:
+    """Seconds between resyncs: `base`, times hosts / SCALE_HOSTS beyond SCALE_HOSTS hosts
+    (a full diff costs about the same per peer, so its CPU per second stays bounded)."""
+    return base * max(1.0, hosts / SCALE_HOSTS)
+
+
+def relist_period(base: float, hosts: int) -> float:
+    """Mean seconds between an agent's check lists: `base`, times hosts / SCALE_HOSTS beyond
+    SCALE_HOSTS hosts, so the cluster lists about SCALE_HOSTS / `base` times a second and
+    sends bytes linear in N (each list is every record). The check only looks for a gap the
+    watch did not report; a reported gap or compaction lists at once."""
+    return base * max(1.0, hosts / SCALE_HOSTS)
+
+
+def alive_every(ttl: float) -> float:
+    """Seconds between liveness renewals: half the TTL, but at least ALIVE_MARGIN s (and a
+    third of the TTL) before it would expire. 60 s: every 30 s; 30 s: 15 s; 10 s: 3.3 s."""
+    return max(0.5, ttl / 3, min(ttl / 2, ttl - ALIVE_MARGIN))
 
 
 def companion_class(name: str) -> Any:
@@ -572,7 +597,11 @@ class Agent:
     def _relist_after(self, first: bool = False) -> float:
         """Seconds to the next check list: 0.5x .. 1.5x `relist` (the first in 0.05x .. 1.5x,
         so agents started together do not list together)."""
-        return self.relist * random.uniform(0.05 if first else 0.5, 1.5)
+        return relist_period(self.relist, len(self.peers)) * random.uniform(0.05 if first else 0.5, 1.5)
+
+    def _resync_after(self) -> float:
+        """Seconds to the next resync: `resync`, longer beyond SCALE_HOSTS peers (resync_period)."""
+        return resync_period(self.resync, len(self.peers))
 
     def _watch_health(self, now: float) -> None:
         assert self.cache is not None
@@ -616,10 +645,10 @@ class Agent:
             raise
         assert self.cfg is not None and self.cache is not None
         self.reconcile()
-        alive_every = max(0.5, self.cfg.lease_ttl / 3)
+        renew_alive = alive_every(self.cfg.lease_ttl)
         subnet_every = max(0.5, min(self.cfg.subnet_ttl / 3, 600.0))
         now = time.monotonic()
-        next_alive, next_subnet = now + alive_every, now + subnet_every
+        next_alive, next_subnet = now + renew_alive, now + subnet_every
         next_sync, next_relist, next_tick = now + self.resync, now + self._relist_after(first=True), now + TICK
         ticks = bool(self.backend.companions)
         delay = 0.5
@@ -645,7 +674,7 @@ class Agent:
                     full = self._check_self() or full
                 if now >= next_alive:
                     self.renew_alive()
-                    next_alive = now + alive_every
+                    next_alive = now + renew_alive
                 if now >= next_subnet:
                     full = self.renew_subnet() or full
                     next_subnet = now + subnet_every

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import click
 
-from muslin.backends.model import DEFAULT_SUBNET_TTL
+from muslin.backends.model import DEFAULT_SUBNET_TTL, ClusterConfig
 from muslin.backends.registry import names as backend_names
 from muslin.cli.guard import key_values, one_line_errors, run, version_option
 from muslin.cli.muslind import load_config, setting_options
@@ -109,7 +109,7 @@ def cli() -> None:
 @click.option("--port", default=4789, show_default=True, help="vxlan: the UDP port")
 @click.option("--asn", default=64512, show_default=True, help="bgp: the AS number")
 @click.option("--route-reflector", "rrs", multiple=True, help="bgp: hostname of a route reflector (repeatable)")
-@click.option("--lease-ttl", default=30, show_default=True,
+@click.option("--lease-ttl", default=ClusterConfig.lease_ttl, show_default=True,
               help="seconds: TTL of an agent's liveness key (health only, never routing)")
 @click.option("--subnet-ttl", default=DEFAULT_SUBNET_TTL, show_default=True,
               help="seconds: TTL of a host's subnet lease (renewed; peers drop a host when it expires)")
