@@ -16,8 +16,9 @@ one long-lived watch (store/cache.py): listed once at start, then only the event
 listed again when the watch reports a gap, or rarely (`relist`, minutes, jittered) as a
 check. An event for one peer changes that peer's kernel objects only (backends/peers.py:
 computed for that peer, diffed against what it had, no kernel read); the full desired-vs-
-observed diff, which reads the kernel, runs at the periodic resync (`resync`), which repairs
-drift from the local copy without asking the store.
+observed diff, which reads the kernel, runs at the periodic resync (`resync`, longer beyond
+SCALE_HOSTS peers: resync_period), which repairs drift from the local copy without asking
+the store.
 
 The agent treats every backend alike (backends/base.py): it probes the backend's
 companions before anything changes, gathers their host facts, publishes what the backend
@@ -649,7 +650,7 @@ class Agent:
         subnet_every = max(0.5, min(self.cfg.subnet_ttl / 3, 600.0))
         now = time.monotonic()
         next_alive, next_subnet = now + renew_alive, now + subnet_every
-        next_sync, next_relist, next_tick = now + self.resync, now + self._relist_after(first=True), now + TICK
+        next_sync, next_relist, next_tick = now + self._resync_after(), now + self._relist_after(first=True), now + TICK
         ticks = bool(self.backend.companions)
         delay = 0.5
         while not stop.is_set():
@@ -695,7 +696,7 @@ class Agent:
                         self.log("our liveness key is gone; publishing it again")
                         self.publish_alive()
                 if now >= next_sync:
-                    next_sync = now + self.resync
+                    next_sync = now + self._resync_after()
                     try:
                         self.setup_local()
                     except Unavailable:
