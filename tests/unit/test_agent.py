@@ -184,10 +184,10 @@ def test_config_subnet_ttl_default_for_old_configs_and_validation():
 
 def test_liveness_renewals_keep_a_margin_and_are_rarer_for_long_ttls():
     """Renewed every half TTL, but at least ALIVE_MARGIN s (and a third) before it expires:
-    the default 60 s TTL is renewed every 30 s (a dead agent shows 30-60 s later); short
+    the default 90 s TTL is renewed every 45 s (a dead agent shows 45-90 s later); short
     TTLs (the lab's 10 s, the tests' 3 s) keep their third."""
-    assert ClusterConfig("n").lease_ttl == 60
-    assert agent_mod.alive_every(60) == 30 and agent_mod.alive_every(30) == 15
+    assert ClusterConfig("n").lease_ttl == 90
+    assert agent_mod.alive_every(90) == 45 and agent_mod.alive_every(60) == 30 and agent_mod.alive_every(30) == 15
     assert agent_mod.alive_every(10) == pytest.approx(10 / 3) and agent_mod.alive_every(3) == 1
     for ttl in (3, 10, 20, 30, 45, 60, 90, 3600):
         every = agent_mod.alive_every(ttl)

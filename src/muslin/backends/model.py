@@ -37,7 +37,7 @@ class ClusterConfig:
     port: int = 4789
     asn: int = 64512
     route_reflectors: tuple[str, ...] = ()  # hostnames; empty = full mesh
-    lease_ttl: int = 60  # liveness: TTL of cluster/<net>/alive/<host> (health only, never routing)
+    lease_ttl: int = 90  # liveness: TTL of cluster/<net>/alive/<host> (health only, never routing)
     mtu: int = 0  # 0 = underlay MTU (minus the VXLAN overhead for vxlan)
     # the subnet lease: TTL of a host's record and subnet key (renewed); peers drop a host
     # only when it leaves or this expires. Configs stored without it get the default.

@@ -238,7 +238,7 @@ def restart_agent(name, host, sig) -> None:
 @click.option("--resync", type=click.FloatRange(0.5, 3600), default=10, show_default=True)
 @click.option("--relist", type=click.FloatRange(1, 86400), default=600, show_default=True,
               help="seconds between an agent's check lists (jittered 0.5x..1.5x; x hosts/100 beyond 100 hosts)")
-@click.option("--lease-ttl", type=click.IntRange(3, 3600), default=60, show_default=True,
+@click.option("--lease-ttl", type=click.IntRange(3, 3600), default=90, show_default=True,
               help="seconds: each host's liveness lease (renewed as an agent does: every half, >= 15 s early)")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @one_line_errors
