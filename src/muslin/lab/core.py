@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from muslin.backends.model import DEFAULT_SUBNET_TTL, ClusterConfig, stable_mac
 from muslin.backends.registry import get_backend
+from muslin.lab import bytecode
 from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound, Unavailable
 
 UNDERLAY = ipaddress.IPv4Network("10.250.0.0/24")
@@ -199,11 +200,11 @@ def kill_pid(pid: int, sig: int = signal.SIGTERM, wait: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def _spawn(ns: str, cmd: list[str], log: Path) -> int:
+def _spawn(ns: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+                             start_new_session=True, env=env)
     return p.pid
 
 
@@ -287,7 +288,8 @@ def start_agent(st: LabState, host: str, extra: tuple[str, ...] = ()) -> int:
     resolv = st.dir / "resolv.conf"  # the lab's upstream resolvers: none unless you add some
     if not resolv.exists():
         resolv.write_text("# upstream DNS servers of the lab's hosts (muslind --resolv-conf): none\n")
-    pid = _spawn(ns_host(st.name, host), agent_cmd(st, host) + list(extra), st.dir / f"{host}.log")
+    pid = _spawn(ns_host(st.name, host), agent_cmd(st, host) + list(extra), st.dir / f"{host}.log",
+                 bytecode.env(st.dir / "pycache"))
     st.pids[f"agent-{host}"] = pid
     st.save()
     return pid
@@ -414,6 +416,7 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
     shutil.rmtree(st.dir, ignore_errors=True)
     st.dir.mkdir(parents=True)
     st.save()
+    warming = None
     try:
         say("underlay")
         ul = ns_ul(name)
@@ -429,9 +432,11 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         if tls:
             make_pki(st)
         start_etcd(st)
+        warming = bytecode.start_warming(st.dir / "pycache")  # None unless this environment writes no .pyc
         say(f"{hosts} hosts")
         new = _make_hosts(st, hosts, spawn=False)  # while etcd starts
         wait_etcd(st)
+        bytecode.finish_warming(warming)
         if st.tls:
             enable_auth(st)
         _in_ul(st, _init_config, st.store_url, cfg.to_dict(), st.etcd_options())
@@ -440,6 +445,7 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         wait_converged(st, wait_for(hosts, timeout))
         return st
     except BaseException:
+        bytecode.finish_warming(warming, 0)  # stopped, if still at it
         logs = _tail_logs(st)
         down(name)
         if logs:
@@ -508,7 +514,9 @@ def _make_hosts(st: LabState, n: int, network: str = "", spawn: bool = True) -> 
 
 def _start_agents(st: LabState, hosts: list[str]) -> None:
     with ThreadPoolExecutor(min(PARALLEL, len(hosts))) as pool:
-        pids = list(pool.map(lambda h: _spawn(ns_host(st.name, h), agent_cmd(st, h), st.dir / f"{h}.log"), hosts))
+        env = bytecode.env(st.dir / "pycache")  # this environment writes no .pyc: the lab's own cache
+        pids = list(pool.map(lambda h: _spawn(ns_host(st.name, h), agent_cmd(st, h), st.dir / f"{h}.log", env),
+                             hosts))
     for h, pid in zip(hosts, pids):
         st.pids[f"agent-{h}"] = pid
     st.save()
