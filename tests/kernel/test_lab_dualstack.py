@@ -191,7 +191,7 @@ def test_bad_dual_stack_input_is_one_clear_error_and_changes_nothing(tmp_path):
         (["--cidr6", "10.9.0.0/16"], "is not an IPv6 network"),
         (["--cidr", "fd00:9::/48", "--host-prefix", "64", "--cidr6", CIDR6], "must be IPv4 when cidr6 is given"),
         (["--cidr6", "fd00:10::1/48"], "has host bits set"),
-        (["--cidr6", "fd00:10::/120", "--host-prefix6", "120", "--hosts", "3"], "holds only 1 host subnets"),
+        (["--cidr6", "fd00:10::/120", "--host-prefix6", "120", "--hosts", "3"], "cluster CIDR fd00:10::/120 holds only 1 /120 host subnets"),
     ]
     for args, msg in cases:
         name = "bad" + suffix()

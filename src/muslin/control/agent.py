@@ -317,8 +317,9 @@ class Agent:
             except Exhausted as e:
                 if lease != (mine.lease if mine else 0):
                     self.store.revoke_lease(lease)
+                held_by = sum(1 for t in taken if t.version == cfg.network_cidr.version)  # one per host and family
                 raise Exhausted(f"cluster network {self.network}: {e} for host {self.hostname} "
-                                f"({len(taken)} subnets are held)") from None
+                                f"({held_by} hosts hold one)") from None
             bare = HostRecord(self.hostname, str(subnets[0]), ip, net,
                               subnet6=str(subnets[1]) if len(subnets) > 1 else "",
                               underlay6=ip6 if cfg.has_ipv6 else "", underlay_net6=net6 if cfg.has_ipv6 else "")

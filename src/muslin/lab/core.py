@@ -392,8 +392,9 @@ def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int
     check_underlay(cfg, [str(UNDERLAY), str(UNDERLAY6)])
     probe_backend(get_backend(backend))  # Unsupported before anything is made
     if cfg.capacity() < hosts:
-        raise Exhausted(f"cluster CIDR {cidr}{' / ' + cidr6 if cidr6 else ''} holds only {cfg.capacity()} host "
-                        f"subnets, {hosts} hosts asked")
+        small = min(cfg.families(), key=lambda f: 1 << (f[1] - f[0].prefixlen))
+        raise Exhausted(f"cluster CIDR {small[0]} holds only {cfg.capacity()} /{small[1]} host subnets, "
+                        f"{hosts} hosts asked")
     if (lab_dir() / f"{name}.json").exists() or ns_ul(name) in netns_list():
         raise Conflict(f"lab {name!r} already exists (run `muslin lab down {name}` first)")
     return cfg
