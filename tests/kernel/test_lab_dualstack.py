@@ -222,3 +222,48 @@ def test_a_cluster_cidr_overlapping_the_underlay_is_refused(tmp_path):
         r = lab_cli("up", name, "--hosts", "1", *args)
         assert r.returncode != 0 and "overlaps the underlay subnet" in r.stderr, r.stderr
         assert made_none(name)
+
+
+DENY_X = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+"""
+FROM_Y = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-y, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]}]
+"""
+
+
+def test_policy_across_hosts_treats_both_families_alike(tmp_path):
+    """x/a on h1 isolated for ingress: y/b and z/c on h2 reach it over neither family; a policy
+    allowing namespace y lets y/b in over IPv4 and IPv6, z/c still over neither."""
+    with lab_up(tmp_path, "p", "--hosts", "2", "--cidr6", CIDR6, "--lease-ttl", "5") as name:
+        for host, sb, ns in (("h1", "xa", "x"), ("h2", "yb", "y"), ("h2", "zc", "z")):
+            r = lab_cli("sandbox", name, host, sb, "--namespace", ns, "--label", f"pod={sb[1]}")
+            assert r.returncode == 0, r.stderr
+        st = core.LabState.load(name)
+        sbs = st.sandboxes
+        xa, yb, zc = (LabNetns(sbs[s]["netns"]) for s in ("xa", "yb", "zc"))
+        targets = [ip_of(sbs["xa"], "address"), ip_of(sbs["xa"], "address6")]
+
+        def policy(text: str) -> None:
+            r = subprocess.run(["ip", "netns", "exec", core.ns_host(name, "h1"), tool("muslin"), "--state-dir",
+                                str(st.host_dir("h1")), "policy", "--cluster-store", st.store_url, "apply", "-f", "-"],
+                               input=text, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+
+        def reach(src: Netns) -> list[bool]:
+            return [tcp_echo(src, t, 7007, "p") is not None for t in targets]
+
+        with EchoServer(xa, "::", 7007):
+            assert wait_until(lambda: reach(yb) == [True, True] and reach(zc) == [True, True]), "before any policy"
+            policy(DENY_X)
+            assert wait_until(lambda: reach(yb) == [False, False] and reach(zc) == [False, False]), \
+                (reach(yb), reach(zc))
+            policy(FROM_Y)
+            assert wait_until(lambda: reach(yb) == [True, True]), reach(yb)
+            assert reach(zc) == [False, False]
