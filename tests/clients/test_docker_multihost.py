@@ -21,12 +21,15 @@ sockets, cgroups, /etc/docker/key.json), so the whole module holds root_ns_lock(
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,12 +163,18 @@ def sb_fetch(ns: str, target: str) -> str:
 
 @pytest.fixture(scope="module", params=["vxlan", "host-gw", "bgp"])
 def mh(request, tmp_path_factory):
-    backend = request.param
+    with docker_lab(request.param, tmp_path_factory.mktemp("dkmh")) as got:
+        yield got
+
+
+@contextlib.contextmanager
+def docker_lab(backend: str, root: Path, **up: Any) -> Iterator[tuple[str, dict[str, Engine], Path]]:
+    """A 3-host lab (core.up keywords: `up`) with a private dockerd on h1 and h2; all of it
+    removed at the end, the root namespace's directories as they were."""
     for tool in ("dockerd", "containerd", "docker", "etcd", "nsenter", "unshare", "busybox",
                  *(("bird", "birdc") if backend == "bgp" else ())):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    root = tmp_path_factory.mktemp("dkmh")
     old = os.environ.get("MUSLIN_LAB_DIR")
     os.environ["MUSLIN_LAB_DIR"] = str(root / "labs")
     name = "dk" + suffix(4)
@@ -174,7 +183,7 @@ def mh(request, tmp_path_factory):
         had_key = KEY_JSON.exists()
         engines: dict[str, Engine] = {}
         try:
-            core.up(name, 3, backend, lease_ttl=4, resync=2.0)
+            core.up(name, 3, backend, lease_ttl=4, resync=2.0, **up)
             PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
             for h in ("h1", "h2"):
                 e = Engine(name, h, root)
@@ -315,3 +324,40 @@ def test_docker_network_rm_on_one_host_leaves_the_other_working(mh):
               "-h", "/www")
     assert wait_for(lambda: h1.ping("web-h1b", b), 30, "h1 (joined again) -> h2")
     assert h2.fetch("web-h2", h1.ip("web-h1b")) == "hello from muslin\n"
+
+
+CIDR6 = "fd00:10::/48"
+
+
+@pytest.fixture(scope="module")
+def mh6(tmp_path_factory):
+    with docker_lab("vxlan", tmp_path_factory.mktemp("dkmh6"), cidr6=CIDR6) as got:
+        yield got
+
+
+def test_docker_on_a_dual_stack_cluster_network(mh6):
+    """Docker's pools are both cluster CIDRs (`--ipv6 --subnet CIDR --subnet CIDR6`); each
+    container has an address of each family from its host's leases, and the containers on
+    h1 and h2 and a sandbox on h3 reach each other over IPv4 and IPv6, HTTP over IPv6 too."""
+    name, eng, _ = mh6
+    st = core.LabState.load(name)
+    r = create(eng["h1"], "--subnet", CIDR, check=False)
+    assert r.returncode != 0 and f"pass --subnet {CIDR} --subnet {CIDR6} with --ipv6" in r.stderr, r.stderr
+    six: dict[str, str] = {}
+    for h, e in eng.items():
+        create(e, "--ipv6", "--subnet", CIDR, "--subnet", CIDR6)
+        e.docker("run", "-d", "--name", f"web-{h}", "--network", "net0", *ULIMIT, IMAGE, "httpd", "-f", "-p", "80",
+                 "-h", "/www")
+        nets = json.loads(e.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", f"web-{h}").stdout)
+        six[h] = nets["net0"]["GlobalIPv6Address"]
+        s = core.host_status(st, h)
+        assert ipaddress.ip_address(six[h]) in ipaddress.ip_network(s["subnet6"]), (h, six[h], s)
+        assert ipaddress.ip_address(e.ip(f"web-{h}")) in ipaddress.ip_network(s["subnet"])
+    h1, h2 = eng["h1"], eng["h2"]
+    assert wait_for(lambda: h1.ping("web-h1", six["h2"]), 30, "h1 -> h2 ping6")
+    assert h2.ping("web-h2", six["h1"]) and h1.ping("web-h1", h2.ip("web-h2"))
+    assert h1.fetch("web-h1", f"[{six['h2']}]") == "hello from muslin\n"
+    sb = core.sandbox(name, "h3", "c")
+    assert wait_for(lambda: sb_ping(sb["netns"], six["h1"]) and sb_ping(sb["netns"], six["h2"]), 30,
+                    "h3 sandbox -> containers over IPv6")
+    assert h2.ping("web-h2", sb["address6"].split("/")[0])
