@@ -140,7 +140,8 @@ def test_an_ipv6_only_cluster_network(tmp_path):
         s1 = LabNetns(sbs["h1"]["netns"])
         assert wait_until(lambda: ping(s1, ip_of(sbs["h2"], "address")))
         with EchoServer(LabNetns(sbs["h2"]["netns"]), "::", 7007):
-            assert tcp_echo(s1, ip_of(sbs["h2"], "address"), 7007, "only", wait=10) == f"{ip_of(sbs['h1'], 'address')} only"
+            got = tcp_echo(s1, ip_of(sbs["h2"], "address"), 7007, "only", wait=10)
+        assert got == f"{ip_of(sbs['h1'], 'address')} only", got
         r = subprocess.run(["ip", "-n", core.ns_host(name, "h1"), "-4", "-o", "addr", "show", "dev", "mx-net0"],
                            capture_output=True, text=True)
         assert not r.stdout.strip(), r.stdout  # no IPv4 VTEP address in an IPv6-only network
@@ -191,7 +192,8 @@ def test_bad_dual_stack_input_is_one_clear_error_and_changes_nothing(tmp_path):
         (["--cidr6", "10.9.0.0/16"], "is not an IPv6 network"),
         (["--cidr", "fd00:9::/48", "--host-prefix", "64", "--cidr6", CIDR6], "must be IPv4 when cidr6 is given"),
         (["--cidr6", "fd00:10::1/48"], "has host bits set"),
-        (["--cidr6", "fd00:10::/120", "--host-prefix6", "120", "--hosts", "3"], "cluster CIDR fd00:10::/120 holds only 1 /120 host subnets"),
+        (["--cidr6", "fd00:10::/120", "--host-prefix6", "120", "--hosts", "3"],
+         "cluster CIDR fd00:10::/120 holds only 1 /120 host subnets"),
     ]
     for args, msg in cases:
         name = "bad" + suffix()

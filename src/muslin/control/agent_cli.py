@@ -121,7 +121,8 @@ def cli() -> None:
               help="a backend option (wireguard: port, strict, keepalive, rotate_every), repeatable")
 @OUTPUT
 @one_line_errors
-def init(cidr: str, host_prefix: int, cidr6: str, host_prefix6: int, backend: str, vni: int, port: int, asn: int, rrs: tuple[str, ...],
+def init(cidr: str, host_prefix: int, cidr6: str, host_prefix6: int, backend: str, vni: int, port: int, asn: int,
+         rrs: tuple[str, ...],
          lease_ttl: int, subnet_ttl: int, mtu: int, opts: tuple[str, ...], output: str, **kw: Any) -> None:
     """Store a cluster network's config (the same again is fine)."""
     from muslin.backends.model import ClusterConfig
@@ -151,7 +152,8 @@ def _status_view(s: dict[str, Any]) -> None:
     for name, n in s["networks"].items():
         c = n["config"]
         table(["HOST", "HEALTH", "SUBNET", "UNDERLAY", "LEASE", "LEFT", "AGENT", "PEERS"],
-              [[h, "ok" if d["healthy"] else "degraded", " ".join(x for x in (d["subnet"], d.get("subnet6")) if x) or "-", d["underlay"] or "-", d["lease"] or "-",
+              [[h, "ok" if d["healthy"] else "degraded", " ".join(x for x in (d["subnet"], d.get("subnet6")) if x) or "-",
+                d["underlay"] or "-", d["lease"] or "-",
                 "-" if d["lease_left"] is None else f"{d['lease_left']}s",
                 f"pid {d['agent'].get('pid', '?')}" if d["alive"] else "down", ",".join(d["peers"]) or "-"]
                for h, d in n["hosts"].items()],

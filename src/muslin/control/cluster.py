@@ -56,7 +56,8 @@ def network_status(store: Store, network: str, state_dir: Path | None = None) ->
             reasons.append("no liveness key: its agent is not running (it stays routed while its subnet "
                            "lease lasts)")
         peers = sorted(x for x in hosts if x != h)
-        d: dict[str, Any] = {"subnet": rec.subnet if rec else "", "subnet6": rec.subnet6 if rec else "", "underlay": rec.underlay if rec else "",
+        d: dict[str, Any] = {"subnet": rec.subnet if rec else "", "subnet6": rec.subnet6 if rec else "",
+                             "underlay": rec.underlay if rec else "",
                              "lease": f"{lease:x}" if lease else "", "lease_left": lease_left(store, lease),
                              "alive": h in alive, "agent": alive.get(h, {}), "peers": peers}
         if mine.get("hostname") == h:  # this host: what its agent itself reports
