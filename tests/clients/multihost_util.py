@@ -147,7 +147,7 @@ def sb_ping(ns: str, target: str) -> bool:
 
 
 def sb_fetch(ns: str, target: str) -> str:
-    r = run("ip", "netns", "exec", ns, "busybox", "wget", "-q", "-O", "-", f"http://{target}/")
+    r = run("ip", "netns", "exec", ns, "busybox", "wget", "-q", "-T", "10", "-O", "-", f"http://{target}/")
     return r.stdout if r.returncode == 0 else f"wget failed ({r.returncode}): {r.stderr.strip()}"
 
 
@@ -156,7 +156,9 @@ def docker_lab(backend: str, root: Path, **up: Any) -> Iterator[tuple[str, dict[
     """A 3-host lab (core.up keywords: `up`) with a private dockerd on h1 and h2; all of it
     removed at the end, the root namespace's directories as they were."""
     for tool in ("dockerd", "containerd", "docker", "etcd", "nsenter", "unshare", "busybox",
-                 *(("bird", "birdc") if backend == "bgp" else ())):
+                 *(("bird", "birdc") if backend == "bgp" else ()),
+                 *(("wg", "wireguard-go") if backend == "wireguard" and not Path("/sys/module/wireguard").exists()
+                   else ())):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     old = os.environ.get("MUSLIN_LAB_DIR")

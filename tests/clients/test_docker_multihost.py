@@ -25,7 +25,7 @@ from muslin.lab import core
 pytestmark = [pytest.mark.client, pytest.mark.kernel, pytest.mark.timeout(900)]
 
 
-@pytest.fixture(scope="module", params=["vxlan", "host-gw", "bgp"])
+@pytest.fixture(scope="module", params=["vxlan", "host-gw", "bgp", "wireguard"])
 def mh(request, tmp_path_factory):
     with docker_lab(request.param, tmp_path_factory.mktemp("dkmh")) as got:
         yield got
@@ -42,6 +42,8 @@ def test_docker_network_on_a_cluster_network_pool_is_the_cidr_addresses_the_leas
             and f"pass --subnet {CIDR}" in msg and f"its lease {lease(name, 'h1')}" in msg), msg
     r = create(h1, "--subnet", lease(name, "h1"), check=False)  # the lease is not Docker's pool either
     assert r.returncode != 0 and f"the CIDR of cluster network 'net0' (give exactly {CIDR}" in r.stderr, r.stderr
+    r = create(h1, "--internal", "--subnet", CIDR, check=False)  # the side's own setting: not dropped silently
+    assert r.returncode != 0 and "--internal cannot be set when joining the existing Muslin network" in r.stderr
     assert "net0" not in h1.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
     create(h1, "--subnet", CIDR)
     create(h2, "--subnet", CIDR)

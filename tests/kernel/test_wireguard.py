@@ -237,7 +237,8 @@ def test_wg_show_lists_the_other_hosts_with_their_subnets_and_status_their_hands
     for h in subnets:
         s = wglab.dump(h)
         assert s.port == 51820 and s.public_key == wglab.key(h)
-        want = {(wglab.key(o), f"10.250.0.{o[1:]}:51820", (subnets[o],), 25) for o in subnets if o != h}
+        want = {(wglab.key(o), f"10.250.0.{o[1:]}:51820", (subnets[o], f"10.250.0.{o[1:]}/32"), 25)
+                for o in subnets if o != h}
         assert {(p.public_key, p.endpoint, p.allowed_ips, p.keepalive) for p in s.peers} == want
         assert all(t > 0 for _, t, _, _ in s.handshakes)
         key = wglab.st.host_dir(h) / "wireguard.key"
@@ -248,7 +249,7 @@ def test_wg_show_lists_the_other_hosts_with_their_subnets_and_status_their_hands
     for h, d in st["hosts"].items():
         assert d["healthy"] and sorted(d["wireguard"]["peers"]) == sorted(o for o in subnets if o != h)
         for o, p in d["wireguard"]["peers"].items():
-            assert p["allowed_ips"] == [subnets[o]] and p["handshake_age"] is not None
+            assert p["allowed_ips"] == [subnets[o], f"10.250.0.{o[1:]}/32"] and p["handshake_age"] is not None
     table = lab_cli("status", wglab.name)
     assert table.returncode == 0 and table.stdout.count("last handshake") == 6 and " s ago" in table.stdout
 
@@ -368,7 +369,7 @@ def test_a_host_that_leaves_is_removed_from_its_peers_and_takes_its_tunnel_along
     assert r.returncode == 0, r.stderr
     assert wait_until(lambda: all(key3 not in {p.public_key for p in wglab.dump(h).peers} and sub3 not in
                                   routes(wglab.host_ns(h)) for h in ("h1", "h2")), 5)
-    assert [p.allowed_ips for p in wglab.dump("h1").peers] == [(wglab.subnet("h2"),)]
+    assert [p.allowed_ips for p in wglab.dump("h1").peers] == [(wglab.subnet("h2"), "10.250.0.2/32")]
     assert not ping(wglab.ns("a"), wglab.addr("c"))
     assert ping(wglab.ns("a"), wglab.addr("b"))
     h3 = wglab.host_ns("h3")

@@ -211,8 +211,8 @@ def test_wireguard_desired_one_interface_a_peer_and_a_route_per_remote_host_and_
     d = wireguard.BACKEND.desired(WCFG, WME, WPEERS)
     assert d.devices == (WgDev("mw-n-1a2b", 51820, 1420, "PUB0=", userspace=True),)
     assert d.devices[0].key_file == "/s/wireguard.key" and d.network_mtu == 1420
-    assert d.peers == {WgPeer("mw-n-1a2b", "PUB1=", "10.250.0.2:51820", ("10.244.1.0/24",), 25),
-                       WgPeer("mw-n-1a2b", "PUB2=", "10.250.0.3:51820", ("10.244.2.0/24",), 25)}
+    assert d.peers == {WgPeer("mw-n-1a2b", "PUB1=", "10.250.0.2:51820", ("10.244.1.0/24", "10.250.0.2/32"), 25),
+                       WgPeer("mw-n-1a2b", "PUB2=", "10.250.0.3:51820", ("10.244.2.0/24", "10.250.0.3/32"), 25)}
     assert d.routes == {RouteSpec("10.244.1.0/24", "", "mw-n-1a2b"), RouteSpec("10.244.2.0/24", "", "mw-n-1a2b")}
     assert d.guards == (EgressGuard("muslin-wg-n", "10.244.0.0/24", "10.244.0.0/16", "mw-n-1a2b"),)
     lax = wireguard.BACKEND.desired(ClusterConfig("n", backend="wireguard", options={"strict": False}), WME, WPEERS)

@@ -137,3 +137,17 @@ def test_a_dual_stack_cluster_network_takes_both_cidrs_as_pools(tmp_path):
         "NetworkID": NID, "Options": {"com.docker.network.generic": {"muslin.network": "net0"}},
         "IPv4Data": [{"Pool": CIDR, "Gateway": gw4}], "IPv6Data": [{"Pool": CIDR6, "Gateway": gw6}]}))
     assert [(n["name"], n["joined"]) for n in w.driver.docker_networks().values()] == [("net0", True)]
+
+
+def test_internal_is_refused_when_joining_a_side_that_is_not(w):
+    """Docker's --internal on a join would otherwise be dropped without a word: the cluster
+    side (like any joined network) keeps its own setting, so the request is refused."""
+    p = w.pool(CIDR)
+    gw = w.addr(p.pool_id, gw=True)
+    with pytest.raises(Invalid, match="--internal cannot be set when joining the existing Muslin network 'net0': "
+                                      "it is not internal"):
+        w.driver.create_network(T.CreateNetworkRequest.from_json({
+            "NetworkID": NID, "Options": {"com.docker.network.generic": {"muslin.network": "net0"},
+                                          "com.docker.network.internal": True},
+            "IPv4Data": [{"Pool": CIDR, "Gateway": gw}], "IPv6Data": None}))
+    assert w.driver.docker_networks() == {}

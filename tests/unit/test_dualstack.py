@@ -167,5 +167,5 @@ def test_wireguard_allows_and_routes_both_subnets():
              for n in (1, 2)]
     d = wireguard.BACKEND.desired(ClusterConfig("n", backend="wireguard", cidr6="fd00:10::/48"), me, peers)
     p1 = next(p for p in d.peers if p.endpoint.startswith("10.250.0.2"))
-    assert p1.allowed_ips == ("10.244.1.0/24", "fd00:10:0:1::/64")
+    assert p1.allowed_ips == ("10.244.1.0/24", "10.250.0.2/32", "fd00:10:0:1::/64", "fd00:250::2/128")
     assert RouteSpec("fd00:10:0:1::/64", "", "mw-n") in d.routes

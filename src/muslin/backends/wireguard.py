@@ -4,8 +4,8 @@ device; the same protocol, so the two interoperate).
 
 A host publishes its public key and its endpoint (underlay address : listen port); its
 private key stays in <state>/wireguard.key (companion "wireguard",
-dataplane/wireguard.py). Per peer: a WireGuard peer (allowed-ips = its pod subnet,
-persistent keepalive) and a route to its subnet through the interface. MTU = underlay - 80
+dataplane/wireguard.py). Per peer: a WireGuard peer (allowed-ips = its pod subnet
+and its underlay address, persistent keepalive) and a route to its subnet through the interface. MTU = underlay - 80
 (outer IPv6 40 + UDP 8 + WireGuard 32, so an IPv6 underlay fits too). Strict mode (default
 on): an nft table of the agent's own drops traffic from the local pod subnet to the rest of
 the cluster CIDR that would leave by any other interface, so a dead tunnel never falls
@@ -25,6 +25,16 @@ from muslin.model.errors import Invalid
 from muslin.model.kernel import EgressGuard, Owned, RouteSpec, WgDev, WgPeer
 
 OVERHEAD = 80
+
+
+def allowed_ips(subnets: list[str], p: HostRecord) -> tuple[str, ...]:
+    """What a peer may send from, as `wg show` lists them (sorted): its pod subnets, and its
+    own underlay address(es). The latter for replies: a local pod reaching the peer host's
+    address (a published port there, a node port, its kubelet) goes out in the clear, and
+    the answer comes back through the tunnel, because the peer routes our pod subnet into
+    it, from the peer's underlay address; without that address here it is dropped."""
+    own = [f"{p.underlay}/32"] + ([f"{p.underlay6}/128"] if p.underlay6 else [])
+    return tuple(sorted(subnets + own))
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ class WireGuard(Backend):
                 problems.append(f"peer {p.hostname}: its WireGuard key is already another host's; skipped")
                 continue
             mine_v = [p.subnet_of(v) for v in (4, 6) if p.subnet_of(v) and me.subnet_of(v)]  # both have the family
-            wg_peers.add(WgPeer(dev, key, endpoint, tuple(sorted(mine_v)), o.keepalive))  # as wg shows them
+            wg_peers.add(WgPeer(dev, key, endpoint, allowed_ips(mine_v, p), o.keepalive))
             routes |= {RouteSpec(s, "", dev) for s in mine_v}
         device = WgDev(dev, o.port, mtu, mine, userspace=local.fact("impl") != "kernel",
                        key_file=local.fact("key_file"), log=local.fact("log"))
