@@ -147,7 +147,10 @@ def sb_ping(ns: str, target: str) -> bool:
 
 
 def sb_fetch(ns: str, target: str) -> str:
-    r = run("ip", "netns", "exec", ns, "busybox", "wget", "-q", "-T", "10", "-O", "-", f"http://{target}/")
+    try:  # (busybox wget -T crashes: the timeout is ours)
+        r = run("ip", "netns", "exec", ns, "busybox", "wget", "-q", "-O", "-", f"http://{target}/", timeout=30)
+    except subprocess.TimeoutExpired:
+        return "wget timed out"
     return r.stdout if r.returncode == 0 else f"wget failed ({r.returncode}): {r.stderr.strip()}"
 
 
