@@ -362,6 +362,13 @@ def test_key_rotation_traffic_resumes_within_10s_and_the_private_key_stays_home(
     assert secret not in json.dumps(core.store_hosts(wglab.st))
 
 
+def test_a_pod_reaches_the_other_hosts_own_addresses(wglab):
+    """A sandbox pings another host's underlay address: the request goes out in the clear,
+    the answer through the tunnel from that host's own address (in its peer's allowed-ips)."""
+    for target in ("10.250.0.2", "10.250.0.3"):
+        assert ping(wglab.ns("a"), target), target
+
+
 def test_a_host_that_leaves_is_removed_from_its_peers_and_takes_its_tunnel_along(wglab):
     sub3, name3 = wglab.subnet("h3"), wglab.ifname("h3")
     key3 = wglab.key("h3")
