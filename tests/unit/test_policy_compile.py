@@ -117,3 +117,36 @@ def test_class_ids_are_stable_nonzero_and_distinct():
     assert len(set(ids.values())) == len(keys) and 0 not in ids.values()
     assert all(0 < n < 2 ** 31 for n in ids.values())
     assert class_ids(keys[:10]) == {k: ids[k] for k in keys[:10]}  # adding classes keeps the others' ids
+
+
+def test_no_interval_element_is_single_values_only():
+    """nft 1.0.6 cannot delete such an element of a mark-keyed interval set: a /32 ipBlock
+    on one port (or any port) goes to the hash sets instead."""
+    eps = (PolicyEndpoint("n/a", "x", (("pod", "a"),), (ipaddress.ip_address("10.9.3.1"),)),)
+    p = pol("p", "x", {"podSelector": {}, "ingress": [
+        {"from": [{"ipBlock": {"cidr": "172.16.0.2/32"}}], "ports": [{"port": 80}]},
+        {"from": [{"ipBlock": {"cidr": "172.16.0.3/32"}}]},
+        {"from": [{"ipBlock": {"cidr": "172.16.0.4/32"}}], "ports": [{"port": 80, "endPort": 81}]},
+        {"from": [{"ipBlock": {"cidr": "fd00::5/128"}}], "ports": [{"port": 80}]}]})
+    els = compile_policy(PolicyInput((p,), (), eps)).elements
+    for name in ("in_net4", "in_netall4", "in_net6", "in_netall6"):
+        for e in els[name]:
+            assert "/" in e or "-" in e.split(" . ")[-1], (name, e)
+    assert len(els["in_peer4"]) == 1 and len(els["in_peerall4"]) == 1 and len(els["in_net4"]) == 1
+    assert len(els["in_peer6"]) == 1
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_interval_elements_never_overlap(seed):
+    """The kernel refuses an interval element whose start or end lies in another one."""
+    els = compile_policy(random_input(random.Random(seed))).elements
+    for name in ("in_net4", "eg_net4", "in_netall4", "eg_netall4", "in_netall6", "eg_netall6"):
+        boxes = []
+        for e in els[name]:
+            c, net, *rest = e.split(" . ")
+            lo, _, hi = (rest[1] if rest else "0").partition("-")
+            boxes.append((c, rest[0] if rest else "", ipaddress.ip_network(net), int(lo), int(hi or lo)))
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                same = a[:2] == b[:2] and a[2].overlaps(b[2]) and a[3] <= b[4] and b[3] <= a[4]
+                assert not same, (name, a, b)

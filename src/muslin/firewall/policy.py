@@ -239,6 +239,73 @@ def class_ids(class_keys: Iterable[tuple]) -> dict[tuple, int]:
     return out
 
 
+class Intervals:
+    """The interval sets' elements of a compile, made disjoint before they are written: the
+    kernel refuses an element whose start or end lies in another one of the same set (an
+    ipBlock inside "anywhere", two overlapping port ranges), so per class and protocol the
+    networks are cut into pieces no two of which overlap, each with the union of the port
+    ranges of the networks that hold it. A piece of one address on one port goes to the
+    hash sets instead (nft 1.0.6 cannot delete a mark-keyed interval element made only of
+    single values)."""
+
+    def __init__(self) -> None:
+        self.boxes: dict[tuple[str, int, int, str], list[tuple[IPNetwork, int, int]]] = defaultdict(list)
+        self.anys: dict[tuple[str, int, int], set[IPNetwork]] = defaultdict(set)
+
+    def box(self, d: str, cid: int, proto: str, net: IPNetwork, ports: tuple[int, int]) -> None:
+        self.boxes[(d, net.version, cid, proto)].append((net, ports[0], ports[1]))
+
+    def any(self, d: str, cid: int, net: IPNetwork) -> None:
+        self.anys[(d, net.version, cid)].add(net)
+
+    def write(self, els: dict[str, set[str]]) -> None:
+        for (d, v, cid), nets in self.anys.items():
+            for n in ipaddress.collapse_addresses(sorted(nets)):  # type: ignore[type-var]
+                host = n.prefixlen == n.max_prefixlen
+                els[f"{d}_peerall{v}" if host else f"{d}_netall{v}"].add(f"{cid} . {_net(n)}")
+        for (d, v, cid, proto), boxes in self.boxes.items():
+            nets = {n for n, _, _ in boxes}
+            for piece in _pieces(nets):
+                ranges = sorted((lo, hi) for n, lo, hi in boxes if piece.subnet_of(n))  # type: ignore[arg-type]
+                host = piece.prefixlen == piece.max_prefixlen
+                for lo, hi in _merge(ranges):
+                    if host and lo == hi:
+                        els[f"{d}_peer{v}"].add(f"{cid} . {piece.network_address} . {proto} . {lo}")
+                    else:
+                        els[f"{d}_net{v}"].add(f"{cid} . {_net(piece)} . {proto} . {_ports(lo, hi)}")
+
+
+def _pieces(nets: set[IPNetwork]) -> set[IPNetwork]:
+    """Disjoint prefixes covering `nets` (of one family), each inside every net of `nets`
+    that overlaps it (prefixes are nested or disjoint: each net less the nets inside it)."""
+    out: set[IPNetwork] = set()
+    for n in nets:
+        pieces = [n]
+        for m in nets:
+            if m == n or not m.subnet_of(n):  # type: ignore[arg-type]
+                continue
+            nxt: list[IPNetwork] = []
+            for q in pieces:
+                if m.subnet_of(q):  # type: ignore[arg-type]
+                    nxt.extend(q.address_exclude(m))  # type: ignore[arg-type]
+                elif not q.subnet_of(m):  # type: ignore[arg-type]
+                    nxt.append(q)
+            pieces = nxt
+        out.update(pieces)
+    return out
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted port ranges merged where they overlap or touch."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
 def compile_policy(inp: PolicyInput) -> Compiled:
     out = Compiled()
     if inp.empty:
@@ -260,6 +327,7 @@ def compile_policy(inp: PolicyInput) -> Compiled:
         for d, keys_ in dirs.items():
             members[class_key(d, keys_, e)].append(e)
     out.classes = class_ids(members)
+    iv = Intervals()
     for ck, eps in members.items():
         d, cid = ck[0], out.classes[ck]
         for e in eps:
@@ -273,11 +341,12 @@ def compile_policy(inp: PolicyInput) -> Compiled:
         for pkey in ck[1]:
             p = pols[pkey]
             for r in (p.ingress if d == "in" else p.egress):
-                _rule(els, sel, p, r, d, cid, eps[0])
+                _rule(els, iv, sel, p, r, d, cid, eps[0])
+    iv.write(els)
     return out
 
 
-def _rule(els: dict[str, set[str]], sel: Selection, p: NetworkPolicy, r: Rule, d: str, cid: int,
+def _rule(els: dict[str, set[str]], iv: Intervals, sel: Selection, p: NetworkPolicy, r: Rule, d: str, cid: int,
           local: PolicyEndpoint) -> None:
     """The elements of rule r for class `cid` (`local`: one of its endpoints; they all
     declare the same ports)."""
@@ -306,11 +375,11 @@ def _rule(els: dict[str, set[str]], sel: Selection, p: NetworkPolicy, r: Rule, d
                 if rng[0] == rng[1]:
                     els[f"{d}_peer{v}"].add(f"{cid} . {a} . {proto} . {rng[0]}")
                 else:
-                    els[f"{d}_net{v}"].add(f"{cid} . {a} . {proto} . {_ports(*rng)}")
+                    iv.box(d, cid, proto, ipaddress.ip_network(a), rng)
     for n in nets:
         v = n.version
         if not r.ports:
-            els[f"{d}_netall{v}"].add(f"{cid} . {_net(n)}")
+            iv.any(d, cid, n)
             continue
         for pp in r.ports:
             if isinstance(pp.port, str) and d == "eg":
@@ -325,7 +394,7 @@ def _rule(els: dict[str, set[str]], sel: Selection, p: NetworkPolicy, r: Rule, d
                 continue
             rng = _port_ranges(pp, local)
             if rng is not None:
-                els[f"{d}_net{v}"].add(f"{cid} . {_net(n)} . {pp.protocol} . {_ports(*rng)}")
+                iv.box(d, cid, pp.protocol, n, rng)
 
 
 def elements(inp: PolicyInput) -> dict[str, frozenset[str]]:
