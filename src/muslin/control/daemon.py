@@ -179,6 +179,11 @@ class AgentService:
         self.timings = Muslin.default_timings or Timings()
         Muslin.default_timings = self.timings
         server.EXTRA["stats"] = self.stats
+        if not ctx.args.store:  # `muslin policy apply|delete` forwarded (cli/fast.py); this host's store only
+            from muslin.control import policy_agent
+
+            server.EXTRA["policy"] = policy_agent.handler(
+                ctx.muslin.state_dir, lambda: Muslin(store=ctx.local_store(), state_dir=ctx.muslin.state_dir))
 
         self.path = ctx.args.agent_socket
         passed = ctx.inherited.pop(self.path, None)  # socket activation: systemd's socket, left in place
