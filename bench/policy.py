@@ -6,7 +6,9 @@
    `muslin policy apply` of a policy denying x/a's ingress and `muslin policy delete`, and
    takes, for each, the time from just before the command to the first attempt showing the
    new verdict (CLOCK_MONOTONIC, the same in every namespace); then the same through the
-   use case in one long-lived process (what muslind or any caller without a CLI start pays).
+   use case in one long-lived process (what muslind or any caller without a CLI start pays),
+   and the CLI again with a muslind of the state dir running (`policy apply|delete` forwarded
+   to it, cli/fast.py).
 2. first packet: TCP connect time y/b -> x/a:80 with 10 then 1,000 policies isolating x/a
    (smoke: 2, 20), each run twice.
 3. scale: synthetic endpoints and policies (9/3, 100/20, 1,000/200; smoke: the first two)
@@ -159,17 +161,46 @@ def apply_to_enforced(rounds: int, pods: int, log) -> dict:
                 assert worker.stdout.readline().strip() == "done"
         out["inprocess_apply_to_denied"] = summary(applied)
         out["inprocess_delete_to_allowed"] = summary(deleted)
+        # the CLI again, with a muslind of this state dir running: `policy apply|delete` go to it
+        sock = state / "agent.sock"
+        log_f = open(state / "muslind.log", "w")
+        d = subprocess.Popen(["ip", "netns", "exec", host, str(VENV / "muslind"), "--docker-socket", "",
+                              "--agent-socket", str(sock), "--state-dir", str(state), "--reconcile-interval", "0",
+                              "--log-level", "warning"], stdout=log_f, stderr=subprocess.STDOUT)
+        procs.append(d)
+        deadline = time.monotonic() + 30
+        while not sock.exists() and d.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not sock.exists():
+            raise RuntimeError(f"muslind did not start: {(state / 'muslind.log').read_text()[-300:]}")
+        env = {**os.environ, "MUSLIN_AGENT_SOCKET": str(sock)}
+        applied, deleted = [], []
+        for _ in range(rounds):
+            for args, verdict, into in ((("apply", "-f", "-"), 0, applied), (("delete", "x/deny-a"), 1, deleted)):
+                t0 = time.monotonic()
+                subprocess.run([str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "policy", *args],
+                               input=DENY, text=True, capture_output=True, check=True, env=env, timeout=60)
+                into.append(wait_for(verdict, t0))
+        out["forwarded_apply_to_denied"] = summary(applied)
+        out["forwarded_delete_to_allowed"] = summary(deleted)
         log(f"  {len(names)} sandboxes, {rounds} rounds: apply->denied p50 {out['apply_to_denied']['p50_ms']} ms "
             f"p99 {out['apply_to_denied']['p99_ms']} ms; delete->allowed p50 {out['delete_to_allowed']['p50_ms']} ms "
             f"p99 {out['delete_to_allowed']['p99_ms']} ms; in one process (the use case, no CLI start): "
             f"apply->denied p50 {out['inprocess_apply_to_denied']['p50_ms']} ms p99 "
             f"{out['inprocess_apply_to_denied']['p99_ms']} ms, delete->allowed p50 "
-            f"{out['inprocess_delete_to_allowed']['p50_ms']} ms p99 {out['inprocess_delete_to_allowed']['p99_ms']} ms")
+            f"{out['inprocess_delete_to_allowed']['p50_ms']} ms p99 {out['inprocess_delete_to_allowed']['p99_ms']} ms; "
+            f"the CLI forwarding to muslind: apply->denied p50 {out['forwarded_apply_to_denied']['p50_ms']} ms p99 "
+            f"{out['forwarded_apply_to_denied']['p99_ms']} ms, delete->allowed p50 "
+            f"{out['forwarded_delete_to_allowed']['p50_ms']} ms p99 {out['forwarded_delete_to_allowed']['p99_ms']} ms")
         return out
     finally:
         for p in procs:
-            p.kill()
-            p.wait()
+            p.terminate()  # muslind: a clean stop
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         for sb in sbs:
             run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "sandbox", "rm", sb, check=False)
             run("ip", "netns", "del", sb, check=False)

@@ -29,6 +29,7 @@ def test_bench_policy_smoke(tmp_path):
     assert res["enforce"]["apply_to_denied"]["n"] == 3 and res["enforce"]["delete_to_allowed"]["n"] == 3
     assert res["enforce"]["inprocess_apply_to_denied"]["n"] == 3
     assert res["enforce"]["inprocess_delete_to_allowed"]["n"] == 3
+    assert res["enforce"]["forwarded_apply_to_denied"]["n"] == 3
     assert res["first_packet"]["2"]["connect_p50_us"] > 0 and res["first_packet"]["20"]["connect_p50_us"] > 0
     rows = res["scale"]
     assert [r["endpoints"] for r in rows] == [9, 100]
