@@ -40,6 +40,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Mapping
 
 from muslin.model.policy import NAME_LABEL, Namespace, NetworkPolicy, Peer, PolicyPort, Rule
@@ -120,7 +121,7 @@ class PolicyEndpoint:
     local: bool = True
     name: str = ""
 
-    @property
+    @cached_property
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
 
@@ -338,10 +339,13 @@ def compile_policy(inp: PolicyInput) -> Compiled:
                 els[f"{d}_drop{v}"].add(str(a))
                 els[f"{d}_self{v}"].add(f"{a} . {a}")  # a pod cannot block itself
                 els[f"{d}_id{v}"].add(f"{a} : {cid}")
+        done: set[tuple[str, Rule]] = set()  # the same rule in two policies of a namespace: once
         for pkey in ck[1]:
             p = pols[pkey]
             for r in (p.ingress if d == "in" else p.egress):
-                _rule(els, iv, sel, p, r, d, cid, eps[0])
+                if (p.namespace, r) not in done:
+                    done.add((p.namespace, r))
+                    _rule(els, iv, sel, p, r, d, cid, eps[0])
     iv.write(els)
     return out
 
