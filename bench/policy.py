@@ -10,7 +10,7 @@
    and the CLI again with a muslind of the state dir running (`policy apply|delete` forwarded
    to it, cli/fast.py).
 2. first packet: TCP connect time y/b -> x/a:80 with 10 then 1,000 policies isolating x/a
-   (smoke: 2, 20), each run twice.
+   (smoke: 2, 20), alternating, 3 runs of each.
 3. scale: synthetic endpoints and policies (9/3, 100/20, 1,000/200; smoke: the first two)
    compiled by the pure compiler (time, set elements) and synced into a throwaway namespace's
    nft table (time of the full batch, then of a one-policy change as a delta; the rule count
@@ -220,6 +220,9 @@ xs.sort(); print(statistics.median(xs), xs[min(len(xs) - 1, int(0.99 * len(xs)))
 """
 
 
+RUNS = 3  # the first-packet case alternates small and big this many times
+
+
 def allow_docs(n: int) -> str:
     """n policies isolating x/a's ingress: the first allows namespace y on 80/TCP, the
     others each a different /32 of 172.16/12 on a port of 1000-1999 (all selecting x/a)."""
@@ -241,7 +244,8 @@ spec: {{podSelector: {{matchLabels: {{pod: a}}}}, ingress: [{{from: [{{ipBlock: 
 def first_packet(counts: tuple[int, int], connects: int, log) -> dict:
     """TCP connect time y/b -> x/a:80 (SYN to SYN-ACK and the ACK: the first packet of a new
     connection through the policy chains) with counts[0] then counts[1] policies isolating
-    x/a, measured twice in the order small, big, small, big; medians of the medians."""
+    x/a, measured RUNS times in the order small, big, small, big...; medians of the medians
+    (and each run's, to show the spread)."""
     nss = Namespaces("mbpof" + token(4))
     state = Path(tempfile.mkdtemp(prefix="mbpof-"))
     host = nss.host("h")
@@ -267,7 +271,7 @@ def first_packet(counts: tuple[int, int], connects: int, log) -> dict:
         small, big = allow_docs(counts[0]), allow_docs(counts[1])
         extra = [f"x/other-{j}" for j in range(counts[0], counts[1])]
         res: dict[int, list[tuple[float, float]]] = {counts[0]: [], counts[1]: []}
-        for n in (counts[0], counts[1], counts[0], counts[1]):
+        for n in counts * RUNS:
             if n == counts[0] and res[counts[1]]:
                 for i in range(0, len(extra), 100):
                     muslin("policy", "delete", *extra[i:i + 100])
@@ -279,12 +283,14 @@ def first_packet(counts: tuple[int, int], connects: int, log) -> dict:
         out = {}
         for n, xs in res.items():
             out[str(n)] = {"connect_p50_us": round(statistics.median(x[0] for x in xs) * 1e6, 1),
-                           "connect_p99_us": round(statistics.median(x[1] for x in xs) * 1e6, 1)}
+                           "connect_p99_us": round(statistics.median(x[1] for x in xs) * 1e6, 1),
+                           "runs_p50_us": [round(x[0] * 1e6, 1) for x in xs]}
         a, b = out[str(counts[0])]["connect_p50_us"], out[str(counts[1])]["connect_p50_us"]
         out["ratio_p50"] = round(b / a, 3)
-        log(f"  first packet (TCP connect, {connects} per run, 2 runs each): {counts[0]} policies p50 {a} us "
+        log(f"  first packet (TCP connect, {connects} per run, {RUNS} runs each): {counts[0]} policies p50 {a} us "
             f"p99 {out[str(counts[0])]['connect_p99_us']} us; {counts[1]} policies p50 {b} us "
-            f"p99 {out[str(counts[1])]['connect_p99_us']} us; ratio {out['ratio_p50']}")
+            f"p99 {out[str(counts[1])]['connect_p99_us']} us; ratio {out['ratio_p50']} (runs' p50: "
+            f"{out[str(counts[0])]['runs_p50_us']} vs {out[str(counts[1])]['runs_p50_us']})")
         return out
     finally:
         for p in procs:
