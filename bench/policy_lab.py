@@ -10,7 +10,8 @@ verdict (CLOCK_MONOTONIC, the same in every namespace):
 - `muslin lab label LAB y/b role=client` on h2 (the sandbox's host) -> allowed on h1, and
   `role-` -> denied again;
 - `muslin namespace --cluster-store URL label y team=blue` -> allowed on h1, `team-` -> denied.
-Each includes starting the command (an interpreter and the CLI's imports).
+Each includes the command's own run (an interpreter, the CLI's imports, the store write),
+also reported alone (`*_command`).
 """
 
 from __future__ import annotations
@@ -82,16 +83,19 @@ def cross_host(rounds: int, log) -> dict:  # type: ignore[no-untyped-def]
         cluster("policy", "apply", "-f", "-", input=POLICY)
         wait_for(0, 0)
         out: dict[str, list[float]] = {"pod_label_allowed": [], "pod_label_denied": [],
-                                       "namespace_label_allowed": [], "namespace_label_denied": []}
+                                       "namespace_label_allowed": [], "namespace_label_denied": [],
+                                       "pod_label_command": [], "namespace_label_command": []}
         for _ in range(rounds):
             for change, verdict, key in (("role=client", 1, "pod_label_allowed"), ("role-", 0, "pod_label_denied")):
                 t0 = time.monotonic()
                 lab_cli("label", name, "yb", change)
+                out["pod_label_command"].append(time.monotonic() - t0)
                 out[key].append(wait_for(verdict, t0))
             for change, verdict, key in (("team=blue", 1, "namespace_label_allowed"),
                                          ("team-", 0, "namespace_label_denied")):
                 t0 = time.monotonic()
                 cluster("namespace", "label", "y", change)
+                out["namespace_label_command"].append(time.monotonic() - t0)
                 out[key].append(wait_for(verdict, t0))
         res = {k: summary(v) for k, v in out.items()}
         log("  " + "; ".join(f"{k.replace('_', ' ')} p50 {v['p50_ms']} ms max {v['max_ms']} ms" for k, v in res.items()))

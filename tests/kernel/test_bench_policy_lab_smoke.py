@@ -23,5 +23,6 @@ def test_bench_policy_lab_smoke(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     res = json.loads((tmp_path / "policy_lab.json").read_text())["cross_host"]
     assert {k: v["n"] for k, v in res.items()} == {"pod_label_allowed": 1, "pod_label_denied": 1,
-                                                  "namespace_label_allowed": 1, "namespace_label_denied": 1}
+                                                  "namespace_label_allowed": 1, "namespace_label_denied": 1,
+                                                  "pod_label_command": 2, "namespace_label_command": 2}
     assert not [n for n in core.netns_list() if n.startswith("mlab-bp")], "bench left lab namespaces behind"
