@@ -120,7 +120,7 @@ def test_class_ids_are_stable_nonzero_and_distinct():
 
 
 def test_no_interval_element_is_single_values_only():
-    """nft 1.0.6 cannot delete such an element of a mark-keyed interval set: a /32 ipBlock
+    """nft 1.0.6 cannot delete such an element of a classid-keyed interval set: a /32 ipBlock
     on one port (or any port) goes to the hash sets instead."""
     eps = (PolicyEndpoint("n/a", "x", (("pod", "a"),), (ipaddress.ip_address("10.9.3.1"),)),)
     p = pol("p", "x", {"podSelector": {}, "ingress": [

@@ -9,7 +9,7 @@ Local endpoints isolated in a direction are grouped into classes: those isolated
 same policies (and, for ingress, declaring the same named ports) are allowed the same peers,
 so a class's allowed peers are written once, not once per endpoint. A class is a number
 (`class_id`, stable across compiles: a hash of what defines it); the chain first looks up
-the local address's class into the packet mark, then the (class, peer, port) sets:
+the local address's class into the packet's priority, then the (class, peer, port) sets:
 - {d}_id{4,6}      map: local address -> its class
 - {d}_peer{4,6}    class . P . proto . port      P an endpoint's address, one port
 - {d}_peerall{4,6} class . P                     P an endpoint's address, any traffic
@@ -23,8 +23,11 @@ bridge: the raw chain's notrack and the forward chain's same-bridge accept skip 
 in_drop / eg_drop the same addresses with a counter each: the packets dropped at that
 endpoint.
 
-The packet mark is the chain's scratch register: a new connection to or from an isolated
-endpoint leaves the policy chains with mark 0 (whatever mark an earlier hook gave it).
+The packet's priority (skb->priority, `meta priority`: a classid, which the egress qdisc may
+read, and nothing on a forwarded packet sets unless a rule or a sender's SO_PRIORITY does) is
+the chains' scratch register, not the mark, which routing, masquerade and other firewalls
+(kube-proxy) use: the first packet of a new connection to or from an isolated endpoint leaves
+the policy chains with priority 0 ("none"), whatever an earlier hook gave it.
 
 What passes, as in Kubernetes: replies of allowed connections (conntrack), traffic between an
 endpoint and its own host (it never crosses the forward hook), an endpoint to itself, and
@@ -56,17 +59,17 @@ def _sets() -> tuple[tuple[str, str], ...]:
         a = f"ipv{v}_addr"
         out += [(f"pol{v}", f"type {a}"), (f"pol_in{v}", f"type {a}"), (f"pol_eg{v}", f"type {a}")]
         for d in DIRECTIONS:
-            out += [(f"{d}_peer{v}", f"type mark . {a} . inet_proto . inet_service"),
-                    (f"{d}_peerall{v}", f"type mark . {a}"),
-                    (f"{d}_net{v}", f"type mark . {a} . inet_proto . inet_service; flags interval"),
-                    (f"{d}_netall{v}", f"type mark . {a}; flags interval"),
+            out += [(f"{d}_peer{v}", f"type classid . {a} . inet_proto . inet_service"),
+                    (f"{d}_peerall{v}", f"type classid . {a}"),
+                    (f"{d}_net{v}", f"type classid . {a} . inet_proto . inet_service; flags interval"),
+                    (f"{d}_netall{v}", f"type classid . {a}; flags interval"),
                     (f"{d}_self{v}", f"type {a} . {a}"),
                     (f"{d}_drop{v}", f"type {a}; counter")]
     return tuple(out)
 
 
 def _maps() -> tuple[tuple[str, str], ...]:
-    return tuple((f"{d}_id{v}", f"type ipv{v}_addr : mark") for v in FAMILIES for d in DIRECTIONS)
+    return tuple((f"{d}_id{v}", f"type ipv{v}_addr : classid") for v in FAMILIES for d in DIRECTIONS)
 
 
 SETS = _sets()
@@ -81,16 +84,20 @@ RAW_RULES = ("ip saddr @pol4 return", "ip daddr @pol4 return", "ip6 saddr @pol6 
 _ND = "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } return"
 
 
+_CLEAR = "meta priority set none"
+
+
 def _check_chain(d: str) -> tuple[str, ...]:
     local, peer = ("daddr", "saddr") if d == "in" else ("saddr", "daddr")
     rules = ["ct state established,related return", _ND,
              f"ip {local} . ip {peer} @{d}_self4 return", f"ip6 {local} . ip6 {peer} @{d}_self6 return",
-             "meta mark set 0", f"meta mark set ip {local} map @{d}_id4", f"meta mark set ip6 {local} map @{d}_id6"]
+             "meta priority set none", f"meta priority set ip {local} map @{d}_id4",
+             f"meta priority set ip6 {local} map @{d}_id6"]
     for v, ip in ((4, "ip"), (6, "ip6")):
-        rules += [f"meta mark . {ip} {peer} . meta l4proto . th dport @{d}_peer{v} meta mark set 0 return",
-                  f"meta mark . {ip} {peer} @{d}_peerall{v} meta mark set 0 return",
-                  f"meta mark . {ip} {peer} . meta l4proto . th dport @{d}_net{v} meta mark set 0 return",
-                  f"meta mark . {ip} {peer} @{d}_netall{v} meta mark set 0 return"]
+        rules += [f"meta priority . {ip} {peer} . meta l4proto . th dport @{d}_peer{v} {_CLEAR} return",
+                  f"meta priority . {ip} {peer} @{d}_peerall{v} {_CLEAR} return",
+                  f"meta priority . {ip} {peer} . meta l4proto . th dport @{d}_net{v} {_CLEAR} return",
+                  f"meta priority . {ip} {peer} @{d}_netall{v} {_CLEAR} return"]
     rules += [f"ip {local} @{d}_drop4 drop", f"ip6 {local} @{d}_drop6 drop", "drop"]
     return tuple(rules)
 
@@ -214,7 +221,7 @@ def _port_ranges(pp: PolicyPort, target: PolicyEndpoint | None) -> tuple[int, in
 class Compiled:
     elements: dict[str, set[str]] = field(default_factory=lambda: {n: set() for n in SET_NAMES})
     isolated: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # endpoint key -> dir -> policies
-    classes: dict[tuple, int] = field(default_factory=dict)  # class key -> class id (the mark)
+    classes: dict[tuple, int] = field(default_factory=dict)  # class key -> class id (classid() its text)
 
 
 def class_key(d: str, policies: Iterable[str], local: PolicyEndpoint) -> tuple:
@@ -224,16 +231,16 @@ def class_key(d: str, policies: Iterable[str], local: PolicyEndpoint) -> tuple:
 
 
 def class_ids(class_keys: Iterable[tuple]) -> dict[tuple, int]:
-    """A non-zero 31-bit number per class, the same in every compile (a hash of the key;
-    a collision takes the next free number, in the keys' sorted order)."""
+    """A 31-bit number per class (at least 0x10000: written as the classid major:minor, a
+    major of 0 never), the same in every compile (a hash of the key; a collision takes the
+    next free number, in the keys' sorted order)."""
     import hashlib
 
     out: dict[tuple, int] = {}
     used: set[int] = set()
     for key in sorted(set(class_keys)):
         n = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=4).digest(), "big") & 0x7FFFFFFF
-        n = n or 1
-        while n in used:
+        while n in used or n < 0x10000:  # a major of at least 1 (0:0 is "none", no class)
             n = n % 0x7FFFFFFF + 1
         used.add(n)
         out[key] = n
@@ -246,17 +253,17 @@ class Intervals:
     ipBlock inside "anywhere", two overlapping port ranges), so per class and protocol the
     networks are cut into pieces no two of which overlap, each with the union of the port
     ranges of the networks that hold it. A piece of one address on one port goes to the
-    hash sets instead (nft 1.0.6 cannot delete a mark-keyed interval element made only of
+    hash sets instead (nft 1.0.6 cannot delete a classid-keyed interval element made only of
     single values)."""
 
     def __init__(self) -> None:
-        self.boxes: dict[tuple[str, int, int, str], list[tuple[IPNetwork, int, int]]] = defaultdict(list)
-        self.anys: dict[tuple[str, int, int], set[IPNetwork]] = defaultdict(set)
+        self.boxes: dict[tuple[str, int, str, str], list[tuple[IPNetwork, int, int]]] = defaultdict(list)
+        self.anys: dict[tuple[str, int, str], set[IPNetwork]] = defaultdict(set)
 
-    def box(self, d: str, cid: int, proto: str, net: IPNetwork, ports: tuple[int, int]) -> None:
+    def box(self, d: str, cid: str, proto: str, net: IPNetwork, ports: tuple[int, int]) -> None:
         self.boxes[(d, net.version, cid, proto)].append((net, ports[0], ports[1]))
 
-    def any(self, d: str, cid: int, net: IPNetwork) -> None:
+    def any(self, d: str, cid: str, net: IPNetwork) -> None:
         self.anys[(d, net.version, cid)].add(net)
 
     def write(self, els: dict[str, set[str]]) -> None:
@@ -307,6 +314,11 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def classid(n: int) -> str:
+    """A class as nft writes a classid (hexadecimal major:minor, as `nft -j` lists it)."""
+    return f"{n >> 16:x}:{n & 0xFFFF:x}"
+
+
 def compile_policy(inp: PolicyInput) -> Compiled:
     out = Compiled()
     if inp.empty:
@@ -328,9 +340,10 @@ def compile_policy(inp: PolicyInput) -> Compiled:
         for d, keys_ in dirs.items():
             members[class_key(d, keys_, e)].append(e)
     out.classes = class_ids(members)
+    text = {ck: classid(n) for ck, n in out.classes.items()}
     iv = Intervals()
     for ck, eps in members.items():
-        d, cid = ck[0], out.classes[ck]
+        d, cid = ck[0], text[ck]
         for e in eps:
             for a in e.addresses:
                 v = a.version
@@ -350,7 +363,7 @@ def compile_policy(inp: PolicyInput) -> Compiled:
     return out
 
 
-def _rule(els: dict[str, set[str]], iv: Intervals, sel: Selection, p: NetworkPolicy, r: Rule, d: str, cid: int,
+def _rule(els: dict[str, set[str]], iv: Intervals, sel: Selection, p: NetworkPolicy, r: Rule, d: str, cid: str,
           local: PolicyEndpoint) -> None:
     """The elements of rule r for class `cid` (`local`: one of its endpoints; they all
     declare the same ports)."""
