@@ -8,7 +8,7 @@ set lookups (hash sets for endpoint peers, interval sets for ipBlocks and port r
 Local endpoints isolated in a direction are grouped into classes: those isolated by the
 same policies (and, for ingress, declaring the same named ports) are allowed the same peers,
 so a class's allowed peers are written once, not once per endpoint. A class is a number
-(`class_id`, stable across compiles: a hash of what defines it); the chain first looks up
+(`class_ids`, stable across compiles: a hash of what defines it); the chain first looks up
 the local address's class into the packet's priority, then the (class, peer, port) sets:
 - {d}_id{4,6}      map: local address -> its class
 - {d}_peer{4,6}    class . P . proto . port      P an endpoint's address, one port
@@ -91,7 +91,7 @@ def _check_chain(d: str) -> tuple[str, ...]:
     local, peer = ("daddr", "saddr") if d == "in" else ("saddr", "daddr")
     rules = ["ct state established,related return", _ND,
              f"ip {local} . ip {peer} @{d}_self4 return", f"ip6 {local} . ip6 {peer} @{d}_self6 return",
-             "meta priority set none", f"meta priority set ip {local} map @{d}_id4",
+             _CLEAR, f"meta priority set ip {local} map @{d}_id4",
              f"meta priority set ip6 {local} map @{d}_id6"]
     for v, ip in ((4, "ip"), (6, "ip6")):
         rules += [f"meta priority . {ip} {peer} . meta l4proto . th dport @{d}_peer{v} {_CLEAR} return",
@@ -240,8 +240,9 @@ def class_ids(class_keys: Iterable[tuple]) -> dict[tuple, int]:
     used: set[int] = set()
     for key in sorted(set(class_keys)):
         n = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=4).digest(), "big") & 0x7FFFFFFF
-        while n in used or n < 0x10000:  # a major of at least 1 (0:0 is "none", no class)
-            n = n % 0x7FFFFFFF + 1
+        n |= 0x10000 if n < 0x10000 else 0  # a major of at least 1 (0:0 is "none", no class)
+        while n in used:
+            n = n + 1 if n < 0x7FFFFFFF else 0x10000
         used.add(n)
         out[key] = n
     return out
