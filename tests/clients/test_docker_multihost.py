@@ -6,225 +6,29 @@ A 3-host lab (vxlan, host-gw, bgp). In the namespaces of h1 and h2 a private doc
 own plugin name `muslin-<lab>-<host>` (a socket in /run/docker/plugins/). Containers on
 h1 and h2 ping and fetch HTTP from each other, a CNI sandbox on h3 reaches both, a dockerd
 restart on h2 changes nothing on h1, and `docker network rm` on h1 leaves h2's containers
-working.
-
-dockerd is started with `nsenter --net=/run/netns/HOST unshare --mount --propagation slave`,
-not `ip netns exec`: `ip netns exec` mounts a fresh sysfs on /sys for the namespace, which
-hides the cgroup hierarchies under /sys/fs/cgroup, and dockerd then refuses to start
-("failed to start daemon: Devices cgroup isn't mounted"). The private mount namespace keeps
-dockerd's own mounts (its exec-root's netns files, containers' root filesystems) out of the
-machine's and lets them go with it.
-
-dockerd touches root-namespace state (the plugin directory, /run/containerd/s for shim
-sockets, cgroups, /etc/docker/key.json), so the whole module holds root_ns_lock().
+working, and a port published on h1 answers on h1's underlay address from h2 and h3.
+tests/clients/multihost_util.py says how dockerd runs in a lab host.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from docker_util import IMAGE, import_busybox, root_ns_lock, stop_pid, wait_for
+from docker_util import IMAGE, wait_for
+from multihost_util import CIDR, ULIMIT, create, docker_lab, lease, ns_kernel, run, sb_fetch, sb_ping
 from nsutil import suffix
 from muslin.lab import core
 
 pytestmark = [pytest.mark.client, pytest.mark.kernel, pytest.mark.timeout(900)]
 
-PLUGIN_DIR = Path("/run/docker/plugins")
-ROOT_DIRS = ("/run/docker/plugins", "/run/docker", "/run/containerd/s", "/run/containerd", "/etc/docker")
-KEY_JSON = Path("/etc/docker/key.json")
-ULIMIT = ("--ulimit", "nofile=1024:1024")
-CIDR = "10.244.0.0/16"
-
-
-def run(*cmd: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-class Engine:
-    """A private dockerd inside one lab host's network namespace, and that host's muslind
-    serving it as plugin `muslin-<lab>-<host>`."""
-
-    def __init__(self, lab: str, host: str, root: Path) -> None:
-        self.lab, self.host = lab, host
-        self.dir = root / host
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.plugin = f"muslin-{lab}-{host}"
-        self.sock = PLUGIN_DIR / f"{self.plugin}.sock"
-        self.api = self.dir / "docker.sock"
-        self.cgroup = f"muslin-{lab}-{host}"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def ns(self) -> str:
-        return core.ns_host(self.lab, self.host)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return dict(os.environ, DOCKER_HOST=f"unix://{self.api}", DOCKER_API_VERSION="1.41",
-                    DOCKER_CONFIG=str(self.dir / "cli"))
-
-    def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        r = run("docker", *args, timeout=timeout, env=self.env)
-        if check and r.returncode != 0:
-            raise AssertionError(f"[{self.host}] docker {' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")
-        return r
-
-    def serve_plugin(self) -> None:
-        """The host's muslind again, now also serving Docker on this engine's plugin socket."""
-        core.restart_agent(self.lab, self.host, extra=("--docker-socket", str(self.sock),
-                                                       "--docker-api", str(self.api)))
-        wait_for(self.sock.exists, 30, f"{self.sock}")
-
-    def start(self) -> None:
-        (self.dir / "daemon.json").write_text("{}\n")
-        log = open(self.dir / "dockerd.log", "a")
-        self.proc = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{self.ns}", "--", "unshare", "--mount", "--propagation", "slave", "--",
-             "dockerd", "--config-file", str(self.dir / "daemon.json"), "-H", f"unix://{self.api}",
-             "--data-root", str(self.dir / "data"), "--exec-root", str(self.dir / "exec"),
-             "--pidfile", str(self.dir / "docker.pid"), "--bridge=none", "--iptables=false", "--ip6tables=false",
-             "--storage-driver", "vfs", "--cgroup-parent", f"/{self.cgroup}", "--log-level", "warn"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        wait_for(lambda: self.proc.poll() is not None or self.docker("info", check=False, timeout=10).returncode == 0,
-                 90, f"dockerd on {self.host}")
-        if self.proc.poll() is not None:
-            raise AssertionError(f"dockerd on {self.host} exited: {self.log()}")
-
-    def stop(self) -> None:
-        stop_pid(self.proc, 60)
-
-    def log(self) -> str:
-        p = self.dir / "dockerd.log"
-        return p.read_text()[-2000:] if p.exists() else ""
-
-    def ip(self, container: str) -> str:
-        out = self.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container).stdout
-        return json.loads(out)["net0"]["IPAddress"]
-
-    def exec(self, container: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return self.docker("exec", container, *cmd, check=False, timeout=timeout)
-
-    def ping(self, container: str, target: str) -> bool:
-        return self.exec(container, "ping", "-c", "1", "-W", "2", target).returncode == 0
-
-    def fetch(self, container: str, target: str) -> str:
-        r = self.exec(container, "wget", "-q", "-O", "-", f"http://{target}/")
-        return r.stdout if r.returncode == 0 else f"wget failed ({r.returncode}): {r.stderr.strip()}"
-
-    def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            ids = self.docker("ps", "-aq", check=False).stdout.split()
-            if ids:
-                self.docker("rm", "-f", *ids, check=False)
-            self.docker("network", "rm", "net0", check=False)
-        self.stop()
-        for sub in ("exec", "data"):  # mounted only in dockerd's own mount namespace, gone with it
-            run("umount", "-R", str(self.dir / sub))
-        for hier in Path("/sys/fs/cgroup").iterdir():
-            d = hier / self.cgroup
-            if d.is_dir():
-                for child in sorted(d.iterdir(), reverse=True):
-                    if child.is_dir():
-                        os.rmdir(child)
-                os.rmdir(d)
-
-
-def ns_kernel(ns: str) -> dict[str, list[str]]:
-    """What a host's kernel holds that the other host's Docker could change: IPv4 routes, the
-    permanent FDB and neighbour entries, links, addresses."""
-    def lines(*cmd: str) -> list[str]:
-        return sorted(run(*cmd).stdout.splitlines())
-    return {"routes": lines("ip", "-4", "-n", ns, "route", "show", "table", "all"),
-            "fdb": [ln for ln in lines("bridge", "-n", ns, "fdb", "show") if "permanent" in ln],
-            "neigh": lines("ip", "-n", ns, "neigh", "show", "nud", "permanent"),
-            "links": lines("ip", "-n", ns, "-o", "link", "show"),
-            "addrs": lines("ip", "-4", "-n", ns, "-o", "addr", "show")}
-
-
-def sb_ping(ns: str, target: str) -> bool:
-    return run("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", target).returncode == 0
-
-
-def sb_fetch(ns: str, target: str) -> str:
-    r = run("ip", "netns", "exec", ns, "busybox", "wget", "-q", "-O", "-", f"http://{target}/")
-    return r.stdout if r.returncode == 0 else f"wget failed ({r.returncode}): {r.stderr.strip()}"
-
 
 @pytest.fixture(scope="module", params=["vxlan", "host-gw", "bgp"])
 def mh(request, tmp_path_factory):
-    backend = request.param
-    for tool in ("dockerd", "containerd", "docker", "etcd", "nsenter", "unshare", "busybox",
-                 *(("bird", "birdc") if backend == "bgp" else ())):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    root = tmp_path_factory.mktemp("dkmh")
-    old = os.environ.get("MUSLIN_LAB_DIR")
-    os.environ["MUSLIN_LAB_DIR"] = str(root / "labs")
-    name = "dk" + suffix(4)
-    with root_ns_lock():
-        made = [d for d in ROOT_DIRS if not os.path.isdir(d)]
-        had_key = KEY_JSON.exists()
-        engines: dict[str, Engine] = {}
-        try:
-            core.up(name, 3, backend, lease_ttl=4, resync=2.0)
-            PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
-            for h in ("h1", "h2"):
-                e = Engine(name, h, root)
-                assert not e.sock.exists(), f"{e.sock} exists: refusing to interfere"
-                engines[h] = e
-                e.serve_plugin()
-                e.start()
-                import_busybox(root / "rootfs", e.env)
-            yield name, engines, root
-        finally:
-            logs = "\n".join(f"== {h}\n{e.log()}" for h, e in engines.items())
-            errors = []
-            for e in engines.values():
-                try:
-                    e.cleanup()
-                except Exception as ex:  # keep cleaning; reported below
-                    errors.append(f"{e.host}: {ex}")
-            try:  # the lab's logs outlive it, next to the dockerds' (core.down removes the lab dir)
-                shutil.copytree(core.LabState.load(name).dir, root / "lab", ignore=shutil.ignore_patterns("etcd*"),
-                                ignore_dangling_symlinks=True, dirs_exist_ok=True)
-            except Exception:
-                pass
-            core.down(name)
-            left = [e.sock for e in engines.values() if e.sock.exists()]
-            for s in left:
-                s.unlink()
-            if not had_key:
-                KEY_JSON.unlink(missing_ok=True)
-            for d in made:
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
-            if old is None:
-                os.environ.pop("MUSLIN_LAB_DIR", None)
-            else:
-                os.environ["MUSLIN_LAB_DIR"] = old
-            assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]
-            assert not errors, errors
-            assert not left, f"muslind left its plugin socket(s) {left}"
-            assert not [d for d in made if os.path.isdir(d)], f"left directories {made}: {logs}"
-
-
-def lease(name: str, host: str) -> str:
-    return core.host_status(core.LabState.load(name), host)["subnet"]
-
-
-def create(e: Engine, *how: str, check: bool = True) -> subprocess.CompletedProcess:
-    return e.docker("network", "create", "-d", e.plugin, "--ipam-driver", e.plugin, *how,
-                    "-o", "muslin.network=net0", "net0", check=check)
+    with docker_lab(request.param, tmp_path_factory.mktemp("dkmh")) as got:
+        yield got
 
 
 def test_docker_network_on_a_cluster_network_pool_is_the_cidr_addresses_the_lease(mh):
@@ -315,3 +119,27 @@ def test_docker_network_rm_on_one_host_leaves_the_other_working(mh):
               "-h", "/www")
     assert wait_for(lambda: h1.ping("web-h1b", b), 30, "h1 (joined again) -> h2")
     assert h2.fetch("web-h2", h1.ip("web-h1b")) == "hello from muslin\n"
+
+
+
+def test_a_published_port_answers_on_its_hosts_underlay_address_from_other_hosts(mh):
+    """`docker run -p PORT:80` on h1: h2 (the host itself) and a sandbox on h3 fetch HTTP from
+    h1's underlay address; the mapping is Muslin's (nft on h1), gone with the container."""
+    name, eng, _ = mh
+    h1 = eng["h1"]
+    port = 20000 + int(suffix(4), 16) % 9000
+    h1.docker("run", "-d", "--name", "pub-h1", "--network", "net0", "-p", f"{port}:80", *ULIMIT, IMAGE, "httpd",
+              "-f", "-p", "80", "-h", "/www")
+    url = f"http://{core.host_ip('h1')}:{port}/"
+    sb = core.LabState.load(name).sandboxes["c"]["netns"]
+
+    def fetch_from_h2() -> str:
+        return run("ip", "netns", "exec", core.ns_host(name, "h2"), "busybox", "wget", "-q", "-O", "-", url).stdout
+
+    assert wait_for(lambda: fetch_from_h2() == "hello from muslin\n", 30, f"h2 -> {url}")
+    assert sb_fetch(sb, f"{core.host_ip('h1')}:{port}") == "hello from muslin\n"
+    assert str(port) in run("ip", "netns", "exec", h1.ns, "nft", "list", "ruleset").stdout
+    h1.docker("rm", "-f", "pub-h1")
+    assert str(port) not in run("ip", "netns", "exec", h1.ns, "nft", "list", "ruleset").stdout
+    assert fetch_from_h2() == ""
+

@@ -180,3 +180,31 @@ def test_config_subnet_ttl_default_for_old_configs_and_validation():
     assert init_config(s, ClusterConfig("n", lease_ttl=10)) == cfg  # same settings: not a conflict
     with pytest.raises(Invalid, match="subnet lease TTL 5 must be at least the liveness lease TTL 10"):
         ClusterConfig("n", lease_ttl=10, subnet_ttl=5).validate()
+
+
+def test_liveness_renewals_keep_a_margin_and_are_rarer_for_long_ttls():
+    """Renewed every half TTL, but at least ALIVE_MARGIN s (and a third) before it expires:
+    the default 90 s TTL is renewed every 45 s (a dead agent shows 45-90 s later); short
+    TTLs (the lab's 10 s, the tests' 3 s) keep their third."""
+    assert ClusterConfig("n").lease_ttl == 90
+    assert agent_mod.alive_every(90) == 45 and agent_mod.alive_every(60) == 30 and agent_mod.alive_every(30) == 15
+    assert agent_mod.alive_every(10) == pytest.approx(10 / 3) and agent_mod.alive_every(3) == 1
+    for ttl in (3, 10, 20, 30, 45, 60, 90, 3600):
+        every = agent_mod.alive_every(ttl)
+        assert ttl / 3 <= every <= ttl / 2
+        assert ttl - every >= min(agent_mod.ALIVE_MARGIN, 2 * ttl / 3) - 1e-9
+
+
+def test_check_lists_and_resyncs_grow_with_the_hosts_beyond_scale_hosts(tmp_path):
+    """Up to SCALE_HOSTS hosts the periods are as asked; beyond, they grow with N, so the
+    cluster's check lists send bytes linear in N and a resync's CPU per second is bounded."""
+    n = agent_mod.SCALE_HOSTS
+    assert agent_mod.relist_period(600, 3) == agent_mod.relist_period(600, n) == 600
+    assert agent_mod.relist_period(600, 10 * n) == 6000
+    assert agent_mod.resync_period(10, n) == 10 and agent_mod.resync_period(10, 50 * n) == 500
+    a = agent(MemoryStore(), "a", tmp_path)
+    a.relist = 600
+    assert all(300 <= a._relist_after() <= 900 for _ in range(50))
+    a.peers = {f"h{i}": None for i in range(10 * n)}
+    assert all(3000 <= a._relist_after() <= 9000 for _ in range(50))
+    assert all(6000 * 0.05 <= a._relist_after(first=True) <= 9000 for _ in range(50))

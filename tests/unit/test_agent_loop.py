@@ -13,6 +13,7 @@ import pytest
 from muslin.backends.model import ClusterConfig
 from muslin.backends.peers import PeerTable
 from muslin.backends.registry import get_backend
+from muslin.control import agent as agent_mod
 from muslin.control.agent import Agent, alive_prefix, hosts_prefix, init_config
 from muslin.model.errors import NotFound
 from muslin.control.agent_host import FakeHost
@@ -122,6 +123,28 @@ def test_resync_repairs_drift_from_the_local_copy_without_listing(tmp_path):
         ov.fdb.clear()
         assert wait_until(lambda: sub_b in ov.routes and len(ov.fdb) == 2, 5)
         assert c.agent("a").cache.lists == 1  # repaired from what the watch brought, not a list
+    finally:
+        c.close()
+
+
+def test_resync_period_grows_with_the_peers_and_still_repairs_drift(tmp_path, monkeypatch):
+    """Beyond SCALE_HOSTS peers the resync comes less often (its full diff costs per peer:
+    bounded CPU per second); it still repairs drift, from the local copy."""
+    monkeypatch.setattr(agent_mod, "SCALE_HOSTS", 1)  # so that 3 hosts are "many"
+    c = Cluster(tmp_path, resync=0.2)
+    try:
+        for h in ("a", "b", "c"):
+            c.add(h)
+        assert wait_until(c.converged)
+        a = c.agent("a")
+        assert a._resync_after() == pytest.approx(0.6)
+        full = a.counts["full_reconciles"]
+        ov = c.ov("a")
+        sub_b = c.subnet("b")
+        del ov.routes[sub_b]  # by hand
+        ov.fdb.clear()
+        assert wait_until(lambda: sub_b in ov.routes and len(ov.fdb) == 4, 10)
+        assert a.counts["full_reconciles"] > full and a.cache.lists == 1
     finally:
         c.close()
 

@@ -117,7 +117,7 @@ def test_bgp_full_mesh_and_route_reflector():
     ({"backend": "wireguard", "options": {"strict": 1}}, "option strict must be a bool"),
     ({"backend": "wireguard", "options": {"port": True}}, "option port must be an int"),
     ({"backend": "wireguard", "options": {"rotate_every": 3}}, "rotate_every 3 must be 0"),
-    ({"backend": "vxlan", "options": {"port": 1}}, "backend vxlan takes no options"),
+    ({"backend": "vxlan", "options": {"port": 1}}, "backend vxlan: unknown option.s. port"),
     ({"cidr": "10.0.0.0/33"}, "is not a network"),
     ({"cidr": "10.0.0.0/24", "host_prefix": 16}, "host prefix /16"),
     ({"vni": 0}, "VNI 0"),

@@ -111,3 +111,29 @@ def test_no_address_when_the_side_is_gone(w):
     w.m.delete_network("net0", force=True)  # the agent left
     with pytest.raises(Unavailable, match="'net0' has no side on this host"):
         w.addr(p.pool_id)
+
+
+CIDR6, LEASE6 = "fd00:10::/48", "fd00:10:0:3::/64"
+
+
+def test_a_dual_stack_cluster_network_takes_both_cidrs_as_pools(tmp_path):
+    w = World(tmp_path)
+    w.m.delete_network("net0", force=True)
+    w.m.create_network(Network(  # a dual-stack cluster network's host side
+        "net0", range_sets=((IPRange(ipaddress.ip_network(LEASE)),), (IPRange(ipaddress.ip_network(LEASE6)),)),
+        masquerade=False, labels=((keys.CLUSTER_LABEL, "net0"), (keys.CLUSTER_CIDR_LABEL, CIDR),
+                                  (keys.CLUSTER_CIDR6_LABEL, CIDR6))))
+    for other in ("fd00:10:0:9::/64", "fd00::/16"):
+        with pytest.raises(Conflict, match=r"overlaps fd00:10::/48, the CIDR of cluster network 'net0'"):
+            w.pool(other, v6=True)
+    p4, p6 = w.pool(CIDR), w.pool(CIDR6, v6=True)
+    gw4, gw6 = w.addr(p4.pool_id, gw=True), w.addr(p6.pool_id, gw=True)
+    assert (gw4, gw6) == ("10.244.3.1/24", "fd00:10:0:3::1/64")  # each family from this host's lease
+    assert ipaddress.ip_interface(w.addr(p6.pool_id)).network == ipaddress.ip_network(LEASE6)
+    with pytest.raises(Conflict, match=r"\(CIDR 10.244.0.0/16, fd00:10::/48\); Docker's pool is 10.244.0.0/16: "
+                                       r"pass --subnet 10.244.0.0/16 --subnet fd00:10::/48 with --ipv6"):
+        w.create(CIDR, gw4)
+    w.driver.create_network(T.CreateNetworkRequest.from_json({
+        "NetworkID": NID, "Options": {"com.docker.network.generic": {"muslin.network": "net0"}},
+        "IPv4Data": [{"Pool": CIDR, "Gateway": gw4}], "IPv6Data": [{"Pool": CIDR6, "Gateway": gw6}]}))
+    assert [(n["name"], n["joined"]) for n in w.driver.docker_networks().values()] == [("net0", True)]

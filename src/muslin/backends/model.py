@@ -30,14 +30,14 @@ class ClusterConfig:
     """cluster/<network>/config."""
 
     network: str
-    cidr: str = "10.244.0.0/16"
+    cidr: str = "10.244.0.0/16"  # IPv4, or IPv6 for an IPv6-only network
     host_prefix: int = 24
     backend: str = "vxlan"
     vni: int = 1
     port: int = 4789
     asn: int = 64512
     route_reflectors: tuple[str, ...] = ()  # hostnames; empty = full mesh
-    lease_ttl: int = 30  # liveness: TTL of cluster/<net>/alive/<host> (health only, never routing)
+    lease_ttl: int = 90  # liveness: TTL of cluster/<net>/alive/<host> (health only, never routing)
     mtu: int = 0  # 0 = underlay MTU (minus the VXLAN overhead for vxlan)
     # the subnet lease: TTL of a host's record and subnet key (renewed); peers drop a host
     # only when it leaves or this expires. Configs stored without it get the default.
@@ -45,6 +45,10 @@ class ClusterConfig:
     # the backend's own settings (the backend checks them), as sorted (key, value) pairs;
     # vni/port (vxlan) and asn/route_reflectors (bgp) predate this and stay where they were
     options: tuple[tuple[str, Any], ...] = ()
+    # dual-stack: the IPv6 CIDR next to an IPv4 `cidr`, and its per-host prefix length; a host
+    # leases one subnet of each, together
+    cidr6: str = ""
+    host_prefix6: int = 64
 
     def __post_init__(self) -> None:
         opts = self.options.items() if isinstance(self.options, Mapping) else self.options
@@ -58,15 +62,16 @@ class ClusterConfig:
 
         names.check_name(self.network, "network name", NAME_MAX)
         backend = get_backend(self.backend)
-        try:
-            net = ipaddress.ip_network(self.cidr)
-        except ValueError as e:
-            raise Invalid(f"cluster CIDR {self.cidr!r} is not a network: {e}") from None
-        if net.version != 4:
-            raise Invalid(f"cluster CIDR {self.cidr}: only IPv4 cluster networks are supported")
-        if not net.prefixlen <= self.host_prefix <= 30:
-            raise Invalid(f"host prefix /{self.host_prefix} must be between /{net.prefixlen} "
-                          f"(the cluster CIDR) and /30")
+        net = _cidr(self.cidr, "cluster CIDR")
+        _check_prefix(net, self.host_prefix, "host prefix")
+        if self.cidr6:
+            net6 = _cidr(self.cidr6, "IPv6 cluster CIDR (cidr6)")
+            if net6.version != 6:
+                raise Invalid(f"IPv6 cluster CIDR (cidr6) {self.cidr6} is not an IPv6 network")
+            if net.version != 4:
+                raise Invalid(f"cluster CIDR {self.cidr} must be IPv4 when cidr6 is given (an IPv6-only network "
+                              f"has its IPv6 CIDR as cidr and no cidr6)")
+            _check_prefix(net6, self.host_prefix6, "IPv6 host prefix")
         if not 1 <= self.vni < 1 << 24:
             raise Invalid(f"VNI {self.vni} is out of range 1..16777215")
         if not 1 <= self.port <= 65535:
@@ -82,11 +87,26 @@ class ClusterConfig:
         return self
 
     @property
-    def network_cidr(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.cidr)
+    def network_cidr(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """The first CIDR (IPv4, or IPv6 in an IPv6-only network)."""
+        return ipaddress.ip_network(self.cidr)
+
+    def families(self) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int], ...]:
+        """(CIDR, per-host prefix length) of each address family, the first one first."""
+        out = ((self.network_cidr, self.host_prefix),)
+        return out + ((ipaddress.IPv6Network(self.cidr6), self.host_prefix6),) if self.cidr6 else out
+
+    @property
+    def cidrs(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(c for c, _ in self.families())
+
+    @property
+    def has_ipv6(self) -> bool:
+        return any(c.version == 6 for c in self.cidrs)
 
     def capacity(self) -> int:
-        return 1 << (self.host_prefix - self.network_cidr.prefixlen)
+        """How many hosts it holds: the smaller family's count of per-host subnets."""
+        return min(1 << (p - c.prefixlen) for c, p in self.families())
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -94,6 +114,8 @@ class ClusterConfig:
         d["options"] = dict(self.options)
         if not d["options"]:  # configs without options read the same in older agents
             del d["options"]
+        if not self.cidr6:  # single-stack configs read the same in older agents
+            del d["cidr6"], d["host_prefix6"]
         return d
 
     @classmethod
@@ -113,6 +135,20 @@ class ClusterConfig:
             raise Invalid(f"cluster config: {e}") from None
 
 
+def _cidr(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text)
+    except (ValueError, TypeError) as e:
+        raise Invalid(f"{what} {text!r} is not a network: {e}") from None
+
+
+def _check_prefix(net: ipaddress.IPv4Network | ipaddress.IPv6Network, prefix: int, what: str) -> None:
+    """A per-host prefix inside the CIDR that leaves a few addresses for endpoints."""
+    longest = 30 if net.version == 4 else 126
+    if type(prefix) is not int or not net.prefixlen <= prefix <= longest:
+        raise Invalid(f"{what} /{prefix} must be between /{net.prefixlen} (the cluster CIDR {net}) and /{longest}")
+
+
 @dataclass(frozen=True)
 class HostRecord:
     """cluster/<network>/hosts/<hostname>: what every other host needs to reach this one."""
@@ -124,6 +160,9 @@ class HostRecord:
     # what this host's backend publishes for its peers (vxlan: vtep_mac, vtep_ip; wireguard:
     # public_key, endpoint), as sorted (key, value) pairs
     published: tuple[tuple[str, str], ...] = ()
+    subnet6: str = ""  # dual-stack: its IPv6 subnet (the IPv4 one is `subnet`)
+    underlay6: str = ""  # its IPv6 underlay address and connected subnet, when it has one
+    underlay_net6: str = ""
 
     def __post_init__(self) -> None:
         pub = self.published.items() if isinstance(self.published, Mapping) else self.published
@@ -132,9 +171,21 @@ class HostRecord:
     def get(self, key: str, default: str = "") -> str:
         return dict(self.published).get(key, default)
 
+    @property
+    def subnets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.subnet, self.subnet6) if s)
+
+    def subnet_of(self, version: int) -> str:
+        """Its subnet of one address family, or ''."""
+        return next((s for s in self.subnets if ipaddress.ip_network(s).version == version), "")
+
     def to_dict(self) -> dict[str, Any]:
-        return {"hostname": self.hostname, "subnet": self.subnet, "underlay": self.underlay,
-                "underlay_net": self.underlay_net, "published": dict(self.published)}
+        d = {"hostname": self.hostname, "subnet": self.subnet, "underlay": self.underlay,
+             "underlay_net": self.underlay_net, "published": dict(self.published)}
+        for k in ("subnet6", "underlay6", "underlay_net6"):  # single-stack records read as before
+            if getattr(self, k):
+                d[k] = getattr(self, k)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HostRecord:
@@ -143,7 +194,8 @@ class HostRecord:
         for legacy in LEGACY_PUBLISHED:
             if d.get(legacy) and legacy not in pub:
                 pub[legacy] = d[legacy]
-        return cls(d["hostname"], d["subnet"], d["underlay"], d.get("underlay_net", ""), pub)
+        return cls(d["hostname"], d["subnet"], d["underlay"], d.get("underlay_net", ""), pub,
+                   d.get("subnet6", ""), d.get("underlay6", ""), d.get("underlay_net6", ""))
 
 
 LEGACY_PUBLISHED = ("vtep_mac", "vtep_ip")
@@ -227,15 +279,18 @@ def diff(desired: Desired | Observed, observed: Observed) -> Changes:
     )
 
 
-def owned(observed: Observed, cidr: ipaddress.IPv4Network) -> Observed:
-    """Only the routes of one cluster network (inside its CIDR); other networks' stay."""
-    return replace(observed, routes=frozenset(r for r in observed.routes if _inside(r.dst, cidr)))
+def owned(observed: Observed, cidrs: Any) -> Observed:
+    """Only the routes of one cluster network (inside its CIDRs: one network or several);
+    other networks' stay."""
+    nets = (cidrs,) if isinstance(cidrs, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else tuple(cidrs)
+    return replace(observed, routes=frozenset(r for r in observed.routes if any(_inside(r.dst, c) for c in nets)))
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _inside(dst: str, cidr: ipaddress.IPv4Network) -> bool:
+def _inside(dst: str, cidr: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     """dst (a route's destination) within cidr; remembered: a resync asks it of every peer's route."""
-    return ipaddress.ip_network(dst).subnet_of(cidr)
+    net = ipaddress.ip_network(dst)
+    return net.version == cidr.version and net.subnet_of(cidr)  # type: ignore[arg-type]
 
 
 def stable_mac(text: str) -> str:

@@ -77,8 +77,9 @@ class WireGuard(Backend):
             if key == mine or any(q.public_key == key for q in wg_peers):
                 problems.append(f"peer {p.hostname}: its WireGuard key is already another host's; skipped")
                 continue
-            wg_peers.add(WgPeer(dev, key, endpoint, (p.subnet,), o.keepalive))
-            routes.add(RouteSpec(p.subnet, "", dev))
+            mine_v = [p.subnet_of(v) for v in (4, 6) if p.subnet_of(v) and me.subnet_of(v)]  # both have the family
+            wg_peers.add(WgPeer(dev, key, endpoint, tuple(sorted(mine_v)), o.keepalive))  # as wg shows them
+            routes |= {RouteSpec(s, "", dev) for s in mine_v}
         device = WgDev(dev, o.port, mtu, mine, userspace=local.fact("impl") != "kernel",
                        key_file=local.fact("key_file"), log=local.fact("log"))
         guards = (EgressGuard(guard_table(cfg.network), me.subnet, cfg.cidr, dev),) if o.strict else ()

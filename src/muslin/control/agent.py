@@ -16,8 +16,9 @@ one long-lived watch (store/cache.py): listed once at start, then only the event
 listed again when the watch reports a gap, or rarely (`relist`, minutes, jittered) as a
 check. An event for one peer changes that peer's kernel objects only (backends/peers.py:
 computed for that peer, diffed against what it had, no kernel read); the full desired-vs-
-observed diff, which reads the kernel, runs at the periodic resync (`resync`), which repairs
-drift from the local copy without asking the store.
+observed diff, which reads the kernel, runs at the periodic resync (`resync`, longer beyond
+SCALE_HOSTS peers: resync_period), which repairs drift from the local copy without asking
+the store.
 
 The agent treats every backend alike (backends/base.py): it probes the backend's
 companions before anything changes, gathers their host facts, publishes what the backend
@@ -49,12 +50,17 @@ from muslin.backends.model import NAME_MAX, ClusterConfig, Desired, HostRecord, 
 from muslin.backends.peers import PeerTable
 from muslin.backends.registry import BACKENDS, get_backend
 from muslin.model import keys, names
-from muslin.model.errors import Conflict, Exhausted, MuslinError, NotFound, Unavailable
+from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound, Unavailable
 from muslin.store.base import Compare, Delete, Put, Store
 from muslin.store.cache import Change, WatchCache
 
 DEFAULT_RESYNC = 10.0  # seconds between kernel resyncs (desired from the local copy vs the kernel)
 DEFAULT_RELIST = 600.0  # seconds (jittered 0.5x .. 1.5x) between lists of the hosts: a check, not a need
+# Beyond this many hosts the resync's and the check list's periods grow with the hosts: a
+# resync diffs every peer, a check list fetches every record, so at a fixed period an
+# agent's idle CPU would grow with N and the cluster's list bytes with N^2.
+SCALE_HOSTS = 100
+ALIVE_MARGIN = 15.0  # seconds a liveness renewal may be late before the lease expires (at least)
 SETTLE = 0.05  # seconds: events this close together are reconciled as one batch
 TICK = 1.0  # seconds: the longest the loop sleeps (a stop is seen within it; companions are asked)
 WATCH_GRACE = 2.0  # seconds a watch may be down before the store counts as unavailable
@@ -64,6 +70,28 @@ WATCH_GRACE = 2.0  # seconds a watch may be down before the store counts as unav
 # ensure(config), status() and stop().
 COMPANIONS = {"bird": ("muslin.control.agent_bird", "Bird"),
               "wireguard": ("muslin.dataplane.wireguard", "WireGuardHost")}
+
+
+def resync_period(base: float, hosts: int) -> float:
+    """Seconds between resyncs: `base`, times hosts / SCALE_HOSTS beyond SCALE_HOSTS hosts
+    (a full diff costs about the same per peer, so its CPU per second stays bounded)."""
+    return base * max(1.0, hosts / SCALE_HOSTS)
+
+
+def relist_period(base: float, hosts: int) -> float:
+    """Mean seconds between an agent's check lists: `base`, times hosts / SCALE_HOSTS beyond
+    SCALE_HOSTS hosts, so the cluster lists about SCALE_HOSTS / `base` times a second and
+    sends bytes linear in N (each list is every record). The check only looks for a gap the
+    watch did not report; a reported gap or compaction lists at once."""
+    return base * max(1.0, hosts / SCALE_HOSTS)
+
+
+def alive_every(ttl: float) -> float:
+    """Seconds between liveness renewals: half the TTL, but at least ALIVE_MARGIN s (and a
+    third of the TTL) before it would expire. 90 s (the default): every 45 s; 30 s: 15 s;
+    10 s (the lab's): 3.3 s. Each renewal is an etcd call (~0.5-1 ms of etcd CPU through the
+    JSON gateway): at 1,000 hosts the default is ~22 a second."""
+    return max(0.5, ttl / 3, min(ttl / 2, ttl - ALIVE_MARGIN))
 
 
 def companion_class(name: str) -> Any:
@@ -103,11 +131,32 @@ def init_config(store: Store, cfg: ClusterConfig, probe: bool = True) -> Cluster
         probe_backend(get_backend(cfg.backend))
     kv = store.get(config_key(cfg.network))
     if kv is not None:
-        if ClusterConfig.from_dict({**kv.value, "network": cfg.network}) == cfg:
+        have = ClusterConfig.from_dict({**kv.value, "network": cfg.network})
+        if have == cfg:
             return cfg
-        raise Conflict(f"cluster network {cfg.network!r} already exists with another config")
+        hd, wd = have.to_dict(), cfg.to_dict()
+        what = ", ".join(f"{k} {hd.get(k, '(none)')!s} -> {wd.get(k, '(none)')!s}"
+                         for k in sorted(set(hd) | set(wd)) if hd.get(k) != wd.get(k))
+        raise Conflict(f"cluster network {cfg.network!r} already exists with another config ({what}); a cluster "
+                       f"network's config does not change once stored (make a new network)")
     store.put(config_key(cfg.network), cfg.to_dict(), expect=0)
     return cfg
+
+
+def check_underlay(cfg: ClusterConfig, underlay_nets: list[str]) -> None:
+    """Invalid when a cluster CIDR overlaps this host's underlay subnet (its routes would
+    shadow the underlay's)."""
+    for net in underlay_nets:
+        u = ipaddress.ip_network(net, strict=False)
+        for c in cfg.cidrs:
+            if c.version == u.version and c.overlaps(u):
+                raise Invalid(f"cluster network {cfg.network}: its CIDR {c} overlaps the underlay subnet {u} "
+                              f"of this host; choose a CIDR outside the hosts' own networks")
+
+
+def network_names(store: Store) -> list[str]:
+    """Every cluster network with a config in the store."""
+    return sorted({k.split("/")[1] for k in store.keys("cluster/") if k.endswith("/config") and k.count("/") == 2})
 
 
 def list_hosts(store: Store, net: str) -> dict[str, tuple[HostRecord, int]]:
@@ -132,14 +181,16 @@ class Agent:
     def __init__(self, store: Store, network: str, hostname: str, state_dir: str | Path,
                  underlay_dev: str = "", underlay_ip: str = "", resync: float = DEFAULT_RESYNC,
                  log: Callable[[str], None] | None = None, host: Any = None, relist: float = DEFAULT_RELIST,
-                 status: bool = True) -> None:
-        """`host`: control/agent_host.py (default the real one); `status`: write the status file."""
+                 status: bool = True, underlay_ip6: str = "") -> None:
+        """`host`: control/agent_host.py (default the real one); `status`: write the status file;
+        `underlay_ip6`: the IPv6 underlay address (default: the underlay device's first global one)."""
         self.store = store
         self.network = names.check_name(network, "network name", NAME_MAX)
         self.hostname = names.check_name(hostname, "hostname", NAME_MAX)
         self.state_dir = Path(state_dir)
         self.underlay_dev = underlay_dev
         self.underlay_ip = underlay_ip
+        self.underlay_ip6 = underlay_ip6
         self.resync = resync
         self._log = log or (lambda m: print(time.strftime("%H:%M:%S"), m, file=sys.stderr, flush=True))
         self.cfg: ClusterConfig | None = None
@@ -240,22 +291,25 @@ class Agent:
         dev, ip, net, mtu = self.overlay().underlay(self.underlay_dev, self.underlay_ip)
         self._remember(backend=self.cfg.backend)
         self.underlay_dev = dev
-        self._retry("leasing a subnet", lambda: self.register(ip, net, mtu), stop)
+        ip6, net6 = self.overlay().underlay6(dev, self.underlay_ip6) if self.cfg.has_ipv6 else ("", "")
+        check_underlay(self.cfg, [n for n in (net, net6) if n])
+        self._retry("leasing a subnet", lambda: self.register(ip, net, mtu, ip6, net6), stop)
         self.setup_local()
 
-    def register(self, ip: str = "", net: str = "", mtu: int = 0) -> None:
-        """Lease a subnet (the one we had, if still ours or free) and publish our record.
+    def register(self, ip: str = "", net: str = "", mtu: int = 0, ip6: str = "", net6: str = "") -> None:
+        """Lease a subnet of each of the network's address families (the ones we had, if
+        still ours or free) and publish our record.
 
-        Both keys live under the subnet lease. A restarted agent finds its lease (remembered
-        in <state>/cluster/<net>.json) and its record as it published them and writes nothing;
-        a record under a lease of another TTL (an older agent's) moves to a new subnet lease
-        in one txn, so peers never see it vanish."""
-        from muslin.ipam.ranges import carve
-
+        The record and the subnet keys live under the subnet lease and are written in one
+        txn (a dual-stack host holds both subnets or neither). A restarted agent finds its
+        lease (remembered in <state>/cluster/<net>.json) and its record as it published them
+        and writes nothing; a record under a lease of another TTL (an older agent's) moves
+        to a new subnet lease in one txn, so peers never see it vanish."""
         assert self.cfg is not None
         cfg = self.cfg
         if self.local is not None:
-            ip, net, mtu = self.local.record.underlay, self.local.record.underlay_net, self.local.underlay_mtu
+            r = self.local.record
+            ip, net, mtu, ip6, net6 = r.underlay, r.underlay_net, self.local.underlay_mtu, r.underlay6, r.underlay_net6
         mem = self._remembered()
         facts = self.facts()
         hkey = hosts_prefix(self.network) + self.hostname
@@ -264,8 +318,10 @@ class Agent:
             # our record, and the subnet keys (keys only: peers' values are not needed)
             mine = self.store.get(hkey)
             taken_keys = set(self.store.keys(sprefix))
+            had = HostRecord.from_dict(mine.value) if mine is not None and isinstance(mine.value, dict) else None
             held: dict[str, Any] = {}  # subnet keys of ours (ours to keep), with their revisions
-            for cand in {mine.value.get("subnet") if mine else "", mem.get("subnet", "")} - {""}:
+            cands = set(had.subnets if had else ()) | {mem.get("subnet", ""), mem.get("subnet6", "")}
+            for cand in cands - {""}:
                 k = subnet_key(self.network, cand)
                 kv = self.store.get(k) if k in taken_keys else None
                 if kv is not None and isinstance(kv.value, dict) and kv.value.get("hostname") == self.hostname:
@@ -282,33 +338,32 @@ class Agent:
                     lease = 0
             if not lease:
                 lease = self.store.grant_lease(cfg.subnet_ttl)
-            prefer_s = (mine.value.get("subnet") if mine else None) or mem.get("subnet")
             taken = [ipaddress.ip_network(k.rsplit("/", 1)[1].replace("_", "/")) for k in taken_keys if k not in held]
-            prefer = ipaddress.ip_network(prefer_s) if prefer_s else None
-            if prefer is None and attempt:  # hosts joining together all want the first free one: spread them
-                cidr = cfg.network_cidr
-                prefer = ipaddress.ip_network((int(cidr.network_address) + (random.randrange(cfg.capacity())
-                                               << (32 - cfg.host_prefix)), cfg.host_prefix))
+            preferred = [s for s in (*(had.subnets if had else ()), mem.get("subnet", ""), mem.get("subnet6", "")) if s]
             try:
-                subnet = carve(cfg.network_cidr, cfg.host_prefix, taken, prefer=prefer)
-            except Exhausted:
+                subnets = [self._pick(c, p, taken, preferred, attempt) for c, p in cfg.families()]
+            except Exhausted as e:
                 if lease != (mine.lease if mine else 0):
                     self.store.revoke_lease(lease)
-                raise Exhausted(f"cluster network {self.network}: no free /{cfg.host_prefix} left in {cfg.cidr} "
-                                f"for host {self.hostname} ({len(taken)} hosts hold one)") from None
-            bare = HostRecord(self.hostname, str(subnet), ip, net)
+                held_by = sum(1 for t in taken if t.version == cfg.network_cidr.version)  # one per host and family
+                raise Exhausted(f"cluster network {self.network}: {e} for host {self.hostname} "
+                                f"({held_by} hosts hold one)") from None
+            bare = HostRecord(self.hostname, str(subnets[0]), ip, net,
+                              subnet6=str(subnets[1]) if len(subnets) > 1 else "",
+                              underlay6=ip6 if cfg.has_ipv6 else "", underlay_net6=net6 if cfg.has_ipv6 else "")
             rec = replace(bare, published=self.backend.publish(cfg, bare, facts))
-            skey = subnet_key(self.network, str(subnet))
-            cur_s = held.get(skey) or (self.store.get(skey) if skey in taken_keys else None)
+            skeys = [subnet_key(self.network, str(sn)) for sn in subnets]
+            cur = {k: held.get(k) or (self.store.get(k) if k in taken_keys else None) for k in skeys}
             published = (mine is not None and mine.lease == lease and mine.value == rec.to_dict()
-                         and cur_s is not None and cur_s.lease == lease
-                         and cur_s.value.get("hostname") == self.hostname)
+                         and all(c is not None and c.lease == lease and c.value.get("hostname") == self.hostname
+                                 for c in cur.values()))
             if not published:
-                compares = [Compare(hkey, mine.mod_revision if mine else 0),
-                            Compare(skey, cur_s.mod_revision if cur_s else 0)]
-                ops: list = [Put(hkey, rec.to_dict(), lease=lease), Put(skey, {"hostname": self.hostname}, lease=lease)]
-                if mine is not None and mine.value.get("subnet") and mine.value["subnet"] != str(subnet):
-                    ops.append(Delete(subnet_key(self.network, mine.value["subnet"])))
+                compares = [Compare(hkey, mine.mod_revision if mine else 0)]
+                compares += [Compare(k, c.mod_revision if c else 0) for k, c in cur.items()]
+                ops: list = [Put(hkey, rec.to_dict(), lease=lease)]
+                ops += [Put(k, {"hostname": self.hostname}, lease=lease) for k in skeys]
+                ops += [Delete(subnet_key(self.network, old)) for old in (had.subnets if had else ())
+                        if subnet_key(self.network, old) not in skeys]
                 try:
                     self.store.txn(compares, ops)
                 except Conflict:
@@ -323,16 +378,36 @@ class Agent:
                 except MuslinError:
                     pass
             self.lease = lease
-            if self.local is None or self.local.record.subnet != rec.subnet:
+            if self.local is None or self.local.record.subnets != rec.subnets:
                 how = "kept" if published else "leased"
-                self.log(f"{how} {subnet} (underlay {ip}, lease {lease:x}, ttl {cfg.subnet_ttl}s)")
+                self.log(f"{how} {' and '.join(rec.subnets)} (underlay {ip}{' ' + ip6 if rec.underlay6 else ''}, "
+                         f"lease {lease:x}, ttl {cfg.subnet_ttl}s)")
             if self.local is not None and self.local.record.published != rec.published:
                 self.log(f"published {', '.join(f'{k} {v}' for k, v in rec.published)}")
             self.local = Local(rec, self.underlay_dev, mtu, facts)
-            if (mem.get("subnet"), mem.get("lease"), mem.get("subnet_ttl")) != (str(subnet), lease, cfg.subnet_ttl):
-                self._remember(subnet=str(subnet), lease=lease, subnet_ttl=cfg.subnet_ttl)
+            want_mem = {"subnet": rec.subnet, "lease": lease, "subnet_ttl": cfg.subnet_ttl}
+            if rec.subnet6 or mem.get("subnet6"):
+                want_mem["subnet6"] = rec.subnet6
+            if any(mem.get(k, "") != v for k, v in want_mem.items()):
+                self._remember(**want_mem)
             return
         raise Conflict(f"cluster network {self.network}: could not lease a subnet, too much contention")
+
+    @staticmethod
+    def _pick(cidr: Any, prefix: int, taken: list[Any], preferred: list[str], attempt: int) -> Any:
+        """A free /prefix of cidr: the one this host had, else (hosts joining together all
+        want the first free one: spread them after a first conflict) a random or the lowest."""
+        from muslin.ipam.ranges import carve
+
+        prefer = next((ipaddress.ip_network(s) for s in preferred if ipaddress.ip_network(s).version == cidr.version),
+                      None)
+        if prefer is None and attempt:
+            prefer = ipaddress.ip_network((int(cidr.network_address) + (random.randrange(1 << (prefix - cidr.prefixlen))
+                                           << (cidr.max_prefixlen - prefix)), prefix))
+        try:
+            return carve(cidr, prefix, taken, prefer=prefer)
+        except Exhausted:
+            raise Exhausted(f"no free /{prefix} left in {cidr}") from None
 
     # -- liveness ------------------------------------------------------------------------
     def publish_alive(self) -> None:
@@ -375,10 +450,12 @@ class Agent:
         from muslin.model.types import IPRange, Network
         assert self.cfg is not None and self.local is not None
         mtu = self.backend.network_mtu(self.cfg, self.local)
-        subnet = ipaddress.ip_network(self.local.record.subnet)
-        return Network(name=self.network, driver="bridge", range_sets=((IPRange(subnet),),), mtu=mtu,
-                       masquerade=False, isolate=True, origin="cli",
-                       labels=((keys.CLUSTER_LABEL, self.network), (keys.CLUSTER_CIDR_LABEL, str(self.cfg.network_cidr))))
+        ranges = tuple((IPRange(ipaddress.ip_network(s)),) for s in self.local.record.subnets)
+        labels = ((keys.CLUSTER_LABEL, self.network), (keys.CLUSTER_CIDR_LABEL, str(self.cfg.network_cidr)))
+        if self.cfg.cidr6:
+            labels += ((keys.CLUSTER_CIDR6_LABEL, self.cfg.cidr6),)
+        return Network(name=self.network, driver="bridge", range_sets=ranges, mtu=mtu,
+                       masquerade=False, isolate=True, origin="cli", labels=labels)
 
     def muslin(self):
         return self.host.muslin(self.state_dir)
@@ -420,7 +497,7 @@ class Agent:
         want = self._table().rebuild(self.cfg, self.local, self.peers)
         ov = self.overlay()
         have = ov.observe(self.backend.owned(self.network, dict(self.local.facts)))
-        changes = diff(want, owned(have, self.cfg.network_cidr))
+        changes = diff(want, owned(have, self.cfg.cidrs))
         n = sum(len(getattr(changes, f.name)) for f in dataclasses.fields(changes))  # metrics: changes applied
         if not changes.empty:
             ov.apply(changes)
@@ -519,6 +596,7 @@ class Agent:
               "backend": self.cfg.backend if self.cfg else "", "lease": self.lease,
               "alive_lease": self.alive_lease,
               "subnet": self.local.record.subnet if self.local else "",
+              "subnet6": self.local.record.subnet6 if self.local else "",
               "underlay": self.local.record.underlay if self.local else "",
               "peers": {h: p.to_dict() for h, p in sorted(self.peers.items()) if h != self.hostname},
               "problems": list(self.problems), "store_ok": self.etcd_ok, "reconciles": self.reconciles,
@@ -572,7 +650,11 @@ class Agent:
     def _relist_after(self, first: bool = False) -> float:
         """Seconds to the next check list: 0.5x .. 1.5x `relist` (the first in 0.05x .. 1.5x,
         so agents started together do not list together)."""
-        return self.relist * random.uniform(0.05 if first else 0.5, 1.5)
+        return relist_period(self.relist, len(self.peers)) * random.uniform(0.05 if first else 0.5, 1.5)
+
+    def _resync_after(self) -> float:
+        """Seconds to the next resync: `resync`, longer beyond SCALE_HOSTS peers (resync_period)."""
+        return resync_period(self.resync, len(self.peers))
 
     def _watch_health(self, now: float) -> None:
         assert self.cache is not None
@@ -616,11 +698,11 @@ class Agent:
             raise
         assert self.cfg is not None and self.cache is not None
         self.reconcile()
-        alive_every = max(0.5, self.cfg.lease_ttl / 3)
+        renew_alive = alive_every(self.cfg.lease_ttl)
         subnet_every = max(0.5, min(self.cfg.subnet_ttl / 3, 600.0))
         now = time.monotonic()
-        next_alive, next_subnet = now + alive_every, now + subnet_every
-        next_sync, next_relist, next_tick = now + self.resync, now + self._relist_after(first=True), now + TICK
+        next_alive, next_subnet = now + renew_alive, now + subnet_every
+        next_sync, next_relist, next_tick = now + self._resync_after(), now + self._relist_after(first=True), now + TICK
         ticks = bool(self.backend.companions)
         delay = 0.5
         while not stop.is_set():
@@ -645,7 +727,7 @@ class Agent:
                     full = self._check_self() or full
                 if now >= next_alive:
                     self.renew_alive()
-                    next_alive = now + alive_every
+                    next_alive = now + renew_alive
                 if now >= next_subnet:
                     full = self.renew_subnet() or full
                     next_subnet = now + subnet_every
@@ -666,7 +748,7 @@ class Agent:
                         self.log("our liveness key is gone; publishing it again")
                         self.publish_alive()
                 if now >= next_sync:
-                    next_sync = now + self.resync
+                    next_sync = now + self._resync_after()
                     try:
                         self.setup_local()
                     except Unavailable:
@@ -708,11 +790,12 @@ class Agent:
                 self.store.revoke_lease(lease)
             self.store.txn([], [Delete(hosts_prefix(self.network) + self.hostname),
                                 Delete(alive_prefix(self.network) + self.hostname)]
-                           + ([Delete(subnet_key(self.network, mem["subnet"]))] if mem.get("subnet") else []))
+                           + [Delete(subnet_key(self.network, mem[k])) for k in ("subnet", "subnet6") if mem.get(k)])
         except Unavailable as e:
             self.log(f"could not reach the store to give the subnet back ({e}); it expires with the subnet lease")
         backend = self.cfg.backend if self.cfg else mem.get("backend", "")
-        teardown_local(self.state_dir, self.network, self.cfg.cidr if self.cfg else "", backend, self.log, self.host)
+        cidr = ",".join(map(str, self.cfg.cidrs)) if self.cfg else ""
+        teardown_local(self.state_dir, self.network, cidr, backend, self.log, self.host)
         if mem:
             self._remember(lease=0, alive_lease=0)
         self.lease = self.alive_lease = 0
@@ -747,8 +830,8 @@ def teardown_local(state_dir: Path, network: str, cidr: str = "", backend: str =
                 facts.update(c.facts(create=False))
             names = b.owned(network, facts)
             have = ov.observe(names)
-            if cidr:
-                have = owned(have, ipaddress.ip_network(cidr))
+            if cidr:  # one or several, comma-separated
+                have = owned(have, [ipaddress.ip_network(c) for c in cidr.split(",")])
             else:  # only routes through the backend's own devices can be told apart
                 have = replace(have, routes=frozenset(r for r in have.routes if r.dev in names.devices))
             changes = diff(Desired(), have)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import click
 
-from muslin.backends.model import DEFAULT_SUBNET_TTL
+from muslin.backends.model import DEFAULT_SUBNET_TTL, ClusterConfig
 from muslin.backends.registry import names as backend_names
 from muslin.cli.guard import key_values, one_line_errors, run, version_option
 from muslin.cli.muslind import load_config, setting_options
@@ -104,12 +104,15 @@ def cli() -> None:
 @network_option()
 @click.option("--cidr", default="10.244.0.0/16", show_default=True, help="the cluster CIDR")
 @click.option("--host-prefix", default=24, show_default=True, help="prefix length of each host's subnet")
+@click.option("--cidr6", default="", help="dual-stack: the IPv6 cluster CIDR next to the IPv4 --cidr (an "
+              "IPv6-only network gives its IPv6 CIDR as --cidr)")
+@click.option("--host-prefix6", default=64, show_default=True, help="prefix length of each host's IPv6 subnet")
 @click.option("--backend", default="vxlan", show_default=True, help=" | ".join(backend_names()))
 @click.option("--vni", default=1, show_default=True, help="vxlan: the VNI")
 @click.option("--port", default=4789, show_default=True, help="vxlan: the UDP port")
 @click.option("--asn", default=64512, show_default=True, help="bgp: the AS number")
 @click.option("--route-reflector", "rrs", multiple=True, help="bgp: hostname of a route reflector (repeatable)")
-@click.option("--lease-ttl", default=30, show_default=True,
+@click.option("--lease-ttl", default=ClusterConfig.lease_ttl, show_default=True,
               help="seconds: TTL of an agent's liveness key (health only, never routing)")
 @click.option("--subnet-ttl", default=DEFAULT_SUBNET_TTL, show_default=True,
               help="seconds: TTL of a host's subnet lease (renewed; peers drop a host when it expires)")
@@ -118,22 +121,25 @@ def cli() -> None:
               help="a backend option (wireguard: port, strict, keepalive, rotate_every), repeatable")
 @OUTPUT
 @one_line_errors
-def init(cidr: str, host_prefix: int, backend: str, vni: int, port: int, asn: int, rrs: tuple[str, ...],
+def init(cidr: str, host_prefix: int, cidr6: str, host_prefix6: int, backend: str, vni: int, port: int, asn: int,
+         rrs: tuple[str, ...],
          lease_ttl: int, subnet_ttl: int, mtu: int, opts: tuple[str, ...], output: str, **kw: Any) -> None:
     """Store a cluster network's config (the same again is fine)."""
     from muslin.backends.model import ClusterConfig
     from muslin.control.agent import init_config
 
     cfg = ClusterConfig(need_network(kw), cidr, host_prefix, backend, vni, port, asn, rrs, lease_ttl=lease_ttl,
-                        mtu=mtu, subnet_ttl=subnet_ttl, options=key_values(opts, "--option")).validate()
+                        mtu=mtu, subnet_ttl=subnet_ttl, options=key_values(opts, "--option"), cidr6=cidr6,
+                        host_prefix6=host_prefix6).validate()
     st = open_cluster_store(kw)
     try:
         init_config(st, cfg)
     finally:
         st.close()
     emit_one(cfg.to_dict(), output, "", lambda: click.echo(
-        f"cluster network {cfg.network}: {cfg.backend}, {cfg.cidr} (/{cfg.host_prefix} per host), "
-        f"liveness TTL {cfg.lease_ttl} s, subnet lease {cfg.subnet_ttl} s"))
+        f"cluster network {cfg.network}: {cfg.backend}, {cfg.cidr} (/{cfg.host_prefix} per host)"
+        + (f" and {cfg.cidr6} (/{cfg.host_prefix6} per host)" if cfg.cidr6 else "")
+        + f", liveness TTL {cfg.lease_ttl} s, subnet lease {cfg.subnet_ttl} s"))
 
 
 def _status_view(s: dict[str, Any]) -> None:
@@ -146,11 +152,13 @@ def _status_view(s: dict[str, Any]) -> None:
     for name, n in s["networks"].items():
         c = n["config"]
         table(["HOST", "HEALTH", "SUBNET", "UNDERLAY", "LEASE", "LEFT", "AGENT", "PEERS"],
-              [[h, "ok" if d["healthy"] else "degraded", d["subnet"] or "-", d["underlay"] or "-", d["lease"] or "-",
+              [[h, "ok" if d["healthy"] else "degraded", " ".join(x for x in (d["subnet"], d.get("subnet6")) if x) or "-",
+                d["underlay"] or "-", d["lease"] or "-",
                 "-" if d["lease_left"] is None else f"{d['lease_left']}s",
                 f"pid {d['agent'].get('pid', '?')}" if d["alive"] else "down", ",".join(d["peers"]) or "-"]
                for h, d in n["hosts"].items()],
               title=f"cluster network {name}: {c['backend']}, {c['cidr']} (/{c['host_prefix']} per host), "
+                    + (f"{c['cidr6']} (/{c['host_prefix6']} per host), " if c.get("cidr6") else "") +
                     f"liveness TTL {c['lease_ttl']} s, subnet lease {c['subnet_ttl']} s, "
                     f"{len(n['hosts'])} hosts")
         for h, d in n["hosts"].items():
@@ -243,11 +251,14 @@ def leave(hostname: str, state_dir: str | None, **kw: Any) -> None:
 @state_option
 @click.option("--underlay-dev", default="")
 @click.option("--underlay-ip", default="")
+@click.option("--underlay-ip6", default="", help="the IPv6 underlay address [default: the underlay device's first "
+              "global IPv6 address] (dual-stack and IPv6 networks)")
 @click.option("--resync", default=10.0, show_default=True, help="seconds between full resyncs")
 @click.option("--leave", "leave_on_stop", is_flag=True, help="give the subnet back on SIGTERM/SIGINT")
 @setting_options(LOGGING)
 @one_line_errors
-def run_agent(hostname: str, state_dir: str | None, underlay_dev: str, underlay_ip: str, resync: float,
+def run_agent(hostname: str, state_dir: str | None, underlay_dev: str, underlay_ip: str, underlay_ip6: str,
+              resync: float,
               leave_on_stop: bool, log_level: str, third_party_log_level: str, log_format: str, **kw: Any) -> None:
     """Run this host's agent in the foreground, without muslind (muslind runs it as a service)."""
     import logging
@@ -260,7 +271,7 @@ def run_agent(hostname: str, state_dir: str | None, underlay_dev: str, underlay_
     os.environ["MUSLIN_STATE_DIR"] = str(sd)
     network = need_network(kw)
     agent = Agent(open_cluster_store(kw), network, hostname, sd, underlay_dev, underlay_ip, resync,
-                  log=logging.getLogger("muslin.agent").info)
+                  log=logging.getLogger("muslin.agent").info, underlay_ip6=underlay_ip6)
     agent.leave_on_stop = leave_on_stop
     stop = threading.Event()
 
@@ -318,7 +329,9 @@ def attach(state_dir: str | None, sandbox: str, netns: str, aliases: tuple[str, 
                                     exposed=check_exposed(tuple(exposed))))
     finally:
         m.close()
-    click.echo(json.dumps({"address": str(ep.addresses[0]), "mac": ep.mac, "mtu": ep.mtu}))
+    v6 = [str(a) for a in ep.addresses if a.version == 6]
+    click.echo(json.dumps({"address": str(ep.addresses[0]), "address6": v6[0] if v6 else "", "mac": ep.mac,
+                           "mtu": ep.mtu}))
 
 
 @cli.command(hidden=True)

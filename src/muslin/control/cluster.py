@@ -16,14 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from muslin.control.agent import list_alive, list_hosts, read_config
+from muslin.control.agent import list_alive, list_hosts, network_names, read_config
 from muslin.model.errors import MuslinError
 from muslin.store.base import Store
-
-
-def network_names(store: Store) -> list[str]:
-    """Every cluster network with a config in the store."""
-    return sorted({k.split("/")[1] for k in store.keys("cluster/") if k.endswith("/config") and k.count("/") == 2})
 
 
 def lease_left(store: Store, lease: int) -> int | None:
@@ -61,7 +56,8 @@ def network_status(store: Store, network: str, state_dir: Path | None = None) ->
             reasons.append("no liveness key: its agent is not running (it stays routed while its subnet "
                            "lease lasts)")
         peers = sorted(x for x in hosts if x != h)
-        d: dict[str, Any] = {"subnet": rec.subnet if rec else "", "underlay": rec.underlay if rec else "",
+        d: dict[str, Any] = {"subnet": rec.subnet if rec else "", "subnet6": rec.subnet6 if rec else "",
+                             "underlay": rec.underlay if rec else "",
                              "lease": f"{lease:x}" if lease else "", "lease_left": lease_left(store, lease),
                              "alive": h in alive, "agent": alive.get(h, {}), "peers": peers}
         if mine.get("hostname") == h:  # this host: what its agent itself reports

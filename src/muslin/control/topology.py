@@ -126,7 +126,7 @@ def gather(m: Any, host: str, cluster_store: Any = None, networks: list[str] | N
     local = local_summary(m, host)
     views = []
     if cluster_store is not None:
-        from muslin.control.cluster import network_names
+        from muslin.control.agent import network_names
 
         for net in networks or network_names(cluster_store):
             views.append(cluster_view(cluster_store, net))

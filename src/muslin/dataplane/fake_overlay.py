@@ -21,6 +21,7 @@ from muslin.model.kernel import Changes, Device, EgressGuard, Observed, Owned, R
 class FakeOverlay:
     def __init__(self, dev: str = "eth0", ip: str = "10.250.0.1", net: str = "10.250.0.0/24", mtu: int = 1500) -> None:
         self.under = (dev, ip, net, mtu)
+        self.under6 = ("", "")  # (IPv6 underlay address, its subnet)
         self.routes: dict[str, RouteSpec] = {}  # dst -> route (proto 77, main table)
         self.neighs: dict[tuple[str, str], str] = {}  # (dev, ip) -> mac
         self.fdb: set[tuple[str, str, str]] = set()  # (dev, mac, dst)
@@ -35,6 +36,9 @@ class FakeOverlay:
 
     def close(self) -> None:
         pass
+
+    def underlay6(self, dev: str, ip: str = "") -> tuple[str, str]:
+        return self.under6 if not ip or ip == self.under6[0] else ("", "")
 
     def underlay(self, dev: str = "", ip: str = "") -> tuple[str, str, str, int]:
         d, a, n, m = self.under

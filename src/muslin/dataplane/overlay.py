@@ -34,6 +34,7 @@ RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 F_APPEND = 0x800
 NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
+IFLA_VXLAN_LOCAL6 = 17
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST, MAIN = 0, 253, 1, 254
 
@@ -49,6 +50,15 @@ def _u32(b: bytes) -> int:
 
 def _ip4(b: bytes) -> str:
     return str(ipaddress.IPv4Address(b[:4]))
+
+
+def _ip(b: bytes) -> str:
+    """An address attribute of either family (4 or 16 bytes)."""
+    return str(ipaddress.IPv6Address(b[:16]) if len(b) >= 16 else ipaddress.IPv4Address(b[:4]))
+
+
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 def _mac(b: bytes) -> str:
@@ -97,22 +107,36 @@ class Overlay:
         what = f"device {dev}" if dev else f"address {ip}" if ip else "a default route"
         raise NotFound(f"underlay: no IPv4 address found for {what} in this namespace")
 
+    def underlay6(self, dev: str, ip: str = "") -> tuple[str, str]:
+        """(address, connected subnet) of the underlay's IPv6 side: the given address, else
+        the device's first global IPv6 address; ("", "") when it has none."""
+        idx = self.index(dev) if dev else None
+        for i, text in self.nl.addresses(idx or 0):
+            iface = ipaddress.ip_interface(text)
+            if iface.version != 6 or iface.ip.is_link_local or (idx and i != idx) or (ip and str(iface.ip) != ip):
+                continue
+            return str(iface.ip), str(iface.network)
+        if ip:
+            raise NotFound(f"underlay: no IPv6 address {ip} in this namespace")
+        return "", ""
+
     # -- observe -------------------------------------------------------------------------
     def observe(self, owned: Owned) -> Observed:
         self._names = {}
         routes = set()
-        body = _RTM.pack(socket.AF_INET, 0, 0, 0, MAIN, RTPROT_MUSLIN, 0, 0, 0)
-        for p in self.nl.one(rtnl.RTM_GETROUTE, rtnl.F_DUMP, body):
-            _f, dst_len, _s, _t, table, proto, _sc, _ty, flags = _RTM.unpack_from(p)
-            if proto != RTPROT_MUSLIN or table != MAIN:  # (a kernel without strict dumps sends them all)
-                continue
-            a = dict(rtnl.attrs(p, _RTM.size))
-            if rtnl.RTA_TABLE in a and _u32(a[rtnl.RTA_TABLE]) != MAIN:
-                continue
-            dst = f"{_ip4(a[rtnl.RTA_DST]) if rtnl.RTA_DST in a else '0.0.0.0'}/{dst_len}"
-            gw = _ip4(a[rtnl.RTA_GATEWAY]) if rtnl.RTA_GATEWAY in a else ""
-            routes.add(RouteSpec(dst, gw, self._name(_u32(a[rtnl.RTA_OIF]) if rtnl.RTA_OIF in a else 0),
-                                 bool(flags & RTNH_F_ONLINK)))
+        for fam, zero in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            body = _RTM.pack(fam, 0, 0, 0, MAIN, RTPROT_MUSLIN, 0, 0, 0)
+            for p in self.nl.one(rtnl.RTM_GETROUTE, rtnl.F_DUMP, body):
+                f, dst_len, _s, _t, table, proto, _sc, _ty, flags = _RTM.unpack_from(p)
+                if proto != RTPROT_MUSLIN or table != MAIN or f != fam:  # (a kernel without strict dumps sends all)
+                    continue
+                a = dict(rtnl.attrs(p, _RTM.size))
+                if rtnl.RTA_TABLE in a and _u32(a[rtnl.RTA_TABLE]) != MAIN:
+                    continue
+                dst = f"{_ip(a[rtnl.RTA_DST]) if rtnl.RTA_DST in a else zero}/{dst_len}"
+                gw = _ip(a[rtnl.RTA_GATEWAY]) if rtnl.RTA_GATEWAY in a else ""
+                routes.add(RouteSpec(dst, gw, self._name(_u32(a[rtnl.RTA_OIF]) if rtnl.RTA_OIF in a else 0),
+                                     bool(flags & RTNH_F_ONLINK)))
         devices: list[Device] = []
         neighs: set[NeighSpec] = set()
         fdb: set[FdbSpec] = set()
@@ -160,13 +184,15 @@ class Overlay:
 
     def _vxlan(self, name: str, idx: int, link: dict[int, bytes], data: dict[int, bytes]) -> VxlanDev:
         addrs = [text for i, text in self.nl.addresses(idx) if i == idx and ":" not in text]
+        local = _ip(data[IFLA_VXLAN_LOCAL6]) if IFLA_VXLAN_LOCAL6 in data else \
+            _ip4(data[IFLA_VXLAN_LOCAL]) if IFLA_VXLAN_LOCAL in data else ""
         return VxlanDev(name, _u32(data[IFLA_VXLAN_ID]) if IFLA_VXLAN_ID in data else 0,
-                        _ip4(data[IFLA_VXLAN_LOCAL]) if IFLA_VXLAN_LOCAL in data else "",
+                        local,
                         struct.unpack("!H", data[IFLA_VXLAN_PORT][:2])[0] if IFLA_VXLAN_PORT in data else 0,
                         self._name(_u32(data[IFLA_VXLAN_LINK])) if IFLA_VXLAN_LINK in data else "",
                         _u32(link[rtnl.IFLA_MTU]) if rtnl.IFLA_MTU in link else 0,
                         _mac(link.get(rtnl.IFLA_ADDRESS, b"")),
-                        addrs[0] if len(addrs) == 1 else ",".join(addrs))
+                        addrs[0] if len(addrs) == 1 else ",".join(addrs), ipv6=ipv6_on(name))
 
     def _dump_neigh(self, family: int, idx: int) -> list[tuple[int, int, dict[int, bytes]]]:
         """(ifindex, state, attributes) of the device's neighbours (family AF_INET) or FDB
@@ -183,14 +209,15 @@ class Overlay:
         return out
 
     def _neighs(self, name: str, idx: int) -> set[NeighSpec]:
-        return {NeighSpec(name, _ip4(a[NDA_DST]), _mac(a[NDA_LLADDR]))
-                for _i, state, a in self._dump_neigh(socket.AF_INET, idx)
-                if state & NUD_PERMANENT and a.get(NDA_LLADDR) and len(a.get(NDA_DST, b"")) == 4}
+        return {NeighSpec(name, _ip(a[NDA_DST]), _mac(a[NDA_LLADDR]))
+                for fam, size in ((socket.AF_INET, 4), (socket.AF_INET6, 16))
+                for _i, state, a in self._dump_neigh(fam, idx)
+                if state & NUD_PERMANENT and a.get(NDA_LLADDR) and len(a.get(NDA_DST, b"")) == size}
 
     def _fdb(self, name: str, idx: int) -> set[FdbSpec]:
-        return {FdbSpec(name, _mac(a[NDA_LLADDR]), _ip4(a[NDA_DST]))
+        return {FdbSpec(name, _mac(a[NDA_LLADDR]), _ip(a[NDA_DST]))
                 for _i, _state, a in self._dump_neigh(AF_BRIDGE, idx)
-                if a.get(NDA_LLADDR) and len(a.get(NDA_DST, b"")) == 4}
+                if a.get(NDA_LLADDR) and len(a.get(NDA_DST, b"")) in (4, 16)}
 
     # -- apply ---------------------------------------------------------------------------
     def apply(self, ch: Changes) -> None:
@@ -219,10 +246,10 @@ class Overlay:
         for d in ch.update_devices:
             self.update_device(d)
         self._indexes = {}  # devices made again have new indexes
-        reqs = [(self._neigh(socket.AF_INET, n.dev, n.ip, n.mac, RTM_DELNEIGH), errno.ENOENT) for n in ch.del_neighs]
+        reqs = [(self._neigh(_family(n.ip), n.dev, n.ip, n.mac, RTM_DELNEIGH), errno.ENOENT) for n in ch.del_neighs]
         reqs += [(self._neigh(AF_BRIDGE, f.dev, f.dst, f.mac, RTM_DELNEIGH), errno.ENOENT) for f in ch.del_fdb]
         reqs += [(self._neigh(AF_BRIDGE, f.dev, f.dst, f.mac, RTM_NEWNEIGH), errno.EEXIST) for f in ch.add_fdb]
-        reqs += [(self._neigh(socket.AF_INET, n.dev, n.ip, n.mac, RTM_NEWNEIGH), 0) for n in ch.add_neighs]
+        reqs += [(self._neigh(_family(n.ip), n.dev, n.ip, n.mac, RTM_NEWNEIGH), 0) for n in ch.add_neighs]
         self._batch(reqs)
         for dev in sorted({p.dev for p in ch.del_peers + ch.set_peers}):
             wireguard.set_peers(dev, [p.public_key for p in ch.del_peers if p.dev == dev],
@@ -265,13 +292,14 @@ class Overlay:
         return idx
 
     def _route(self, r: RouteSpec, delete: bool = False) -> Request:
-        dst = ipaddress.IPv4Network(r.dst)
-        scope = RT_SCOPE_UNIVERSE if r.gateway else RT_SCOPE_LINK
-        body = _RTM.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN, RTPROT_MUSLIN, scope, RTN_UNICAST,
-                         RTNH_F_ONLINK if r.onlink else 0)
+        dst = ipaddress.ip_network(r.dst)
+        v6 = dst.version == 6
+        scope = RT_SCOPE_UNIVERSE if r.gateway or v6 else RT_SCOPE_LINK
+        body = _RTM.pack(socket.AF_INET6 if v6 else socket.AF_INET, dst.prefixlen, 0, 0, MAIN, RTPROT_MUSLIN, scope,
+                         RTN_UNICAST, RTNH_F_ONLINK if r.onlink else 0)
         body += rtnl.ip(rtnl.RTA_DST, dst.network_address) if dst.prefixlen else b""
         body += rtnl.u32(rtnl.RTA_OIF, self._idx(r.dev))
-        body += rtnl.ip(rtnl.RTA_GATEWAY, ipaddress.IPv4Address(r.gateway)) if r.gateway else b""
+        body += rtnl.ip(rtnl.RTA_GATEWAY, ipaddress.ip_address(r.gateway)) if r.gateway else b""
         if delete:
             return Request(rtnl.RTM_DELROUTE, 0, body)
         return Request(rtnl.RTM_NEWROUTE, rtnl.F_CREATE | rtnl.F_REPLACE, body)
@@ -279,7 +307,7 @@ class Overlay:
     def _neigh(self, family: int, dev: str, ip: str, mac: str, kind: int) -> Request:
         bridge = family == AF_BRIDGE
         body = _NDM.pack(family, 0, 0, self._idx(dev), NUD_PERMANENT, NTF_SELF if bridge else 0, 0)
-        body += rtnl.ip(NDA_DST, ipaddress.IPv4Address(ip)) + rtnl.mac(NDA_LLADDR, mac)
+        body += rtnl.ip(NDA_DST, ipaddress.ip_address(ip)) + rtnl.mac(NDA_LLADDR, mac)
         if kind == RTM_DELNEIGH:
             return Request(kind, 0, body)
         return Request(kind, rtnl.F_CREATE | (F_APPEND if bridge else rtnl.F_REPLACE), body)
@@ -291,8 +319,9 @@ class Overlay:
 
     def create_vxlan(self, v: VxlanDev) -> None:
         under = self._idx(v.underlay_dev)
+        local = ipaddress.ip_address(v.local)
         data = rtnl.nested(rtnl.IFLA_INFO_DATA, rtnl.u32(IFLA_VXLAN_ID, v.vni),
-                           rtnl.ip(IFLA_VXLAN_LOCAL, ipaddress.IPv4Address(v.local)),
+                           rtnl.ip(IFLA_VXLAN_LOCAL6 if local.version == 6 else IFLA_VXLAN_LOCAL, local),
                            rtnl.attr(IFLA_VXLAN_PORT, struct.pack("!H", v.port)),
                            rtnl.u32(IFLA_VXLAN_LINK, under), rtnl.u8(IFLA_VXLAN_LEARNING, 0))
         body = rtnl.ifinfo() + rtnl.string(rtnl.IFLA_IFNAME, v.name)
@@ -308,33 +337,52 @@ class Overlay:
 
     def update_vxlan(self, v: VxlanDev) -> None:
         idx = self._idx(v.name)
-        no_ipv6(v.name)
+        set_ipv6(v.name, v.ipv6)
         self.nl.one(*self._set_link(idx, mtu=v.mtu, address=v.mac))
-        iface = ipaddress.IPv4Interface(v.address)
         for i, text in self.nl.addresses(idx):
             if i == idx and ":" not in text and text != v.address:
                 self.nl.one(*_req(rtnl.address(rtnl.RTM_DELADDR, idx, ipaddress.ip_interface(text))))
         try:
-            self.nl.one(*_req(rtnl.address(rtnl.RTM_NEWADDR, idx, iface)))
+            if v.address:
+                self.nl.one(*_req(rtnl.address(rtnl.RTM_NEWADDR, idx, ipaddress.IPv4Interface(v.address))))
         except NetlinkError as e:
             if e.errno != errno.EEXIST:
                 raise
         self.nl.one(*self._set_link(idx, up=True))
 
 
-def no_ipv6(dev: str) -> None:
-    """No IPv6 on the VXLAN device (the agent routes IPv4 over it): else its link-local
-    address's DAD, router solicitations and MLD reports go to the all-zero FDB entry, which
-    sends each to every peer, and every host then resolves every peer's underlay address:
-    N x (N-1) ARP entries, which filled the kernel's machine-wide neighbour table (1,024
-    by default) in a 60-host lab, so that new hosts could not even ARP for etcd."""
+def _sysctl(path: str, value: str) -> None:
+    with open(path, "r+") as f:
+        if f.read().strip() != value:
+            f.seek(0)
+            f.write(value)
+
+
+def set_ipv6(dev: str, on: bool) -> None:
+    """IPv6 on the VXLAN device only when the network carries IPv6, and then without
+    addresses of its own (addr_gen_mode 1: no link-local). A link-local address's DAD and
+    router solicitations go to the all-zero FDB entry, which sends each to every peer, and
+    every host then resolves every peer's underlay address: N x (N-1) ARP entries, which
+    filled the kernel's machine-wide neighbour table (1,024 by default) in a 60-host lab, so
+    that new hosts could not even ARP for etcd."""
+    conf = f"/proc/sys/net/ipv6/conf/{dev}"
     try:
-        with open(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6", "r+") as f:
-            if f.read().strip() != "1":
-                f.seek(0)
-                f.write("1")
+        if on:
+            _sysctl(f"{conf}/addr_gen_mode", "1")  # before IPv6 comes on: no link-local is made
+            _sysctl(f"{conf}/accept_ra", "0")
+        _sysctl(f"{conf}/disable_ipv6", "0" if on else "1")
     except OSError:
-        pass  # a kernel without IPv6
+        if on:
+            raise Unsupported(f"IPv6 on {dev}: this kernel has no IPv6 (/proc/sys/net/ipv6)") from None
+        # a kernel without IPv6: nothing to turn off
+
+
+def ipv6_on(dev: str) -> bool:
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6") as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
 
 
 def _req(r: Request) -> tuple[int, int, bytes]:

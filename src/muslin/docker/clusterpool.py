@@ -29,25 +29,36 @@ from muslin.model.errors import Conflict, Invalid
 from muslin.model.types import IPNetwork, Network
 
 
+def cidrs_of(net: Network) -> list[IPNetwork]:
+    """The cluster CIDRs (IPv4, and IPv6 when dual-stack) of a cluster network's host side,
+    [] for any other network."""
+    labels = dict(net.labels)
+    out = []
+    for key in (keys.CLUSTER_CIDR_LABEL, keys.CLUSTER_CIDR6_LABEL):
+        try:
+            if labels.get(key):
+                out.append(ipaddress.ip_network(labels[key]))
+        except ValueError:
+            pass
+    return out
+
+
 def cidr_of(net: Network) -> IPNetwork | None:
-    """The cluster CIDR of a cluster network's host side, None for any other network."""
-    v = dict(net.labels).get(keys.CLUSTER_CIDR_LABEL, "")
-    try:
-        return ipaddress.ip_network(v) if v else None
-    except ValueError:
-        return None
+    """The (first) cluster CIDR of a cluster network's host side, None for any other network."""
+    c = cidrs_of(net)
+    return c[0] if c else None
 
 
 def side_for_pool(networks: Iterable[Network], pool: IPNetwork) -> Network | None:
-    """The host side whose cluster CIDR is exactly this pool."""
+    """The host side one of whose cluster CIDRs is exactly this pool."""
     for net in networks:
-        if cidr_of(net) == pool:
+        if pool in cidrs_of(net):
             return net
     return None
 
 
 def lease_of(net: Network, version: int = 4) -> IPNetwork:
-    """This host's leased subnet: the host side's subnet."""
+    """This host's leased subnet of one family: the host side's subnet."""
     for s in net.subnets:
         if s.version == version:
             return s
@@ -55,24 +66,29 @@ def lease_of(net: Network, version: int = 4) -> IPNetwork:
 
 
 def check_join(existing: Network, wanted: Network) -> None:
-    """A Docker network joining a cluster network's host side must have the cluster CIDR as
-    its one pool (and, when Docker names one, the host side's gateway)."""
-    cidr = cidr_of(existing)
-    assert cidr is not None
-    lease = lease_of(existing)
+    """A Docker network joining a cluster network's host side must have the cluster CIDRs as
+    its pools, one per family (and, when Docker names one, the host side's gateway)."""
+    cidrs = cidrs_of(existing)
+    assert cidrs
     name = dict(existing.labels).get(keys.CLUSTER_LABEL, existing.name)
-    how = f"pass --subnet {cidr}; this host's addresses come from its lease {lease}"
+    leases = ", ".join(str(s) for s in existing.subnets)
+    how = ("pass " + " ".join(f"--subnet {c}" for c in cidrs) + (" with --ipv6" if any(c.version == 6 for c in cidrs)
+                                                                  and len(cidrs) > 1 else "")
+           + f"; this host's addresses come from its lease {leases}")
     pools = [r.subnet for rs in wanted.range_sets for r in rs]
-    if any(p.version != cidr.version for p in pools):
+    families = {c.version for c in cidrs}
+    if any(p.version not in families for p in pools):
+        only = " and ".join(f"IPv{v}" for v in sorted(families))
         raise Invalid(f"Muslin network {existing.name!r} is this host's side of cluster network {name!r}, "
-                      f"which is IPv{cidr.version} only: drop --ipv6")
-    if pools != [cidr]:
+                      f"which is {only} only: {'drop --ipv6' if families == {4} else how}")
+    if sorted(pools, key=str) != sorted(cidrs, key=str):
         shown = ", ".join(str(p) for p in pools)
         raise Conflict(f"Muslin network {existing.name!r} is this host's side of cluster network {name!r} "
-                       f"(CIDR {cidr}); Docker's pool is {shown}: {how}")
-    gw = next((g.ip for g in existing.gateways() if g.network == lease), None)
+                       f"(CIDR {', '.join(map(str, cidrs))}); Docker's pool is {shown}: {how}")
+    gws = {g.network: g.ip for g in existing.gateways()}
     for rs in wanted.range_sets:
         for r in rs:
+            gw = gws.get(lease_of(existing, r.subnet.version)) if r.subnet.version in families else None
             if r.gateway is not None and gw is not None and r.gateway != gw:
                 raise Conflict(f"gateway {r.gateway} differs from {gw}, this host's gateway on cluster "
                                f"network {name!r} (leave out --gateway)")

@@ -118,7 +118,7 @@ class DockerDriver:
     def _check_join(self, existing: Network, wanted: Network, opts: O.NetworkOptions) -> None:
         if CP.cidr_of(existing) is not None:
             CP.check_join(existing, wanted)  # a cluster network's side: Docker's pool is the CIDR
-        have = set(existing.subnets) | ({CP.cidr_of(existing)} - {None})
+        have = set(existing.subnets) | set(CP.cidrs_of(existing))
         for s in wanted.subnets:
             if s not in have:
                 shown = ", ".join(str(x) for x in existing.subnets) or "none"

@@ -130,7 +130,7 @@ class DockerIpam:
         if side is not None:  # the CIDR of a cluster network this host is in: it overlaps its own side
             if sub is not None:
                 raise Invalid(f"ip-range {sub} cannot be given on cluster network {side.name!r}: "
-                              f"this host's addresses come from its lease {CP.lease_of(side)}")
+                              f"this host's addresses come from its lease {CP.lease_of(side, pool.version)}")
             return pid
         for other, _ in self._pools():
             if other.space == space and other.pool != pool and other.pool.version == pool.version \
@@ -138,10 +138,10 @@ class DockerIpam:
                 raise Conflict(f"subnet {pool} overlaps subnet {other.pool} of another Docker network")
         ours: set[IPNetwork] = set()
         for net in self.networks():
-            cidr = CP.cidr_of(net)
-            if cidr is not None and cidr.version == pool.version and cidr.overlaps(pool):  # type: ignore[arg-type]
-                raise Conflict(f"subnet {pool} overlaps {cidr}, the CIDR of cluster network {net.name!r} "
-                               f"(give exactly {cidr} with -o muslin.network={net.name} to join it)")
+            for cidr in CP.cidrs_of(net):
+                if cidr.version == pool.version and cidr.overlaps(pool):  # type: ignore[arg-type]
+                    raise Conflict(f"subnet {pool} overlaps {cidr}, the CIDR of cluster network {net.name!r} "
+                                   f"(give exactly {cidr} with -o muslin.network={net.name} to join it)")
             for s in net.subnets:
                 ours.add(s)
                 if s != pool and s.version == pool.version and s.overlaps(pool):  # type: ignore[arg-type]
@@ -160,9 +160,7 @@ class DockerIpam:
         in_use: list[IPNetwork] = [p.pool for p, _ in self._pools()]
         for net in self.networks():
             in_use.extend(net.subnets)
-            cidr = CP.cidr_of(net)
-            if cidr is not None:
-                in_use.append(cidr)
+            in_use.extend(CP.cidrs_of(net))
         in_use.extend(self.host_routes())
         try:
             pool = pick_pool(default_candidates(v6), in_use)

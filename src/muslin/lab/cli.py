@@ -25,6 +25,8 @@ def lab() -> None:
 @click.option("--backend", default="vxlan", show_default=True, help="vxlan | host-gw | bgp | wireguard")
 @click.option("--cidr", default="10.244.0.0/16", show_default=True)
 @click.option("--host-prefix", default=24, show_default=True)
+@click.option("--cidr6", default="", help="dual-stack: the IPv6 cluster CIDR (an IPv6-only network: give it as --cidr)")
+@click.option("--host-prefix6", default=64, show_default=True, help="each host's IPv6 prefix length")
 @click.option("--network", default="net0", show_default=True)
 @click.option("--vni", default=1, show_default=True)
 @click.option("--lease-ttl", default=10, show_default=True, help="seconds: TTL of an agent's liveness key")
@@ -39,8 +41,8 @@ def lab() -> None:
 @click.option("--wait", "wait", type=float, default=None,
               help="seconds to wait for every host's leases and routes [default: 30 + 1 per host]")
 @one_line_errors
-def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_ttl, resync, rrs, tls, opts,
-       wait) -> None:
+def up(name, hosts, backend, cidr, host_prefix, cidr6, host_prefix6, network, vni, lease_ttl, subnet_ttl, resync,
+       rrs, tls, opts, wait) -> None:
     """Make lab NAME: an underlay, etcd, N hosts each running an agent (made in parallel).
 
     Returns when every host holds its subnet lease, sees every peer and has a route to
@@ -50,10 +52,10 @@ def up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, subnet_
     with console.status(f"lab {name}: starting") as status:
         st = core.up(name, hosts, backend, cidr, host_prefix, network, vni, lease_ttl, resync, tuple(rrs),
                      progress=lambda m: status.update(f"lab {name}: {m}"), timeout=wait, subnet_ttl=subnet_ttl,
-                     tls=tls, options=key_values(opts, "--option"))
+                     tls=tls, options=key_values(opts, "--option"), cidr6=cidr6, host_prefix6=host_prefix6)
     for h in st.hosts:
         s = core.host_status(st, h)
-        console.print(f"[green]✓[/] {h}  {s.get('underlay', '')}  subnet {s.get('subnet', '')}")
+        console.print(f"[green]✓[/] {h}  {s.get('underlay', '')}  subnet {s.get('subnet', '')} {s.get('subnet6', '')}")
     click.echo(f"lab {name} is up: {len(st.hosts)} hosts, backend {backend}, etcd {st.store_url}")
 
 
@@ -237,9 +239,9 @@ def restart_agent(name, host, sig) -> None:
 @click.option("--churn-seconds", type=click.FloatRange(1, 3600), default=30, show_default=True)
 @click.option("--resync", type=click.FloatRange(0.5, 3600), default=10, show_default=True)
 @click.option("--relist", type=click.FloatRange(1, 86400), default=600, show_default=True,
-              help="seconds between an agent's check lists (jittered 0.5x..1.5x)")
-@click.option("--lease-ttl", type=click.IntRange(3, 3600), default=30, show_default=True,
-              help="seconds: each host's liveness lease (renewed every third of it)")
+              help="seconds between an agent's check lists (jittered 0.5x..1.5x; x hosts/100 beyond 100 hosts)")
+@click.option("--lease-ttl", type=click.IntRange(3, 3600), default=90, show_default=True,
+              help="seconds: each host's liveness lease (renewed as an agent does: every half, >= 15 s early)")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @one_line_errors
 def simulate(hosts, agents, idle, joins, churn, churn_seconds, resync, relist, lease_ttl, output) -> None:

@@ -30,9 +30,11 @@ from typing import Any, Callable
 
 from muslin.backends.model import DEFAULT_SUBNET_TTL, ClusterConfig, stable_mac
 from muslin.backends.registry import get_backend
+from muslin.lab import bytecode
 from muslin.model.errors import Conflict, Exhausted, Invalid, MuslinError, NotFound, Unavailable
 
 UNDERLAY = ipaddress.IPv4Network("10.250.0.0/24")
+UNDERLAY6 = ipaddress.IPv6Network("fd00:250::/64")  # the hosts' IPv6 underlay in a lab with IPv6
 ETCD_IP = "10.250.0.254"
 ETCD_PORT = 2379
 LAB_NAME = re.compile(r"[a-z0-9]{1,16}")  # names are checked with fullmatch
@@ -199,11 +201,11 @@ def kill_pid(pid: int, sig: int = signal.SIGTERM, wait: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def _spawn(ns: str, cmd: list[str], log: Path) -> int:
+def _spawn(ns: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+                             start_new_session=True, env=env)
     return p.pid
 
 
@@ -287,7 +289,8 @@ def start_agent(st: LabState, host: str, extra: tuple[str, ...] = ()) -> int:
     resolv = st.dir / "resolv.conf"  # the lab's upstream resolvers: none unless you add some
     if not resolv.exists():
         resolv.write_text("# upstream DNS servers of the lab's hosts (muslind --resolv-conf): none\n")
-    pid = _spawn(ns_host(st.name, host), agent_cmd(st, host) + list(extra), st.dir / f"{host}.log")
+    pid = _spawn(ns_host(st.name, host), agent_cmd(st, host) + list(extra), st.dir / f"{host}.log",
+                 bytecode.env(st.dir / "pycache"))
     st.pids[f"agent-{host}"] = pid
     st.save()
     return pid
@@ -379,17 +382,20 @@ def underlay_mac(name: str) -> str:
 
 
 def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int,
-                options: dict[str, Any] | None = None) -> ClusterConfig:
-    from muslin.control.agent import probe_backend
+                options: dict[str, Any] | None = None, cidr6: str = "", host_prefix6: int = 64) -> ClusterConfig:
+    from muslin.control.agent import check_underlay, probe_backend
 
     check_lab_name(name)
     get_backend(backend)
     if not 1 <= hosts <= MAX_HOSTS:
         raise Invalid(f"--hosts {hosts}: a lab has 1 to {MAX_HOSTS} hosts")
-    cfg = ClusterConfig("net0", cidr, host_prefix, backend, options=options or {}).validate()
+    cfg = ClusterConfig("net0", cidr, host_prefix, backend, options=options or {}, cidr6=cidr6,
+                        host_prefix6=host_prefix6).validate()
+    check_underlay(cfg, [str(UNDERLAY), str(UNDERLAY6)])
     probe_backend(get_backend(backend))  # Unsupported before anything is made
     if cfg.capacity() < hosts:
-        raise Exhausted(f"cluster CIDR {cidr} holds only {cfg.capacity()} /{host_prefix} host subnets, "
+        small = min(cfg.families(), key=lambda f: 1 << (f[1] - f[0].prefixlen))
+        raise Exhausted(f"cluster CIDR {small[0]} holds only {cfg.capacity()} /{small[1]} host subnets, "
                         f"{hosts} hosts asked")
     if (lab_dir() / f"{name}.json").exists() or ns_ul(name) in netns_list():
         raise Conflict(f"lab {name!r} already exists (run `muslin lab down {name}` first)")
@@ -400,20 +406,26 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
        network: str = "net0", vni: int = 1, lease_ttl: int = 10, resync: float = 10.0,
        route_reflectors: tuple[str, ...] = (), progress: Callable[[str], None] | None = None,
        timeout: float | None = None, subnet_ttl: int = DEFAULT_SUBNET_TTL, tls: bool = False,
-       options: dict[str, Any] | None = None) -> LabState:
+       options: dict[str, Any] | None = None, cidr6: str = "", host_prefix6: int = 64) -> LabState:
     """Make the lab and wait until every host holds a lease and sees every peer, and has a
-    route to every peer's subnet (bgp: installed by BIRD). `timeout`: default 30 s + 1 s per
-    host."""
+    route to every peer's subnet(s) (bgp: installed by BIRD). `timeout`: default 30 s + 1 s
+    per host. A network with IPv6 (`cidr6`, an IPv6 `cidr`, or vxlan over IPv6) gives the
+    hosts IPv6 underlay addresses too (UNDERLAY6)."""
     say = progress or (lambda m: None)
-    cfg = validate_up(name, hosts, backend, cidr, host_prefix, options)
+    validate_up(name, hosts, backend, cidr, host_prefix, options, cidr6, host_prefix6)
     cfg = ClusterConfig(network, cidr, host_prefix, backend, vni=vni, lease_ttl=lease_ttl, subnet_ttl=subnet_ttl,
-                        route_reflectors=tuple(route_reflectors), options=options or {}).validate()
+                        route_reflectors=tuple(route_reflectors), options=options or {}, cidr6=cidr6,
+                        host_prefix6=host_prefix6).validate()
+    ipv6 = cfg.has_ipv6 or dict(cfg.options).get("underlay") == "ipv6"
     st = LabState(name, backend, network, cidr, host_prefix, settings={"resync": resync, "vni": vni,
                                                                         "lease_ttl": lease_ttl,
-                                                                        "subnet_ttl": subnet_ttl, "tls": tls})
+                                                                        "subnet_ttl": subnet_ttl, "tls": tls,
+                                                                        "ipv6": ipv6, "cidr6": cidr6,
+                                                                        "host_prefix6": host_prefix6})
     shutil.rmtree(st.dir, ignore_errors=True)
     st.dir.mkdir(parents=True)
     st.save()
+    warming = None
     try:
         say("underlay")
         ul = ns_ul(name)
@@ -429,9 +441,11 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         if tls:
             make_pki(st)
         start_etcd(st)
+        warming = bytecode.start_warming(st.dir / "pycache")  # None unless this environment writes no .pyc
         say(f"{hosts} hosts")
         new = _make_hosts(st, hosts, spawn=False)  # while etcd starts
         wait_etcd(st)
+        bytecode.finish_warming(warming)
         if st.tls:
             enable_auth(st)
         _in_ul(st, _init_config, st.store_url, cfg.to_dict(), st.etcd_options())
@@ -440,6 +454,7 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
         wait_converged(st, wait_for(hosts, timeout))
         return st
     except BaseException:
+        bytecode.finish_warming(warming, 0)  # stopped, if still at it
         logs = _tail_logs(st)
         down(name)
         if logs:
@@ -472,6 +487,10 @@ def wait_for(hosts: int, timeout: float | None) -> float:
 
 def host_mac(name: str, host: str) -> str:
     return stable_mac(f"mlab/{name}/{host}/eth0")
+
+
+def host_ip6(host: str) -> str:
+    return str(UNDERLAY6.network_address + int(host[1:]))
 
 
 def host_ip(host: str) -> str:
@@ -508,7 +527,9 @@ def _make_hosts(st: LabState, n: int, network: str = "", spawn: bool = True) -> 
 
 def _start_agents(st: LabState, hosts: list[str]) -> None:
     with ThreadPoolExecutor(min(PARALLEL, len(hosts))) as pool:
-        pids = list(pool.map(lambda h: _spawn(ns_host(st.name, h), agent_cmd(st, h), st.dir / f"{h}.log"), hosts))
+        env = bytecode.env(st.dir / "pycache")  # this environment writes no .pyc: the lab's own cache
+        pids = list(pool.map(lambda h: _spawn(ns_host(st.name, h), agent_cmd(st, h), st.dir / f"{h}.log", env),
+                             hosts))
     for h, pid in zip(hosts, pids):
         st.pids[f"agent-{h}"] = pid
     st.save()
@@ -520,14 +541,16 @@ def _build_host(st: LabState, h: str) -> None:
     _run("ip", "-n", ul, "link", "add", h, "type", "veth", "peer", "name", "eth0", "address", host_mac(st.name, h),
          "netns", ns)
     _run("ip", "-n", ul, "link", "set", h, "master", "br0", "up")
-    _batch(ns, ["link set lo up", f"addr add {host_ip(h)}/{UNDERLAY.prefixlen} dev eth0", "link set eth0 up"])
+    v6 = [f"addr add {host_ip6(h)}/{UNDERLAY6.prefixlen} dev eth0 nodad"] if st.settings.get("ipv6") else []
+    _batch(ns, ["link set lo up", f"addr add {host_ip(h)}/{UNDERLAY.prefixlen} dev eth0", *v6, "link set eth0 up"])
     _neighbours(st, h, [x for x in st.hosts if x != h], add=True, etcd=True)
 
 
 def _neighbours(st: LabState, host: str, others: list[str], add: bool, etcd: bool = False) -> None:
     """Permanent neighbour entries on `host`'s eth0 for the other hosts (and etcd)."""
-    lines = [f"neigh replace {host_ip(o)} lladdr {host_mac(st.name, o)} dev eth0 nud permanent" if add
-             else f"neigh del {host_ip(o)} dev eth0" for o in others if o != host]
+    ips = [host_ip] + ([host_ip6] if st.settings.get("ipv6") else [])
+    lines = [f"neigh replace {ip(o)} lladdr {host_mac(st.name, o)} dev eth0 nud permanent" if add
+             else f"neigh del {ip(o)} dev eth0" for o in others if o != host for ip in ips]
     if etcd:
         lines.append(f"neigh replace {ETCD_IP} lladdr {underlay_mac(st.name)} dev eth0 nud permanent")
     _batch(ns_host(st.name, host), lines, check=add)
@@ -635,8 +658,8 @@ def wait_converged(st: LabState, timeout: float = 60, hosts: list[str] | None = 
                     waiting.append(h)
             if not waiting:  # everyone sees everyone: are the routes in?
                 def missing(h: str) -> bool:
-                    want = {statuses[x].get("subnet") for x in st.hosts
-                            if x != h and st.network_of(x) == st.network_of(h)}
+                    want = {s for x in st.hosts if x != h and st.network_of(x) == st.network_of(h)
+                            for s in (statuses[x].get("subnet"), statuses[x].get("subnet6")) if s}
                     return not want <= _routed(st, h)
                 waiting = [h for h, m in zip(pending, pool.map(missing, pending)) if m]
             if not waiting:
@@ -648,9 +671,13 @@ def wait_converged(st: LabState, timeout: float = 60, hosts: list[str] | None = 
 
 
 def _routed(st: LabState, host: str) -> set[str]:
-    """The destinations of the IPv4 routes in the host's main table."""
-    r = _run("ip", "-n", ns_host(st.name, host), "-4", "-o", "route", "show", "table", "main", check=False)
-    return {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
+    """The destinations of the routes in the host's main table (IPv6 too in a lab with IPv6)."""
+    out = set()
+    for fam in ("-4", "-6") if st.settings.get("ipv6") else ("-4",):
+        r = _run("ip", "-n", ns_host(st.name, host), fam, "-o", "route", "show", "table", "main", check=False)
+        out |= {str(ipaddress.ip_network(line.split()[0], strict=False)) for line in r.stdout.splitlines()
+                if line.strip() and line.split()[0] not in ("default", "unreachable", "blackhole", "anycast")}
+    return out
 
 
 def _last_line(p: Path) -> str:
@@ -735,6 +762,8 @@ def sandbox(name: str, host: str, sb: str, aliases: tuple[str, ...] = (), labels
     st = LabState.load(name)
     st.namespaces.append(ns)
     st.sandboxes[sb] = {"host": host, "netns": ns, "address": info["address"]}
+    if info.get("address6"):
+        st.sandboxes[sb]["address6"] = info["address6"]
     st.save()
     return st.sandboxes[sb]
 

@@ -48,7 +48,8 @@ from typing import Any, Callable
 
 from muslin.backends.model import ClusterConfig, HostRecord
 from muslin.backends.vxlan import vtep_mac
-from muslin.control.agent import Agent, alive_prefix, hosts_prefix, init_config, subnet_key
+from muslin.control.agent import (Agent, alive_every, alive_prefix, hosts_prefix, init_config, relist_period,
+                                  subnet_key)
 from muslin.control.agent_host import FakeHost
 from muslin.model.errors import Unavailable
 from muslin.store.base import Put
@@ -206,7 +207,7 @@ class Watcher:
 
 class Sim:
     def __init__(self, hosts: int, full: int | None = None, workdir: str | Path | None = None,
-                 resync: float = 10.0, relist: float = 600.0, lease_ttl: int = 30,
+                 resync: float = 10.0, relist: float = 600.0, lease_ttl: int = ClusterConfig.lease_ttl,
                  log: Callable[[str], None] = print) -> None:
         self.n = hosts
         self.full = min(hosts, default_full(hosts) if full is None else full)
@@ -280,8 +281,8 @@ class Sim:
             time.sleep(0.1)
 
     def _keepalives(self) -> None:
-        """The watchers' liveness leases, each renewed every lease_ttl/3 like an agent's."""
-        every = max(0.5, self.lease_ttl / 3)
+        """The watchers' liveness leases, each renewed as often as an agent's (alive_every)."""
+        every = alive_every(self.lease_ttl)
         ws = list(self.watchers)
         if not ws:
             return
@@ -304,10 +305,11 @@ class Sim:
             pass
 
     def _relists(self) -> None:
-        """The watchers' check lists, each every 0.5x .. 1.5x `relist` (the agents do their own)."""
+        """The watchers' check lists, each as often as an agent's (relist_period; the agents
+        do their own)."""
         if not self.watchers:
             return
-        rate = len(self.watchers) / self.relist  # lists per second, in the steady state
+        rate = len(self.watchers) / relist_period(self.relist, self.n)  # lists per second, in the steady state
         while not self._stop.wait(random.expovariate(rate)):
             try:
                 random.choice(self.watchers).relist()

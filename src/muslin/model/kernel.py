@@ -77,14 +77,15 @@ class VxlanDev:
     underlay_dev: str
     mtu: int
     mac: str
-    address: str  # vtep address with /32
+    address: str  # IPv4 vtep address with /32 ("": an IPv6-only network)
+    ipv6: bool = False  # carries IPv6 (dual-stack or IPv6-only network): IPv6 on, no addresses of its own
 
     def immutable(self) -> tuple:
         """What cannot change in place: a difference recreates the device."""
         return (self.vni, self.local, self.port, self.underlay_dev)
 
     def mutable(self) -> tuple:
-        return (self.mtu, self.mac.lower(), self.address)
+        return (self.mtu, self.mac.lower(), self.address, self.ipv6)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ DOCKER_POOLS = "docker/pools/"
 # network's name and its CIDR (Docker's pool for it, docker/clusterpool.py).
 CLUSTER_LABEL = "muslin.cluster"
 CLUSTER_CIDR_LABEL = "muslin.cluster.cidr"
+CLUSTER_CIDR6_LABEL = "muslin.cluster.cidr6"  # dual-stack: the IPv6 CIDR next to the IPv4 one
 
 
 def network(name: str) -> str:
