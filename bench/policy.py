@@ -5,8 +5,13 @@
    the start time of the first attempt of each new verdict; the bench alternates
    `muslin policy apply` of a policy denying x/a's ingress and `muslin policy delete`, and
    takes, for each, the time from just before the command to the first attempt showing the
-   new verdict (CLOCK_MONOTONIC, the same in every namespace).
-2. scale: synthetic endpoints and policies (9/3, 100/20, 1,000/200; smoke: the first two)
+   new verdict (CLOCK_MONOTONIC, the same in every namespace); then the same through the
+   use case in one long-lived process (what muslind or any caller without a CLI start pays),
+   and the CLI again with a muslind of the state dir running (`policy apply|delete` forwarded
+   to it, cli/fast.py).
+2. first packet: TCP connect time y/b -> x/a:80 with 10 then 1,000 policies isolating x/a
+   (smoke: 2, 20), alternating, 3 runs of each.
+3. scale: synthetic endpoints and policies (9/3, 100/20, 1,000/200; smoke: the first two)
    compiled by the pure compiler (time, set elements) and synced into a throwaway namespace's
    nft table (time of the full batch, then of a one-policy change as a delta; the rule count
    of the table as the kernel lists it).
@@ -52,6 +57,24 @@ while True:
         print(f"{t:.6f} {int(ok)}", flush=True); last = ok
     if ok:
         time.sleep(0.002)
+"""
+
+# The use-case path without the CLI: one long-lived process (in the host namespace) that
+# applies or deletes on each line of stdin, as muslind would on a request.
+WORKER = r"""
+import sys
+from muslin.control import policy as uc
+from muslin.control.service import Muslin
+from muslin.model.policy import load_documents
+m = Muslin(state_dir=sys.argv[1]); sys.stdin.readline()
+text = open(sys.argv[2]).read()
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "apply":
+        uc.apply(m, load_documents(text))
+    else:
+        uc.delete(m, [("x", "deny-a")])
+    print("done", flush=True)
 """
 
 DENY = """apiVersion: networking.k8s.io/v1
@@ -120,9 +143,154 @@ def apply_to_enforced(rounds: int, pods: int, log) -> dict:
             deleted.append(wait_for(1, t0))
         out = {"sandboxes": len(names), "apply_to_denied": summary(applied), "delete_to_allowed": summary(deleted),
                "apply_cli": summary(cli)}
+        # the same through the use case in one process (no CLI start per apply)
+        (state / "deny.yaml").write_text(DENY)
+        worker = subprocess.Popen(["ip", "netns", "exec", host, sys.executable, "-c", WORKER, str(state),
+                                   str(state / "deny.yaml")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(worker)
+        worker.stdin.write("start\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline().strip() == "ready"
+        applied, deleted = [], []
+        for _ in range(rounds):
+            for verb, verdict, into in (("apply", 0, applied), ("delete", 1, deleted)):
+                t0 = time.monotonic()
+                worker.stdin.write(verb + "\n")
+                worker.stdin.flush()
+                into.append(wait_for(verdict, t0))
+                assert worker.stdout.readline().strip() == "done"
+        out["inprocess_apply_to_denied"] = summary(applied)
+        out["inprocess_delete_to_allowed"] = summary(deleted)
+        # the CLI again, with a muslind of this state dir running: `policy apply|delete` go to it
+        sock = state / "agent.sock"
+        log_f = open(state / "muslind.log", "w")
+        d = subprocess.Popen(["ip", "netns", "exec", host, str(VENV / "muslind"), "--docker-socket", "",
+                              "--agent-socket", str(sock), "--state-dir", str(state), "--reconcile-interval", "0",
+                              "--log-level", "warning"], stdout=log_f, stderr=subprocess.STDOUT)
+        procs.append(d)
+        deadline = time.monotonic() + 30
+        while not sock.exists() and d.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not sock.exists():
+            raise RuntimeError(f"muslind did not start: {(state / 'muslind.log').read_text()[-300:]}")
+        env = {**os.environ, "MUSLIN_AGENT_SOCKET": str(sock)}
+        applied, deleted = [], []
+        for _ in range(rounds):
+            for args, verdict, into in ((("apply", "-f", "-"), 0, applied), (("delete", "x/deny-a"), 1, deleted)):
+                t0 = time.monotonic()
+                subprocess.run([str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "policy", *args],
+                               input=DENY, text=True, capture_output=True, check=True, env=env, timeout=60)
+                into.append(wait_for(verdict, t0))
+        out["forwarded_apply_to_denied"] = summary(applied)
+        out["forwarded_delete_to_allowed"] = summary(deleted)
         log(f"  {len(names)} sandboxes, {rounds} rounds: apply->denied p50 {out['apply_to_denied']['p50_ms']} ms "
             f"p99 {out['apply_to_denied']['p99_ms']} ms; delete->allowed p50 {out['delete_to_allowed']['p50_ms']} ms "
-            f"p99 {out['delete_to_allowed']['p99_ms']} ms")
+            f"p99 {out['delete_to_allowed']['p99_ms']} ms; in one process (the use case, no CLI start): "
+            f"apply->denied p50 {out['inprocess_apply_to_denied']['p50_ms']} ms p99 "
+            f"{out['inprocess_apply_to_denied']['p99_ms']} ms, delete->allowed p50 "
+            f"{out['inprocess_delete_to_allowed']['p50_ms']} ms p99 {out['inprocess_delete_to_allowed']['p99_ms']} ms; "
+            f"the CLI forwarding to muslind: apply->denied p50 {out['forwarded_apply_to_denied']['p50_ms']} ms p99 "
+            f"{out['forwarded_apply_to_denied']['p99_ms']} ms, delete->allowed p50 "
+            f"{out['forwarded_delete_to_allowed']['p50_ms']} ms p99 {out['forwarded_delete_to_allowed']['p99_ms']} ms")
+        return out
+    finally:
+        for p in procs:
+            p.terminate()  # muslind: a clean stop
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for sb in sbs:
+            run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "sandbox", "rm", sb, check=False)
+            run("ip", "netns", "del", sb, check=False)
+        run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "network", "rm", "pol", check=False)
+        nss.cleanup()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+CONNECTS = r"""
+import socket, statistics, sys, time
+addr, n = sys.argv[1], int(sys.argv[2]); xs = []
+for _ in range(n):
+    t = time.perf_counter()
+    socket.create_connection((addr, 80), timeout=2).close()
+    xs.append(time.perf_counter() - t)
+xs.sort(); print(statistics.median(xs), xs[min(len(xs) - 1, int(0.99 * len(xs)))])
+"""
+
+
+RUNS = 3  # the first-packet case alternates small and big this many times
+
+
+def allow_docs(n: int) -> str:
+    """n policies isolating x/a's ingress: the first allows namespace y on 80/TCP, the
+    others each a different /32 of 172.16/12 on a port of 1000-1999 (all selecting x/a)."""
+    docs = ["""apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-y, namespace: x}
+spec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}], ports: [{port: 80}]}]}
+"""]
+    for j in range(1, n):
+        ip = ipaddress.ip_address("172.16.0.1") + j
+        docs.append(f"""apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: other-{j}, namespace: x}}
+spec: {{podSelector: {{matchLabels: {{pod: a}}}}, ingress: [{{from: [{{ipBlock: {{cidr: {ip}/32}}}}], ports: [{{port: {1000 + j % 1000}}}]}}]}}
+""")
+    return "---\n".join(docs)
+
+
+def first_packet(counts: tuple[int, int], connects: int, log) -> dict:
+    """TCP connect time y/b -> x/a:80 (SYN to SYN-ACK and the ACK: the first packet of a new
+    connection through the policy chains) with counts[0] then counts[1] policies isolating
+    x/a, measured RUNS times in the order small, big, small, big...; medians of the medians
+    (and each run's, to show the spread)."""
+    nss = Namespaces("mbpof" + token(4))
+    state = Path(tempfile.mkdtemp(prefix="mbpof-"))
+    host = nss.host("h")
+    procs: list[subprocess.Popen] = []
+    sbs: list[str] = []
+
+    def muslin(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), *args, input=input)
+
+    try:
+        muslin("network", "create", "pol", "--subnet", f"10.{150 + os.getpid() % 50}.{os.getpid() % 250}.0/24")
+        ips = {}
+        for ns, pod in (("x", "a"), ("y", "b")):
+            sb = f"mbpof-{ns}{pod}-{token(4)}"
+            muslin("sandbox", "create", sb)
+            sbs.append(sb)
+            ep = json.loads(muslin("connect", "pol", sb, "-o", "json", "--namespace", ns, "--label", f"pod={pod}").stdout)
+            ips[ns] = (sb, ep["addresses"][0].split("/")[0])
+        srv = subprocess.Popen(["ip", "netns", "exec", ips["x"][0], sys.executable, "-c", SERVER],
+                               stdout=subprocess.PIPE, text=True)
+        procs.append(srv)
+        assert srv.stdout.readline().strip() == "ready"
+        small, big = allow_docs(counts[0]), allow_docs(counts[1])
+        extra = [f"x/other-{j}" for j in range(counts[0], counts[1])]
+        res: dict[int, list[tuple[float, float]]] = {counts[0]: [], counts[1]: []}
+        for n in counts * RUNS:
+            if n == counts[0] and res[counts[1]]:
+                for i in range(0, len(extra), 100):
+                    muslin("policy", "delete", *extra[i:i + 100])
+            else:
+                muslin("policy", "apply", "-f", "-", input=small if n == counts[0] else big)
+            got = run("ip", "netns", "exec", ips["y"][0], sys.executable, "-c", CONNECTS, ips["x"][1],
+                      str(connects)).stdout.split()
+            res[n].append((float(got[0]), float(got[1])))
+        out = {}
+        for n, xs in res.items():
+            out[str(n)] = {"connect_p50_us": round(statistics.median(x[0] for x in xs) * 1e6, 1),
+                           "connect_p99_us": round(statistics.median(x[1] for x in xs) * 1e6, 1),
+                           "runs_p50_us": [round(x[0] * 1e6, 1) for x in xs]}
+        a, b = out[str(counts[0])]["connect_p50_us"], out[str(counts[1])]["connect_p50_us"]
+        out["ratio_p50"] = round(b / a, 3)
+        log(f"  first packet (TCP connect, {connects} per run, {RUNS} runs each): {counts[0]} policies p50 {a} us "
+            f"p99 {out[str(counts[0])]['connect_p99_us']} us; {counts[1]} policies p50 {b} us "
+            f"p99 {out[str(counts[1])]['connect_p99_us']} us; ratio {out['ratio_p50']} (runs' p50: "
+            f"{out[str(counts[0])]['runs_p50_us']} vs {out[str(counts[1])]['runs_p50_us']})")
         return out
     finally:
         for p in procs:
@@ -212,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load": os.getloadavg()}
     log(f"policy apply -> enforced ({rounds} rounds)")
     res["enforce"] = apply_to_enforced(rounds, pods, log)
+    log("policy first-packet latency")
+    res["first_packet"] = first_packet((2, 20) if a.smoke else (10, 1000), 50 if a.smoke else 2000, log)
     log("policy scale (pure compile, nft sync in a throwaway namespace)")
     res["scale"] = scale(levels, log)
     out = Path(a.out)

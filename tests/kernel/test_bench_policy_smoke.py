@@ -27,6 +27,10 @@ def test_bench_policy_smoke(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     res = json.loads((tmp_path / "policy.json").read_text())
     assert res["enforce"]["apply_to_denied"]["n"] == 3 and res["enforce"]["delete_to_allowed"]["n"] == 3
+    assert res["enforce"]["inprocess_apply_to_denied"]["n"] == 3
+    assert res["enforce"]["inprocess_delete_to_allowed"]["n"] == 3
+    assert res["enforce"]["forwarded_apply_to_denied"]["n"] == 3
+    assert res["first_packet"]["2"]["connect_p50_us"] > 0 and res["first_packet"]["20"]["connect_p50_us"] > 0
     rows = res["scale"]
     assert [r["endpoints"] for r in rows] == [9, 100]
     assert rows[1]["set_elements"] > rows[0]["set_elements"] > 0

@@ -1,7 +1,9 @@
-"""control/policy_feed.py (no root): what a cluster host's muslind copies from the cluster
-store (policies, namespaces, the other hosts' endpoints; never its own) into its store's
-`mirror/`, stale copies dropped on a reload, deletes followed, and the compiler's input then
-holding the remote endpoints and the cluster's policies."""
+"""control/policy_feed.py and control/service_members.py (no root): what a cluster host's
+muslind copies from the cluster store into its store (policies and namespaces under
+`mirror/`; the other hosts' endpoints, never its own, under `remote-endpoints/`, the one copy
+services and policy share), stale copies dropped on a reload (and the second copy an
+earlier Muslin kept under `mirror/cluster/`), deletes followed, and the compiler's input
+then holding the remote endpoints and the cluster's policies."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from faultkit import World  # noqa: E402
 
 from muslin.control import policy  # noqa: E402
-from muslin.control.policy_feed import ObjectsFeed, PeersFeed  # noqa: E402
+from muslin.control.policy_feed import ObjectsFeed  # noqa: E402
+from muslin.control.service_members import RemoteMembers  # noqa: E402
 from muslin.model import keys  # noqa: E402
 from muslin.store.base import Event  # noqa: E402
 from muslin.store.memory import MemoryStore  # noqa: E402
@@ -35,8 +38,10 @@ def test_feeds_mirror_the_cluster_and_follow_deletes(tmp_path):
     cluster.put(keys.cluster_endpoint("net0", "h2", "b"), record("b", "10.9.2.5", pod="b"))
     cluster.put(keys.cluster_endpoint("net0", "h1", "mine"), record("mine", "10.9.1.5", pod="a"))
     stop = threading.Event()
-    objects, peers = ObjectsFeed(cluster, w.m, stop), PeersFeed(cluster, w.m, stop, "net0", "h1")
+    objects, peers = ObjectsFeed(cluster, w.m, stop), RemoteMembers(cluster, w.m, "net0", "h1", stop)
     w.m.store.put(keys.mirror(keys.policy("x", "stale")), DOC)  # left from an earlier run
+    old_copy = keys.mirror(keys.cluster_endpoint("net0", "h2", "b"))
+    w.m.store.put(old_copy, record("b", "10.9.2.5", pod="b"))  # an earlier Muslin's second copy
     objects.load()
     peers.load()
 
@@ -49,7 +54,9 @@ def test_feeds_mirror_the_cluster_and_follow_deletes(tmp_path):
     assert inp.policies and any(e.name == "b" for e in inp.endpoints)
 
     key = keys.cluster_endpoint("net0", "h2", "b")
-    peers.apply_events([Event("delete", key, None, cluster.revision())])
+    assert w.m.store.get(old_copy) is None
+    assert [kv.key for kv in w.m.store.list(keys.REMOTE_ENDPOINTS)] == [keys.remote_endpoint("net0", "h2", "b")]
+    peers.apply(key, None)
     objects.apply_events([Event("delete", keys.policy("x", "p"), None, cluster.revision())])
     assert policy.remote_endpoints(w.m.store) == []
     assert policy.load_policies(w.m.store) == []

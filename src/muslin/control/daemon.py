@@ -179,6 +179,11 @@ class AgentService:
         self.timings = Muslin.default_timings or Timings()
         Muslin.default_timings = self.timings
         server.EXTRA["stats"] = self.stats
+        if not ctx.args.store:  # `muslin policy apply|delete` forwarded (cli/fast.py); this host's store only
+            from muslin.control import policy_agent
+
+            server.EXTRA["policy"] = policy_agent.handler(
+                ctx.muslin.state_dir, lambda: Muslin(store=ctx.local_store(), state_dir=ctx.muslin.state_dir))
 
         self.path = ctx.args.agent_socket
         passed = ctx.inherited.pop(self.path, None)  # socket activation: systemd's socket, left in place
@@ -365,8 +370,8 @@ class DnsService:
 
 
 class PolicyService:
-    """Network policy of a cluster: the cluster store's policies, namespaces and the other
-    hosts' endpoints copied into this host's store, the firewall synced (control/policy_feed.py)."""
+    """Network policy of a cluster: the cluster store's policies and namespaces copied into
+    this host's store, the firewall synced (control/policy_feed.py)."""
 
     name = "policy"
 
@@ -376,16 +381,15 @@ class PolicyService:
         self.feeds: list[Any] = []
 
     def start(self) -> None:
-        from muslin.control.policy_feed import ObjectsFeed, PeersFeed
+        from muslin.control.policy_feed import ObjectsFeed
         from muslin.control.service import Muslin
         from muslin.store import open_store
 
         a = self.ctx.args
         m = Muslin(store=self.ctx.local_store(), state_dir=self.ctx.muslin.state_dir)
         self.muslin = m
-        self.feeds = [ObjectsFeed(open_store(a.cluster_store, etcd_options(a)), m, self.stop_feeds),
-                      PeersFeed(open_store(a.cluster_store, etcd_options(a)), m, self.stop_feeds,
-                                a.cluster_network, a.hostname)]
+        # the other hosts' endpoints: the cluster service's copy (control/service_members.py)
+        self.feeds = [ObjectsFeed(open_store(a.cluster_store, etcd_options(a)), m, self.stop_feeds)]
         for f in self.feeds:
             f.start()
         log.info("network policy follows the cluster store")

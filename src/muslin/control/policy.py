@@ -3,7 +3,8 @@
 Where policy objects live: the policies (`policy/networkpolicies/<ns>/<name>`) and the
 namespaces' labels (`policy/namespaces/<ns>`) are in this host's store, or, for a cluster,
 in the cluster store, where every host's muslind follows them (control/policy_feed.py) and
-copies them, with the other hosts' endpoints, under `mirror/` in its own store. The
+copies them under `mirror/` in its own store; the other hosts' endpoints are the copy
+services use too (`remote-endpoints/`, control/service_members.py). The
 firewall of a host is always compiled from its own store (control/firewall.py `desired`),
 so every process of the host (CLI, muslin-cni, muslind) writes the same one.
 
@@ -92,12 +93,14 @@ def _local(e: Endpoint, nets: dict[str, Network]) -> PolicyEndpoint:
 
 
 def remote_endpoints(store: Store) -> list[PolicyEndpoint]:
-    """The other hosts' endpoints (the mirror of cluster/<net>/endpoints/<host>/<id>)."""
+    """The other hosts' endpoints: this host's copy of cluster/<net>/endpoints/<host>/<id>,
+    remote-endpoints/<net>/<host>/<id> (control/service_members.py keeps it, for services and
+    policy alike)."""
     out = []
-    prefix = keys.mirror("cluster/")
+    prefix = keys.REMOTE_ENDPOINTS
     for kv in store.list(prefix):
         parts = kv.key[len(prefix):].split("/")
-        if len(parts) < 4 or parts[1] != "endpoints" or not isinstance(kv.value, dict):
+        if len(parts) < 3 or not isinstance(kv.value, dict):
             continue
         v = kv.value
         try:
@@ -106,7 +109,7 @@ def remote_endpoints(store: Store) -> list[PolicyEndpoint]:
                           for p in v.get("exposed") or ())
         except (ValueError, KeyError, TypeError):
             continue
-        out.append(PolicyEndpoint(key=f"{parts[2]}/{v.get('endpoint_id', parts[3])}",
+        out.append(PolicyEndpoint(key=f"{parts[0]}/{v.get('endpoint_id', parts[2])}",
                                   namespace=v.get("namespace") or "default",
                                   labels=tuple(sorted(dict(v.get("labels") or {}).items())), addresses=addrs,
                                   ports=ports, local=False, name=v.get("name") or v.get("sandbox") or ""))

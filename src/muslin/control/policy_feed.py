@@ -1,15 +1,15 @@
 """Network policy across hosts: muslind of a cluster host follows what the cluster store
 holds for policy and keeps a copy in its own store, then syncs its firewall.
 
-Two feeds (the pattern of control/dns_feed.py: load everything, then follow the watch
+`ObjectsFeed` (the pattern of control/dns_feed.py: load everything, then follow the watch
 from that revision, changes that arrive together applied together, a lost watch loads
-again):
-- `ObjectsFeed`: the cluster store's `policy/` (policies and namespaces' labels);
-- `PeersFeed`: `cluster/<net>/endpoints/` of the other hosts (labels, namespace,
-  addresses and named ports, written by their muslind's EndpointPublisher).
-Each is copied under `mirror/` (model/keys.py) in this host's store, in one transaction
-per batch (stale copies deleted at each load), and the firewall is synced from this host's
-store (control/firewall.py), so the CLI and muslin-cni of the host compile the same one.
+again) copies the cluster store's `policy/` (policies and namespaces' labels) under
+`mirror/` (model/keys.py) in this host's store, in one transaction per batch (stale copies
+deleted at each load), and the firewall is synced from this host's store
+(control/firewall.py), so the CLI and muslin-cni of the host compile the same one. The
+other hosts' endpoints (labels, namespace, addresses and named ports, written by their
+muslind's EndpointPublisher) come from the one copy services use too: `remote-endpoints/`,
+kept by control/service_members.py, which syncs the policy when they change.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ class _MirrorFeed(Feed):
     def _sync(self, changed: bool) -> None:
         from muslin.control import policy
 
-        if not changed or not policy.in_use(self.m.store) and self.name == "peers":
-            return  # other hosts' endpoints matter only while a policy exists
+        if not changed:
+            return
         try:
             policy.enforce(self.m)
         except MuslinError as e:
@@ -81,15 +81,3 @@ class _MirrorFeed(Feed):
 class ObjectsFeed(_MirrorFeed):
     name = "objects"
     prefix = keys.POLICY
-
-
-class PeersFeed(_MirrorFeed):
-    name = "peers"
-
-    def __init__(self, cluster: Store, muslin: Any, stop: threading.Event, network: str, hostname: str) -> None:
-        super().__init__(cluster, muslin, stop)
-        self.prefix = keys.cluster_endpoints(network)
-        self.own = keys.cluster_endpoints(network, hostname)
-
-    def keep(self, key: str) -> bool:
-        return not key.startswith(self.own)  # this host's own endpoints come from its store

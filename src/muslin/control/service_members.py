@@ -1,8 +1,9 @@
 """Other hosts' endpoints of a cluster network as service backends (run by muslind's
 cluster service): the records they publish (`cluster/<net>/endpoints/<host>/`, see
 control/cluster_names.py) are mirrored into this host's store (`remote-endpoints/<net>/
-<host>/`, which control/services.py selects from as from local endpoints), and the services
-they match follow at once (one batch per change, as for a local endpoint)."""
+<host>/`, which control/services.py selects from as from local endpoints, and network
+policy puts in its sets, control/policy.py), and the services they match and the policy
+follow at once (one batch per change, as for a local endpoint)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("muslin.services")
 
+CHUNK = 100  # etcd takes at most 128 operations in one transaction
+
 
 class RemoteMembers:
     def __init__(self, cluster: Store, m: Muslin, network: str, hostname: str, stop: threading.Event) -> None:
         self.cluster, self.m, self.network, self.hostname, self.stop = cluster, m, network, hostname, stop
         self.prefix = keys.cluster_endpoints(network)
         self.thread = threading.Thread(target=self._run, name="service-members", daemon=True)
+        self.loaded = False
 
     def start(self) -> None:
         self.thread.start()
@@ -75,12 +79,27 @@ class RemoteMembers:
         have = {kv.key: kv.value for kv in self.m.store.list(keys.remote_endpoints(self.network))}
         ops: list[Any] = [Put(k, v) for k, v in want.items() if have.get(k) != v]
         ops += [Delete(k) for k in have if k not in want]
-        if ops:
-            self.m.store.txn([], ops)
+        # the second copy an earlier Muslin kept for policy (mirror/cluster/<net>/endpoints/)
+        ops += [Delete(k) for k in self.m.store.keys(keys.mirror(self.prefix))]
+        for i in range(0, len(ops), CHUNK):
+            self.m.store.txn([], ops[i:i + CHUNK])
         if self.m.store.keys(keys.SERVICES, limit=1):
             with self.m.kernel() as k:
                 services.resync(self.m, k, base=False)
+        self._policy(bool(ops) or not self.loaded)
+        self.loaded = True
         return rev + 1
+
+    def _policy(self, changed: bool) -> None:
+        """The firewall synced when the other hosts' endpoints changed while a policy exists."""
+        from muslin.control import policy
+
+        if not changed or not policy.in_use(self.m.store):
+            return
+        try:
+            policy.enforce(self.m)
+        except MuslinError as e:
+            log.warning("policy: firewall sync: %s", e)
 
     def follow(self, nxt: int) -> None:
         """One long-lived watch from `nxt` (a gap raises Compacted: load again)."""
@@ -108,3 +127,5 @@ class RemoteMembers:
         if old != new and services.present(self.m, self.network):
             with self.m.kernel() as k:
                 services.members_changed(self.m, k, [(old, new)])
+        if (kv.value if kv is not None else None) != value:
+            self._policy(True)

@@ -56,7 +56,7 @@ MAPS: tuple[tuple[str, str], ...] = (
     ("ports6", "type inet_proto . inet_service : ipv6_addr . inet_service"),
     ("hostports4", "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service"),
     ("hostports6", "type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service"),
-)
+) + policy.MAPS  # network policy's maps (firewall/policy.py)
 SET_NAMES: tuple[str, ...] = tuple(n for n, _ in SETS + MAPS)
 MAP_NAMES: frozenset[str] = frozenset(n for n, _ in MAPS)
 # Declared with the skeleton, their elements kept by the services' own sync (firewall/services.py):

@@ -1,0 +1,81 @@
+"""The policy chains keep the packet mark: another table's mark on the first packet of a new
+connection to an isolated endpoint (kube-proxy marks what it will masquerade this way) is
+still there after the forward hook. The chains use the packet's priority as their scratch
+register instead (firewall/policy.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from nsutil import EchoServer, random_subnet24, sh, suffix, tcp_echo, tool
+
+pytestmark = pytest.mark.kernel
+
+ALLOW = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}], ports: [{port: 7007}]}]
+"""
+
+MARKS = """table inet mtmark {
+  chain pre { type filter hook prerouting priority -200; ip daddr %(ip)s tcp dport 7007 meta mark set 0x4000; }
+  chain post { type filter hook postrouting priority 100;
+    ip daddr %(ip)s tcp dport 7007 tcp flags syn meta mark 0x4000 counter comment "marked";
+    ip daddr %(ip)s tcp dport 7007 tcp flags syn counter comment "all"; }
+}
+"""
+
+
+class _Ns:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", self.name, *cmd, **kw)
+
+    def popen(self, *cmd: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
+
+
+def counters(host) -> dict[str, int]:
+    out = json.loads(host.run("nft", "-j", "list", "table", "inet", "mtmark").stdout)
+    got = {}
+    for item in out["nftables"]:
+        r = item.get("rule")
+        if r and r.get("comment"):
+            got[r["comment"]] = next(e["counter"]["packets"] for e in r["expr"] if "counter" in e)
+    return got
+
+
+def test_a_mark_set_before_the_forward_hook_survives_the_policy_chains(netns, tmp_path):
+    host = netns("host")
+    state = tmp_path / "state"
+
+    def muslin(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([tool("muslin"), "--host-netns", host.name, "--state-dir", str(state), *args],
+                              input=input, text=True, capture_output=True, check=check, timeout=60)
+
+    sbs = [f"mtmk{p}-{suffix()}" for p in "ab"]
+    try:
+        muslin("network", "create", "pol", "--subnet", random_subnet24())
+        ips = []
+        for sb, (ns, pod) in zip(sbs, (("x", "a"), ("y", "b"))):
+            muslin("sandbox", "create", sb)
+            ep = json.loads(muslin("connect", "pol", sb, "-o", "json", "--namespace", ns,
+                                   "--label", f"pod={pod}").stdout)
+            ips.append(ep["addresses"][0].split("/")[0])
+        muslin("policy", "apply", "-f", "-", input=ALLOW)
+        host.run("nft", "-f", "-", input=MARKS % {"ip": ips[0]})
+        with EchoServer(_Ns(sbs[0])):
+            assert tcp_echo(_Ns(sbs[1]), ips[0], wait=5) is not None  # allowed by the policy
+        c = counters(host)
+        assert c["all"] >= 1 and c["marked"] == c["all"]  # every SYN kept its mark
+    finally:
+        for sb in sbs:
+            muslin("sandbox", "rm", sb, check=False)
+            sh("ip", "netns", "del", sb, check=False)
+        muslin("network", "rm", "pol", check=False)
