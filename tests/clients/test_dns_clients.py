@@ -64,11 +64,11 @@ def test_podman_and_docker_containers_find_each_other_by_name_and_alias(worlds):
     # forwarded off the bridge, so no query can reach the machine's real resolver (Podman lists it
     # after muslind's in the container's resolv.conf); muslind forwards nothing from it either.
     # Docker does not know it is internal, so its own resolver still forwards to muslind.
-    muslin(dk, "network", "create", web, "--subnet", str(sub), "--internal")
-    dk.docker("network", "create", "-d", "muslin", "--ipam-driver", "muslin", "--label", "muslin-test",
-              "--subnet", str(sub), "-o", f"muslin.network={web}", dnet)
     dc, pc = f"mt-d-{tag}", f"mt-p-{tag}"
-    try:
+    try:  # (everything made inside: a failed step still leaves nothing behind)
+        muslin(dk, "network", "create", web, "--subnet", str(sub), "--internal")
+        dk.docker("network", "create", "-d", "muslin", "--ipam-driver", "muslin", "--label", "muslin-test",
+                  "--subnet", str(sub), "-o", f"muslin.network={web}", dnet)
         dk.docker("run", "-d", "--name", dc, "--label", "muslin-test", "--network", dnet,
                   "--network-alias", f"dalias{tag}", "--dns", gw, "--ulimit", "nofile=1024:1024", IMAGE,
                   "httpd", "-f", "-p", "80", "-h", "/www")

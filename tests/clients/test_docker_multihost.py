@@ -71,6 +71,22 @@ def test_containers_on_two_hosts_ping_and_fetch_http(mh):
     assert h2.fetch("web-h2", a) == "hello from muslin\n"
 
 
+def test_container_names_resolve_across_hosts(mh):
+    """A container on h1 asks Docker's embedded resolver for a container of h2's engine: not
+    Docker's own name there, so it goes to the --dns server, h1's muslind (the gateway), which
+    knows the other hosts' endpoints from the cluster store."""
+    name, eng, _ = mh
+    for here, there in (("h1", "h2"), ("h2", "h1")):
+        gw = str(ipaddress.ip_network(lease(name, here)).network_address + 1)
+        want = eng[there].ip(f"web-{there}")
+
+        def answer() -> str:
+            return eng[here].docker("run", "--rm", "--network", "net0", "--dns", gw, *ULIMIT, IMAGE, "nslookup",
+                                    f"web-{there}", check=False).stdout
+
+        assert wait_for(lambda: want in answer(), 30, f"web-{there} from {here}"), answer()
+
+
 def test_a_cni_sandbox_on_the_third_host_reaches_both(mh):
     name, eng, _ = mh
     sb = core.sandbox(name, "h3", "c")

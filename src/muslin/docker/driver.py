@@ -124,10 +124,9 @@ class DockerDriver:
                 shown = ", ".join(str(x) for x in existing.subnets) or "none"
                 raise Conflict(f"Muslin network {existing.name!r} has subnet(s) {shown}; Docker asked for {s} "
                                f"(pass --subnet matching it)")
-        if wanted.internal != existing.internal:  # Docker's --internal: the network's own property
-            raise Invalid(f"--internal {'cannot be set' if wanted.internal else 'must be given'} when joining the "
-                          f"existing Muslin network {existing.name!r}: it is {'' if existing.internal else 'not '}"
-                          f"internal")
+        if wanted.internal and not existing.internal:  # a join takes the network's settings: this one would be lost
+            raise Invalid(f"--internal cannot be set when joining the existing Muslin network {existing.name!r}: "
+                          f"it is not internal")
         extra = [k for k in opts.given if k != "muslin.network"]
         if extra:
             raise Invalid(f"option {extra[0]} cannot be set when joining the existing Muslin network "
