@@ -78,7 +78,9 @@ def test_a_cluster_on_tls_etcd_with_auth(tls_lab, tmp_path):
         r = cluster(st, "init", "--network", "other", "--cidr", "10.245.0.0/16", "--backend", "vxlan", "--vni", "7")
         assert r.returncode == 0 and r.stdout.startswith("cluster network other: vxlan, 10.245.0.0/16"), r.stderr
     r = cluster(st, "init", "--network", "other", "--cidr", "10.246.0.0/16")
-    assert (r.returncode, r.stderr) == (4, "error: cluster network 'other' already exists with another config\n")
+    assert (r.returncode, r.stderr) == (4, "error: cluster network 'other' already exists with another config "
+                                           "(cidr 10.245.0.0/16 -> 10.246.0.0/16, vni 7 -> 1); a cluster network's "
+                                           "config does not change once stored (make a new network)\n")
 
     # each misconfiguration: one line naming it, exit 2
     o = st.etcd_options()
