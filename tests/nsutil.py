@@ -72,6 +72,14 @@ class Netns:
         sh("ip", "netns", "del", self.name, check=False)
 
 
+class ExistingNetns(Netns):
+    """A namespace made by someone else (a lab, a sandbox, a runtime): run in it, never made
+    or removed here."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.path = name, f"/run/netns/{name}"
+
+
 class NetnsFactory:
     def __init__(self, prefix: str = "mt") -> None:
         self.prefix = prefix

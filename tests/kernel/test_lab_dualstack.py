@@ -20,20 +20,13 @@ from pathlib import Path
 import pytest
 
 from labutil import lab_cli, lab_up
-from nsutil import EchoServer, Netns, suffix, tcp_echo, tool
+from nsutil import EchoServer, ExistingNetns, Netns, suffix, tcp_echo, tool
 
 from muslin.lab import core
 
 pytestmark = pytest.mark.skipif(not Path("/proc/sys/net/ipv6").exists(), reason="this kernel has no IPv6")
 
 CIDR6 = "fd00:10::/48"
-
-
-class LabNetns(Netns):
-    """A namespace the lab made (not made or removed here)."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.path = name, f"/run/netns/{name}"
 
 
 def wait_until(fn, timeout: float = 30.0) -> bool:
@@ -73,14 +66,14 @@ def check_both_families(name: str) -> None:
         assert ipaddress.ip_interface(sb["address"]).version == 4
         assert ipaddress.ip_interface(sb["address6"]).ip in ipaddress.ip_network(CIDR6), sb
     st = core.LabState.load(name)
-    s1 = LabNetns(sbs["h1"]["netns"])
+    s1 = ExistingNetns(sbs["h1"]["netns"])
     for h in ("h2", "h3"):
         assert wait_until(lambda: ping(s1, ip_of(sbs[h], "address"))), f"ping h1 -> {h}"
         assert wait_until(lambda: ping(s1, ip_of(sbs[h], "address6"))), f"ping6 h1 -> {h}"
-    s3 = LabNetns(sbs["h3"]["netns"])
+    s3 = ExistingNetns(sbs["h3"]["netns"])
     assert ping(s3, ip_of(sbs["h2"], "address6"))
     # TCP over IPv6, the server seeing the client's own IPv6 address (no NAT between hosts)
-    with EchoServer(LabNetns(sbs["h2"]["netns"]), "::", 7007):
+    with EchoServer(ExistingNetns(sbs["h2"]["netns"]), "::", 7007):
         got = tcp_echo(s1, ip_of(sbs["h2"], "address6"), 7007, "six", wait=10)
     assert got == f"{ip_of(sbs['h1'], 'address6')} six", got
     # the largest IPv6 packet the MTU allows, with DF (IPv6 never fragments on the way)
@@ -137,9 +130,9 @@ def test_an_ipv6_only_cluster_network(tmp_path):
         sbs = sandboxes(name, ["h1", "h2"])
         for sb in sbs.values():
             assert ipaddress.ip_interface(sb["address"]).version == 6 and "address6" in sb
-        s1 = LabNetns(sbs["h1"]["netns"])
+        s1 = ExistingNetns(sbs["h1"]["netns"])
         assert wait_until(lambda: ping(s1, ip_of(sbs["h2"], "address")))
-        with EchoServer(LabNetns(sbs["h2"]["netns"]), "::", 7007):
+        with EchoServer(ExistingNetns(sbs["h2"]["netns"]), "::", 7007):
             got = tcp_echo(s1, ip_of(sbs["h2"], "address"), 7007, "only", wait=10)
         assert got == f"{ip_of(sbs['h1'], 'address')} only", got
         r = subprocess.run(["ip", "-n", core.ns_host(name, "h1"), "-4", "-o", "addr", "show", "dev", "mx-net0"],
@@ -249,7 +242,7 @@ def test_policy_across_hosts_treats_both_families_alike(tmp_path):
             assert r.returncode == 0, r.stderr
         st = core.LabState.load(name)
         sbs = st.sandboxes
-        xa, yb, zc = (LabNetns(sbs[s]["netns"]) for s in ("xa", "yb", "zc"))
+        xa, yb, zc = (ExistingNetns(sbs[s]["netns"]) for s in ("xa", "yb", "zc"))
         targets = [ip_of(sbs["xa"], "address"), ip_of(sbs["xa"], "address6")]
 
         def policy(text: str) -> None:

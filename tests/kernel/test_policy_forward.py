@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from nsutil import EchoServer, Muslind, random_subnet24, sh, suffix, tcp_echo, tool
+from nsutil import EchoServer, ExistingNetns, Muslind, random_subnet24, sh, suffix, tcp_echo, tool
 
 pytestmark = pytest.mark.kernel
 
@@ -20,17 +20,6 @@ kind: NetworkPolicy
 metadata: {name: deny-a, namespace: x}
 spec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}
 """
-
-
-class _Ns:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
-        return sh("ip", "netns", "exec", self.name, *cmd, **kw)
-
-    def popen(self, *cmd: str, **kw) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
 
 
 def syncs(sock) -> int:
@@ -65,7 +54,7 @@ def test_policy_apply_and_delete_go_through_muslind(netns, tmp_path):
                 ep = json.loads(muslin("connect", "pol", sb, "-o", "json", "--namespace", ns,
                                        "--label", f"pod={pod}").stdout)
                 ips.append(ep["addresses"][0].split("/")[0])
-            xa, yb = _Ns(sbs[0]), _Ns(sbs[1])
+            xa, yb = ExistingNetns(sbs[0]), ExistingNetns(sbs[1])
             with EchoServer(xa):
                 assert tcp_echo(yb, ips[0], wait=5) is not None
                 (tmp_path / "deny.yaml").write_text(DENY)

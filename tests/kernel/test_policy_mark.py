@@ -9,7 +9,7 @@ import json
 import subprocess
 
 import pytest
-from nsutil import EchoServer, random_subnet24, sh, suffix, tcp_echo, tool
+from nsutil import EchoServer, ExistingNetns, random_subnet24, sh, suffix, tcp_echo, tool
 
 pytestmark = pytest.mark.kernel
 
@@ -28,17 +28,6 @@ MARKS = """table inet mtmark {
     ip daddr %(ip)s tcp dport 7007 tcp flags syn counter comment "all"; }
 }
 """
-
-
-class _Ns:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
-        return sh("ip", "netns", "exec", self.name, *cmd, **kw)
-
-    def popen(self, *cmd: str, **kw) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
 
 
 def counters(host) -> dict[str, int]:
@@ -70,8 +59,8 @@ def test_a_mark_set_before_the_forward_hook_survives_the_policy_chains(netns, tm
             ips.append(ep["addresses"][0].split("/")[0])
         muslin("policy", "apply", "-f", "-", input=ALLOW)
         host.run("nft", "-f", "-", input=MARKS % {"ip": ips[0]})
-        with EchoServer(_Ns(sbs[0])):
-            assert tcp_echo(_Ns(sbs[1]), ips[0], wait=5) is not None  # allowed by the policy
+        with EchoServer(ExistingNetns(sbs[0])):
+            assert tcp_echo(ExistingNetns(sbs[1]), ips[0], wait=5) is not None  # allowed by the policy
         c = counters(host)
         assert c["all"] >= 1 and c["marked"] == c["all"]  # every SYN kept its mark
     finally:
