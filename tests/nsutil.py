@@ -7,6 +7,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -14,6 +15,16 @@ VENV_BIN = Path(sys.executable).parent
 
 def suffix(n: int = 6) -> str:
     return secrets.token_hex(n // 2)
+
+
+def wait_until(pred, timeout: float = 15.0, step: float = 0.2) -> bool:
+    """Poll `pred` until it is true or `timeout` s have passed; its last answer."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
 
 
 def sh(*cmd: str, check: bool = True, input: str | None = None, env: dict | None = None,

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from labutil import lab_cli
-from nsutil import suffix
+from nsutil import suffix, wait_until
 from muslin.lab import core
 
 pytestmark = [pytest.mark.kernel, pytest.mark.client]
@@ -76,15 +76,6 @@ else:  # 4 KiB every 10 ms for the given seconds
     reply = json.loads(c.makefile().read())
     print(json.dumps({**reply, "sent": sent, "sent_sha256": h.hexdigest()}), flush=True)
 """
-
-
-def wait_until(pred, timeout: float = 15.0, step: float = 0.2) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 def ns_run(ns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -14,35 +14,18 @@ import ipaddress
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from labutil import lab_cli, lab_up
-from nsutil import EchoServer, ExistingNetns, Netns, suffix, tcp_echo, tool
+from nsutil import EchoServer, ExistingNetns, Netns, suffix, tcp_echo, tool, wait_until
 
 from muslin.lab import core
 
 pytestmark = pytest.mark.skipif(not Path("/proc/sys/net/ipv6").exists(), reason="this kernel has no IPv6")
 
 CIDR6 = "fd00:10::/48"
-
-
-def wait_until(fn, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if fn():
-            return True
-        time.sleep(0.3)
-    return fn()
-
-
-def ping(ns: Netns, addr: str, size: int | None = None) -> bool:
-    args = ["ping", "-6" if ":" in addr else "-4", "-c", "1", "-W", "2"]
-    if size is not None:
-        args += ["-s", str(size), "-M", "do"]
-    return ns.run(*args, addr, check=False).returncode == 0
 
 
 def sandboxes(name: str, hosts: list[str]) -> dict[str, dict[str, str]]:
@@ -68,18 +51,18 @@ def check_both_families(name: str) -> None:
     st = core.LabState.load(name)
     s1 = ExistingNetns(sbs["h1"]["netns"])
     for h in ("h2", "h3"):
-        assert wait_until(lambda: ping(s1, ip_of(sbs[h], "address"))), f"ping h1 -> {h}"
-        assert wait_until(lambda: ping(s1, ip_of(sbs[h], "address6"))), f"ping6 h1 -> {h}"
+        assert wait_until(lambda: s1.ping(ip_of(sbs[h], "address")), 30), f"ping h1 -> {h}"
+        assert wait_until(lambda: s1.ping(ip_of(sbs[h], "address6")), 30), f"ping6 h1 -> {h}"
     s3 = ExistingNetns(sbs["h3"]["netns"])
-    assert ping(s3, ip_of(sbs["h2"], "address6"))
+    assert s3.ping(ip_of(sbs["h2"], "address6"))
     # TCP over IPv6, the server seeing the client's own IPv6 address (no NAT between hosts)
     with EchoServer(ExistingNetns(sbs["h2"]["netns"]), "::", 7007):
         got = tcp_echo(s1, ip_of(sbs["h2"], "address6"), 7007, "six", wait=10)
     assert got == f"{ip_of(sbs['h1'], 'address6')} six", got
     # the largest IPv6 packet the MTU allows, with DF (IPv6 never fragments on the way)
     mtu = mtu_of(s1)
-    assert ping(s1, ip_of(sbs["h2"], "address6"), size=mtu - 48), f"DF ping6 of {mtu} bytes"
-    assert not ping(s1, ip_of(sbs["h2"], "address6"), size=mtu - 47)
+    assert s1.ping(ip_of(sbs["h2"], "address6"), size=mtu - 48), f"DF ping6 of {mtu} bytes"
+    assert not s1.ping(ip_of(sbs["h2"], "address6"), size=mtu - 47)
     for h in st.hosts:  # every host holds a subnet of each family, disjoint from the others'
         s = core.host_status(st, h)
         assert ipaddress.ip_network(s["subnet6"]).prefixlen == 64 and ipaddress.ip_network(s["subnet"]).version == 4
@@ -131,7 +114,7 @@ def test_an_ipv6_only_cluster_network(tmp_path):
         for sb in sbs.values():
             assert ipaddress.ip_interface(sb["address"]).version == 6 and "address6" in sb
         s1 = ExistingNetns(sbs["h1"]["netns"])
-        assert wait_until(lambda: ping(s1, ip_of(sbs["h2"], "address")))
+        assert wait_until(lambda: s1.ping(ip_of(sbs["h2"], "address")), 30)
         with EchoServer(ExistingNetns(sbs["h2"]["netns"]), "::", 7007):
             got = tcp_echo(s1, ip_of(sbs["h2"], "address"), 7007, "only", wait=10)
         assert got == f"{ip_of(sbs['h1'], 'address')} only", got
@@ -166,7 +149,7 @@ def test_muslin_cni_returns_both_addresses_and_the_pods_reach_each_other(tmp_pat
                 assert {str(i.network) for i in ips} == {s["subnet"], s["subnet6"]}
                 addrs[h] = ips
             for i in addrs["h2"]:
-                assert wait_until(lambda: ping(pods["h1"], str(i.ip))), f"h1 pod -> {i}"
+                assert wait_until(lambda: pods["h1"].ping(str(i.ip)), 30), f"h1 pod -> {i}"
         finally:
             for h in pods:
                 r = cni(h, "DEL")
@@ -255,10 +238,10 @@ def test_policy_across_hosts_treats_both_families_alike(tmp_path):
             return [tcp_echo(src, t, 7007, "p") is not None for t in targets]
 
         with EchoServer(xa, "::", 7007):
-            assert wait_until(lambda: reach(yb) == [True, True] and reach(zc) == [True, True]), "before any policy"
+            assert wait_until(lambda: reach(yb) == [True, True] and reach(zc) == [True, True], 30), "before any policy"
             policy(DENY_X)
-            assert wait_until(lambda: reach(yb) == [False, False] and reach(zc) == [False, False]), \
+            assert wait_until(lambda: reach(yb) == [False, False] and reach(zc) == [False, False], 30), \
                 (reach(yb), reach(zc))
             policy(FROM_Y)
-            assert wait_until(lambda: reach(yb) == [True, True]), reach(yb)
+            assert wait_until(lambda: reach(yb) == [True, True], 30), reach(yb)
             assert reach(zc) == [False, False]

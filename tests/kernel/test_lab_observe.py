@@ -14,13 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 
 import pytest
 
-from labutil import lab_cli
-from nsutil import suffix
+from labutil import lab_cli, lab_up
+from nsutil import wait_until
 from muslin.lab import core
 
 pytestmark = [pytest.mark.kernel, pytest.mark.client]
@@ -30,15 +29,6 @@ SANDBOXES = (("h1", "a"), ("h2", "b"), ("h3", "c"))
 
 def ns_run(ns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
-
-
-def wait_until(pred, timeout: float = 20.0, step: float = 0.3) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 class Lab:
@@ -89,26 +79,13 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    d = tmp_path_factory.mktemp("labs")
-    old = os.environ.get("MUSLIN_LAB_DIR")
-    os.environ["MUSLIN_LAB_DIR"] = str(d)
-    name = "o" + suffix()
-    try:
-        r = lab_cli("up", name, "--hosts", "3", "--backend", "vxlan", "--resync", "300")
-        assert r.returncode == 0, r.stderr + r.stdout
+    with lab_up(tmp_path_factory.mktemp("labs"), "o", "--hosts", "3", "--backend", "vxlan", "--resync", "300") as name:
         for h, sb in SANDBOXES:
             r = lab_cli("sandbox", name, h, sb)
             assert r.returncode == 0, r.stderr
         lab = Lab(name)
-        assert wait_until(lab.all_ping), "sandboxes of the 3 hosts do not reach each other"
+        assert wait_until(lab.all_ping, 20), "sandboxes of the 3 hosts do not reach each other"
         yield lab
-    finally:
-        core.down(name)
-        assert not [n for n in core.netns_list() if n.startswith(f"mlab-{name}-")]
-        if old is None:
-            os.environ.pop("MUSLIN_LAB_DIR", None)
-        else:
-            os.environ["MUSLIN_LAB_DIR"] = old
 
 
 def test_doctor_is_green_on_a_fresh_lab(lab):
@@ -141,7 +118,7 @@ def test_doctor_names_a_route_removed_by_hand(lab):
     assert bad["cluster net0: peers"]["fix"][0].startswith(f"ip route replace {subnet} via ")
     lab.fix("h1", bad["cluster net0: peers"])
     assert lab.failed("h1") == {}
-    assert wait_until(lambda: lab.ping("a", "b"))
+    assert wait_until(lambda: lab.ping("a", "b"), 20)
 
 
 def test_doctor_names_an_fdb_entry_removed_by_hand(lab):
@@ -157,7 +134,7 @@ def test_doctor_names_an_fdb_entry_removed_by_hand(lab):
     assert any(d.startswith(f"h3: FDB entry {h3['vtep_mac']} dst {h3['underlay']}") for d in details), details
     lab.fix("h1", bad["cluster net0: peers"])
     assert lab.failed("h1") == {}
-    assert wait_until(lambda: lab.ping("a", "c"))
+    assert wait_until(lambda: lab.ping("a", "c"), 20)
 
 
 def test_doctor_names_a_bridge_port_removed_by_hand(lab):
@@ -175,7 +152,7 @@ def test_doctor_names_a_bridge_port_removed_by_hand(lab):
     assert f"its veth {veth} is not a port of bridge" in bad["bridge ports"]["details"][0]
     lab.fix("h2", bad["bridge ports"])
     assert lab.failed("h2") == {}
-    assert wait_until(lambda: lab.ping("a", "b"))
+    assert wait_until(lambda: lab.ping("a", "b"), 20)
 
 
 def test_doctor_names_the_nft_table_removed_by_hand(lab):
