@@ -8,14 +8,16 @@ is the expected one or a deadline passes, then fails showing both."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Callable
 
-from nsutil import sh, suffix, tool
+from nsutil import ExistingNetns, random_subnet24, sh, suffix, tool
 
 NAMESPACES = ("x", "y", "z")
 PODS = ("a", "b", "c")
@@ -234,3 +236,26 @@ def everyone(s: Pod, d: Pod, proto: str, port: int) -> bool:
 
 def nobody(s: Pod, d: Pod, proto: str, port: int) -> bool:
     return False
+
+
+@contextlib.contextmanager
+def x_a_and_y_b(muslin: Callable[..., subprocess.CompletedProcess],
+                prefix: str) -> Iterator[tuple[list[ExistingNetns], list[str]]]:
+    """Two CLI sandboxes on a new network `pol`: x/a and y/b (namespace x / y, label pod=a /
+    pod=b); yields their namespaces and addresses. `muslin(*args, check=...)` runs the CLI on
+    the host; the sandboxes and the network are removed at the end, whatever happened."""
+    sbs = [f"{prefix}{p}-{suffix()}" for p in "ab"]
+    try:
+        muslin("network", "create", "pol", "--subnet", random_subnet24())
+        ips = []
+        for sb, (ns, pod) in zip(sbs, (("x", "a"), ("y", "b"))):
+            muslin("sandbox", "create", sb)
+            ep = json.loads(muslin("connect", "pol", sb, "-o", "json", "--namespace", ns,
+                                   "--label", f"pod={pod}").stdout)
+            ips.append(ep["addresses"][0].split("/")[0])
+        yield [ExistingNetns(sb) for sb in sbs], ips
+    finally:
+        for sb in sbs:
+            muslin("sandbox", "rm", sb, check=False)
+            sh("ip", "netns", "del", sb, check=False)
+        muslin("network", "rm", "pol", check=False)

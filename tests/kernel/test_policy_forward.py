@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
-from nsutil import EchoServer, ExistingNetns, Muslind, random_subnet24, sh, suffix, tcp_echo, tool
+from netpol import x_a_and_y_b
+from nsutil import EchoServer, Muslind, tcp_echo, tool
 
 pytestmark = pytest.mark.kernel
 
@@ -44,48 +44,33 @@ def test_policy_apply_and_delete_go_through_muslind(netns, tmp_path):
         return subprocess.run([tool("muslin"), "--host-netns", host.name, "--state-dir", str(state), *args],
                               input=input, text=True, capture_output=True, env=env, check=check, timeout=60)
 
-    sbs = [f"mtfw{p}-{suffix()}" for p in "ab"]
-    with Muslind(host, state) as d:
-        try:
-            muslin("network", "create", "pol", "--subnet", random_subnet24())
-            ips = []
-            for sb, (ns, pod) in zip(sbs, (("x", "a"), ("y", "b"))):
-                muslin("sandbox", "create", sb)
-                ep = json.loads(muslin("connect", "pol", sb, "-o", "json", "--namespace", ns,
-                                       "--label", f"pod={pod}").stdout)
-                ips.append(ep["addresses"][0].split("/")[0])
-            xa, yb = ExistingNetns(sbs[0]), ExistingNetns(sbs[1])
-            with EchoServer(xa):
-                assert tcp_echo(yb, ips[0], wait=5) is not None
-                (tmp_path / "deny.yaml").write_text(DENY)
-                before = syncs(d.sock)
-                r = muslin("policy", "apply", "-f", str(tmp_path / "deny.yaml"))
-                assert r.stdout == "policy x/deny-a created\n" and r.stderr == ""
-                assert syncs(d.sock) == before + 1  # muslind synced the firewall, not the CLI
-                assert tcp_echo(yb, ips[0]) is None  # denied: x/a is isolated
-                assert muslin("policy", "apply", "-f", "-", input=DENY).stdout == "policy x/deny-a unchanged\n"
-                out = json.loads(muslin("policy", "apply", "-o", "json", "-f", "-", input=DENY).stdout)
-                assert out == [{"policy": "x/deny-a", "status": "unchanged"}]
-                bad = muslin("policy", "apply", "-f", "-", input=DENY.replace("Ingress", "Sideways"), check=False)
-                assert bad.returncode == 2 and bad.stdout == ""
-                assert bad.stderr.startswith("error: ") and "policyTypes[0]" in bad.stderr
-                assert len(bad.stderr.splitlines()) == 1
-                ruleset = host.run("nft", "list", "ruleset").stdout
-                r = muslin("policy", "delete", "x/deny-a")
-                assert r.stdout == "policy x/deny-a deleted\n" and syncs(d.sock) == before + 2
-                assert host.run("nft", "list", "ruleset").stdout != ruleset
-                assert tcp_echo(yb, ips[0], wait=5) is not None  # allowed again
-                gone = muslin("policy", "delete", "x/deny-a", check=False)
-                assert gone.returncode == 3 and gone.stderr.strip() == "error: policy x/deny-a does not exist"
-                assert muslin("policy", "delete", "--ignore-not-found", "x/deny-a").stdout == ""
-                # another state dir: not this muslind's, the CLI does the work itself (and says so)
-                other = subprocess.run([tool("muslin"), "--host-netns", host.name, "--state-dir", str(tmp_path / "o"),
-                                        "policy", "apply", "-f", "-"], input=DENY, text=True, capture_output=True,
-                                       env=env, timeout=60)
-                assert other.returncode == 4 and "state dir" in other.stderr  # one state dir per host namespace
-                assert syncs(d.sock) == before + 2
-        finally:
-            for sb in sbs:
-                muslin("sandbox", "rm", sb, check=False)
-                sh("ip", "netns", "del", sb, check=False)
-            muslin("network", "rm", "pol", check=False)
+    with Muslind(host, state) as d, x_a_and_y_b(muslin, "mtfw") as ((xa, yb), ips):
+        with EchoServer(xa):
+            assert tcp_echo(yb, ips[0], wait=5) is not None
+            (tmp_path / "deny.yaml").write_text(DENY)
+            before = syncs(d.sock)
+            r = muslin("policy", "apply", "-f", str(tmp_path / "deny.yaml"))
+            assert r.stdout == "policy x/deny-a created\n" and r.stderr == ""
+            assert syncs(d.sock) == before + 1  # muslind synced the firewall, not the CLI
+            assert tcp_echo(yb, ips[0]) is None  # denied: x/a is isolated
+            assert muslin("policy", "apply", "-f", "-", input=DENY).stdout == "policy x/deny-a unchanged\n"
+            out = json.loads(muslin("policy", "apply", "-o", "json", "-f", "-", input=DENY).stdout)
+            assert out == [{"policy": "x/deny-a", "status": "unchanged"}]
+            bad = muslin("policy", "apply", "-f", "-", input=DENY.replace("Ingress", "Sideways"), check=False)
+            assert bad.returncode == 2 and bad.stdout == ""
+            assert bad.stderr.startswith("error: ") and "policyTypes[0]" in bad.stderr
+            assert len(bad.stderr.splitlines()) == 1
+            ruleset = host.run("nft", "list", "ruleset").stdout
+            r = muslin("policy", "delete", "x/deny-a")
+            assert r.stdout == "policy x/deny-a deleted\n" and syncs(d.sock) == before + 2
+            assert host.run("nft", "list", "ruleset").stdout != ruleset
+            assert tcp_echo(yb, ips[0], wait=5) is not None  # allowed again
+            gone = muslin("policy", "delete", "x/deny-a", check=False)
+            assert gone.returncode == 3 and gone.stderr.strip() == "error: policy x/deny-a does not exist"
+            assert muslin("policy", "delete", "--ignore-not-found", "x/deny-a").stdout == ""
+            # another state dir: not this muslind's, the CLI does the work itself (and says so)
+            other = subprocess.run([tool("muslin"), "--host-netns", host.name, "--state-dir", str(tmp_path / "o"),
+                                    "policy", "apply", "-f", "-"], input=DENY, text=True, capture_output=True,
+                                   env=env, timeout=60)
+            assert other.returncode == 4 and "state dir" in other.stderr  # one state dir per host namespace
+            assert syncs(d.sock) == before + 2

@@ -9,7 +9,8 @@ import json
 import subprocess
 
 import pytest
-from nsutil import EchoServer, ExistingNetns, random_subnet24, sh, suffix, tcp_echo, tool
+from netpol import x_a_and_y_b
+from nsutil import EchoServer, tcp_echo, tool
 
 pytestmark = pytest.mark.kernel
 
@@ -48,23 +49,10 @@ def test_a_mark_set_before_the_forward_hook_survives_the_policy_chains(netns, tm
         return subprocess.run([tool("muslin"), "--host-netns", host.name, "--state-dir", str(state), *args],
                               input=input, text=True, capture_output=True, check=check, timeout=60)
 
-    sbs = [f"mtmk{p}-{suffix()}" for p in "ab"]
-    try:
-        muslin("network", "create", "pol", "--subnet", random_subnet24())
-        ips = []
-        for sb, (ns, pod) in zip(sbs, (("x", "a"), ("y", "b"))):
-            muslin("sandbox", "create", sb)
-            ep = json.loads(muslin("connect", "pol", sb, "-o", "json", "--namespace", ns,
-                                   "--label", f"pod={pod}").stdout)
-            ips.append(ep["addresses"][0].split("/")[0])
+    with x_a_and_y_b(muslin, "mtmk") as ((xa, yb), ips):
         muslin("policy", "apply", "-f", "-", input=ALLOW)
         host.run("nft", "-f", "-", input=MARKS % {"ip": ips[0]})
-        with EchoServer(ExistingNetns(sbs[0])):
-            assert tcp_echo(ExistingNetns(sbs[1]), ips[0], wait=5) is not None  # allowed by the policy
+        with EchoServer(xa):
+            assert tcp_echo(yb, ips[0], wait=5) is not None  # allowed by the policy
         c = counters(host)
         assert c["all"] >= 1 and c["marked"] == c["all"]  # every SYN kept its mark
-    finally:
-        for sb in sbs:
-            muslin("sandbox", "rm", sb, check=False)
-            sh("ip", "netns", "del", sb, check=False)
-        muslin("network", "rm", "pol", check=False)
