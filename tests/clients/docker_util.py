@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 PLUGIN = "muslin"
@@ -368,3 +369,21 @@ class DockerEnv:
             except OSError:
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_docker() -> Iterator[DockerEnv]:
+    """A started DockerEnv (dockerd and muslind as its plugin) under root_ns_lock, stopped at
+    the end; a start that fails says why, with the logs, and leaves nothing."""
+    with root_ns_lock():
+        env = DockerEnv()
+        try:
+            env.start()
+        except BaseException:
+            log = env.log_tail()
+            env.stop()
+            raise AssertionError("could not start Docker/muslind:\n" + log) from None
+        try:
+            yield env
+        finally:
+            env.stop()

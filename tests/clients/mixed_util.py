@@ -9,21 +9,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from docker_util import DockerEnv, root_ns_lock
+from docker_util import DockerEnv, running_docker
 from nsutil import tool
 from podman_util import Podman
 
 
 @contextlib.contextmanager
 def docker_and_podman(tmp_path: Path, prefix: str) -> Iterator[tuple[DockerEnv, Podman]]:
-    with root_ns_lock():
-        dk = DockerEnv()
-        try:
-            dk.start()
-        except BaseException:
-            log = dk.log_tail()
-            dk.stop()
-            raise AssertionError("could not start Docker/muslind:\n" + log) from None
+    with running_docker() as dk:
         plugins = tmp_path / "plugins"
         plugins.mkdir()
         (plugins / "muslin-cni").symlink_to(tool("muslin-cni"))
@@ -35,4 +28,3 @@ def docker_and_podman(tmp_path: Path, prefix: str) -> Iterator[tuple[DockerEnv, 
             yield dk, pm
         finally:
             pm.destroy()
-            dk.stop()

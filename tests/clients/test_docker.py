@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from docker_util import IMAGE, DockerEnv, free_private_slash30, random_subnet, root_ns_lock, run, wait_for
+from docker_util import IMAGE, DockerEnv, free_private_slash30, random_subnet, run, running_docker, wait_for
 
 pytestmark = [pytest.mark.client, pytest.mark.timeout(900)]
 
@@ -29,18 +29,8 @@ def dk():
     for tool in ("dockerd", "containerd", "docker"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
             pytest.skip(f"{tool} is not installed")
-    with root_ns_lock():
-        env = DockerEnv()
-        try:
-            env.start()
-        except BaseException:
-            log = env.log_tail()
-            env.stop()
-            raise AssertionError("could not start Docker/muslind:\n" + log) from None
-        try:
-            yield env
-        finally:
-            env.stop()
+    with running_docker() as env:
+        yield env
 
 
 class Scope:
