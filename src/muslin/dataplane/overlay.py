@@ -21,6 +21,7 @@ import struct
 import subprocess
 
 from muslin.dataplane import rtnl, wireguard
+from muslin.dataplane.links import read_sysctl, write_sysctl
 from muslin.dataplane.rtnl import NetlinkError, Request
 from muslin.model.errors import Invalid, NotFound, Unavailable, Unsupported
 from muslin.model.kernel import (RTPROT_MUSLIN, Changes, Device, EgressGuard, FdbSpec, NeighSpec, Observed, Owned,
@@ -46,10 +47,6 @@ _U32 = struct.Struct("=I")
 
 def _u32(b: bytes) -> int:
     return _U32.unpack_from(b)[0]
-
-
-def _ip4(b: bytes) -> str:
-    return str(ipaddress.IPv4Address(b[:4]))
 
 
 def _ip(b: bytes) -> str:
@@ -111,9 +108,9 @@ class Overlay:
         """(address, connected subnet) of the underlay's IPv6 side: the given address, else
         the device's first global IPv6 address; ("", "") when it has none."""
         idx = self.index(dev) if dev else None
-        for i, text in self.nl.addresses(idx or 0):
+        for _i, text in self.nl.addresses(idx or 0):
             iface = ipaddress.ip_interface(text)
-            if iface.version != 6 or iface.ip.is_link_local or (idx and i != idx) or (ip and str(iface.ip) != ip):
+            if iface.version != 6 or iface.ip.is_link_local or (ip and str(iface.ip) != ip):
                 continue
             return str(iface.ip), str(iface.network)
         if ip:
@@ -184,8 +181,8 @@ class Overlay:
 
     def _vxlan(self, name: str, idx: int, link: dict[int, bytes], data: dict[int, bytes]) -> VxlanDev:
         addrs = [text for i, text in self.nl.addresses(idx) if i == idx and ":" not in text]
-        local = _ip(data[IFLA_VXLAN_LOCAL6]) if IFLA_VXLAN_LOCAL6 in data else \
-            _ip4(data[IFLA_VXLAN_LOCAL]) if IFLA_VXLAN_LOCAL in data else ""
+        raw = data.get(IFLA_VXLAN_LOCAL6) or data.get(IFLA_VXLAN_LOCAL)
+        local = _ip(raw) if raw else ""
         return VxlanDev(name, _u32(data[IFLA_VXLAN_ID]) if IFLA_VXLAN_ID in data else 0,
                         local,
                         struct.unpack("!H", data[IFLA_VXLAN_PORT][:2])[0] if IFLA_VXLAN_PORT in data else 0,
@@ -351,13 +348,6 @@ class Overlay:
         self.nl.one(*self._set_link(idx, up=True))
 
 
-def _sysctl(path: str, value: str) -> None:
-    with open(path, "r+") as f:
-        if f.read().strip() != value:
-            f.seek(0)
-            f.write(value)
-
-
 def set_ipv6(dev: str, on: bool) -> None:
     """IPv6 on the VXLAN device only when the network carries IPv6, and then without
     addresses of its own (addr_gen_mode 1: no link-local). A link-local address's DAD and
@@ -365,12 +355,12 @@ def set_ipv6(dev: str, on: bool) -> None:
     every host then resolves every peer's underlay address: N x (N-1) ARP entries, which
     filled the kernel's machine-wide neighbour table (1,024 by default) in a 60-host lab, so
     that new hosts could not even ARP for etcd."""
-    conf = f"/proc/sys/net/ipv6/conf/{dev}"
+    conf = f"net/ipv6/conf/{dev}"
+    want = ((f"{conf}/addr_gen_mode", "1"), (f"{conf}/accept_ra", "0")) if on else ()  # first: no link-local is made
     try:
-        if on:
-            _sysctl(f"{conf}/addr_gen_mode", "1")  # before IPv6 comes on: no link-local is made
-            _sysctl(f"{conf}/accept_ra", "0")
-        _sysctl(f"{conf}/disable_ipv6", "0" if on else "1")
+        for path, value in (*want, (f"{conf}/disable_ipv6", "0" if on else "1")):
+            if read_sysctl(path) != value:
+                write_sysctl(path, value)
     except OSError:
         if on:
             raise Unsupported(f"IPv6 on {dev}: this kernel has no IPv6 (/proc/sys/net/ipv6)") from None
@@ -379,8 +369,7 @@ def set_ipv6(dev: str, on: bool) -> None:
 
 def ipv6_on(dev: str) -> bool:
     try:
-        with open(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6") as f:
-            return f.read().strip() == "0"
+        return read_sysctl(f"net/ipv6/conf/{dev}/disable_ipv6") == "0"
     except OSError:
         return False
 
