@@ -319,9 +319,10 @@ class Agent:
             mine = self.store.get(hkey)
             taken_keys = set(self.store.keys(sprefix))
             had = HostRecord.from_dict(mine.value) if mine is not None and isinstance(mine.value, dict) else None
+            # the subnets this host had (its record's, then the remembered ones): kept if still ours or free
+            preferred = [s for s in (*(had.subnets if had else ()), mem.get("subnet", ""), mem.get("subnet6", "")) if s]
             held: dict[str, Any] = {}  # subnet keys of ours (ours to keep), with their revisions
-            cands = set(had.subnets if had else ()) | {mem.get("subnet", ""), mem.get("subnet6", "")}
-            for cand in cands - {""}:
+            for cand in set(preferred):
                 k = subnet_key(self.network, cand)
                 kv = self.store.get(k) if k in taken_keys else None
                 if kv is not None and isinstance(kv.value, dict) and kv.value.get("hostname") == self.hostname:
@@ -339,7 +340,6 @@ class Agent:
             if not lease:
                 lease = self.store.grant_lease(cfg.subnet_ttl)
             taken = [ipaddress.ip_network(k.rsplit("/", 1)[1].replace("_", "/")) for k in taken_keys if k not in held]
-            preferred = [s for s in (*(had.subnets if had else ()), mem.get("subnet", ""), mem.get("subnet6", "")) if s]
             try:
                 subnets = [self._pick(c, p, taken, preferred, attempt) for c, p in cfg.families()]
             except Exhausted as e:
