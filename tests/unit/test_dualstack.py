@@ -169,3 +169,19 @@ def test_wireguard_allows_and_routes_both_subnets():
     p1 = next(p for p in d.peers if p.endpoint.startswith("10.250.0.2"))
     assert p1.allowed_ips == ("10.244.1.0/24", "10.250.0.2/32", "fd00:10:0:1::/64", "fd00:250::2/128")
     assert RouteSpec("fd00:10:0:1::/64", "", "mw-n") in d.routes
+
+
+def test_vxlan_over_ipv6_on_an_ipv4_only_network_publishes_the_ipv6_underlay(tmp_path):
+    """The tunnel over IPv6 needs each host's IPv6 underlay address, even when the network
+    itself carries IPv4 only (Backend.wants_underlay6)."""
+    cfg = ClusterConfig("n", options={"underlay": "ipv6"}).validate()
+    assert not cfg.has_ipv6 and vxlan.BACKEND.wants_underlay6(cfg) and not hostgw.BACKEND.wants_underlay6(cfg)
+    s = MemoryStore()
+    a, b = agent(s, "a", tmp_path, cfg), agent(s, "b", tmp_path, cfg)
+    a.register("10.0.0.1", "10.0.0.0/24", 1500, "fd00:250::1", "fd00:250::/64")
+    b.register("10.0.0.2", "10.0.0.0/24", 1500, "fd00:250::2", "fd00:250::/64")
+    assert a.local.record.underlay6 == "fd00:250::1" and not a.local.record.subnet6
+    d = vxlan.BACKEND.desired(cfg, a.local, [b.local.record])
+    (vx,) = d.devices
+    assert vx.local == "fd00:250::1" and not vx.ipv6 and not d.problems
+    assert FdbSpec("mx-n", vtep_mac("n", "b"), "fd00:250::2") in d.fdb

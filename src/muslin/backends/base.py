@@ -74,6 +74,11 @@ class Backend:
         self.options(cfg)
 
     # -- a host ----------------------------------------------------------------------------
+    def wants_underlay6(self, cfg: ClusterConfig) -> bool:
+        """Whether a host publishes its IPv6 underlay address (`HostRecord.underlay6`): when
+        the network carries IPv6 (routes via it, BGP sessions over it)."""
+        return cfg.has_ipv6
+
     def network_mtu(self, cfg: ClusterConfig, local: Local) -> int:
         """MTU of the host's side (bridge, veths, the backend's device)."""
         return cfg.mtu or local.underlay_mtu - self.overhead

@@ -53,6 +53,9 @@ class Vxlan(Backend):
     def over_ipv6(self, cfg: ClusterConfig) -> bool:
         return self.options(cfg).underlay == "ipv6"
 
+    def wants_underlay6(self, cfg: ClusterConfig) -> bool:
+        return cfg.has_ipv6 or self.over_ipv6(cfg)  # the tunnel over IPv6 needs it, whatever it carries
+
     def network_mtu(self, cfg: ClusterConfig, local: Local) -> int:
         return cfg.mtu or local.underlay_mtu - self.overhead - (20 if self.over_ipv6(cfg) else 0)
 

@@ -291,7 +291,8 @@ class Agent:
         dev, ip, net, mtu = self.overlay().underlay(self.underlay_dev, self.underlay_ip)
         self._remember(backend=self.cfg.backend)
         self.underlay_dev = dev
-        ip6, net6 = self.overlay().underlay6(dev, self.underlay_ip6) if self.cfg.has_ipv6 else ("", "")
+        ip6, net6 = self.overlay().underlay6(dev, self.underlay_ip6) if self.backend.wants_underlay6(self.cfg) \
+            else ("", "")
         check_underlay(self.cfg, [n for n in (net, net6) if n])
         self._retry("leasing a subnet", lambda: self.register(ip, net, mtu, ip6, net6), stop)
         self.setup_local()
@@ -312,6 +313,7 @@ class Agent:
             ip, net, mtu, ip6, net6 = r.underlay, r.underlay_net, self.local.underlay_mtu, r.underlay6, r.underlay_net6
         mem = self._remembered()
         facts = self.facts()
+        v6_under = self.backend.wants_underlay6(cfg)
         hkey = hosts_prefix(self.network) + self.hostname
         sprefix = subnet_key(self.network, "")
         for attempt in range(20):
@@ -350,7 +352,7 @@ class Agent:
                                 f"({held_by} hosts hold one)") from None
             bare = HostRecord(self.hostname, str(subnets[0]), ip, net,
                               subnet6=str(subnets[1]) if len(subnets) > 1 else "",
-                              underlay6=ip6 if cfg.has_ipv6 else "", underlay_net6=net6 if cfg.has_ipv6 else "")
+                              underlay6=ip6 if v6_under else "", underlay_net6=net6 if v6_under else "")
             rec = replace(bare, published=self.backend.publish(cfg, bare, facts))
             skeys = [subnet_key(self.network, str(sn)) for sn in subnets]
             cur = {k: held.get(k) or (self.store.get(k) if k in taken_keys else None) for k in skeys}
