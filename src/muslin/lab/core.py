@@ -381,25 +381,18 @@ def underlay_mac(name: str) -> str:
     return stable_mac(f"mlab/{name}/br0")
 
 
-def validate_up(name: str, hosts: int, backend: str, cidr: str, host_prefix: int,
-                options: dict[str, Any] | None = None, cidr6: str = "", host_prefix6: int = 64) -> ClusterConfig:
+def validate_up(name: str, hosts: int, cfg: ClusterConfig) -> None:
+    """What `up` refuses before it makes anything (`cfg`: validated)."""
     from muslin.control.agent import check_underlay, probe_backend
 
-    check_lab_name(name)
-    get_backend(backend)
-    if not 1 <= hosts <= MAX_HOSTS:
-        raise Invalid(f"--hosts {hosts}: a lab has 1 to {MAX_HOSTS} hosts")
-    cfg = ClusterConfig("net0", cidr, host_prefix, backend, options=options or {}, cidr6=cidr6,
-                        host_prefix6=host_prefix6).validate()
     check_underlay(cfg, [str(UNDERLAY), str(UNDERLAY6)])
-    probe_backend(get_backend(backend))  # Unsupported before anything is made
+    probe_backend(get_backend(cfg.backend))  # Unsupported before anything is made
     if cfg.capacity() < hosts:
         small = min(cfg.families(), key=lambda f: 1 << (f[1] - f[0].prefixlen))
         raise Exhausted(f"cluster CIDR {small[0]} holds only {cfg.capacity()} /{small[1]} host subnets, "
                         f"{hosts} hosts asked")
     if (lab_dir() / f"{name}.json").exists() or ns_ul(name) in netns_list():
         raise Conflict(f"lab {name!r} already exists (run `muslin lab down {name}` first)")
-    return cfg
 
 
 def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_prefix: int = 24,
@@ -412,16 +405,19 @@ def up(name: str, hosts: int, backend: str, cidr: str = "10.244.0.0/16", host_pr
     per host. A network with IPv6 (`cidr6`, an IPv6 `cidr`, or vxlan over IPv6) gives the
     hosts IPv6 underlay addresses too (UNDERLAY6)."""
     say = progress or (lambda m: None)
-    validate_up(name, hosts, backend, cidr, host_prefix, options, cidr6, host_prefix6)
+    check_lab_name(name)  # the checks in the order they always ran: the name, the backend, the count, the config
+    get_backend(backend)
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise Invalid(f"--hosts {hosts}: a lab has 1 to {MAX_HOSTS} hosts")
     cfg = ClusterConfig(network, cidr, host_prefix, backend, vni=vni, lease_ttl=lease_ttl, subnet_ttl=subnet_ttl,
                         route_reflectors=tuple(route_reflectors), options=options or {}, cidr6=cidr6,
                         host_prefix6=host_prefix6).validate()
-    ipv6 = cfg.has_ipv6 or dict(cfg.options).get("underlay") == "ipv6"
+    validate_up(name, hosts, cfg)
+    ipv6 = get_backend(backend).wants_underlay6(cfg)
     st = LabState(name, backend, network, cidr, host_prefix, settings={"resync": resync, "vni": vni,
                                                                         "lease_ttl": lease_ttl,
                                                                         "subnet_ttl": subnet_ttl, "tls": tls,
-                                                                        "ipv6": ipv6, "cidr6": cidr6,
-                                                                        "host_prefix6": host_prefix6})
+                                                                        "ipv6": ipv6})
     shutil.rmtree(st.dir, ignore_errors=True)
     st.dir.mkdir(parents=True)
     st.save()
