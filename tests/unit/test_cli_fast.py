@@ -10,6 +10,7 @@ import pytest
 from muslin.cli import fast
 
 ENV = {"MUSLIN_STATE_DIR": "/tmp/mt-state"}
+FAST_CONFIG = fast.DEFAULT_CONFIG  # (before the fixture below points it elsewhere)
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +49,12 @@ def test_a_cluster_store_runs_the_cli(monkeypatch, tmp_path):
 def test_no_agent_runs_the_cli(tmp_path):
     req = fast.parse(["policy", "apply", "-f", "a"], ENV)
     assert fast.forward(req, {"MUSLIN_AGENT_SOCKET": str(tmp_path / "none.sock")}) is None
+
+
+def test_its_defaults_are_the_daemons():
+    """cli/fast.py keeps its own copies (it imports nothing of Muslin's): they must not drift."""
+    from muslin.control import settings
+    from muslin.store import DEFAULT_STATE_DIR
+
+    assert (fast.DEFAULT_SOCKET, fast.DEFAULT_STATE_DIR, FAST_CONFIG) == (
+        settings.DEFAULT_AGENT_SOCKET, DEFAULT_STATE_DIR, settings.DEFAULT_CONFIG)

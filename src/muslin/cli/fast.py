@@ -131,15 +131,10 @@ def forward(req: dict[str, Any], env: Any = os.environ) -> int | None:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        files = []
-        for f in req["files"]:
-            if f != "-" and _read(f) is None:
-                return None  # unreadable: the CLI says why (stdin is not read yet)
-        for f in req["files"]:
-            got = _read(f)
-            if got is None:
-                return None
-            files.append(list(got))
+        named = {f: _read(f) for f in req["files"] if f != "-"}  # first: stdin is read only if all of them are
+        if None in named.values():
+            return None  # unreadable: the CLI says why (stdin is not read yet)
+        files = [list(named[f] if f != "-" else _read(f)) for f in req["files"]]  # type: ignore[arg-type]
         try:
             ans = agent.ask({**req, "files": files})
         except (OSError, ValueError, KeyError, TypeError) as e:
