@@ -94,31 +94,66 @@ def summary(xs: list[float]) -> dict:
             "max_ms": round(max(xs) * 1000, 1)}
 
 
+class PolicyHost:
+    """A host namespace with one bridge network `pol` (10.<first>+.x.0/24), a CLI sandbox per
+    (namespace, pod) (labels pod=<pod>), and a TCP server on x/a:80; `ips`: (namespace, pod)
+    -> (sandbox, address). On leaving, the processes in `procs` are stopped (muslind cleanly)
+    and everything is removed."""
+
+    def __init__(self, prefix: str, first: int, names: list[tuple[str, str]]) -> None:
+        self.prefix, self.first, self.names = prefix, first, names
+        self.nss = Namespaces(prefix + token(4))
+        self.state = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+        self.host = self.nss.host("h")
+        self.procs: list[subprocess.Popen] = []
+        self.sbs: list[str] = []
+        self.ips: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def muslin(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return run(str(VENV / "muslin"), "--host-netns", self.host, "--state-dir", str(self.state), *args,
+                   input=input, check=check)
+
+    def __enter__(self) -> "PolicyHost":
+        try:
+            pid = os.getpid()
+            self.muslin("network", "create", "pol", "--subnet", f"10.{self.first + pid % 50}.{pid % 250}.0/24")
+            for ns, p in self.names:
+                sb = f"{self.prefix}-{ns}{p}-{token(4)}"
+                self.muslin("sandbox", "create", sb)
+                self.sbs.append(sb)
+                ep = json.loads(self.muslin("connect", "pol", sb, "-o", "json", "--namespace", ns,
+                                            "--label", f"pod={p}").stdout)
+                self.ips[(ns, p)] = (sb, ep["addresses"][0].split("/")[0])
+            srv = subprocess.Popen(["ip", "netns", "exec", self.ips[("x", "a")][0], sys.executable, "-c", SERVER],
+                                   stdout=subprocess.PIPE, text=True)
+            self.procs.append(srv)
+            assert srv.stdout.readline().strip() == "ready"
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.terminate()  # muslind: a clean stop
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for sb in self.sbs:
+            self.muslin("sandbox", "rm", sb, check=False)
+            run("ip", "netns", "del", sb, check=False)
+        self.muslin("network", "rm", "pol", check=False)
+        self.nss.cleanup()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
 def apply_to_enforced(rounds: int, pods: int, log) -> dict:
-    nss = Namespaces("mbpol" + token(4))
-    state = Path(tempfile.mkdtemp(prefix="mbpol-"))
-    host = nss.host("h")
-    procs: list[subprocess.Popen] = []
-    sbs: list[str] = []
-
-    def muslin(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
-        return run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), *args, input=input)
-
-    try:
-        muslin("network", "create", "pol", "--subnet", f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}.0/24")
-        names = [(ns, p) for ns in "xyz" for p in "abc"][:pods] if pods > 3 else [("x", "a"), ("y", "b"), ("z", "c")]
-        ips = {}
-        for ns, p in names:
-            sb = f"mbpol-{ns}{p}-{token(4)}"
-            muslin("sandbox", "create", sb)
-            sbs.append(sb)
-            ep = json.loads(muslin("connect", "pol", sb, "-o", "json", "--namespace", ns, "--label", f"pod={p}").stdout)
-            ips[(ns, p)] = (sb, ep["addresses"][0].split("/")[0])
-        sb_xa, ip_xa = ips[("x", "a")]
-        srv = subprocess.Popen(["ip", "netns", "exec", sb_xa, sys.executable, "-c", SERVER],
-                               stdout=subprocess.PIPE, text=True)
-        procs.append(srv)
-        assert srv.stdout.readline().strip() == "ready"
+    names = [(ns, p) for ns in "xyz" for p in "abc"][:pods] if pods > 3 else [("x", "a"), ("y", "b"), ("z", "c")]
+    with PolicyHost("mbpol", 200, names) as w:
+        muslin, host, state, procs, ips = w.muslin, w.host, w.state, w.procs, w.ips
+        ip_xa = ips[("x", "a")][1]
         prober = subprocess.Popen(["ip", "netns", "exec", ips[("y", "b")][0], sys.executable, "-u", "-c", PROBER, ip_xa],
                                   stdout=subprocess.PIPE, text=True)
         procs.append(prober)
@@ -193,20 +228,6 @@ def apply_to_enforced(rounds: int, pods: int, log) -> dict:
             f"{out['forwarded_apply_to_denied']['p99_ms']} ms, delete->allowed p50 "
             f"{out['forwarded_delete_to_allowed']['p50_ms']} ms p99 {out['forwarded_delete_to_allowed']['p99_ms']} ms")
         return out
-    finally:
-        for p in procs:
-            p.terminate()  # muslind: a clean stop
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for sb in sbs:
-            run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "sandbox", "rm", sb, check=False)
-            run("ip", "netns", "del", sb, check=False)
-        run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "network", "rm", "pol", check=False)
-        nss.cleanup()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 CONNECTS = r"""
@@ -246,28 +267,8 @@ def first_packet(counts: tuple[int, int], connects: int, log) -> dict:
     connection through the policy chains) with counts[0] then counts[1] policies isolating
     x/a, measured RUNS times in the order small, big, small, big...; medians of the medians
     (and each run's, to show the spread)."""
-    nss = Namespaces("mbpof" + token(4))
-    state = Path(tempfile.mkdtemp(prefix="mbpof-"))
-    host = nss.host("h")
-    procs: list[subprocess.Popen] = []
-    sbs: list[str] = []
-
-    def muslin(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
-        return run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), *args, input=input)
-
-    try:
-        muslin("network", "create", "pol", "--subnet", f"10.{150 + os.getpid() % 50}.{os.getpid() % 250}.0/24")
-        ips = {}
-        for ns, pod in (("x", "a"), ("y", "b")):
-            sb = f"mbpof-{ns}{pod}-{token(4)}"
-            muslin("sandbox", "create", sb)
-            sbs.append(sb)
-            ep = json.loads(muslin("connect", "pol", sb, "-o", "json", "--namespace", ns, "--label", f"pod={pod}").stdout)
-            ips[ns] = (sb, ep["addresses"][0].split("/")[0])
-        srv = subprocess.Popen(["ip", "netns", "exec", ips["x"][0], sys.executable, "-c", SERVER],
-                               stdout=subprocess.PIPE, text=True)
-        procs.append(srv)
-        assert srv.stdout.readline().strip() == "ready"
+    with PolicyHost("mbpof", 150, [("x", "a"), ("y", "b")]) as w:
+        muslin, ips = w.muslin, {ns: v for (ns, _), v in w.ips.items()}
         small, big = allow_docs(counts[0]), allow_docs(counts[1])
         extra = [f"x/other-{j}" for j in range(counts[0], counts[1])]
         res: dict[int, list[tuple[float, float]]] = {counts[0]: [], counts[1]: []}
@@ -292,16 +293,6 @@ def first_packet(counts: tuple[int, int], connects: int, log) -> dict:
             f"p99 {out[str(counts[1])]['connect_p99_us']} us; ratio {out['ratio_p50']} (runs' p50: "
             f"{out[str(counts[0])]['runs_p50_us']} vs {out[str(counts[1])]['runs_p50_us']})")
         return out
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for sb in sbs:
-            run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "sandbox", "rm", sb, check=False)
-            run("ip", "netns", "del", sb, check=False)
-        run(str(VENV / "muslin"), "--host-netns", host, "--state-dir", str(state), "network", "rm", "pol", check=False)
-        nss.cleanup()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def synthetic(n_eps: int, n_pols: int):  # type: ignore[no-untyped-def]
